@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# The one test command, for developers and CI alike: installs the helper programs
+# the integration tests drive (only those missing), then runs format, lint, build
+# and every test. Runs non-interactively; installing needs root, as in CI.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+export DEBIAN_FRONTEND=noninteractive
+
+# curl drives h1/h2/h2c, gtlsclient (ngtcp2-client) drives h3.
+apt_missing=()
+command -v curl >/dev/null 2>&1 || apt_missing+=(curl)
+command -v gtlsclient >/dev/null 2>&1 || apt_missing+=(ngtcp2-client)
+if ((${#apt_missing[@]} > 0)); then
+  apt-get update </dev/null
+  apt-get install -y "${apt_missing[@]}" </dev/null
+fi
+
+# aioquic and niquests are the Python HTTP/3 clients of tests/py/.
+if ! python3 -c 'import aioquic, niquests' >/dev/null 2>&1; then
+  python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore \
+    aioquic niquests </dev/null
+fi
+
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets -- -D warnings
+# The integration tests run this binary; cargo test does not build it for them.
+cargo build -p edge --bin edge
+# Everything but the 1 GiB streaming tests, two at a time.
+cargo test --workspace -- --test-threads=2 --skip 1gib
+# The streaming tests one at a time: each already keeps both cores busy.
+cargo test -p edge-tests --test streaming -- --test-threads=1

@@ -1,0 +1,137 @@
+"""Sends HTTP/3 requests, one after the other, on ONE QUIC connection (aioquic).
+
+Usage: h3_requests.py --ca CA.pem --host 127.0.0.1 --port PORT --spec JSON
+
+JSON is a list of requests: {"method", "path", "headers": [[name, value]],
+"big_header_bytes": N (adds an `x-big` header of N bytes), "body_bytes": N}.
+Prints one JSON line: a list of results {"status", "headers", "body", "body_len",
+"reset", "error"}, where "reset" is the stream reset code when the server reset the
+stream. Exits non-zero only if the connection itself could not be used.
+"""
+
+import argparse
+import asyncio
+import json
+import sys
+
+from aioquic.asyncio import connect
+from aioquic.asyncio.protocol import QuicConnectionProtocol
+from aioquic.h3.connection import H3_ALPN, H3Connection
+from aioquic.h3.events import DataReceived, HeadersReceived
+from aioquic.quic.configuration import QuicConfiguration
+from aioquic.quic.events import ConnectionTerminated, StreamReset
+
+REQUEST_TIMEOUT = 10.0
+
+
+class H3Client(QuicConnectionProtocol):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.h3 = H3Connection(self._quic)
+        self.streams = {}
+        self.terminated = None
+
+    def quic_event_received(self, event):
+        if isinstance(event, ConnectionTerminated):
+            self.terminated = f"connection closed: {event.error_code} {event.reason_phrase}"
+            for stream in self.streams.values():
+                self._finish(stream, error=self.terminated)
+            return
+        if isinstance(event, StreamReset) and event.stream_id in self.streams:
+            self._finish(self.streams[event.stream_id], reset=event.error_code)
+        for h3_event in self.h3.handle_event(event):
+            stream = self.streams.get(getattr(h3_event, "stream_id", None))
+            if stream is None:
+                continue
+            if isinstance(h3_event, HeadersReceived):
+                for name, value in h3_event.headers:
+                    if name == b":status":
+                        stream["status"] = int(value)
+                    else:
+                        stream["headers"].append([name.decode(), value.decode("utf-8", "replace")])
+            elif isinstance(h3_event, DataReceived):
+                stream["body"] += h3_event.data
+            if getattr(h3_event, "stream_ended", False):
+                self._finish(stream)
+
+    @staticmethod
+    def _finish(stream, reset=None, error=None):
+        if stream["done"].done():
+            return
+        stream["reset"] = reset
+        stream["error"] = error
+        stream["done"].set_result(None)
+
+    async def request(self, authority, spec):
+        stream_id = self._quic.get_next_available_stream_id()
+        headers = [
+            (b":method", spec.get("method", "GET").encode()),
+            (b":scheme", b"https"),
+            (b":authority", authority.encode()),
+            (b":path", spec.get("path", "/").encode()),
+        ]
+        for name, value in spec.get("headers", []):
+            headers.append((name.encode(), value.encode()))
+        if spec.get("big_header_bytes"):
+            headers.append((b"x-big", b"a" * int(spec["big_header_bytes"])))
+        body = b"\0" * int(spec.get("body_bytes", 0))
+        stream = {
+            "status": None,
+            "headers": [],
+            "body": b"",
+            "reset": None,
+            "error": None,
+            "done": asyncio.get_running_loop().create_future(),
+        }
+        self.streams[stream_id] = stream
+        self.h3.send_headers(stream_id, headers, end_stream=not body)
+        if body:
+            self.h3.send_data(stream_id, body, end_stream=True)
+        self.transmit()
+        try:
+            await asyncio.wait_for(asyncio.shield(stream["done"]), REQUEST_TIMEOUT)
+        except asyncio.TimeoutError:
+            stream["error"] = f"no complete response within {REQUEST_TIMEOUT}s"
+        return {
+            "status": stream["status"],
+            "headers": stream["headers"],
+            "body": stream["body"].decode("utf-8", "replace"),
+            "body_len": len(stream["body"]),
+            "reset": stream["reset"],
+            "error": stream["error"],
+        }
+
+
+async def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--ca", required=True)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--server-name", default="localhost")
+    parser.add_argument("--spec", required=True)
+    args = parser.parse_args()
+    specs = json.loads(args.spec)
+
+    config = QuicConfiguration(is_client=True, alpn_protocols=H3_ALPN)
+    config.load_verify_locations(args.ca)
+    config.server_name = args.server_name
+    authority = f"{args.server_name}:{args.port}"
+    results = []
+    async with connect(
+        args.host,
+        args.port,
+        configuration=config,
+        create_protocol=H3Client,
+        wait_connected=True,
+    ) as client:
+        for spec in specs:
+            results.append(await client.request(authority, spec))
+    print(json.dumps(results))
+
+
+if __name__ == "__main__":
+    try:
+        asyncio.run(asyncio.wait_for(main(), 60))
+    except Exception as exc:  # report why the connection failed, then fail
+        print(f"h3_requests.py: {type(exc).__name__}: {exc}", file=sys.stderr)
+        sys.exit(1)

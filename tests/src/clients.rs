@@ -1,0 +1,347 @@
+//! Real clients driven by the tests: curl (h1, h2, h2c), gtlsclient (h3), Python
+//! scripts in `tests/py/` (aioquic, niquests) and raw TCP for malformed requests.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context as _};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::TcpStream;
+
+use crate::edge::Edge;
+use crate::process::{self, tail, Finished};
+
+/// Deadline for one ordinary request; clients get it as their own timeout too.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A response as curl saw it.
+#[derive(Debug, Clone)]
+pub struct CurlResponse {
+    /// Status code (0 when no response arrived).
+    pub status: u16,
+    /// `1.1`, `2` or `3`, as curl's `%{http_version}`.
+    pub http_version: String,
+    /// Headers of the final response, names lower-cased, in order.
+    pub headers: Vec<(String, String)>,
+    /// Body (empty when it was sent to /dev/null).
+    pub body: Vec<u8>,
+    /// Body bytes received (`%{size_download}`).
+    pub size_download: u64,
+    /// Body bytes sent (`%{size_upload}`).
+    pub size_upload: u64,
+}
+
+impl CurlResponse {
+    /// The first value of header `name` (lower-case).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Every value of header `name` (lower-case).
+    pub fn header_all(&self, name: &str) -> Vec<&str> {
+        self.headers
+            .iter()
+            .filter(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+
+    /// The body as text.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    /// The body parsed as JSON.
+    pub fn json(&self) -> anyhow::Result<serde_json::Value> {
+        serde_json::from_slice(&self.body)
+            .with_context(|| format!("body is not JSON: {}", tail(&self.text())))
+    }
+}
+
+/// curl arguments that trust the test CA and resolve `localhost` to edge's address.
+pub fn tls_args(edge: &Edge) -> Vec<String> {
+    vec![
+        "--cacert".to_owned(),
+        edge.pki.ca_cert.to_string_lossy().into_owned(),
+        "--resolve".to_owned(),
+        format!(
+            "localhost:{}:{}",
+            edge.https_addr.port(),
+            edge.https_addr.ip()
+        ),
+    ]
+}
+
+/// Runs curl with `args` (URL included), keeping the body; 10 s limit.
+pub async fn curl<S: AsRef<str>>(args: &[S]) -> anyhow::Result<CurlResponse> {
+    curl_full(args, REQUEST_TIMEOUT, true).await
+}
+
+/// Runs curl with `args`, keeping the body, bounded by `timeout`.
+pub async fn curl_timeout<S: AsRef<str>>(
+    args: &[S],
+    timeout: Duration,
+) -> anyhow::Result<CurlResponse> {
+    curl_full(args, timeout, true).await
+}
+
+/// Runs a long curl transfer whose body goes to /dev/null, bounded by `timeout`.
+pub async fn curl_transfer<S: AsRef<str>>(
+    args: &[S],
+    timeout: Duration,
+) -> anyhow::Result<CurlResponse> {
+    curl_full(args, timeout, false).await
+}
+
+async fn curl_full<S: AsRef<str>>(
+    args: &[S],
+    timeout: Duration,
+    keep_body: bool,
+) -> anyhow::Result<CurlResponse> {
+    let dir = tempfile::tempdir()?;
+    let headers_path = dir.path().join("headers");
+    let body_path = if keep_body {
+        dir.path().join("body")
+    } else {
+        PathBuf::from("/dev/null")
+    };
+    let mut full: Vec<String> = vec![
+        "-sS".to_owned(),
+        "--max-time".to_owned(),
+        timeout.as_secs().to_string(),
+        "-D".to_owned(),
+        headers_path.to_string_lossy().into_owned(),
+        "-o".to_owned(),
+        body_path.to_string_lossy().into_owned(),
+        "-w".to_owned(),
+        "%{json}".to_owned(),
+    ];
+    full.extend(args.iter().map(|a| a.as_ref().to_owned()));
+    // curl stops itself at --max-time; the extra margin only catches a hung curl.
+    let out = process::run("curl", &full, timeout + Duration::from_secs(5)).await?;
+    out.ensure_success(&format!("curl {}", full.join(" ")))?;
+    let stats: serde_json::Value = serde_json::from_str(out.stdout.trim())
+        .with_context(|| format!("curl -w %{{json}} output: {}", out.stdout))?;
+    let headers_text = std::fs::read_to_string(&headers_path).unwrap_or_default();
+    let body = if keep_body {
+        std::fs::read(&body_path).unwrap_or_default()
+    } else {
+        Vec::new()
+    };
+    Ok(CurlResponse {
+        status: json_u64(&stats, "http_code") as u16,
+        http_version: stats["http_version"].as_str().unwrap_or("").to_owned(),
+        headers: parse_header_block(&headers_text),
+        body,
+        size_download: json_u64(&stats, "size_download"),
+        size_upload: json_u64(&stats, "size_upload"),
+    })
+}
+
+fn json_u64(value: &serde_json::Value, key: &str) -> u64 {
+    value[key].as_u64().unwrap_or(0)
+}
+
+/// Parses the last header block of a `curl -D` dump (interim 1xx blocks come first).
+fn parse_header_block(text: &str) -> Vec<(String, String)> {
+    let last = text
+        .split("\r\n\r\n")
+        .filter(|block| !block.trim().is_empty())
+        .last()
+        .unwrap_or("");
+    last.lines()
+        .skip(1)
+        .filter_map(|line| {
+            let (name, value) = line.split_once(':')?;
+            Some((name.trim().to_ascii_lowercase(), value.trim().to_owned()))
+        })
+        .collect()
+}
+
+/// An HTTP/3 response as gtlsclient received it.
+#[derive(Debug)]
+pub struct H3Response {
+    /// `:status`, when gtlsclient ran verbose (it prints headers only then).
+    pub status: Option<u16>,
+    /// Response headers (lower-case names), pseudo-headers excluded; verbose only.
+    pub headers: Vec<(String, String)>,
+    /// Bytes of body gtlsclient saved.
+    pub body_len: u64,
+    body_path: Option<PathBuf>,
+    /// The process output.
+    pub output: Finished,
+    _download: tempfile::TempDir,
+}
+
+impl H3Response {
+    /// The saved body (reads the whole file: for small responses).
+    pub fn body(&self) -> anyhow::Result<Vec<u8>> {
+        match &self.body_path {
+            Some(path) => {
+                std::fs::read(path).with_context(|| format!("reading {}", path.display()))
+            }
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// The saved body as text.
+    pub fn text(&self) -> anyhow::Result<String> {
+        Ok(String::from_utf8_lossy(&self.body()?).into_owned())
+    }
+
+    /// The first value of header `name` (lower-case).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// One request with `gtlsclient` to edge's QUIC listener; the body is saved to a
+/// tempdir (`--download`), `extra` adds options (e.g. `-m POST`, `--data=FILE`).
+///
+/// `verbose` keeps gtlsclient's log, the only place it prints the status and
+/// headers, minus frame and body dumps; without it `-q` silences everything, as
+/// the per-packet log of a 1 GiB transfer would run to gigabytes.
+///
+/// gtlsclient has no option to name a CA: it goes on when verification fails, so
+/// these tests do not check the handshake's trust, only HTTP/3 behaviour.
+pub async fn gtlsclient(
+    edge: &Edge,
+    path: &str,
+    extra: &[String],
+    verbose: bool,
+    timeout: Duration,
+) -> anyhow::Result<H3Response> {
+    let download = tempfile::tempdir_in(edge.dir.path())?;
+    let port = edge.h3_addr.port().to_string();
+    let mut args: Vec<String> = vec![
+        "--exit-on-all-streams-close".to_owned(),
+        format!("--timeout={}s", timeout.as_secs()),
+        "--sni=localhost".to_owned(),
+        format!("--download={}", download.path().display()),
+    ];
+    if verbose {
+        args.extend(["--no-quic-dump".to_owned(), "--no-http-dump".to_owned()]);
+    } else {
+        args.push("-q".to_owned());
+    }
+    args.extend(extra.iter().cloned());
+    args.push(edge.h3_addr.ip().to_string());
+    args.push(port.clone());
+    args.push(format!("https://localhost:{port}{path}"));
+    let output = process::run("gtlsclient", &args, timeout + Duration::from_secs(5)).await?;
+    output.ensure_success(&format!("gtlsclient {}", args.join(" ")))?;
+    let (status, headers) = parse_gtlsclient_headers(&output.stderr);
+    let body_path = std::fs::read_dir(download.path())?
+        .filter_map(Result::ok)
+        .map(|entry| entry.path())
+        .next();
+    let body_len = match &body_path {
+        Some(path) => std::fs::metadata(path)?.len(),
+        None => 0,
+    };
+    Ok(H3Response {
+        status,
+        headers,
+        body_len,
+        body_path,
+        output,
+        _download: download,
+    })
+}
+
+/// Response headers from gtlsclient's log: `http: stream 0x0 [name: value]` lines.
+fn parse_gtlsclient_headers(log: &str) -> (Option<u16>, Vec<(String, String)>) {
+    let mut status = None;
+    let mut headers = Vec::new();
+    for line in log.lines() {
+        let Some(rest) = line.strip_prefix("http: stream ") else {
+            continue;
+        };
+        let Some(inner) = rest.split_once(" [").and_then(|(_, h)| h.strip_suffix(']')) else {
+            continue;
+        };
+        let Some((name, value)) = inner.split_once(": ") else {
+            continue;
+        };
+        if name == ":status" {
+            status = value.parse().ok();
+        } else if !name.starts_with(':') {
+            headers.push((name.to_ascii_lowercase(), value.to_owned()));
+        }
+    }
+    (status, headers)
+}
+
+/// Absolute path of a script in `tests/py/`.
+pub fn py_script(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("py").join(name)
+}
+
+/// Runs `python3 tests/py/NAME args` and parses the JSON object on its last line.
+pub async fn python_json<S: AsRef<str>>(
+    name: &str,
+    args: &[S],
+    timeout: Duration,
+) -> anyhow::Result<serde_json::Value> {
+    let mut full = vec![py_script(name).to_string_lossy().into_owned()];
+    full.extend(args.iter().map(|a| a.as_ref().to_owned()));
+    let out = process::run("python3", &full, timeout).await?;
+    out.ensure_success(&format!("python3 {name}"))?;
+    let last = out.stdout.lines().last().unwrap_or("");
+    serde_json::from_str(last).with_context(|| {
+        format!(
+            "python3 {name} printed no JSON line:\n{}\n{}",
+            out.stdout, out.stderr
+        )
+    })
+}
+
+/// Sends `request` as-is over TCP and returns what comes back until the response
+/// is complete (by Content-Length), the peer closes, or 10 s pass.
+pub async fn raw_http(addr: SocketAddr, request: &str) -> anyhow::Result<String> {
+    let exchange = async {
+        let mut stream = TcpStream::connect(addr).await?;
+        stream.write_all(request.as_bytes()).await?;
+        let mut received = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            let n = stream.read(&mut buf).await?;
+            if n == 0 {
+                break;
+            }
+            received.extend_from_slice(&buf[..n]);
+            if response_complete(&received) {
+                break;
+            }
+        }
+        anyhow::Ok(String::from_utf8_lossy(&received).into_owned())
+    };
+    match tokio::time::timeout(REQUEST_TIMEOUT, exchange).await {
+        Ok(result) => result,
+        Err(_) => bail!("no complete response from {addr} within {REQUEST_TIMEOUT:?}"),
+    }
+}
+
+fn response_complete(received: &[u8]) -> bool {
+    let text = String::from_utf8_lossy(received);
+    let Some(end) = text.find("\r\n\r\n") else {
+        return false;
+    };
+    let length = text[..end]
+        .lines()
+        .filter_map(|l| l.split_once(':'))
+        .find(|(n, _)| n.trim().eq_ignore_ascii_case("content-length"))
+        .and_then(|(_, v)| v.trim().parse::<usize>().ok());
+    match length {
+        Some(length) => received.len() >= end + 4 + length,
+        // Without a length the body runs to close (or is chunked): read until EOF.
+        None => false,
+    }
+}

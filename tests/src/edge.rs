@@ -1,0 +1,423 @@
+//! The edge binary under test: its config, its process and what it logs.
+
+use std::io::{BufRead as _, BufReader, Read};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use anyhow::{bail, Context as _};
+use tempfile::TempDir;
+
+use crate::pki::Pki;
+use crate::process::{self, tail, Finished};
+
+/// How long edge may take from spawn to its `edge ready` line.
+const READY_DEADLINE: Duration = Duration::from_secs(20);
+
+/// The workspace root (parent of this crate), where `ops/` lives.
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from(".."))
+}
+
+/// Path of the edge binary: `$EDGE_BIN`, else `<target>/debug/edge` of this workspace.
+pub fn edge_bin() -> anyhow::Result<PathBuf> {
+    let path = match std::env::var_os("EDGE_BIN") {
+        Some(bin) => PathBuf::from(bin),
+        None => {
+            let target = std::env::var_os("CARGO_TARGET_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| workspace_root().join("target"));
+            target.join("debug").join("edge")
+        }
+    };
+    if !path.is_file() {
+        bail!(
+            "edge binary not found at {}: run `cargo build -p edge --bin edge` first \
+             or point EDGE_BIN at one",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+/// Runs the edge binary to completion (e.g. `edge check`), killed after `timeout`.
+pub async fn run_edge<I, S>(args: I, timeout: Duration) -> anyhow::Result<Finished>
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<std::ffi::OsStr>,
+{
+    let mut command = tokio::process::Command::new(edge_bin()?);
+    command
+        .args(args)
+        .env("NO_COLOR", "1")
+        .current_dir(workspace_root());
+    process::run_command(command, timeout).await
+}
+
+/// One `[pools.NAME]` table.
+#[derive(Debug, Clone)]
+pub struct PoolConfig {
+    /// Pool name, referenced by routes and used as the `backend` metric label.
+    pub name: String,
+    /// Endpoint URLs such as `http://127.0.0.1:PORT`.
+    pub endpoints: Vec<String>,
+    /// Further keys with their values already written as TOML (`"1s"`, `"h1"`).
+    pub settings: Vec<(String, String)>,
+}
+
+/// One `[[routes]]` entry.
+#[derive(Debug, Clone)]
+pub struct RouteConfig {
+    /// Exact host to match, if any.
+    pub host: Option<String>,
+    /// Path prefix to match.
+    pub path_prefix: String,
+    /// Pool the route sends to.
+    pub pool: String,
+}
+
+/// A config file for edge, rendered to TOML by [`EdgeConfig::to_toml`].
+///
+/// Every listener binds port 0 on 127.0.0.1; the generated certificate is served.
+#[derive(Debug, Clone)]
+pub struct EdgeConfig {
+    /// Whether to add the plaintext `http_listen` listener.
+    pub http_listen: bool,
+    /// Whether to add the `admin` listener.
+    pub admin: bool,
+    /// `[client]` keys with TOML values.
+    pub client: Vec<(String, String)>,
+    /// Routes, in order; an empty list renders a single catch-all to `default`.
+    pub routes: Vec<RouteConfig>,
+    /// Pools.
+    pub pools: Vec<PoolConfig>,
+}
+
+impl EdgeConfig {
+    /// All listeners, Alt-Svc on, and one pool `default` with `endpoint`.
+    pub fn new(endpoint: impl Into<String>) -> Self {
+        Self {
+            http_listen: true,
+            admin: true,
+            client: Vec::new(),
+            routes: Vec::new(),
+            pools: vec![PoolConfig {
+                name: "default".to_owned(),
+                endpoints: vec![endpoint.into()],
+                settings: Vec::new(),
+            }],
+        }
+    }
+
+    /// Sets `key = value` (value written as TOML) on the `default` pool.
+    pub fn pool_setting(mut self, key: &str, toml_value: &str) -> Self {
+        if let Some(pool) = self.pools.iter_mut().find(|p| p.name == "default") {
+            pool.settings.push((key.to_owned(), toml_value.to_owned()));
+        }
+        self
+    }
+
+    /// Sets `protocol` of the `default` pool (`h1` or `h2`).
+    pub fn protocol(self, protocol: &str) -> Self {
+        self.pool_setting("protocol", &toml_str(protocol))
+    }
+
+    /// Sets `key = value` (value written as TOML) in `[client]`.
+    pub fn client_setting(mut self, key: &str, toml_value: &str) -> Self {
+        self.client.push((key.to_owned(), toml_value.to_owned()));
+        self
+    }
+
+    /// Renders the config, serving the certificate of `pki`.
+    pub fn to_toml(&self, pki: &Pki) -> String {
+        let mut out = String::from("listen = \"127.0.0.1:0\"\n");
+        if self.http_listen {
+            out.push_str("http_listen = \"127.0.0.1:0\"\n");
+        }
+        if self.admin {
+            out.push_str("admin = \"127.0.0.1:0\"\n");
+        }
+        out.push_str("\n[alt_svc]\nenabled = true\nmax_age = \"24h\"\n");
+        out.push_str("\n[tls]\n[[tls.certificates]]\n");
+        out.push_str(&format!("cert = {}\n", toml_path(&pki.leaf_cert)));
+        out.push_str(&format!("key = {}\n", toml_path(&pki.leaf_key)));
+        if !self.client.is_empty() {
+            out.push_str("\n[client]\n");
+            for (key, value) in &self.client {
+                out.push_str(&format!("{key} = {value}\n"));
+            }
+        }
+        let default_route = [RouteConfig {
+            host: None,
+            path_prefix: "/".to_owned(),
+            pool: "default".to_owned(),
+        }];
+        let routes = if self.routes.is_empty() {
+            &default_route[..]
+        } else {
+            &self.routes[..]
+        };
+        for route in routes {
+            out.push_str("\n[[routes]]\n");
+            if let Some(host) = &route.host {
+                out.push_str(&format!("host = {}\n", toml_str(host)));
+            }
+            out.push_str(&format!("path_prefix = {}\n", toml_str(&route.path_prefix)));
+            out.push_str(&format!("pool = {}\n", toml_str(&route.pool)));
+        }
+        for pool in &self.pools {
+            out.push_str(&format!("\n[pools.{}]\n", pool.name));
+            let endpoints: Vec<String> = pool.endpoints.iter().map(|e| toml_str(e)).collect();
+            out.push_str(&format!("endpoints = [{}]\n", endpoints.join(", ")));
+            for (key, value) in &pool.settings {
+                out.push_str(&format!("{key} = {value}\n"));
+            }
+        }
+        out
+    }
+}
+
+/// A TOML basic string holding `value` (JSON string escapes are valid TOML).
+pub fn toml_str(value: &str) -> String {
+    serde_json::Value::String(value.to_owned()).to_string()
+}
+
+/// A TOML basic string holding `path`.
+pub fn toml_path(path: &Path) -> String {
+    toml_str(&path.to_string_lossy())
+}
+
+/// A running `edge run` process, killed on drop.
+///
+/// Its stdout and stderr are collected for the whole run; when a test panics while
+/// holding an `Edge`, the collected output is printed so the failure explains itself.
+#[derive(Debug)]
+pub struct Edge {
+    child: Child,
+    log: Arc<Mutex<String>>,
+    /// TLS over TCP listener (h1 and h2 by ALPN).
+    pub https_addr: SocketAddr,
+    /// QUIC listener (same port as `https_addr`).
+    pub h3_addr: SocketAddr,
+    /// Plaintext h1 + h2c listener, when configured.
+    pub http_addr: Option<SocketAddr>,
+    /// Admin listener (`/healthz`, `/metrics`), when configured.
+    pub admin_addr: Option<SocketAddr>,
+    /// Certificates edge serves; clients trust `pki.ca_cert`.
+    pub pki: Pki,
+    /// Path of the config file edge was started with.
+    pub config_path: PathBuf,
+    /// Holds the config, the certificates and any files a test writes beside them.
+    pub dir: TempDir,
+}
+
+impl Edge {
+    /// Writes `config` with fresh certificates to a tempdir and starts edge on it.
+    pub async fn start(config: &EdgeConfig) -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir().context("creating tempdir")?;
+        let pki = Pki::generate(dir.path())?;
+        let toml = config.to_toml(&pki);
+        Self::start_with_toml(dir, pki, &toml).await
+    }
+
+    /// Starts edge on a config given as TOML text, written into `dir`.
+    pub async fn start_with_toml(dir: TempDir, pki: Pki, toml: &str) -> anyhow::Result<Self> {
+        let config_path = dir.path().join("edge.toml");
+        std::fs::write(&config_path, toml).context("writing edge.toml")?;
+        let mut child = Command::new(edge_bin()?)
+            .arg("run")
+            .arg("-c")
+            .arg(&config_path)
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("spawning edge")?;
+        let log = Arc::new(Mutex::new(String::new()));
+        if let Some(stderr) = child.stderr.take() {
+            collect(stderr, Arc::clone(&log));
+        }
+        if let Some(stdout) = child.stdout.take() {
+            collect(stdout, Arc::clone(&log));
+        }
+        let mut edge = Self {
+            child,
+            log,
+            https_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            h3_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            http_addr: None,
+            admin_addr: None,
+            pki,
+            config_path,
+            dir,
+        };
+        edge.wait_ready().await?;
+        Ok(edge)
+    }
+
+    async fn wait_ready(&mut self) -> anyhow::Result<()> {
+        let end = tokio::time::Instant::now() + READY_DEADLINE;
+        loop {
+            let log = self.log();
+            if log.contains("edge ready") {
+                return self.parse_listeners(&log);
+            }
+            if let Some(status) = self.child.try_wait().context("polling edge")? {
+                bail!(
+                    "edge exited with {status} before `edge ready`:\n{}",
+                    tail(&log)
+                );
+            }
+            if tokio::time::Instant::now() >= end {
+                bail!(
+                    "no `edge ready` line within {READY_DEADLINE:?}:\n{}",
+                    tail(&log)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn parse_listeners(&mut self, log: &str) -> anyhow::Result<()> {
+        let mut https = None;
+        let mut h3 = None;
+        for (kind, addr) in log.lines().filter_map(parse_listening) {
+            match kind.as_str() {
+                "https" => https = Some(addr),
+                "h3" => h3 = Some(addr),
+                "http" => self.http_addr = Some(addr),
+                "admin" => self.admin_addr = Some(addr),
+                _ => {}
+            }
+        }
+        self.https_addr = https.with_context(|| format!("no `kind=https` line in:\n{log}"))?;
+        self.h3_addr = h3.with_context(|| format!("no `kind=h3` line in:\n{log}"))?;
+        Ok(())
+    }
+
+    /// Everything edge has written to stdout and stderr so far.
+    pub fn log(&self) -> String {
+        self.log
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Process id of the edge process.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Resident set size of the edge process, in KiB, from /proc/PID/status.
+    pub fn rss_kib(&self) -> anyhow::Result<u64> {
+        rss_kib_of(self.pid())
+    }
+
+    /// `http_listen` address; fails when the config had none.
+    pub fn http(&self) -> anyhow::Result<SocketAddr> {
+        self.http_addr.context("edge has no http listener")
+    }
+
+    /// Admin address; fails when the config had none.
+    pub fn admin(&self) -> anyhow::Result<SocketAddr> {
+        self.admin_addr.context("edge has no admin listener")
+    }
+
+    /// `https://localhost:PORT` for the TLS/QUIC listener.
+    pub fn https_origin(&self) -> String {
+        format!("https://localhost:{}", self.https_addr.port())
+    }
+}
+
+impl Drop for Edge {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "--- edge output (pid {}) ---\n{}",
+                self.pid(),
+                tail(&self.log())
+            );
+        }
+        // Child::kill signals exactly this child's pid; reap it so no zombie is left.
+        if let Err(err) = self.child.kill() {
+            eprintln!("killing edge pid {}: {err}", self.pid());
+        }
+        if let Err(err) = self.child.wait() {
+            eprintln!("reaping edge pid {}: {err}", self.pid());
+        }
+    }
+}
+
+/// Resident set size of process `pid`, in KiB, from /proc/PID/status.
+pub fn rss_kib_of(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .with_context(|| format!("reading /proc/{pid}/status"))?;
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .context("no VmRSS line")?;
+    let kib = line
+        .trim_start_matches("VmRSS:")
+        .trim()
+        .trim_end_matches("kB")
+        .trim();
+    kib.parse().with_context(|| format!("parsing {line:?}"))
+}
+
+/// Appends every line read from `stream` to `log` on a thread of its own.
+fn collect(stream: impl Read + Send + 'static, log: Arc<Mutex<String>>) {
+    std::thread::spawn(move || {
+        let mut reader = BufReader::new(stream);
+        let mut line = Vec::new();
+        loop {
+            line.clear();
+            match reader.read_until(b'\n', &mut line) {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {
+                    let text = strip_ansi(&String::from_utf8_lossy(&line));
+                    log.lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .push_str(&text);
+                }
+            }
+        }
+    });
+}
+
+/// Removes ANSI colour sequences (`ESC [ ... letter`) in case a logger adds them.
+fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for d in chars.by_ref() {
+                if d.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Parses `... listening kind=KIND addr=IP:PORT ...` into `(KIND, IP:PORT)`.
+pub fn parse_listening(line: &str) -> Option<(String, SocketAddr)> {
+    let rest = &line[line.find("listening")?..];
+    let kind = field(rest, "kind=")?;
+    let addr = field(rest, "addr=")?.parse().ok()?;
+    Some((kind, addr))
+}
+
+fn field(text: &str, key: &str) -> Option<String> {
+    let start = text.find(key)? + key.len();
+    let value = text[start..].split_whitespace().next()?;
+    Some(value.trim_matches('"').trim_end_matches(',').to_owned())
+}

@@ -1,0 +1,37 @@
+//! Harness for edge's integration tests.
+//!
+//! Each test starts the real `edge` binary on port 0 with certificates generated at
+//! test time, an in-process origin on a free loopback port, and real clients (curl,
+//! gtlsclient, Python HTTP/3 clients). Waits are conditions polled with a deadline;
+//! every process is killed when the test drops it.
+
+pub mod clients;
+pub mod edge;
+pub mod origin;
+pub mod pki;
+pub mod process;
+
+pub use clients::{
+    curl, curl_timeout, curl_transfer, gtlsclient, python_json, raw_http, tls_args, CurlResponse,
+    H3Response, REQUEST_TIMEOUT,
+};
+pub use edge::{run_edge, workspace_root, Edge, EdgeConfig, PoolConfig, RouteConfig};
+pub use origin::{echo_header, echo_headers, Origin, OriginOptions};
+pub use pki::Pki;
+pub use process::wait_until;
+
+/// An origin with `options`, and edge in front of it with the config `configure`
+/// makes from the default one (all listeners, pool `default` → the origin).
+pub async fn start_pair(
+    options: OriginOptions,
+    configure: impl FnOnce(EdgeConfig) -> EdgeConfig,
+) -> anyhow::Result<(Origin, Edge)> {
+    let origin = Origin::start_with(options).await?;
+    let edge = Edge::start(&configure(EdgeConfig::new(origin.url()))).await?;
+    Ok((origin, edge))
+}
+
+/// [`start_pair`] with the default origin and config.
+pub async fn start_default() -> anyhow::Result<(Origin, Edge)> {
+    start_pair(OriginOptions::default(), |config| config).await
+}

@@ -1,0 +1,387 @@
+//! An in-process origin: hyper 1.x serving HTTP/1.1 and h2c (prior knowledge).
+//!
+//! Routes: `/echo` (the request as JSON), `/bytes/N` (N bytes streamed in 64 KiB
+//! chunks), `/upload` (counts the body chunk by chunk), `/slow/MS` (answers after MS
+//! milliseconds), `/hop-by-hop` (a response carrying hop-by-hop headers), anything
+//! else `hello`.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt as _, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+/// Size of each chunk `/bytes/N` writes.
+pub const CHUNK: usize = 64 * 1024;
+
+/// How the origin serves connections.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct OriginOptions {
+    /// Drop every connection (no GOAWAY, no `Connection: close`) once it has had no
+    /// request in flight for this long: a backend whose keep-alive timeout is
+    /// shorter than the proxy's.
+    pub idle_close: Option<Duration>,
+    /// Serve HTTP/1.1 only (no h2c).
+    pub http1_only: bool,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    requests: AtomicU64,
+    connections: AtomicU64,
+}
+
+/// A running origin on 127.0.0.1; stops accepting when dropped.
+#[derive(Debug)]
+pub struct Origin {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    counters: Arc<Counters>,
+    accept: JoinHandle<()>,
+}
+
+impl Origin {
+    /// Starts an origin with default options (h1 + h2c, no idle close).
+    pub async fn start() -> anyhow::Result<Self> {
+        Self::start_with(OriginOptions::default()).await
+    }
+
+    /// Starts an origin with `options` on a free loopback port.
+    pub async fn start_with(options: OriginOptions) -> anyhow::Result<Self> {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .context("binding origin")?;
+        let addr = listener.local_addr()?;
+        let counters = Arc::new(Counters::default());
+        let accept = tokio::spawn(accept_loop(listener, options, Arc::clone(&counters)));
+        Ok(Self {
+            addr,
+            counters,
+            accept,
+        })
+    }
+
+    /// `http://127.0.0.1:PORT`, for a pool's `endpoints`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Requests received so far.
+    pub fn requests(&self) -> u64 {
+        self.counters.requests.load(Ordering::SeqCst)
+    }
+
+    /// Connections accepted so far.
+    pub fn connections(&self) -> u64 {
+        self.counters.connections.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for Origin {
+    fn drop(&mut self) {
+        self.accept.abort();
+    }
+}
+
+async fn accept_loop(listener: TcpListener, options: OriginOptions, counters: Arc<Counters>) {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder.http1().timer(TokioTimer::new());
+    builder.http2().timer(TokioTimer::new());
+    if options.http1_only {
+        builder = builder.http1_only();
+    }
+    loop {
+        let (stream, _) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(err) => {
+                eprintln!("origin: accept failed: {err}");
+                continue;
+            }
+        };
+        counters.connections.fetch_add(1, Ordering::SeqCst);
+        let builder = builder.clone();
+        let counters = Arc::clone(&counters);
+        tokio::spawn(async move {
+            let conn_state = Arc::new(ConnState::new());
+            let state = Arc::clone(&conn_state);
+            let service = service_fn(move |req| {
+                counters.requests.fetch_add(1, Ordering::SeqCst);
+                handle(req, InFlight::start(Arc::clone(&state)))
+            });
+            let conn = builder.serve_connection(TokioIo::new(stream), service);
+            let result = match options.idle_close {
+                None => conn.await,
+                Some(limit) => tokio::select! {
+                    result = conn => result,
+                    // Dropping `conn` here closes the socket with no goodbye.
+                    () = conn_state.idle_for(limit) => Ok(()),
+                },
+            };
+            if let Err(err) = result {
+                eprintln!("origin: connection ended with {err}");
+            }
+        });
+    }
+}
+
+/// What the idle watchdog of one connection needs to know.
+#[derive(Debug)]
+struct ConnState {
+    in_flight: AtomicUsize,
+    last_done: Mutex<Instant>,
+}
+
+impl ConnState {
+    fn new() -> Self {
+        Self {
+            in_flight: AtomicUsize::new(0),
+            last_done: Mutex::new(Instant::now()),
+        }
+    }
+
+    /// Resolves once no request has been in flight for `limit`.
+    async fn idle_for(&self, limit: Duration) {
+        let tick = (limit / 20).max(Duration::from_millis(5));
+        loop {
+            let last = *self
+                .last_done
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if self.in_flight.load(Ordering::SeqCst) == 0 && last.elapsed() >= limit {
+                return;
+            }
+            tokio::time::sleep(tick).await;
+        }
+    }
+}
+
+/// Marks a request in flight until its response body has been fully sent (dropped).
+#[derive(Debug)]
+struct InFlight(Arc<ConnState>);
+
+impl InFlight {
+    fn start(state: Arc<ConnState>) -> Self {
+        state.in_flight.fetch_add(1, Ordering::SeqCst);
+        Self(state)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        *self
+            .0
+            .last_done
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Instant::now();
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Response body of the origin: any body, plus the in-flight marker it releases.
+pub struct OriginBody {
+    inner: BoxBody<Bytes, Infallible>,
+    _in_flight: InFlight,
+}
+
+impl Body for OriginBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// `remaining` zero bytes, one shared 64 KiB chunk at a time.
+struct Zeros {
+    remaining: u64,
+    chunk: Bytes,
+}
+
+impl Body for Zeros {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        if self.remaining == 0 {
+            return Poll::Ready(None);
+        }
+        let n = self.remaining.min(self.chunk.len() as u64);
+        self.remaining -= n;
+        // n <= CHUNK, so the cast cannot truncate.
+        let data = self.chunk.slice(..n as usize);
+        Poll::Ready(Some(Ok(Frame::data(data))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.remaining == 0
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::with_exact(self.remaining)
+    }
+}
+
+async fn handle(
+    req: Request<Incoming>,
+    in_flight: InFlight,
+) -> Result<Response<OriginBody>, Infallible> {
+    let path = req.uri().path().to_owned();
+    let (status, headers, body) = if path == "/echo" {
+        (StatusCode::OK, Vec::new(), full(echo(&req)))
+    } else if let Some(n) = path.strip_prefix("/bytes/") {
+        match n.parse::<u64>() {
+            Ok(n) => (StatusCode::OK, Vec::new(), zeros(n)),
+            Err(_) => (StatusCode::BAD_REQUEST, Vec::new(), full("bad size\n")),
+        }
+    } else if path == "/upload" {
+        upload(req).await
+    } else if let Some(ms) = path.strip_prefix("/slow/") {
+        match ms.parse::<u64>() {
+            Ok(ms) => {
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+                (StatusCode::OK, Vec::new(), full("slow"))
+            }
+            Err(_) => (StatusCode::BAD_REQUEST, Vec::new(), full("bad delay\n")),
+        }
+    } else if path == "/hop-by-hop" {
+        (StatusCode::OK, HOP_BY_HOP_RESPONSE.to_vec(), full("hop"))
+    } else {
+        (StatusCode::OK, Vec::new(), full("hello"))
+    };
+    let mut response = Response::new(OriginBody {
+        inner: body,
+        _in_flight: in_flight,
+    });
+    *response.status_mut() = status;
+    for (name, value) in headers {
+        response
+            .headers_mut()
+            .append(name, http::HeaderValue::from_static(value));
+    }
+    Ok(response)
+}
+
+/// Headers `/hop-by-hop` sets: every hop-by-hop kind, plus one end-to-end header.
+pub const HOP_BY_HOP_RESPONSE: [(&str, &str); 7] = [
+    ("connection", "x-hop-custom"),
+    ("x-hop-custom", "must-not-pass"),
+    ("keep-alive", "timeout=5"),
+    ("proxy-connection", "keep-alive"),
+    ("upgrade", "example/1"),
+    ("proxy-authenticate", "Basic realm=\"origin\""),
+    ("x-end-to-end", "kept"),
+];
+
+fn echo(req: &Request<Incoming>) -> String {
+    let headers: Vec<[String; 2]> = req
+        .headers()
+        .iter()
+        .map(|(name, value)| {
+            [
+                name.as_str().to_owned(),
+                String::from_utf8_lossy(value.as_bytes()).into_owned(),
+            ]
+        })
+        .collect();
+    serde_json::json!({
+        "method": req.method().as_str(),
+        "uri": req.uri().to_string(),
+        "version": format!("{:?}", req.version()),
+        "headers": headers,
+    })
+    .to_string()
+}
+
+/// Headers of an `/echo` answer, as `(name, value)` pairs.
+pub fn echo_headers(echo: &serde_json::Value) -> Vec<(String, String)> {
+    echo["headers"]
+        .as_array()
+        .map(|headers| {
+            headers
+                .iter()
+                .filter_map(|pair| {
+                    Some((
+                        pair.get(0)?.as_str()?.to_owned(),
+                        pair.get(1)?.as_str()?.to_owned(),
+                    ))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Every value of header `name` in an `/echo` answer.
+pub fn echo_header(echo: &serde_json::Value, name: &str) -> Vec<String> {
+    echo_headers(echo)
+        .into_iter()
+        .filter(|(n, _)| n == name)
+        .map(|(_, v)| v)
+        .collect()
+}
+
+type Handled = (
+    StatusCode,
+    Vec<(&'static str, &'static str)>,
+    BoxBody<Bytes, Infallible>,
+);
+
+async fn upload(req: Request<Incoming>) -> Handled {
+    let mut body = req.into_body();
+    let mut received: u64 = 0;
+    while let Some(frame) = body.frame().await {
+        match frame {
+            Ok(frame) => {
+                if let Some(data) = frame.data_ref() {
+                    received += data.len() as u64;
+                }
+            }
+            Err(err) => {
+                let message = format!("upload failed after {received} bytes: {err}\n");
+                return (StatusCode::BAD_REQUEST, Vec::new(), full(message));
+            }
+        }
+    }
+    (StatusCode::OK, Vec::new(), full(received.to_string()))
+}
+
+fn full(body: impl Into<Bytes>) -> BoxBody<Bytes, Infallible> {
+    Full::new(body.into()).boxed()
+}
+
+fn zeros(n: u64) -> BoxBody<Bytes, Infallible> {
+    Zeros {
+        remaining: n,
+        chunk: Bytes::from(vec![0u8; CHUNK]),
+    }
+    .boxed()
+}

@@ -1,0 +1,100 @@
+//! Helper processes (curl, gtlsclient, python3), always run with a deadline.
+
+use std::ffi::OsStr;
+use std::process::{Output, Stdio};
+use std::time::Duration;
+
+use anyhow::{bail, Context as _};
+use tokio::process::Command;
+
+/// Output of a finished helper, with stdout and stderr decoded leniently.
+#[derive(Debug, Clone)]
+pub struct Finished {
+    /// Exit code, `None` when killed by a signal.
+    pub code: Option<i32>,
+    /// Captured standard output.
+    pub stdout: String,
+    /// Captured standard error.
+    pub stderr: String,
+}
+
+impl Finished {
+    fn from_output(output: Output) -> Self {
+        Self {
+            code: output.status.code(),
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        }
+    }
+
+    /// Fails with both streams in the message unless the exit code was 0.
+    pub fn ensure_success(&self, what: &str) -> anyhow::Result<&Self> {
+        if self.code != Some(0) {
+            bail!(
+                "{what} exited with {:?}\n--- stdout\n{}\n--- stderr\n{}",
+                self.code,
+                tail(&self.stdout),
+                tail(&self.stderr)
+            );
+        }
+        Ok(self)
+    }
+}
+
+/// Runs `program args` with no standard input and kills it when `timeout` passes.
+pub async fn run<I, S>(program: &str, args: I, timeout: Duration) -> anyhow::Result<Finished>
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    let mut command = Command::new(program);
+    command.args(args);
+    run_command(command, timeout).await
+}
+
+/// Runs a prepared command with no standard input, killing it when `timeout` passes.
+pub async fn run_command(mut command: Command, timeout: Duration) -> anyhow::Result<Finished> {
+    let described = format!("{:?}", command.as_std());
+    command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let child = command
+        .spawn()
+        .with_context(|| format!("spawning {described}"))?;
+    // On timeout the future is dropped, and with it the child, which kill_on_drop kills.
+    match tokio::time::timeout(timeout, child.wait_with_output()).await {
+        Ok(output) => Ok(Finished::from_output(
+            output.with_context(|| format!("waiting for {described}"))?,
+        )),
+        Err(_) => bail!("{described} did not finish within {timeout:?}"),
+    }
+}
+
+/// The last 4 KiB of a possibly long log, for error messages.
+pub fn tail(text: &str) -> &str {
+    let mut start = text.len().saturating_sub(4096);
+    while !text.is_char_boundary(start) {
+        start += 1;
+    }
+    &text[start..]
+}
+
+/// Polls `condition` every `interval` until it holds or `deadline` passes.
+pub async fn wait_until<F>(what: &str, deadline: Duration, mut condition: F) -> anyhow::Result<()>
+where
+    F: FnMut() -> bool,
+{
+    let interval = Duration::from_millis(20);
+    let end = tokio::time::Instant::now() + deadline;
+    loop {
+        if condition() {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= end {
+            bail!("timed out after {deadline:?} waiting for {what}");
+        }
+        tokio::time::sleep(interval).await;
+    }
+}

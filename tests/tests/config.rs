@@ -1,0 +1,174 @@
+//! `edge check` and `edge run` failing before they serve anything.
+
+use std::time::Duration;
+
+use edge_tests::edge::toml_path;
+use edge_tests::{run_edge, workspace_root, Pki};
+
+const RUN_TIMEOUT: Duration = Duration::from_secs(20);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_reports_unknown_key_bad_duration_and_missing_cert_with_lines_and_exits_2(
+) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let pki = Pki::generate(dir.path())?;
+    let missing = dir.path().join("missing-leaf.pem");
+    // Line numbers below are asserted: keep them in step with this text.
+    let toml = [
+        "listen = \"127.0.0.1:0\"".to_owned(),             // 1
+        "colour = \"blue\"".to_owned(),                    // 2: unknown key
+        String::new(),                                     // 3
+        "[client]".to_owned(),                             // 4
+        "idle_timeout = \"ten minutes\"".to_owned(),       // 5: bad duration
+        String::new(),                                     // 6
+        "[[tls.certificates]]".to_owned(),                 // 7
+        format!("cert = {}", toml_path(&missing)),         // 8: missing file
+        format!("key = {}", toml_path(&pki.leaf_key)),     // 9
+        String::new(),                                     // 10
+        "[[routes]]".to_owned(),                           // 11
+        "pool = \"default\"".to_owned(),                   // 12
+        String::new(),                                     // 13
+        "[pools.default]".to_owned(),                      // 14
+        "endpoints = [\"http://127.0.0.1:9\"]".to_owned(), // 15
+    ]
+    .join("\n")
+        + "\n";
+    let file = dir.path().join("bad.toml");
+    std::fs::write(&file, toml)?;
+    let out = run_edge(
+        ["check".as_ref(), "-c".as_ref(), file.as_os_str()],
+        RUN_TIMEOUT,
+    )
+    .await?;
+    assert_eq!(
+        out.code,
+        Some(2),
+        "stdout:\n{}\nstderr:\n{}",
+        out.stdout,
+        out.stderr
+    );
+    let printed = format!("{}{}", out.stdout, out.stderr);
+    let file = file.display().to_string();
+    let expected: [(u32, &[&str]); 3] = [
+        (2, &["colour"]),
+        (5, &["client.idle_timeout"]),
+        (8, &["tls.certificates[0].cert", "tls.certificates.0.cert"]),
+    ];
+    for (line, paths) in expected {
+        let found = paths.iter().any(|path| {
+            printed
+                .lines()
+                .any(|l| l.starts_with(&format!("{file}:{line}: {path}: ")))
+        });
+        assert!(
+            found,
+            "no `{file}:{line}: {}: reason` line in:\n{printed}",
+            paths[0]
+        );
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_accepts_every_example_config_in_ops() -> anyhow::Result<()> {
+    let ops = workspace_root().join("ops");
+    let mut examples: Vec<_> = std::fs::read_dir(&ops)?
+        .filter_map(Result::ok)
+        .map(|entry| entry.path())
+        .filter(|path| path.extension().is_some_and(|ext| ext == "toml"))
+        .collect();
+    examples.sort();
+    assert!(!examples.is_empty(), "no ops/*.toml to check");
+    for example in examples {
+        let out = run_edge(
+            ["check".as_ref(), "-c".as_ref(), example.as_os_str()],
+            RUN_TIMEOUT,
+        )
+        .await?;
+        assert_eq!(
+            out.code,
+            Some(0),
+            "edge check -c {}:\n{}{}",
+            example.display(),
+            out.stdout,
+            out.stderr
+        );
+    }
+    Ok(())
+}
+
+/// Asserts `edge` failed cleanly: non-zero exit, no panic, exactly one `edge: ` line
+/// and that line naming `addr`.
+fn assert_one_line_naming(out: &edge_tests::process::Finished, addr: &str) {
+    assert!(
+        matches!(out.code, Some(code) if code != 0 && code != 101),
+        "exit {:?}, stderr:\n{}",
+        out.code,
+        out.stderr
+    );
+    assert!(
+        !out.stderr.contains("panicked"),
+        "panicked:\n{}",
+        out.stderr
+    );
+    let lines: Vec<&str> = out
+        .stderr
+        .lines()
+        .filter(|l| l.starts_with("edge: "))
+        .collect();
+    assert_eq!(
+        lines.len(),
+        1,
+        "expected one `edge: ` line in:\n{}",
+        out.stderr
+    );
+    assert!(
+        lines[0].contains(addr),
+        "{:?} does not name {addr}",
+        lines[0]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_with_listen_port_in_use_exits_with_one_line_naming_address() -> anyhow::Result<()> {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let addr = taken.local_addr()?.to_string();
+    let dir = tempfile::tempdir()?;
+    let pki = Pki::generate(dir.path())?;
+    let toml = format!(
+        "listen = \"{addr}\"\n\n[[tls.certificates]]\ncert = {}\nkey = {}\n\n\
+         [[routes]]\npool = \"default\"\n\n[pools.default]\nendpoints = [\"http://127.0.0.1:9\"]\n",
+        toml_path(&pki.leaf_cert),
+        toml_path(&pki.leaf_key),
+    );
+    let file = dir.path().join("edge.toml");
+    std::fs::write(&file, toml)?;
+    let out = run_edge(
+        ["run".as_ref(), "-c".as_ref(), file.as_os_str()],
+        RUN_TIMEOUT,
+    )
+    .await?;
+    assert_one_line_naming(&out, &addr);
+    drop(taken);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_with_admin_flag_port_in_use_exits_with_one_line_naming_address() -> anyhow::Result<()>
+{
+    let taken = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let addr = taken.local_addr()?.to_string();
+    let args = [
+        "run",
+        "--upstream",
+        "http://127.0.0.1:9",
+        "--listen",
+        "127.0.0.1:0",
+        "--admin",
+        &addr,
+    ];
+    let out = run_edge(args, RUN_TIMEOUT).await?;
+    assert_one_line_naming(&out, &addr);
+    drop(taken);
+    Ok(())
+}

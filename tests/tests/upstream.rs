@@ -1,0 +1,81 @@
+//! Upstream failures edge turns into responses, and pooled connections an origin
+//! drops while idle.
+
+use std::time::Duration;
+
+use edge_tests::{curl, start_pair, Edge, EdgeConfig, OriginOptions};
+
+/// A loopback port nothing listens on: bound, read, released.
+fn closed_port() -> anyhow::Result<u16> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(listener.local_addr()?.port())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backend_down_is_502_within_client_timeout() -> anyhow::Result<()> {
+    let endpoint = format!("http://127.0.0.1:{}", closed_port()?);
+    let config = EdgeConfig::new(endpoint).pool_setting("connect_timeout", "\"1s\"");
+    let edge = Edge::start(&config).await?;
+    // curl gives up after 10 s (REQUEST_TIMEOUT), so a 502 here arrived before it.
+    let response = curl(&[format!("http://{}/", edge.http()?)]).await?;
+    assert_eq!(response.status, 502, "{}", response.text());
+    let id = response
+        .header("x-request-id")
+        .expect("x-request-id on 502");
+    assert!(
+        response.text().contains(id),
+        "502 body {:?}",
+        response.text()
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_backend_past_response_timeout_is_504() -> anyhow::Result<()> {
+    let (origin, edge) = start_pair(OriginOptions::default(), |c| {
+        c.pool_setting("response_timeout", "\"1s\"")
+    })
+    .await?;
+    let response = curl(&[format!("http://{}/slow/3000", edge.http()?)]).await?;
+    assert_eq!(response.status, 504, "{}", response.text());
+    assert!(response.header("x-request-id").is_some());
+    assert_eq!(origin.requests(), 1);
+    Ok(())
+}
+
+/// Sends a request every second to an origin that drops connections idle for 1 s,
+/// so edge's pooled connection dies right around each new request.
+async fn no_errors_when_origin_drops_idle_connections(protocol: &str) -> anyhow::Result<()> {
+    let options = OriginOptions {
+        idle_close: Some(Duration::from_secs(1)),
+        http1_only: protocol == "h1",
+    };
+    let (origin, edge) = start_pair(options, |c| c.protocol(protocol)).await?;
+    let url = format!("http://{}/", edge.http()?);
+    let mut ticks = tokio::time::interval(Duration::from_secs(1));
+    let mut failures = Vec::new();
+    for i in 0..12 {
+        ticks.tick().await;
+        match curl(&[url.as_str()]).await {
+            Ok(r) if r.status == 200 && r.text() == "hello" => {}
+            Ok(r) => failures.push(format!("request {i}: {} {}", r.status, r.text())),
+            Err(err) => failures.push(format!("request {i}: {err:#}")),
+        }
+    }
+    assert!(failures.is_empty(), "{protocol} pool: {failures:#?}");
+    assert!(
+        origin.connections() > 1,
+        "origin never dropped a connection, so the test proved nothing"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2_pool_has_no_errors_when_origin_closes_idle_connections() -> anyhow::Result<()> {
+    no_errors_when_origin_drops_idle_connections("h2").await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h1_pool_has_no_errors_when_origin_closes_idle_connections() -> anyhow::Result<()> {
+    no_errors_when_origin_drops_idle_connections("h1").await
+}
