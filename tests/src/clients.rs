@@ -345,3 +345,33 @@ fn response_complete(received: &[u8]) -> bool {
         None => false,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_gtlsclient_response_headers_not_request_ones() {
+        let log = "http: stream 0x0 submit request headers\n[:method: GET]\n[:path: /x]\n\
+                   http: stream 0x0 response headers started\n\
+                   http: stream 0x0 [:status: 431]\n\
+                   http: stream 0x0 [x-request-id: abc]\n\
+                   http: stream 0x0 headers ended\n";
+        let (status, headers) = parse_gtlsclient_headers(log);
+        assert_eq!(status, Some(431));
+        assert_eq!(headers, [("x-request-id".to_owned(), "abc".to_owned())]);
+    }
+
+    #[test]
+    fn parses_the_last_curl_header_block() {
+        let dump =
+            "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nX-A: b\r\nVia: 1.1 edge\r\n\r\n";
+        assert_eq!(
+            parse_header_block(dump),
+            [
+                ("x-a".to_owned(), "b".to_owned()),
+                ("via".to_owned(), "1.1 edge".to_owned())
+            ]
+        );
+    }
+}

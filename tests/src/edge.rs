@@ -421,3 +421,30 @@ fn field(text: &str, key: &str) -> Option<String> {
     let value = text[start..].split_whitespace().next()?;
     Some(value.trim_matches('"').trim_end_matches(',').to_owned())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_listening_lines_plain_quoted_and_coloured() {
+        let cases = [
+            "2024-01-01T00:00:00Z  INFO edge: listening kind=https addr=127.0.0.1:4433",
+            "INFO listening kind=\"h3\" addr=127.0.0.1:4433",
+            "\u{1b}[32mINFO\u{1b}[0m listening \u{1b}[3mkind\u{1b}[0m=admin \u{1b}[3maddr\u{1b}[0m=[::1]:9000",
+        ];
+        let parsed: Vec<_> = cases
+            .iter()
+            .map(|line| parse_listening(&strip_ansi(line)))
+            .collect();
+        assert_eq!(
+            parsed,
+            [
+                Some(("https".to_owned(), "127.0.0.1:4433".parse().expect("addr"))),
+                Some(("h3".to_owned(), "127.0.0.1:4433".parse().expect("addr"))),
+                Some(("admin".to_owned(), "[::1]:9000".parse().expect("addr"))),
+            ]
+        );
+        assert_eq!(parse_listening("edge ready"), None);
+    }
+}
