@@ -194,8 +194,8 @@ pub fn toml_path(path: &Path) -> String {
 
 /// A running `edge run` process, killed on drop.
 ///
-/// Its stdout and stderr are collected for the whole run; when a test panics while
-/// holding an `Edge`, the collected output is printed so the failure explains itself.
+/// Its stdout and stderr are collected for the whole run and printed on drop, so a
+/// failing test's output explains itself.
 #[derive(Debug)]
 pub struct Edge {
     child: Child,
@@ -337,13 +337,13 @@ impl Edge {
 
 impl Drop for Edge {
     fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!(
-                "--- edge output (pid {}) ---\n{}",
-                self.pid(),
-                tail(&self.log())
-            );
-        }
+        // libtest shows a test's output only when it fails (by panic or by `Err`),
+        // so edge's log is always written and seen exactly when it helps.
+        eprintln!(
+            "--- edge output (pid {}) ---\n{}",
+            self.pid(),
+            tail(&self.log())
+        );
         // Child::kill signals exactly this child's pid; reap it so no zombie is left.
         if let Err(err) = self.child.kill() {
             eprintln!("killing edge pid {}: {err}", self.pid());
