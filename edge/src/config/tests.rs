@@ -1,0 +1,175 @@
+use super::*;
+
+fn parse(text: &str) -> Result<Config, ConfigErrors> {
+    Config::parse(text, "edge.toml", Some(Path::new("/nonexistent-base")))
+}
+
+fn errors(text: &str) -> Vec<(usize, String)> {
+    parse(text)
+        .expect_err("config must be refused")
+        .errors
+        .into_iter()
+        .map(|e| (e.line, e.key))
+        .collect()
+}
+
+#[test]
+fn one_pool_without_routes_gets_a_catch_all_route() {
+    let c = parse("[pools.web]\nendpoints = [\"http://127.0.0.1:8080\"]\n").expect("valid");
+    assert_eq!(c.routes.len(), 1);
+    assert_eq!(c.routes[0].pool, "web");
+    assert_eq!(c.listen, DEFAULT_LISTEN.parse().expect("addr"));
+    assert_eq!(c.pools[0].idle_timeout, Duration::from_secs(90));
+    assert_eq!(c.pools[0].protocol, Protocol::H2);
+}
+
+#[test]
+fn reads_every_section() {
+    let c = parse(
+        r#"
+listen = "127.0.0.1:4433"
+http_listen = "127.0.0.1:8080"
+admin = "127.0.0.1:9000"
+trusted_proxies = ["10.0.0.0/8", "192.0.2.1"]
+workers = 2
+
+[alt_svc]
+enabled = false
+max_age = "1h"
+
+[client]
+header_read_timeout = "5s"
+idle_timeout = "2m"
+max_headers = 50
+
+[[routes]]
+host = "API.Example:443"
+path_prefix = "/v1"
+pool = "api"
+
+[[routes]]
+pool = "web"
+
+[pools.api]
+endpoints = ["https://api.internal:8443"]
+protocol = "h1"
+connect_timeout = "250ms"
+
+[pools.web]
+endpoints = ["http://127.0.0.1:8081", "http://127.0.0.1:8082"]
+"#,
+    )
+    .expect("valid");
+    assert_eq!(c.http_listen, Some("127.0.0.1:8080".parse().expect("addr")));
+    assert_eq!(c.trusted_proxies.len(), 2);
+    assert!(!c.alt_svc.enabled);
+    assert_eq!(c.alt_svc.max_age, Duration::from_secs(3600));
+    assert_eq!(c.client.idle_timeout, Duration::from_secs(120));
+    assert_eq!(c.client.max_headers, 50);
+    assert_eq!(c.routes[0].host.as_deref(), Some("api.example"));
+    assert_eq!(c.routes[1].path_prefix, "/");
+    let api = c.pools.iter().find(|p| p.name == "api").expect("api pool");
+    assert_eq!(api.protocol, Protocol::H1);
+    assert_eq!(api.connect_timeout, Duration::from_millis(250));
+    assert_eq!(c.workers.map(NonZeroUsize::get), Some(2));
+}
+
+#[test]
+fn reports_every_error_with_key_and_line() {
+    let text = r#"listen = "127.0.0.1:4433"
+colour = "blue"
+
+[pools.web]
+endpoints = ["http://127.0.0.1:8081"]
+connect_timeout = "soon"
+
+[[tls.certificates]]
+cert = "missing.pem"
+key = "missing.key"
+"#;
+    let found = errors(text);
+    assert!(found.contains(&(2, "colour".to_owned())), "{found:?}");
+    assert!(
+        found.contains(&(6, "pools.web.connect_timeout".to_owned())),
+        "{found:?}"
+    );
+    assert!(
+        found.contains(&(9, "tls.certificates[0].cert".to_owned())),
+        "{found:?}"
+    );
+    assert!(
+        found.contains(&(10, "tls.certificates[0].key".to_owned())),
+        "{found:?}"
+    );
+    let shown = parse(text).expect_err("refused").to_string();
+    assert!(
+        shown.contains("edge.toml:2: colour: unknown key"),
+        "{shown}"
+    );
+    assert!(shown.contains("invalid duration \"soon\""), "{shown}");
+}
+
+#[test]
+fn refuses_bad_values_and_dangling_names() {
+    let found = errors(
+        r#"listen = "not an address"
+trusted_proxies = ["10.0.0.0/33"]
+[client]
+max_headers = 2
+[[routes]]
+pool = "nowhere"
+path_prefix = "api"
+[pools.web]
+endpoints = ["ftp://x"]
+protocol = "h9"
+"#,
+    );
+    let keys: Vec<&str> = found.iter().map(|(_, k)| k.as_str()).collect();
+    for key in [
+        "listen",
+        "trusted_proxies",
+        "client.max_headers",
+        "routes[0].pool",
+        "routes[0].path_prefix",
+        "pools.web.endpoints",
+        "pools.web.protocol",
+    ] {
+        assert!(keys.contains(&key), "{key} not in {keys:?}");
+    }
+}
+
+#[test]
+fn several_pools_need_routes_and_no_pool_is_an_error() {
+    let found =
+        errors("[pools.a]\nendpoints=[\"http://a\"]\n[pools.b]\nendpoints=[\"http://b\"]\n");
+    assert_eq!(found[0].1, "routes");
+    let found = errors("");
+    assert_eq!(found[0].1, "pools");
+}
+
+#[test]
+fn unknown_keys_in_nested_tables_are_named_with_their_path() {
+    let found =
+        errors("[pools.web]\nendpoints=[\"http://a\"]\ntimeout = \"1s\"\n[alt_svc]\nmaxage = 5\n");
+    assert!(
+        found.contains(&(3, "pools.web.timeout".to_owned())),
+        "{found:?}"
+    );
+    assert!(
+        found.contains(&(5, "alt_svc.maxage".to_owned())),
+        "{found:?}"
+    );
+}
+
+#[test]
+fn syntax_errors_name_their_line() {
+    let e = parse("listen = \"a\"\n[pools\n").expect_err("syntax");
+    assert_eq!(e.errors[0].line, 2);
+}
+
+#[test]
+fn host_normalisation_drops_case_and_port() {
+    assert_eq!(normalize_host("Example.COM:8443"), "example.com");
+    assert_eq!(normalize_host("[::1]:443"), "::1");
+    assert_eq!(normalize_host("example.com"), "example.com");
+}

@@ -1,0 +1,220 @@
+//! The one error type of the request path, and the one place errors become responses.
+
+use bytes::Bytes;
+use http::header::{CONTENT_TYPE, RETRY_AFTER};
+use http::{HeaderValue, Response, StatusCode};
+
+use crate::body::Body;
+use crate::pipeline::REQUEST_ID;
+
+/// What went wrong, as far as the client's answer is concerned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// The request is malformed (bad framing, no or conflicting Host).
+    BadRequest,
+    /// The request's host is not served on this connection (SNI/Host mismatch).
+    MisdirectedRequest,
+    /// No route matches the host and path.
+    NoRoute,
+    /// The request body is larger than allowed.
+    BodyTooLarge,
+    /// The request's header section is larger than allowed.
+    HeadersTooLarge,
+    /// No connection could be opened to the backend.
+    UpstreamConnect,
+    /// The backend reset or broke the exchange.
+    UpstreamFailed,
+    /// The backend did not answer in time.
+    UpstreamTimeout,
+    /// The pool has no endpoint able to take the request (none, all down, breaker open).
+    NoHealthyEndpoint,
+    /// A bug or resource failure inside the edge.
+    Internal,
+}
+
+/// Whose fault an error is: for logs, metrics and alerting.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Side {
+    Client,
+    Upstream,
+    Internal,
+}
+
+impl ErrorKind {
+    /// The status a client receives. Exhaustive on purpose: a new kind must choose.
+    pub fn status(self) -> StatusCode {
+        match self {
+            ErrorKind::BadRequest => StatusCode::BAD_REQUEST,
+            ErrorKind::MisdirectedRequest => StatusCode::MISDIRECTED_REQUEST,
+            ErrorKind::NoRoute => StatusCode::NOT_FOUND,
+            ErrorKind::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorKind::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            ErrorKind::UpstreamConnect => StatusCode::BAD_GATEWAY,
+            ErrorKind::UpstreamFailed => StatusCode::BAD_GATEWAY,
+            ErrorKind::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            ErrorKind::NoHealthyEndpoint => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    pub fn side(self) -> Side {
+        match self {
+            ErrorKind::BadRequest
+            | ErrorKind::MisdirectedRequest
+            | ErrorKind::NoRoute
+            | ErrorKind::BodyTooLarge
+            | ErrorKind::HeadersTooLarge => Side::Client,
+            ErrorKind::UpstreamConnect
+            | ErrorKind::UpstreamFailed
+            | ErrorKind::UpstreamTimeout
+            | ErrorKind::NoHealthyEndpoint => Side::Upstream,
+            ErrorKind::Internal => Side::Internal,
+        }
+    }
+
+    /// Short label for metrics and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::BadRequest => "bad_request",
+            ErrorKind::MisdirectedRequest => "misdirected_request",
+            ErrorKind::NoRoute => "no_route",
+            ErrorKind::BodyTooLarge => "body_too_large",
+            ErrorKind::HeadersTooLarge => "headers_too_large",
+            ErrorKind::UpstreamConnect => "upstream_connect",
+            ErrorKind::UpstreamFailed => "upstream_failed",
+            ErrorKind::UpstreamTimeout => "upstream_timeout",
+            ErrorKind::NoHealthyEndpoint => "no_healthy_endpoint",
+            ErrorKind::Internal => "internal",
+        }
+    }
+}
+
+/// A failed request: its kind, whether another try may succeed, and the cause.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct ProxyError {
+    pub kind: ErrorKind,
+    /// Safe to try again elsewhere (nothing reached a backend, or the method is idempotent).
+    pub retryable: bool,
+    message: String,
+    #[source]
+    source: Option<Box<dyn std::error::Error + Send + Sync>>,
+}
+
+impl ProxyError {
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Self {
+            kind,
+            retryable: false,
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    pub fn side(&self) -> Side {
+        self.kind.side()
+    }
+
+    /// The message shown to the client: the kind's own words, never backend internals.
+    pub fn public_message(&self) -> &str {
+        match self.kind.side() {
+            Side::Client => &self.message,
+            Side::Upstream | Side::Internal => self.kind.as_str(),
+        }
+    }
+
+    /// The small text page a client gets, carrying the request id.
+    pub fn to_response(&self, request_id: &HeaderValue) -> Response<Body> {
+        let status = self.kind.status();
+        let text = format!(
+            "{} {}: {}\nrequest id: {}\n",
+            status.as_str(),
+            status.canonical_reason().unwrap_or(""),
+            self.public_message(),
+            String::from_utf8_lossy(request_id.as_bytes()),
+        );
+        let mut resp = Response::new(Body::full(Bytes::from(text)));
+        *resp.status_mut() = status;
+        let h = resp.headers_mut();
+        h.insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        h.insert(REQUEST_ID, request_id.clone());
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            h.insert(RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        resp
+    }
+}
+
+impl From<upstream::Error> for ProxyError {
+    fn from(e: upstream::Error) -> Self {
+        let kind = match &e {
+            upstream::Error::Connect { .. }
+            | upstream::Error::ConnectTimeout { .. }
+            | upstream::Error::Tls { .. }
+            | upstream::Error::Handshake { .. } => ErrorKind::UpstreamConnect,
+            upstream::Error::Timeout { .. } => ErrorKind::UpstreamTimeout,
+            upstream::Error::Request { .. } => ErrorKind::UpstreamFailed,
+            upstream::Error::NoEndpoints { .. } => ErrorKind::NoHealthyEndpoint,
+        };
+        Self {
+            kind,
+            retryable: e.is_connect(),
+            message: e.to_string(),
+            source: Some(Box::new(e)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Pins the kind -> status table: changing a client-visible status is a decision.
+    #[test]
+    fn every_kind_has_its_status() {
+        let table = [
+            (ErrorKind::BadRequest, 400, Side::Client),
+            (ErrorKind::MisdirectedRequest, 421, Side::Client),
+            (ErrorKind::NoRoute, 404, Side::Client),
+            (ErrorKind::BodyTooLarge, 413, Side::Client),
+            (ErrorKind::HeadersTooLarge, 431, Side::Client),
+            (ErrorKind::UpstreamConnect, 502, Side::Upstream),
+            (ErrorKind::UpstreamFailed, 502, Side::Upstream),
+            (ErrorKind::UpstreamTimeout, 504, Side::Upstream),
+            (ErrorKind::NoHealthyEndpoint, 503, Side::Upstream),
+            (ErrorKind::Internal, 500, Side::Internal),
+        ];
+        for (kind, status, side) in table {
+            assert_eq!(kind.status().as_u16(), status, "{kind:?}");
+            assert_eq!(kind.side(), side, "{kind:?}");
+        }
+    }
+
+    #[test]
+    fn error_page_names_the_request_id_and_hides_upstream_details() {
+        let id = HeaderValue::from_static("abc-123");
+        let err = ProxyError::new(
+            ErrorKind::UpstreamConnect,
+            "connect to http://10.1.2.3:80 failed",
+        );
+        let resp = err.to_response(&id);
+        assert_eq!(resp.status(), StatusCode::BAD_GATEWAY);
+        assert_eq!(resp.headers()[REQUEST_ID], "abc-123");
+        let Body::Full(Some(text)) = resp.body() else {
+            panic!("error pages have a full body");
+        };
+        let text = std::str::from_utf8(text).expect("utf-8");
+        assert!(text.contains("abc-123"), "{text}");
+        assert!(!text.contains("10.1.2.3"), "{text}");
+    }
+
+    #[test]
+    fn unavailable_says_when_to_retry() {
+        let id = HeaderValue::from_static("x");
+        let resp = ProxyError::new(ErrorKind::NoHealthyEndpoint, "none").to_response(&id);
+        assert_eq!(resp.headers()[RETRY_AFTER], "1");
+    }
+}

@@ -1,0 +1,122 @@
+//! Listeners: where protocol code ends. Each turns what it accepts into
+//! `http::Request<Body>`, calls the pipeline, and writes the response back.
+//!
+//! Accept loops spawn a task per connection before awaiting anything of it
+//! (handshakes happen in the task), and never hold more client connections than
+//! the configured cap; on EMFILE they back off instead of spinning.
+
+pub mod admin;
+pub mod quic;
+pub mod tcp;
+
+use std::net::{SocketAddr, TcpListener as StdTcpListener, UdpSocket};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::pipeline::Proxy;
+
+/// What every listener task shares: the current pipeline (swapped whole on reload),
+/// metrics, the config it started with, and the shutdown signal.
+pub struct Shared {
+    pub proxy: ArcSwap<Proxy>,
+    pub metrics: Metrics,
+    pub config: Config,
+    /// Cancelled when the edge starts draining.
+    pub draining: CancellationToken,
+    /// Every connection task, so shutdown can wait for them.
+    pub tasks: TaskTracker,
+}
+
+/// Why a listener could not start.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot listen on {addr} ({transport})")]
+pub struct BindError {
+    pub addr: SocketAddr,
+    pub transport: &'static str,
+    #[source]
+    pub source: std::io::Error,
+}
+
+/// Binds TCP and UDP on the same port. With port 0 the kernel picks the TCP port
+/// and UDP takes the same number; if that UDP port is taken, another pair is tried.
+pub fn bind_tcp_udp(addr: SocketAddr) -> Result<(StdTcpListener, UdpSocket), BindError> {
+    let attempts = if addr.port() == 0 { 16 } else { 1 };
+    let mut last = None;
+    for _ in 0..attempts {
+        let tcp = bind_tcp(addr)?;
+        let local = tcp.local_addr().map_err(|source| BindError {
+            addr,
+            transport: "tcp",
+            source,
+        })?;
+        match UdpSocket::bind(local) {
+            Ok(udp) => return Ok((tcp, udp)),
+            Err(source) => {
+                last = Some(BindError {
+                    addr: local,
+                    transport: "udp",
+                    source,
+                })
+            }
+        }
+    }
+    Err(last.unwrap_or_else(|| BindError {
+        addr,
+        transport: "udp",
+        source: std::io::Error::other("no port found"),
+    }))
+}
+
+/// A non-blocking TCP listener with SO_REUSEADDR and a deep backlog.
+pub fn bind_tcp(addr: SocketAddr) -> Result<StdTcpListener, BindError> {
+    let err = |source| BindError {
+        addr,
+        transport: "tcp",
+        source,
+    };
+    let domain = socket2::Domain::for_address(addr);
+    let socket = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))
+        .map_err(err)?;
+    socket.set_reuse_address(true).map_err(err)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true).map_err(err)?;
+    }
+    socket.bind(&addr.into()).map_err(err)?;
+    socket.listen(4096).map_err(err)?;
+    socket.set_nonblocking(true).map_err(err)?;
+    Ok(socket.into())
+}
+
+/// Sleep after an accept error: long for resource exhaustion (EMFILE, ENFILE,
+/// ENOBUFS, ENOMEM), where retrying at once only spins; none for per-connection errors.
+pub(crate) fn accept_backoff(e: &std::io::Error) -> Option<Duration> {
+    const ENOMEM: i32 = 12;
+    const ENFILE: i32 = 23;
+    const EMFILE: i32 = 24;
+    const ENOBUFS: i32 = 105;
+    match e.raw_os_error() {
+        Some(ENOMEM | ENFILE | EMFILE | ENOBUFS) => Some(Duration::from_millis(100)),
+        _ => None,
+    }
+}
+
+/// Open client connections at most: the configured cap, or 70% of the open-file limit.
+pub fn connection_cap(config: &Config) -> usize {
+    config.client.max_connections.unwrap_or_else(|| {
+        let limit = rlimit_nofile().unwrap_or(1024);
+        usize::try_from(limit / 10 * 7)
+            .unwrap_or(usize::MAX)
+            .max(64)
+    })
+}
+
+fn rlimit_nofile() -> Option<u64> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    line.split_whitespace().nth(3)?.parse().ok()
+}

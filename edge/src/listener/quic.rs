@@ -1,0 +1,187 @@
+//! The QUIC listener: HTTP/3 on the same port as the TLS listener.
+//!
+//! Each connection and each request stream gets its own task. A request that
+//! breaks a per-request limit gets its stream answered or reset (431, or
+//! H3_REQUEST_REJECTED); the connection and its other streams carry on.
+
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use h3::error::Code;
+use h3::server::RequestResolver;
+use http::header::CONTENT_LENGTH;
+use http::Response;
+use http_body_util::BodyExt;
+use quinn::crypto::rustls::QuicServerConfig;
+
+use super::Shared;
+use crate::body::{Body, H3Body};
+use crate::metrics::Proto;
+use crate::pipeline::{self, Peer};
+use crate::tls::{self, CertResolver};
+
+type H3Conn = h3::server::Connection<h3_quinn::Connection, Bytes>;
+type H3Send = h3::server::RequestStream<h3_quinn::SendStream<Bytes>, Bytes>;
+
+/// Builds the QUIC endpoint on an already bound UDP socket (GSO/GRO come from quinn-udp).
+pub fn endpoint(
+    socket: UdpSocket,
+    resolver: Arc<CertResolver>,
+    shared: &Shared,
+) -> Result<quinn::Endpoint, crate::Error> {
+    let client = &shared.config.client;
+    let crypto = QuicServerConfig::try_from(tls::quic_config(resolver)?)
+        .map_err(|e| crate::Error::Setup(e.to_string()))?;
+    let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    let mut transport = quinn::TransportConfig::default();
+    transport
+        .max_concurrent_bidi_streams(client.max_concurrent_streams.into())
+        .max_concurrent_uni_streams(8u32.into())
+        .stream_receive_window(quinn::VarInt::from_u32(256 * 1024))
+        .receive_window(quinn::VarInt::from_u32(16 * 1024 * 1024))
+        .send_window(16 * 1024 * 1024)
+        .max_idle_timeout(Some(
+            quinn::IdleTimeout::try_from(Duration::from_secs(30).min(client.idle_timeout))
+                .map_err(|e| crate::Error::Setup(e.to_string()))?,
+        ));
+    server.transport_config(Arc::new(transport));
+    let runtime = Arc::new(quinn::TokioRuntime);
+    quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        Some(server),
+        socket,
+        runtime,
+    )
+    .map_err(|source| {
+        crate::Error::Bind(super::BindError {
+            addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+            transport: "udp",
+            source,
+        })
+    })
+}
+
+/// Accepts QUIC connections until draining starts.
+pub async fn run(endpoint: quinn::Endpoint, shared: Arc<Shared>) {
+    loop {
+        let incoming = tokio::select! {
+            i = endpoint.accept() => match i {
+                Some(i) => i,
+                None => return,
+            },
+            () = shared.draining.cancelled() => break,
+        };
+        let shared2 = shared.clone();
+        shared.tasks.spawn(async move {
+            let peer = incoming.remote_address();
+            let timeout = shared2.config.tls.handshake_timeout;
+            let conn = match tokio::time::timeout(timeout, incoming).await {
+                Ok(Ok(c)) => c,
+                Ok(Err(e)) => return tracing::debug!(%peer, error = %e, "QUIC handshake failed"),
+                Err(_) => return tracing::debug!(%peer, "QUIC handshake timed out"),
+            };
+            serve_conn(conn, peer, shared2).await;
+        });
+    }
+    // Draining: refuse new connections, let open ones finish (they got GOAWAY).
+    endpoint.set_server_config(None);
+}
+
+async fn serve_conn(conn: quinn::Connection, peer: SocketAddr, shared: Arc<Shared>) {
+    let _open = shared.metrics.connection(Proto::H3);
+    let max_field_section =
+        u64::try_from(shared.config.client.max_header_bytes).unwrap_or(u64::MAX);
+    let built = h3::server::builder()
+        .max_field_section_size(max_field_section)
+        .build(h3_quinn::Connection::new(conn))
+        .await;
+    let mut h3: H3Conn = match built {
+        Ok(c) => c,
+        Err(e) => return tracing::debug!(%peer, error = %e, "HTTP/3 setup failed"),
+    };
+    let peer = Peer {
+        ip: peer.ip(),
+        tls: true,
+    };
+    let mut draining = false;
+    loop {
+        let next = tokio::select! {
+            n = h3.accept() => n,
+            () = shared.draining.cancelled(), if !draining => {
+                draining = true;
+                if let Err(e) = h3.shutdown(0).await {
+                    tracing::debug!(error = %e, "HTTP/3 GOAWAY failed");
+                }
+                continue;
+            }
+        };
+        match next {
+            Ok(Some(resolver)) => {
+                let shared = shared.clone();
+                tokio::spawn(serve_stream(resolver, peer, shared));
+            }
+            Ok(None) => return,
+            Err(e) => {
+                return tracing::debug!(peer = %peer.ip, error = %e, "HTTP/3 connection ended")
+            }
+        }
+    }
+}
+
+async fn serve_stream(
+    resolver: RequestResolver<h3_quinn::Connection, Bytes>,
+    peer: Peer,
+    shared: Arc<Shared>,
+) {
+    // h3 itself answers 431 to an oversized header section and resets malformed
+    // requests with H3_MESSAGE_ERROR; both end only this stream.
+    let (req, stream) = match resolver.resolve_request().await {
+        Ok(r) => r,
+        Err(e) => return tracing::debug!(peer = %peer.ip, error = %e, "HTTP/3 request refused"),
+    };
+    let (mut send, recv) = stream.split();
+    if shared.draining.is_cancelled() {
+        send.stop_stream(Code::H3_REQUEST_REJECTED);
+        return;
+    }
+    let len = req
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok());
+    let req = req.map(|()| Body::H3(H3Body::new(recv, len)));
+    let proxy = shared.proxy.load();
+    let resp = pipeline::handle(&proxy, &shared.metrics, peer, req).await;
+    if let Err(e) = write_response(&mut send, resp).await {
+        tracing::debug!(peer = %peer.ip, error = %e, "HTTP/3 response not completed");
+    }
+}
+
+/// Streams a response onto an HTTP/3 stream; each write waits for QUIC flow
+/// control, so a slow client slows the backend read instead of filling memory.
+async fn write_response(send: &mut H3Send, resp: Response<Body>) -> Result<(), upstream::BoxError> {
+    let (parts, mut body) = resp.into_parts();
+    send.send_response(Response::from_parts(parts, ())).await?;
+    while let Some(frame) = body.frame().await {
+        let frame = match frame {
+            Ok(f) => f,
+            Err(e) => {
+                send.stop_stream(Code::H3_INTERNAL_ERROR);
+                return Err(e);
+            }
+        };
+        match frame.into_data() {
+            Ok(data) => send.send_data(data).await?,
+            Err(frame) => {
+                if let Ok(trailers) = frame.into_trailers() {
+                    send.send_trailers(trailers).await?;
+                    return Ok(());
+                }
+            }
+        }
+    }
+    send.finish().await?;
+    Ok(())
+}

@@ -1,0 +1,113 @@
+use super::*;
+
+fn req(headers: &[(&str, &str)]) -> Request<()> {
+    let mut b = Request::builder().uri("/path?q=1");
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    b.body(()).expect("valid request")
+}
+
+#[test]
+fn keeps_a_well_formed_request_id_and_replaces_others() {
+    let kept = request_id(req(&[("x-request-id", "abc-123_x.y:z")]).headers());
+    assert_eq!(kept, "abc-123_x.y:z");
+    for bad in ["", "has space", "semi;colon", &"x".repeat(129)] {
+        let id = request_id(req(&[("x-request-id", bad)]).headers());
+        assert_ne!(id, bad);
+        assert_eq!(id.len(), 36, "new ids are UUIDs");
+    }
+    let a = request_id(&HeaderMap::new());
+    let b = request_id(&HeaderMap::new());
+    assert_ne!(a, b);
+}
+
+#[test]
+fn host_from_header_or_authority_and_conflicts_are_bad_requests() {
+    let (v, n) = host(&req(&[("host", "Example.COM:8443")])).expect("host");
+    assert_eq!(
+        (v.to_str().expect("text"), n.as_str()),
+        ("Example.COM:8443", "example.com")
+    );
+
+    let h2 = Request::builder()
+        .uri("https://a.example/x")
+        .body(())
+        .expect("valid");
+    assert_eq!(host(&h2).expect("authority").1, "a.example");
+
+    let same = req(&[("host", "a"), ("host", "a")]);
+    assert!(host(&same).is_ok());
+    for bad in [req(&[]), req(&[("host", "a"), ("host", "b")])] {
+        let e = host(&bad).expect_err("must be refused");
+        assert_eq!(e.kind, ErrorKind::BadRequest);
+    }
+    let mismatch = Request::builder()
+        .uri("https://a.example/x")
+        .header("host", "b.example")
+        .body(())
+        .expect("valid");
+    assert_eq!(
+        host(&mismatch).expect_err("differ").kind,
+        ErrorKind::BadRequest
+    );
+}
+
+#[test]
+fn strips_every_hop_by_hop_header_and_the_ones_connection_names() {
+    let mut h = req(&[
+        ("connection", "close, X-Private"),
+        ("x-private", "secret"),
+        ("keep-alive", "timeout=5"),
+        ("proxy-connection", "keep-alive"),
+        ("transfer-encoding", "chunked"),
+        ("upgrade", "websocket"),
+        ("proxy-authorization", "Basic x"),
+        ("proxy-authenticate", "Basic"),
+        ("te", "gzip"),
+        ("x-end-to-end", "stays"),
+    ])
+    .headers()
+    .clone();
+    strip_hop_by_hop(&mut h);
+    let left: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+    assert_eq!(left, ["x-end-to-end"]);
+
+    let mut trailers = req(&[("te", "trailers")]).headers().clone();
+    strip_hop_by_hop(&mut trailers);
+    assert_eq!(trailers["te"], "trailers");
+}
+
+#[test]
+fn forwarding_headers_trust_only_configured_proxies() {
+    let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().expect("net")];
+    let id = HeaderValue::from_static("id-1");
+    let host = HeaderValue::from_static("a.example");
+
+    let mut untrusted = req(&[
+        ("x-forwarded-for", "1.2.3.4"),
+        ("x-forwarded-proto", "http"),
+        ("via", "1.1 cdn"),
+    ]);
+    let peer = Peer {
+        ip: "192.0.2.7".parse().expect("ip"),
+        tls: true,
+    };
+    to_upstream(&mut untrusted, peer, &trusted, &id, host.clone());
+    let h = untrusted.headers();
+    assert_eq!(h["x-forwarded-for"], "192.0.2.7");
+    assert_eq!(h["x-forwarded-proto"], "https");
+    assert_eq!(h["x-forwarded-host"], "a.example");
+    assert_eq!(h["host"], "a.example");
+    assert_eq!(h["x-request-id"], "id-1");
+    assert_eq!(h["via"], "1.1 cdn, 1.1 edge");
+    assert_eq!(untrusted.uri(), "/path?q=1");
+
+    let mut via_proxy = req(&[("x-forwarded-for", "1.2.3.4")]);
+    let peer = Peer {
+        ip: "10.1.1.1".parse().expect("ip"),
+        tls: false,
+    };
+    to_upstream(&mut via_proxy, peer, &trusted, &id, host);
+    assert_eq!(via_proxy.headers()["x-forwarded-for"], "1.2.3.4, 10.1.1.1");
+}

@@ -1,0 +1,149 @@
+//! The request pipeline: one path for HTTP/1.1, HTTP/2 and HTTP/3.
+//!
+//! `handle` is the whole order a request goes through — request id, host, route,
+//! forward, response headers, metrics — readable top to bottom. Listeners call it
+//! with an `http::Request<Body>` and write back what it returns; it never fails:
+//! every error becomes a response here and nowhere else.
+
+mod headers;
+mod route;
+
+use std::time::Instant;
+
+use http::{HeaderValue, Request, Response, Version};
+use ipnet::IpNet;
+use upstream::Pool;
+
+pub use headers::{strip_hop_by_hop, Peer, REQUEST_ID};
+pub use route::Routes;
+
+use crate::body::Body;
+use crate::config::Config;
+use crate::error::{ErrorKind, ProxyError, Side};
+use crate::metrics::{Metrics, Proto};
+
+/// Everything the pipeline needs, built from one config and swapped whole on reload.
+pub struct Proxy {
+    routes: Routes,
+    pools: Vec<Pool<Body>>,
+    trusted: Vec<IpNet>,
+    /// Header fields a request may carry; hyper enforces it for HTTP/1.1, this for h2 and h3.
+    max_headers: usize,
+}
+
+/// The backend label when no pool was chosen.
+const NO_BACKEND: &str = "none";
+
+impl Proxy {
+    pub fn new(config: &Config) -> Result<Self, crate::Error> {
+        let mut pools = Vec::with_capacity(config.pools.len());
+        for p in &config.pools {
+            pools.push(crate::server::build_pool(p)?);
+        }
+        let routes = Routes::new(&config.routes, |name| {
+            config.pools.iter().position(|p| p.name == name)
+        });
+        Ok(Self {
+            routes,
+            pools,
+            trusted: config.trusted_proxies.clone(),
+            max_headers: config.client.max_headers,
+        })
+    }
+}
+
+/// Serves one request end to end.
+pub async fn handle(
+    proxy: &Proxy,
+    metrics: &Metrics,
+    peer: Peer,
+    req: Request<Body>,
+) -> Response<Body> {
+    let started = Instant::now();
+    let version = req.version();
+    let id = headers::request_id(req.headers());
+    let (resp, backend) = match forward(proxy, peer, &id, req).await {
+        Ok((mut resp, backend)) => {
+            let upstream_version = resp.version();
+            let h = resp.headers_mut();
+            strip_hop_by_hop(h);
+            h.insert(REQUEST_ID, id);
+            headers::append_via(h, upstream_version);
+            // The version is per hop: the client gets its own back.
+            *resp.version_mut() = version;
+            (resp, backend)
+        }
+        Err((e, backend)) => {
+            log_error(&e, &id, backend);
+            (e.to_response(&id), backend)
+        }
+    };
+    metrics.observe(
+        Proto::of(version),
+        backend,
+        resp.status(),
+        started.elapsed(),
+    );
+    resp
+}
+
+/// Host → route → upstream. Returns the pool name for metrics either way.
+async fn forward<'p>(
+    proxy: &'p Proxy,
+    peer: Peer,
+    id: &HeaderValue,
+    mut req: Request<Body>,
+) -> Result<(Response<Body>, &'p str), (ProxyError, &'p str)> {
+    if req.headers().len() > proxy.max_headers {
+        let e = ProxyError::new(ErrorKind::HeadersTooLarge, "too many header fields");
+        return Err((e, NO_BACKEND));
+    }
+    let (host, host_key) = headers::host(&req).map_err(|e| (e, NO_BACKEND))?;
+    let pool = proxy
+        .routes
+        .find(&host_key, req.uri().path())
+        .and_then(|i| proxy.pools.get(i))
+        .ok_or_else(|| {
+            (
+                ProxyError::new(ErrorKind::NoRoute, "no route for this host and path"),
+                NO_BACKEND,
+            )
+        })?;
+    headers::to_upstream(&mut req, peer, &proxy.trusted, id, host);
+    match pool.send(req).await {
+        Ok(resp) => Ok((resp.map(Body::Upstream), pool.name())),
+        Err(e) => Err((ProxyError::from(e), pool.name())),
+    }
+}
+
+fn log_error(e: &ProxyError, id: &HeaderValue, backend: &str) {
+    let id = String::from_utf8_lossy(id.as_bytes());
+    match e.side() {
+        Side::Client => tracing::debug!(request_id = %id, kind = e.kind.as_str(), "{e}"),
+        Side::Upstream | Side::Internal => {
+            let cause = error_chain(e);
+            tracing::warn!(request_id = %id, backend, kind = e.kind.as_str(), "{e}{cause}");
+        }
+    }
+}
+
+/// `: cause: cause's cause ...` for a log line.
+pub fn error_chain(mut e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = String::new();
+    while let Some(next) = e.source() {
+        out.push_str(": ");
+        out.push_str(&next.to_string());
+        e = next;
+    }
+    out
+}
+
+impl Proto {
+    pub fn of(version: Version) -> Self {
+        match version {
+            Version::HTTP_2 => Proto::H2,
+            Version::HTTP_3 => Proto::H3,
+            _ => Proto::H1,
+        }
+    }
+}

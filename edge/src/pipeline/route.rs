@@ -1,0 +1,85 @@
+//! Route table: host and path prefix to pool. First match in config order wins.
+
+use crate::config;
+
+pub struct Routes {
+    routes: Vec<Entry>,
+}
+
+struct Entry {
+    host: Option<String>,
+    path_prefix: String,
+    pool: usize,
+}
+
+impl Routes {
+    /// `pool_index` maps a pool name to its slot; config validation guarantees it exists.
+    pub fn new(routes: &[config::Route], pool_index: impl Fn(&str) -> Option<usize>) -> Self {
+        let routes = routes
+            .iter()
+            .filter_map(|r| {
+                Some(Entry {
+                    host: r.host.clone(),
+                    path_prefix: r.path_prefix.clone(),
+                    pool: pool_index(&r.pool)?,
+                })
+            })
+            .collect();
+        Self { routes }
+    }
+
+    /// The pool for a request; `host` is already lower-case without port.
+    pub fn find(&self, host: &str, path: &str) -> Option<usize> {
+        self.routes
+            .iter()
+            .find(|r| {
+                r.host.as_deref().is_none_or(|h| h == host) && prefix_matches(&r.path_prefix, path)
+            })
+            .map(|r| r.pool)
+    }
+}
+
+/// `/api` matches `/api`, `/api/` and `/api/x`, not `/apix`.
+fn prefix_matches(prefix: &str, path: &str) -> bool {
+    match path.strip_prefix(prefix) {
+        Some(rest) => prefix.ends_with('/') || rest.is_empty() || rest.starts_with('/'),
+        None => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn route(host: Option<&str>, prefix: &str, pool: &str) -> config::Route {
+        config::Route {
+            host: host.map(str::to_owned),
+            path_prefix: prefix.to_owned(),
+            pool: pool.to_owned(),
+        }
+    }
+
+    #[test]
+    fn first_match_in_order_by_host_and_segment_prefix() {
+        let pools = ["api", "static", "default"];
+        let routes = Routes::new(
+            &[
+                route(Some("api.example"), "/", "api"),
+                route(None, "/static", "static"),
+                route(None, "/", "default"),
+            ],
+            |name| pools.iter().position(|p| *p == name),
+        );
+        assert_eq!(routes.find("api.example", "/static/x"), Some(0));
+        assert_eq!(routes.find("www.example", "/static/x"), Some(1));
+        assert_eq!(routes.find("www.example", "/static"), Some(1));
+        assert_eq!(routes.find("www.example", "/staticx"), Some(2));
+        assert_eq!(routes.find("www.example", "/"), Some(2));
+    }
+
+    #[test]
+    fn no_route_when_nothing_matches() {
+        let routes = Routes::new(&[route(Some("a.example"), "/", "p")], |_| Some(0));
+        assert_eq!(routes.find("b.example", "/"), None);
+    }
+}

@@ -1,0 +1,153 @@
+//! Composition: build the pipeline from config, bind every listener, run until a
+//! signal, then drain.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use http::HeaderValue;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::body::Body;
+use crate::config::{self, Config};
+use crate::listener::{self, admin, quic, tcp::TcpServer, BindError, Shared};
+use crate::metrics::Metrics;
+use crate::pipeline::Proxy;
+use crate::tls::{self, CertResolver};
+use crate::Error;
+
+/// How long open connections get to finish after SIGTERM.
+const DRAIN_GRACE: Duration = Duration::from_secs(30);
+
+/// Builds one upstream pool from its config, reading its CA file if any.
+pub fn build_pool(p: &config::Pool) -> Result<upstream::Pool<Body>, Error> {
+    let extra_roots = match &p.ca {
+        Some(path) => tls::load_roots(path)?,
+        None => Vec::new(),
+    };
+    let cfg = upstream::PoolConfig {
+        name: p.name.clone(),
+        endpoints: p.endpoints.clone(),
+        protocol: p.protocol,
+        connect_timeout: p.connect_timeout,
+        response_timeout: p.response_timeout,
+        idle_timeout: p.idle_timeout,
+        extra_roots,
+    };
+    upstream::Pool::new(cfg).map_err(|source| Error::Pool {
+        pool: p.name.clone(),
+        source,
+    })
+}
+
+/// Runs the edge until SIGTERM or SIGINT, then drains.
+pub async fn run(config: Config) -> Result<(), Error> {
+    let proxy = Proxy::new(&config)?;
+    let resolver = Arc::new(if config.tls.certificates.is_empty() {
+        tracing::info!("no certificate configured: generated a self-signed certificate for localhost, 127.0.0.1 and ::1");
+        CertResolver::self_signed()?
+    } else {
+        CertResolver::load(&config.tls.certificates)?
+    });
+
+    // Bind everything before serving anything, so a port in use fails cleanly.
+    let (tls_tcp, udp) = listener::bind_tcp_udp(config.listen)?;
+    let http = config.http_listen.map(listener::bind_tcp).transpose()?;
+    let admin_listener = config.admin.map(listener::bind_tcp).transpose()?;
+    let tls_addr = local(&tls_tcp)?;
+
+    let shared = Arc::new(Shared {
+        proxy: ArcSwap::from_pointee(proxy),
+        metrics: Metrics::new().map_err(|e| Error::Setup(format!("metrics: {e}")))?,
+        draining: CancellationToken::new(),
+        tasks: TaskTracker::new(),
+        config,
+    });
+    let alt_svc = alt_svc(&shared.config, tls_addr.port());
+    let cap = Arc::new(Semaphore::new(listener::connection_cap(&shared.config)));
+    let endpoint = quic::endpoint(udp, resolver.clone(), &shared)?;
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls::tcp_config(resolver)?);
+
+    let tls_server = Arc::new(TcpServer::new(
+        shared.clone(),
+        Some(acceptor),
+        alt_svc.clone(),
+    ));
+    let mut loops = tokio::task::JoinSet::new();
+    loops.spawn(tls_server.run(tokio_listener(tls_tcp, tls_addr)?, cap.clone()));
+    tracing::info!("listening kind=https addr={tls_addr}");
+    tracing::info!("listening kind=h3 addr={tls_addr}");
+    loops.spawn(quic::run(endpoint, shared.clone()));
+    if let Some(l) = http {
+        let addr = local(&l)?;
+        let server = Arc::new(TcpServer::new(shared.clone(), None, alt_svc));
+        loops.spawn(server.run(tokio_listener(l, addr)?, cap));
+        tracing::info!("listening kind=http addr={addr}");
+    }
+    if let Some(l) = admin_listener {
+        let addr = local(&l)?;
+        loops.spawn(admin::run(tokio_listener(l, addr)?, shared.clone()));
+        tracing::info!("listening kind=admin addr={addr}");
+    }
+    tracing::info!("edge ready");
+
+    shutdown_signal().await;
+    tracing::info!("draining: no new connections; open ones finish within {DRAIN_GRACE:?}");
+    shared.draining.cancel();
+    while loops.join_next().await.is_some() {}
+    shared.tasks.close();
+    if tokio::time::timeout(DRAIN_GRACE, shared.tasks.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("drain grace over; closing the remaining connections");
+    }
+    Ok(())
+}
+
+fn alt_svc(config: &Config, port: u16) -> Option<HeaderValue> {
+    if !config.alt_svc.enabled {
+        return None;
+    }
+    let value = format!("h3=\":{port}\"; ma={}", config.alt_svc.max_age.as_secs());
+    HeaderValue::from_str(&value).ok()
+}
+
+fn local(l: &std::net::TcpListener) -> Result<SocketAddr, Error> {
+    l.local_addr()
+        .map_err(|e| Error::Setup(format!("local address: {e}")))
+}
+
+fn tokio_listener(
+    l: std::net::TcpListener,
+    addr: SocketAddr,
+) -> Result<tokio::net::TcpListener, Error> {
+    tokio::net::TcpListener::from_std(l).map_err(|source| {
+        Error::Bind(BindError {
+            addr,
+            transport: "tcp",
+            source,
+        })
+    })
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let term = signal(SignalKind::terminate());
+    let int = signal(SignalKind::interrupt());
+    match (term, int) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        (Err(e), _) | (_, Err(e)) => {
+            tracing::error!(error = %e, "cannot watch for signals; stop with SIGKILL");
+            std::future::pending::<()>().await;
+        }
+    }
+}

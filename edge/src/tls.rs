@@ -1,0 +1,169 @@
+//! Certificates and the TLS configurations built on them. One resolver serves the
+//! TCP listener (h1, h2) and the QUIC listener (h3): the same certificate answers
+//! for a name whichever protocol the client speaks.
+
+use std::fmt;
+use std::path::Path;
+use std::sync::Arc;
+
+use rustls::crypto::ring::sign::any_supported_type;
+use rustls::pki_types::{CertificateDer, DnsName, PrivateKeyDer};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+
+use crate::config::CertFiles;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// A certificate or key file could not be read.
+    #[error("cannot read {path}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file holds no certificate / no private key in PEM form.
+    #[error("{path}: {what}")]
+    Pem { path: String, what: &'static str },
+    /// rustls refused the key or the configuration.
+    #[error("TLS setup failed")]
+    Rustls(#[from] rustls::Error),
+    /// Generating the self-signed certificate failed.
+    #[error("generating a self-signed certificate failed")]
+    Generate(#[from] rcgen::Error),
+}
+
+/// Picks a certificate by SNI; the first one answers when nothing matches.
+pub struct CertResolver {
+    certs: Vec<Arc<CertifiedKey>>,
+}
+
+impl fmt::Debug for CertResolver {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "CertResolver({} certificates)", self.certs.len())
+    }
+}
+
+impl CertResolver {
+    pub fn load(files: &[CertFiles]) -> Result<Self, TlsError> {
+        let certs = files
+            .iter()
+            .map(|f| load_pair(&f.cert, &f.key).map(Arc::new))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Self { certs })
+    }
+
+    /// A fresh self-signed certificate for `localhost` and 127.0.0.1 / ::1.
+    pub fn self_signed() -> Result<Self, TlsError> {
+        let names = vec![
+            "localhost".to_owned(),
+            "127.0.0.1".to_owned(),
+            "::1".to_owned(),
+        ];
+        let generated = rcgen::generate_simple_self_signed(names)?;
+        let key = PrivateKeyDer::try_from(generated.key_pair.serialize_der()).map_err(|what| {
+            TlsError::Pem {
+                path: "(generated)".to_owned(),
+                what,
+            }
+        })?;
+        let key = any_supported_type(&key)?;
+        let cert = CertifiedKey::new(vec![generated.cert.der().clone()], key);
+        Ok(Self {
+            certs: vec![Arc::new(cert)],
+        })
+    }
+}
+
+impl ResolvesServerCert for CertResolver {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let by_name = hello.server_name().and_then(|sni| {
+            let name = DnsName::try_from(sni).ok()?.to_owned();
+            let name = rustls::pki_types::ServerName::DnsName(name);
+            self.certs.iter().find(|c| {
+                c.end_entity_cert()
+                    .ok()
+                    .and_then(|der| webpki::EndEntityCert::try_from(der).ok())
+                    .is_some_and(|ee| ee.verify_is_valid_for_subject_name(&name).is_ok())
+            })
+        });
+        by_name.or_else(|| self.certs.first()).cloned()
+    }
+}
+
+fn load_pair(cert: &Path, key: &Path) -> Result<CertifiedKey, TlsError> {
+    let read = |p: &Path| {
+        std::fs::read(p).map_err(|source| TlsError::Read {
+            path: p.display().to_string(),
+            source,
+        })
+    };
+    let pem_err = |p: &Path, what| TlsError::Pem {
+        path: p.display().to_string(),
+        what,
+    };
+    let chain: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut read(cert)?.as_slice())
+        .collect::<Result<_, _>>()
+        .map_err(|_| pem_err(cert, "not a PEM certificate file"))?;
+    if chain.is_empty() {
+        return Err(pem_err(cert, "no certificate found"));
+    }
+    let key_der = rustls_pemfile::private_key(&mut read(key)?.as_slice())
+        .map_err(|_| pem_err(key, "not a PEM key file"))?
+        .ok_or_else(|| pem_err(key, "no private key found"))?;
+    let signing = any_supported_type(&key_der)?;
+    let certified = CertifiedKey::new(chain, signing);
+    certified.keys_match().map_err(|e| match e {
+        rustls::Error::InconsistentKeys(_) => {
+            pem_err(key, "private key does not match the certificate")
+        }
+        other => TlsError::Rustls(other),
+    })?;
+    Ok(certified)
+}
+
+/// Reads PEM certificates (a CA bundle) for upstream trust.
+pub fn load_roots(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let bytes = std::fs::read(path).map_err(|source| TlsError::Read {
+        path: path.display().to_string(),
+        source,
+    })?;
+    let certs: Vec<_> = rustls_pemfile::certs(&mut bytes.as_slice())
+        .collect::<Result<_, _>>()
+        .map_err(|_| TlsError::Pem {
+            path: path.display().to_string(),
+            what: "not a PEM certificate file",
+        })?;
+    if certs.is_empty() {
+        return Err(TlsError::Pem {
+            path: path.display().to_string(),
+            what: "no certificate found",
+        });
+    }
+    Ok(certs)
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// TLS 1.3 and 1.2 for the TCP listener, h2 preferred over http/1.1.
+pub fn tcp_config(resolver: Arc<CertResolver>) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+        .with_no_client_auth()
+        .with_cert_resolver(resolver);
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(cfg))
+}
+
+/// TLS 1.3 only, ALPN h3, for QUIC. 0-RTT stays off until the 425 rule for unsafe
+/// methods is in place.
+pub fn quic_config(resolver: Arc<CertResolver>) -> Result<rustls::ServerConfig, TlsError> {
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_no_client_auth()
+        .with_cert_resolver(resolver);
+    cfg.alpn_protocols = vec![b"h3".to_vec()];
+    Ok(cfg)
+}

@@ -1,0 +1,70 @@
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+
+use crate::clock::now_ms;
+use crate::conn::ConnState;
+
+/// A response body from a backend. While it is alive the connection it arrived on
+/// counts it as in flight, so an idle sweep never closes a connection mid-response.
+pub struct UpstreamBody {
+    inner: Incoming,
+    lease: Option<Lease>,
+}
+
+impl UpstreamBody {
+    pub(crate) fn new(inner: Incoming, lease: Lease) -> Self {
+        Self {
+            inner,
+            lease: Some(lease),
+        }
+    }
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(None) = polled {
+            self.lease = None;
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// One request's claim on a pooled connection; released when the response ends.
+pub(crate) struct Lease {
+    conn: Arc<ConnState>,
+}
+
+impl Lease {
+    pub(crate) fn new(conn: Arc<ConnState>) -> Self {
+        conn.in_flight.fetch_add(1, Ordering::AcqRel);
+        Self { conn }
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.conn.last_active_ms.store(now_ms(), Ordering::Release);
+        self.conn.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}

@@ -1,0 +1,167 @@
+//! Opening connections to one endpoint and driving them until they close or idle out.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use rustls::pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+
+use crate::clock::now_ms;
+use crate::endpoint::EndpointAddr;
+use crate::error::Error;
+use crate::pool::{Protocol, ReqBody};
+
+/// What every pooled connection shares with the responses it carries.
+pub(crate) struct ConnState {
+    pub(crate) in_flight: AtomicUsize,
+    pub(crate) last_active_ms: AtomicU64,
+}
+
+impl ConnState {
+    fn new() -> Arc<Self> {
+        Arc::new(Self {
+            in_flight: AtomicUsize::new(0),
+            last_active_ms: AtomicU64::new(now_ms()),
+        })
+    }
+
+    /// Idle for at least `idle` with nothing in flight.
+    fn idle_for(&self, idle: Duration) -> bool {
+        let since = now_ms().saturating_sub(self.last_active_ms.load(Ordering::Acquire));
+        self.in_flight.load(Ordering::Acquire) == 0 && u128::from(since) >= idle.as_millis()
+    }
+}
+
+/// A freshly opened connection's request handle.
+pub(crate) enum Sender<B> {
+    H1(http1::SendRequest<B>),
+    H2(http2::SendRequest<B>),
+}
+
+/// Opens connections for one pool: TCP, optional TLS, then the HTTP handshake.
+pub(crate) struct Connector {
+    pub(crate) protocol: Protocol,
+    pub(crate) connect_timeout: Duration,
+    pub(crate) idle_timeout: Duration,
+    pub(crate) tls: Option<TlsConnector>,
+}
+
+impl Connector {
+    pub(crate) async fn connect<B: ReqBody>(
+        &self,
+        addr: &EndpointAddr,
+    ) -> Result<(Sender<B>, Arc<ConnState>), Error> {
+        let endpoint = || addr.to_string();
+        let opened = tokio::time::timeout(self.connect_timeout, self.open(addr)).await;
+        match opened {
+            Err(_) => Err(Error::ConnectTimeout {
+                endpoint: endpoint(),
+                after: self.connect_timeout,
+            }),
+            Ok(Err(e)) => Err(e),
+            Ok(Ok(Io::Plain(tcp))) => self.handshake(tcp, self.protocol, addr).await,
+            Ok(Ok(Io::Tls(tls))) => {
+                let negotiated = match tls.get_ref().1.alpn_protocol() {
+                    Some(b"h2") => Protocol::H2,
+                    _ => Protocol::H1,
+                };
+                self.handshake(tls, negotiated, addr).await
+            }
+        }
+    }
+
+    async fn open(&self, addr: &EndpointAddr) -> Result<Io, Error> {
+        let tcp = TcpStream::connect((addr.host.as_str(), addr.port))
+            .await
+            .map_err(|source| Error::Connect {
+                endpoint: addr.to_string(),
+                source,
+            })?;
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(endpoint = %addr, error = %e, "TCP_NODELAY not set");
+        }
+        let Some(tls) = &self.tls else {
+            return Ok(Io::Plain(tcp));
+        };
+        let name = ServerName::try_from(addr.host.clone()).map_err(|e| Error::Tls {
+            endpoint: addr.to_string(),
+            source: std::io::Error::new(std::io::ErrorKind::InvalidInput, e),
+        })?;
+        let stream = tls.connect(name, tcp).await.map_err(|source| Error::Tls {
+            endpoint: addr.to_string(),
+            source,
+        })?;
+        Ok(Io::Tls(Box::new(stream)))
+    }
+
+    async fn handshake<B: ReqBody, I>(
+        &self,
+        io: I,
+        protocol: Protocol,
+        addr: &EndpointAddr,
+    ) -> Result<(Sender<B>, Arc<ConnState>), Error>
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let io = TokioIo::new(io);
+        let failed = |source| Error::Handshake {
+            endpoint: addr.to_string(),
+            source,
+        };
+        let state = ConnState::new();
+        let sender = match protocol {
+            Protocol::H2 => {
+                let (send, conn) = http2::Builder::new(TokioExecutor::new())
+                    .timer(TokioTimer::new())
+                    .adaptive_window(true)
+                    .handshake(io)
+                    .await
+                    .map_err(failed)?;
+                tokio::spawn(drive(conn, state.clone(), self.idle_timeout, addr.clone()));
+                Sender::H2(send)
+            }
+            Protocol::H1 => {
+                let (send, conn) = http1::Builder::new().handshake(io).await.map_err(failed)?;
+                tokio::spawn(drive(conn, state.clone(), self.idle_timeout, addr.clone()));
+                Sender::H1(send)
+            }
+        };
+        Ok((sender, state))
+    }
+}
+
+enum Io {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+/// Runs a connection until it ends or has been idle for `idle`; dropping it closes
+/// the socket, so a pooled connection never outlives the backend's keep-alive.
+async fn drive<F>(conn: F, state: Arc<ConnState>, idle: Duration, addr: EndpointAddr)
+where
+    F: Future<Output = Result<(), hyper::Error>>,
+{
+    let tick = (idle / 4).max(Duration::from_millis(25));
+    let idle_out = async {
+        loop {
+            tokio::time::sleep(tick).await;
+            if state.idle_for(idle) {
+                return;
+            }
+        }
+    };
+    tokio::select! {
+        ended = conn => {
+            if let Err(e) = ended {
+                tracing::debug!(endpoint = %addr, error = %e, "upstream connection ended");
+            }
+        }
+        () = idle_out => tracing::debug!(endpoint = %addr, "closing idle upstream connection"),
+    }
+}

@@ -1,0 +1,56 @@
+use std::time::Duration;
+
+/// Why a request to a pool failed. Each variant names the endpoint it concerns.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The TCP connection to the endpoint could not be opened.
+    #[error("connect to {endpoint} failed")]
+    Connect {
+        endpoint: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Opening the connection (TCP and TLS) took longer than the connect timeout.
+    #[error("connect to {endpoint} timed out after {after:?}")]
+    ConnectTimeout { endpoint: String, after: Duration },
+    /// The TLS handshake with the endpoint failed.
+    #[error("TLS handshake with {endpoint} failed")]
+    Tls {
+        endpoint: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The HTTP/1.1 or HTTP/2 handshake on a new connection failed.
+    #[error("HTTP handshake with {endpoint} failed")]
+    Handshake {
+        endpoint: String,
+        #[source]
+        source: hyper::Error,
+    },
+    /// The endpoint did not send response headers within the response timeout.
+    #[error("{endpoint} sent no response within {after:?}")]
+    Timeout { endpoint: String, after: Duration },
+    /// The request failed after it was handed to a connection (reset, protocol error).
+    #[error("request to {endpoint} failed")]
+    Request {
+        endpoint: String,
+        #[source]
+        source: hyper::Error,
+    },
+    /// The pool has no endpoint to send to.
+    #[error("pool {pool} has no endpoints")]
+    NoEndpoints { pool: String },
+}
+
+impl Error {
+    /// True when the failure happened while opening a connection: nothing was sent.
+    pub fn is_connect(&self) -> bool {
+        matches!(
+            self,
+            Error::Connect { .. }
+                | Error::ConnectTimeout { .. }
+                | Error::Tls { .. }
+                | Error::Handshake { .. }
+        )
+    }
+}
