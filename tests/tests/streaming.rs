@@ -52,6 +52,7 @@ async fn idle_rss(
 }
 
 fn assert_rss_within_budget(idle: u64, peak: u64, what: &str) {
+    eprintln!("{what}: edge RSS {idle} KiB idle, {peak} KiB peak");
     assert!(
         peak.saturating_sub(idle) < RSS_BUDGET_KIB,
         "{what}: edge RSS went from {idle} KiB idle to {peak} KiB (budget {RSS_BUDGET_KIB} KiB)"
