@@ -303,6 +303,25 @@ pub async fn python_json<S: AsRef<str>>(
     })
 }
 
+/// Runs `tests/py/h3_requests.py` against edge: the requests of `spec`, one after
+/// the other on one QUIC connection (aioquic), trusting the test CA.
+pub async fn h3_requests(
+    edge: &Edge,
+    spec: &serde_json::Value,
+) -> anyhow::Result<serde_json::Value> {
+    let ca = edge.pki.ca_cert.to_string_lossy().into_owned();
+    let port = edge.h3_addr.port().to_string();
+    let host = edge.h3_addr.ip().to_string();
+    let spec = spec.to_string();
+    let args = [
+        "--ca", &ca, "--host", &host, "--port", &port, "--spec", &spec,
+    ];
+    python_json("h3_requests.py", &args, PYTHON_TIMEOUT).await
+}
+
+/// Bound on one Python client script.
+pub const PYTHON_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// Sends `request` as-is over TCP and returns what comes back until the response
 /// is complete (by Content-Length), the peer closes, or 10 s pass.
 pub async fn raw_http(addr: SocketAddr, request: &str) -> anyhow::Result<String> {

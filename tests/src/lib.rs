@@ -12,8 +12,8 @@ pub mod pki;
 pub mod process;
 
 pub use clients::{
-    curl, curl_timeout, curl_transfer, gtlsclient, python_json, raw_http, tls_args, CurlResponse,
-    H3Response, REQUEST_TIMEOUT,
+    curl, curl_timeout, curl_transfer, gtlsclient, h3_requests, python_json, raw_http, tls_args,
+    CurlResponse, H3Response, PYTHON_TIMEOUT, REQUEST_TIMEOUT,
 };
 pub use edge::{run_edge, workspace_root, Edge, EdgeConfig, PoolConfig, RouteConfig};
 pub use origin::{echo_header, echo_headers, Origin, OriginOptions};

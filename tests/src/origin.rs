@@ -99,9 +99,17 @@ impl Drop for Origin {
 }
 
 async fn accept_loop(listener: TcpListener, options: OriginOptions, counters: Arc<Counters>) {
+    // Limits far above edge's own, so that edge's limits are the ones a test meets.
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new());
-    builder.http2().timer(TokioTimer::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .max_buf_size(4 << 20)
+        .max_headers(1000);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(4 << 20);
     if options.http1_only {
         builder = builder.http1_only();
     }

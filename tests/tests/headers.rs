@@ -3,8 +3,8 @@
 use std::collections::HashSet;
 
 use edge_tests::{
-    curl, echo_header, echo_headers, raw_http, start_default, start_pair, tls_args, Edge,
-    EdgeConfig, OriginOptions, RouteConfig,
+    curl, echo_header, echo_headers, h3_requests, raw_http, start_default, start_pair, tls_args,
+    Edge, EdgeConfig, OriginOptions, RouteConfig,
 };
 
 /// The request-id alphabet of CONTRACT.md: 1..=128 of `A-Za-z0-9-_.:+/=`.
@@ -104,6 +104,112 @@ async fn edge_error_page_carries_request_id_in_header_and_body() -> anyhow::Resu
     assert_eq!(response.header("x-request-id"), Some("client-chosen-1"));
     assert!(response.text().contains("client-chosen-1"));
     assert_eq!(origin.requests(), 0);
+    Ok(())
+}
+
+/// What one client got for a request whose header section is over the limit.
+struct Oversized {
+    client: &'static str,
+    status: u16,
+    /// The stream was reset (h3 only) instead of answered.
+    reset: bool,
+    request_id: Option<String>,
+    body: String,
+}
+
+/// A request with a 40 000-byte header (default `max_header_bytes` is 32768) over
+/// h1 and h2 on TLS, h1 and h2c in plaintext, and h3.
+async fn send_oversized_everywhere(edge: &Edge) -> anyhow::Result<Vec<Oversized>> {
+    let big = format!("x-big: {}", "a".repeat(40_000));
+    let https = format!("{}/echo", edge.https_origin());
+    let plain = format!("http://{}/echo", edge.http()?);
+    let cases: [(&'static str, Vec<String>); 4] = [
+        (
+            "h1 tls",
+            [tls_args(edge), vec!["--http1.1".into(), https.clone()]].concat(),
+        ),
+        (
+            "h2 tls",
+            [tls_args(edge), vec!["--http2".into(), https]].concat(),
+        ),
+        ("h1 plain", vec!["--http1.1".into(), plain.clone()]),
+        ("h2c", vec!["--http2-prior-knowledge".into(), plain]),
+    ];
+    let mut answers = Vec::new();
+    for (client, mut args) in cases {
+        args.extend(["-H".to_owned(), big.clone()]);
+        let response = curl(&args).await?;
+        answers.push(Oversized {
+            client,
+            status: response.status,
+            reset: false,
+            request_id: response.header("x-request-id").map(str::to_owned),
+            body: response.text(),
+        });
+    }
+    let spec = serde_json::json!([{"path": "/echo", "big_header_bytes": 40_000}]);
+    let h3 = &h3_requests(edge, &spec).await?[0];
+    let headers = h3["headers"].as_array().cloned().unwrap_or_default();
+    answers.push(Oversized {
+        client: "h3",
+        status: h3["status"].as_u64().unwrap_or(0) as u16,
+        reset: !h3["reset"].is_null(),
+        request_id: headers
+            .iter()
+            .find(|pair| pair[0] == "x-request-id")
+            .and_then(|pair| pair[1].as_str().map(str::to_owned)),
+        body: h3["body"].as_str().unwrap_or_default().to_owned(),
+    });
+    Ok(answers)
+}
+
+impl std::fmt::Debug for Oversized {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let body: String = self.body.chars().take(200).collect();
+        write!(
+            f,
+            "{}: status {}, reset {}, x-request-id {:?}, body {body:?}",
+            self.client, self.status, self.reset, self.request_id
+        )
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_header_section_is_431_on_every_listener() -> anyhow::Result<()> {
+    let (origin, edge) = start_default().await?;
+    let answers = send_oversized_everywhere(&edge).await?;
+    let wrong: Vec<&Oversized> = answers
+        .iter()
+        .filter(|a| a.status != 431 && !a.reset)
+        .collect();
+    assert!(wrong.is_empty(), "not refused with 431: {wrong:#?}");
+    assert_eq!(
+        origin.requests(),
+        0,
+        "an oversized request reached the origin"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_header_431_pages_carry_request_id() -> anyhow::Result<()> {
+    let (_origin, edge) = start_default().await?;
+    let answers = send_oversized_everywhere(&edge).await?;
+    // Only edge's own 431 pages are judged here; whether each client got one is the
+    // test above.
+    let missing: Vec<&Oversized> = answers
+        .iter()
+        .filter(|a| a.status == 431)
+        .filter(|a| {
+            !a.request_id
+                .as_deref()
+                .is_some_and(|id| well_formed_id(id) && a.body.contains(id))
+        })
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "431 without its request id: {missing:#?}"
+    );
     Ok(())
 }
 

@@ -2,11 +2,9 @@
 //! and h3 (gtlsclient, aioquic, niquests' Alt-Svc upgrade).
 
 use edge_tests::{
-    curl, echo_header, gtlsclient, python_json, start_default, tls_args, CurlResponse, Edge,
-    REQUEST_TIMEOUT,
+    curl, echo_header, gtlsclient, h3_requests, python_json, start_default, tls_args, CurlResponse,
+    Edge, PYTHON_TIMEOUT, REQUEST_TIMEOUT,
 };
-
-const PY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// `h3=":PORT"; ma=86400` for edge's QUIC port.
 fn expected_alt_svc(edge: &Edge) -> String {
@@ -140,7 +138,7 @@ async fn alt_svc_moves_niquests_session_from_h2_to_h3() -> anyhow::Result<()> {
     let (_origin, edge) = start_default().await?;
     let url = format!("https://127.0.0.1:{}/", edge.https_addr.port());
     let ca = edge.pki.ca_cert.to_string_lossy().into_owned();
-    let results = python_json("alt_svc_upgrade.py", &["--ca", &ca, &url], PY_TIMEOUT).await?;
+    let results = python_json("alt_svc_upgrade.py", &["--ca", &ca, &url], PYTHON_TIMEOUT).await?;
     let (first, second) = (&results[0], &results[1]);
     assert_eq!(first["status"], 200, "{results}");
     assert_eq!(
@@ -181,16 +179,4 @@ async fn h3_oversized_header_section_is_refused_and_connection_survives() -> any
         "only the small request reached the origin"
     );
     Ok(())
-}
-
-/// Runs `tests/py/h3_requests.py` (aioquic, one QUIC connection) against edge.
-async fn h3_requests(edge: &Edge, spec: &serde_json::Value) -> anyhow::Result<serde_json::Value> {
-    let ca = edge.pki.ca_cert.to_string_lossy().into_owned();
-    let port = edge.h3_addr.port().to_string();
-    let host = edge.h3_addr.ip().to_string();
-    let spec = spec.to_string();
-    let args = [
-        "--ca", &ca, "--host", &host, "--port", &port, "--spec", &spec,
-    ];
-    python_json("h3_requests.py", &args, PY_TIMEOUT).await
 }
