@@ -90,6 +90,8 @@ pub struct EdgeConfig {
     pub http_listen: bool,
     /// Whether to add the `admin` listener.
     pub admin: bool,
+    /// Further top-level keys with TOML values (e.g. `trusted_proxies`).
+    pub top: Vec<(String, String)>,
     /// `[client]` keys with TOML values.
     pub client: Vec<(String, String)>,
     /// Routes, in order; an empty list renders a single catch-all to `default`.
@@ -104,6 +106,7 @@ impl EdgeConfig {
         Self {
             http_listen: true,
             admin: true,
+            top: Vec::new(),
             client: Vec::new(),
             routes: Vec::new(),
             pools: vec![PoolConfig {
@@ -127,6 +130,12 @@ impl EdgeConfig {
         self.pool_setting("protocol", &toml_str(protocol))
     }
 
+    /// Sets a top-level `key = value` (value written as TOML).
+    pub fn top_setting(mut self, key: &str, toml_value: &str) -> Self {
+        self.top.push((key.to_owned(), toml_value.to_owned()));
+        self
+    }
+
     /// Sets `key = value` (value written as TOML) in `[client]`.
     pub fn client_setting(mut self, key: &str, toml_value: &str) -> Self {
         self.client.push((key.to_owned(), toml_value.to_owned()));
@@ -141,6 +150,9 @@ impl EdgeConfig {
         }
         if self.admin {
             out.push_str("admin = \"127.0.0.1:0\"\n");
+        }
+        for (key, value) in &self.top {
+            out.push_str(&format!("{key} = {value}\n"));
         }
         out.push_str("\n[alt_svc]\nenabled = true\nmax_age = \"24h\"\n");
         out.push_str("\n[tls]\n[[tls.certificates]]\n");

@@ -300,8 +300,9 @@ async fn handle(
 }
 
 /// Headers `/hop-by-hop` sets: every hop-by-hop kind, plus one end-to-end header.
-pub const HOP_BY_HOP_RESPONSE: [(&str, &str); 7] = [
+pub const HOP_BY_HOP_RESPONSE: [(&str, &str); 8] = [
     ("connection", "x-hop-custom"),
+    ("te", "deflate"),
     ("x-hop-custom", "must-not-pass"),
     ("keep-alive", "timeout=5"),
     ("proxy-connection", "keep-alive"),

@@ -223,7 +223,8 @@ const HOP_BY_HOP_REQUEST: [&str; 6] = [
     "Upgrade: example/1",
 ];
 
-/// Headers the origin must never see from edge, whatever the client sent.
+/// Headers the origin must never see from edge, whatever the client sent, and the
+/// client never from the origin (`te` is checked apart: `trailers` may pass).
 const NEVER_UPSTREAM: [&str; 6] = [
     "x-hop-custom",
     "keep-alive",
@@ -316,6 +317,11 @@ async fn hop_by_hop_response_headers_never_reach_client() -> anyhow::Result<()> 
                 response.headers
             );
         }
+        assert!(
+            response.header("te").is_none(),
+            "origin's TE reached the client: {:?}",
+            response.headers
+        );
         for value in response.header_all("connection") {
             // edge may manage its own client connection, never relay the origin's.
             assert!(
@@ -351,5 +357,31 @@ async fn two_different_host_headers_are_400() -> anyhow::Result<()> {
     .await?;
     assert!(answer.starts_with("HTTP/1.1 400"), "answer: {answer}");
     assert_eq!(origin.requests(), 0);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn x_forwarded_for_from_untrusted_peer_is_replaced() -> anyhow::Result<()> {
+    let (_origin, edge) = start_default().await?;
+    let response = curl(&["-H", "X-Forwarded-For: 203.0.113.9", &echo_url(&edge)?]).await?;
+    let echo = response.json()?;
+    assert_eq!(echo_header(&echo, "x-forwarded-for"), ["127.0.0.1"]);
+    assert_eq!(echo_header(&echo, "x-forwarded-proto"), ["http"]);
+    let host = format!("{}", edge.http()?);
+    assert_eq!(echo_header(&echo, "x-forwarded-host"), [host]);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn x_forwarded_for_from_trusted_peer_is_appended_to() -> anyhow::Result<()> {
+    let (_origin, edge) = start_pair(OriginOptions::default(), |c| {
+        c.top_setting("trusted_proxies", "[\"127.0.0.1/32\"]")
+    })
+    .await?;
+    let response = curl(&["-H", "X-Forwarded-For: 203.0.113.9", &echo_url(&edge)?]).await?;
+    let echo = response.json()?;
+    let forwarded = echo_header(&echo, "x-forwarded-for").join(", ");
+    let hops: Vec<&str> = forwarded.split(',').map(str::trim).collect();
+    assert_eq!(hops, ["203.0.113.9", "127.0.0.1"]);
     Ok(())
 }
