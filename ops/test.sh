@@ -26,7 +26,11 @@ cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 # The integration tests run this binary; cargo test does not build it for them.
 cargo build -p edge --bin edge
+# Both test runs go ahead whatever the first gives, so one CI log shows every
+# failure; the script still fails if either did.
+failed=0
 # Everything but the 1 GiB streaming tests, two at a time.
-cargo test --workspace -- --test-threads=2 --skip 1gib
+cargo test --workspace --no-fail-fast -- --test-threads=2 --skip 1gib || failed=1
 # The streaming tests one at a time: each already keeps both cores busy.
-cargo test -p edge-tests --test streaming -- --test-threads=1
+cargo test -p edge-tests --test streaming -- --test-threads=1 || failed=1
+exit "$failed"
