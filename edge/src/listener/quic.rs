@@ -91,8 +91,8 @@ pub async fn run(endpoint: quinn::Endpoint, shared: Arc<Shared>) {
 
 async fn serve_conn(conn: quinn::Connection, peer: SocketAddr, shared: Arc<Shared>) {
     let _open = shared.metrics.connection(Proto::H3);
-    let max_field_section =
-        u64::try_from(shared.config.client.max_header_bytes).unwrap_or(u64::MAX);
+    let limit = super::tcp::backstop(shared.config.client.max_header_bytes);
+    let max_field_section = u64::try_from(limit).unwrap_or(u64::MAX);
     let built = h3::server::builder()
         .max_field_section_size(max_field_section)
         .build(h3_quinn::Connection::new(conn))
@@ -135,8 +135,8 @@ async fn serve_stream(
     peer: Peer,
     shared: Arc<Shared>,
 ) {
-    // h3 itself answers 431 to an oversized header section and resets malformed
-    // requests with H3_MESSAGE_ERROR; both end only this stream.
+    // Past the backstop, h3 itself answers 431; malformed requests are reset with
+    // H3_MESSAGE_ERROR. Both end only this stream.
     let (req, stream) = match resolver.resolve_request().await {
         Ok(r) => r,
         Err(e) => return tracing::debug!(peer = %peer.ip, error = %e, "HTTP/3 request refused"),

@@ -48,13 +48,15 @@ impl TcpServer {
             // hyper's header timer only runs with a timer set; it also bounds how long
             // an idle keep-alive connection waits for its next request.
             .header_read_timeout(c.header_read_timeout)
-            .max_headers(c.max_headers)
-            .max_buf_size(c.max_header_bytes.max(8192));
+            // Backstops only: the pipeline enforces the configured limits with a
+            // proper 431 page; these stop what is far past them before it is parsed.
+            .max_headers(c.max_headers.saturating_mul(2))
+            .max_buf_size(backstop(c.max_header_bytes).max(8192));
         builder
             .http2()
             .timer(TokioTimer::new())
             .max_concurrent_streams(c.max_concurrent_streams)
-            .max_header_list_size(u32::try_from(c.max_header_bytes).unwrap_or(u32::MAX))
+            .max_header_list_size(u32::try_from(backstop(c.max_header_bytes)).unwrap_or(u32::MAX))
             .adaptive_window(true)
             .initial_connection_window_size(1024 * 1024);
         Self {
@@ -184,6 +186,11 @@ impl TcpServer {
         }
         resp
     }
+}
+
+/// The protocol libraries' own header limit: twice the configured one.
+pub(crate) fn backstop(limit: usize) -> usize {
+    limit.saturating_mul(2)
 }
 
 /// Tells HTTP/2 prior knowledge (the `PRI * HTTP/2.0` preface) from HTTP/1.1 by

@@ -44,6 +44,34 @@ pub fn request_id(headers: &HeaderMap) -> HeaderValue {
     HeaderValue::from_str(id).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
 }
 
+/// The configured header limits, the same on h1, h2 and h3, so every protocol
+/// answers an oversized request with the same 431 page carrying the request id.
+/// Size is counted as RFC 9113 and RFC 9114 do: name + value + 32 per field.
+/// (The protocol libraries keep a looser limit of their own as a hard backstop.)
+pub fn within_limits(
+    headers: &HeaderMap,
+    max_fields: usize,
+    max_bytes: usize,
+) -> Result<(), ProxyError> {
+    if headers.len() > max_fields {
+        return Err(ProxyError::new(
+            ErrorKind::HeadersTooLarge,
+            "too many header fields",
+        ));
+    }
+    let bytes: usize = headers
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len() + 32)
+        .sum();
+    if bytes > max_bytes {
+        return Err(ProxyError::new(
+            ErrorKind::HeadersTooLarge,
+            "header section too large",
+        ));
+    }
+    Ok(())
+}
+
 /// The request's host as sent (for Host and X-Forwarded-Host) and normalised (for
 /// routing). Missing, repeated-and-different, or conflicting with the authority: 400.
 pub fn host(req: &Request<impl Sized>) -> Result<(HeaderValue, String), ProxyError> {

@@ -27,8 +27,10 @@ pub struct Proxy {
     routes: Routes,
     pools: Vec<Pool<Body>>,
     trusted: Vec<IpNet>,
-    /// Header fields a request may carry; hyper enforces it for HTTP/1.1, this for h2 and h3.
+    /// Header fields a request may carry.
     max_headers: usize,
+    /// Header section size a request may carry, counted as RFC 9113 does.
+    max_header_bytes: usize,
 }
 
 /// The backend label when no pool was chosen.
@@ -48,6 +50,7 @@ impl Proxy {
             pools,
             trusted: config.trusted_proxies.clone(),
             max_headers: config.client.max_headers,
+            max_header_bytes: config.client.max_header_bytes,
         })
     }
 }
@@ -94,10 +97,8 @@ async fn forward<'p>(
     id: &HeaderValue,
     mut req: Request<Body>,
 ) -> Result<(Response<Body>, &'p str), (ProxyError, &'p str)> {
-    if req.headers().len() > proxy.max_headers {
-        let e = ProxyError::new(ErrorKind::HeadersTooLarge, "too many header fields");
-        return Err((e, NO_BACKEND));
-    }
+    headers::within_limits(req.headers(), proxy.max_headers, proxy.max_header_bytes)
+        .map_err(|e| (e, NO_BACKEND))?;
     let (host, host_key) = headers::host(&req).map_err(|e| (e, NO_BACKEND))?;
     let pool = proxy
         .routes

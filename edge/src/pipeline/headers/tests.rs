@@ -111,3 +111,18 @@ fn forwarding_headers_trust_only_configured_proxies() {
     to_upstream(&mut via_proxy, peer, &trusted, &id, host);
     assert_eq!(via_proxy.headers()["x-forwarded-for"], "1.2.3.4, 10.1.1.1");
 }
+
+#[test]
+fn header_limits_count_fields_and_bytes_like_rfc_9113() {
+    let h = req(&[("a", "1"), ("b", "22")]).headers().clone();
+    // (1 + 1 + 32) + (1 + 2 + 32) = 69
+    assert!(within_limits(&h, 2, 69).is_ok());
+    assert_eq!(
+        within_limits(&h, 2, 68).expect_err("bytes").kind,
+        ErrorKind::HeadersTooLarge
+    );
+    assert_eq!(
+        within_limits(&h, 1, 1000).expect_err("fields").kind,
+        ErrorKind::HeadersTooLarge
+    );
+}
