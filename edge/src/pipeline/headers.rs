@@ -153,6 +153,9 @@ pub fn to_upstream<B>(
     *req.uri_mut() = pq.map_or_else(|| Uri::from_static("/"), Uri::from);
     let h = req.headers_mut();
     strip_hop_by_hop(h);
+    // The client's 100-continue is answered here (hyper sends 100 when the body
+    // is first read); the upstream client would not wait for a 100 of its own.
+    h.remove(header::EXPECT);
     h.insert(REQUEST_ID, id.clone());
     forwarded_for(h, peer.ip, trusted_peer);
     if !(trusted_peer && h.contains_key(&X_FORWARDED_PROTO)) {

@@ -88,6 +88,7 @@ fn forwarding_headers_trust_only_configured_proxies() {
         ("x-forwarded-for", "1.2.3.4"),
         ("x-forwarded-proto", "http"),
         ("via", "1.1 cdn"),
+        ("expect", "100-continue"),
     ]);
     let peer = Peer {
         ip: "192.0.2.7".parse().expect("ip"),
@@ -102,6 +103,10 @@ fn forwarding_headers_trust_only_configured_proxies() {
     assert_eq!(h["x-request-id"], "id-1");
     assert_eq!(h["via"], "1.1 cdn, 1.1 edge");
     assert_eq!(untrusted.uri(), "/path?q=1");
+    assert!(
+        !h.contains_key("expect"),
+        "100-continue is answered by the edge"
+    );
 
     let mut via_proxy = req(&[("x-forwarded-for", "1.2.3.4")]);
     let peer = Peer {
