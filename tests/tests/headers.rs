@@ -7,7 +7,7 @@ use edge_tests::{
     Edge, EdgeConfig, OriginOptions, RouteConfig,
 };
 
-/// The request-id alphabet of CONTRACT.md: 1..=128 of `A-Za-z0-9-_.:+/=`.
+/// The request-id alphabet (README, "What it does"): 1..=128 of `A-Za-z0-9-_.:+/=`.
 fn well_formed_id(id: &str) -> bool {
     (1..=128).contains(&id.len())
         && id

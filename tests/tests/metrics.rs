@@ -66,7 +66,7 @@ async fn requests_total_counts_200s_of_default_backend() -> anyhow::Result<()> {
     assert_eq!(counted, [5.0], "in /metrics:\n{text}");
     assert!(
         text.contains(r#"proxy_requests_total{backend="default",status="200"} 5"#),
-        "exact series of CONTRACT.md missing:\n{text}"
+        "exact series named in the README missing:\n{text}"
     );
     Ok(())
 }
