@@ -72,6 +72,22 @@ impl ErrorKind {
         }
     }
 
+    /// What happened, in words a client may read.
+    pub fn describe(self) -> &'static str {
+        match self {
+            ErrorKind::BadRequest => "bad request",
+            ErrorKind::MisdirectedRequest => "this host is not served on this connection",
+            ErrorKind::NoRoute => "no route for this host and path",
+            ErrorKind::BodyTooLarge => "request body too large",
+            ErrorKind::HeadersTooLarge => "request header section too large",
+            ErrorKind::UpstreamConnect => "cannot connect to the backend",
+            ErrorKind::UpstreamFailed => "the backend broke off the exchange",
+            ErrorKind::UpstreamTimeout => "the backend did not answer in time",
+            ErrorKind::NoHealthyEndpoint => "no backend available",
+            ErrorKind::Internal => "internal error",
+        }
+    }
+
     /// Short label for metrics and logs.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -119,7 +135,7 @@ impl ProxyError {
     pub fn public_message(&self) -> &str {
         match self.kind.side() {
             Side::Client => &self.message,
-            Side::Upstream | Side::Internal => self.kind.as_str(),
+            Side::Upstream | Side::Internal => self.kind.describe(),
         }
     }
 
@@ -159,10 +175,12 @@ impl From<upstream::Error> for ProxyError {
             upstream::Error::Request { .. } => ErrorKind::UpstreamFailed,
             upstream::Error::NoEndpoints { .. } => ErrorKind::NoHealthyEndpoint,
         };
+        // The message is the kind's; the upstream error, kept as the source, says
+        // which endpoint and why (logs print the chain).
         Self {
             kind,
             retryable: e.is_connect(),
-            message: e.to_string(),
+            message: kind.describe().to_owned(),
             source: Some(Box::new(e)),
         }
     }

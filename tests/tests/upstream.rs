@@ -82,3 +82,27 @@ async fn h2_pool_has_no_errors_when_origin_closes_idle_connections() -> anyhow::
 async fn h1_pool_has_no_errors_when_origin_closes_idle_connections() -> anyhow::Result<()> {
     no_errors_when_origin_drops_idle_connections("h1").await
 }
+
+/// `edge run --upstream http://...` defaults to h2c; a backend that speaks only
+/// HTTP/1.1 answers the preface in HTTP/1.1, and edge must notice, switch that
+/// endpoint to HTTP/1.1 and serve the very first request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2c_pool_falls_back_to_http1_for_an_http1_only_backend() -> anyhow::Result<()> {
+    let options = OriginOptions {
+        idle_close: None,
+        http1_only: true,
+    };
+    let (origin, edge) = start_pair(options, |c| c.protocol("h2")).await?;
+    let url = format!("http://{}/echo", edge.http()?);
+    for i in 0..3 {
+        let r = curl(&[url.as_str()]).await?;
+        assert_eq!(r.status, 200, "request {i}: {}", r.text());
+    }
+    assert_eq!(origin.requests(), 3, "each request reached the origin once");
+    assert!(
+        edge.log().contains("using HTTP/1.1 for it"),
+        "the switch is logged: {}",
+        edge.log()
+    );
+    Ok(())
+}

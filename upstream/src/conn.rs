@@ -46,16 +46,17 @@ pub(crate) enum Sender<B> {
 
 /// Opens connections for one pool: TCP, optional TLS, then the HTTP handshake.
 pub(crate) struct Connector {
-    pub(crate) protocol: Protocol,
     pub(crate) connect_timeout: Duration,
     pub(crate) idle_timeout: Duration,
     pub(crate) tls: Option<TlsConnector>,
 }
 
 impl Connector {
+    /// Opens a connection speaking `protocol`; over TLS, ALPN has the last word.
     pub(crate) async fn connect<B: ReqBody>(
         &self,
         addr: &EndpointAddr,
+        protocol: Protocol,
     ) -> Result<(Sender<B>, Arc<ConnState>), Error> {
         let endpoint = || addr.to_string();
         let opened = tokio::time::timeout(self.connect_timeout, self.open(addr)).await;
@@ -65,7 +66,7 @@ impl Connector {
                 after: self.connect_timeout,
             }),
             Ok(Err(e)) => Err(e),
-            Ok(Ok(Io::Plain(tcp))) => self.handshake(tcp, self.protocol, addr).await,
+            Ok(Ok(Io::Plain(tcp))) => self.handshake(tcp, protocol, addr).await,
             Ok(Ok(Io::Tls(tls))) => {
                 let negotiated = match tls.get_ref().1.alpn_protocol() {
                     Some(b"h2") => Protocol::H2,

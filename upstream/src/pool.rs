@@ -65,8 +65,12 @@ pub struct Pool<B> {
 
 struct Endpoint<B> {
     addr: EndpointAddr,
-    /// Set once TLS negotiation showed the endpoint speaks HTTP/1.1 only.
+    /// Set once the endpoint showed it speaks HTTP/1.1 only (TLS ALPN, or an
+    /// HTTP/1.1 answer to the h2c preface).
     h1_only: AtomicBool,
+    /// Set once an HTTP/2 response came back: from then on an HTTP/2 error is an
+    /// error, not a sign of an HTTP/1.1-only backend.
+    h2_confirmed: AtomicBool,
     h2: ArcSwapOption<H2Conn<B>>,
     /// Held while opening the shared HTTP/2 connection, so concurrent misses share one connect.
     h2_connecting: tokio::sync::Mutex<()>,
@@ -103,6 +107,7 @@ impl<B: ReqBody> Pool<B> {
             .map(|addr| Endpoint {
                 addr: addr.clone(),
                 h1_only: AtomicBool::new(cfg.protocol == Protocol::H1),
+                h2_confirmed: AtomicBool::new(false),
                 h2: ArcSwapOption::empty(),
                 h2_connecting: tokio::sync::Mutex::new(()),
                 h1_idle: Arc::default(),
@@ -113,7 +118,6 @@ impl<B: ReqBody> Pool<B> {
             endpoints,
             next: AtomicUsize::new(0),
             connector: Connector {
-                protocol: cfg.protocol,
                 connect_timeout: cfg.connect_timeout,
                 idle_timeout: cfg.idle_timeout,
                 tls,
@@ -126,9 +130,12 @@ impl<B: ReqBody> Pool<B> {
         &self.name
     }
 
-    /// Sends `req` to the next endpoint. A failure on a reused connection before any
-    /// response byte is retried once on a fresh connection: either hyper hands the
-    /// unsent request back, or the request had no body and a safe method.
+    /// Sends `req` to the next endpoint, trying once more on a fresh connection when
+    /// the first try provably did no harm: hyper handed the unsent request back; or
+    /// a reused connection failed before any response byte and the request had no
+    /// body and a safe method. A body-less safe request whose exchange broke on a
+    /// fresh h2c connection to an endpoint that never answered in HTTP/2 is tried
+    /// once over HTTP/1.1 instead (never after a timeout: the backend may be working).
     pub async fn send(&self, req: Request<B>) -> Result<Response<UpstreamBody>, Error> {
         let Some(ep) = self.pick() else {
             return Err(Error::NoEndpoints {
@@ -137,21 +144,67 @@ impl<B: ReqBody> Pool<B> {
         };
         let replay = Replay::capture(&req);
         let co = ep.checkout(&self.connector, false).await?;
-        let reused = co.reused;
+        let (reused, h2c) = (
+            co.reused,
+            matches!(co.sender, Sender::H2(_)) && !ep.addr.tls,
+        );
         let req = match self.try_send(ep, co, req).await {
             Ok(resp) => return Ok(resp),
-            Err(Failed::Sent(e)) if !reused => return Err(e),
             Err(Failed::Unsent(req, _)) => *req,
+            Err(Failed::Sent(e @ Error::Request { .. }))
+                if h2c && !reused && !ep.h2_confirmed.load(Ordering::Relaxed) =>
+            {
+                return match replay {
+                    Some(replay) if replay.idempotent => {
+                        self.probe_h1(ep, replay.rebuild(), e).await
+                    }
+                    _ => Err(e),
+                };
+            }
+            Err(Failed::Sent(e)) if !reused => return Err(e),
             Err(Failed::Sent(e)) => match replay {
-                Some(replay) => replay.rebuild(),
-                None => return Err(e),
+                Some(replay) if replay.idempotent => replay.rebuild(),
+                _ => return Err(e),
             },
         };
-        tracing::debug!(endpoint = %ep.addr, "reused connection failed before the response; retrying on a fresh one");
+        tracing::debug!(endpoint = %ep.addr, "first try failed before the response; retrying on a fresh connection");
         let co = ep.checkout(&self.connector, true).await?;
         match self.try_send(ep, co, req).await {
             Ok(resp) => Ok(resp),
             Err(Failed::Sent(e)) | Err(Failed::Unsent(_, e)) => Err(e),
+        }
+    }
+
+    /// `edge run --upstream http://...` speaks h2c by default, and many backends
+    /// speak only HTTP/1.1: they close or answer garbage to the h2c preface, having
+    /// parsed no request. The request is tried once over HTTP/1.1; only if that
+    /// answers is the endpoint switched, so a sick HTTP/2 backend is never demoted.
+    async fn probe_h1(
+        &self,
+        ep: &Endpoint<B>,
+        req: Request<B>,
+        h2_error: Error,
+    ) -> Result<Response<UpstreamBody>, Error> {
+        let Ok((sender, state)) = self.connector.connect(&ep.addr, Protocol::H1).await else {
+            return Err(h2_error);
+        };
+        let co = Checkout {
+            sender,
+            state,
+            reused: false,
+        };
+        match self.try_send(ep, co, req).await {
+            Ok(resp) => {
+                if !ep.h1_only.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(
+                        endpoint = %ep.addr,
+                        "endpoint does not speak HTTP/2 (h2c) but answers HTTP/1.1; using HTTP/1.1 for it \
+                         (set protocol = \"h1\" for this pool, or --upstream-protocol h1, to skip this probe)"
+                    );
+                }
+                Ok(resp)
+            }
+            Err(_) => Err(h2_error),
         }
     }
 
@@ -179,7 +232,11 @@ impl<B: ReqBody> Pool<B> {
             Sender::H2(mut send) => {
                 set_h2_target(&mut req, &ep.addr);
                 let fut = send.try_send_request(req);
-                tokio::time::timeout(self.response_timeout, fut).await
+                let sent = tokio::time::timeout(self.response_timeout, fut).await;
+                if matches!(sent, Ok(Ok(_))) {
+                    ep.h2_confirmed.store(true, Ordering::Relaxed);
+                }
+                sent
             }
             Sender::H1(mut send) => {
                 set_h1_target(&mut req, &ep.addr);
@@ -212,6 +269,14 @@ enum Failed<B> {
 }
 
 impl<B: ReqBody> Endpoint<B> {
+    fn protocol(&self) -> Protocol {
+        if self.h1_only.load(Ordering::Relaxed) {
+            Protocol::H1
+        } else {
+            Protocol::H2
+        }
+    }
+
     /// A connection to send on: the shared h2 one, an idle h1 one, or a new one.
     async fn checkout(&self, connector: &Connector, fresh: bool) -> Result<Checkout<B>, Error> {
         if self.h1_only.load(Ordering::Relaxed) {
@@ -228,7 +293,7 @@ impl<B: ReqBody> Endpoint<B> {
                 return Ok(c);
             }
         }
-        let (sender, state) = connector.connect(&self.addr).await?;
+        let (sender, state) = connector.connect(&self.addr, self.protocol()).await?;
         match sender {
             Sender::H2(send) => {
                 self.h2.store(Some(Arc::new(H2Conn {
@@ -276,7 +341,7 @@ impl<B: ReqBody> Endpoint<B> {
                 });
             }
         }
-        let (sender, state) = connector.connect(&self.addr).await?;
+        let (sender, state) = connector.connect(&self.addr, self.protocol()).await?;
         Ok(Checkout {
             sender,
             state,
@@ -312,8 +377,9 @@ impl<B: ReqBody> Endpoint<B> {
     }
 }
 
-/// A request's head kept aside so a body-less idempotent request can be sent again.
+/// A body-less request's head kept aside so it can be sent again.
 struct Replay {
+    idempotent: bool,
     method: Method,
     uri: Uri,
     version: Version,
@@ -331,7 +397,8 @@ impl Replay {
                 | Method::DELETE
                 | Method::TRACE
         );
-        (idempotent && req.body().is_end_stream()).then(|| Self {
+        req.body().is_end_stream().then(|| Self {
+            idempotent,
             method: req.method().clone(),
             uri: req.uri().clone(),
             version: req.version(),
