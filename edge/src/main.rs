@@ -168,7 +168,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
 fn apply_flags(mut config: Config, args: RunArgs) -> Config {
     if !args.upstream.is_empty() {
         let mut pool = Pool::new(DEFAULT_POOL, args.upstream);
-        pool.protocol = match args.upstream_protocol {
+        pool.settings.protocol = match args.upstream_protocol {
             ProtocolArg::H1 => Protocol::H1,
             ProtocolArg::H2 => Protocol::H2,
         };

@@ -24,21 +24,12 @@ const DRAIN_GRACE: Duration = Duration::from_secs(30);
 
 /// Builds one upstream pool from its config, reading its CA file if any.
 pub fn build_pool(p: &config::Pool) -> Result<upstream::Pool<Body>, Error> {
-    let extra_roots = match &p.ca {
-        Some(path) => tls::load_roots(path)?,
-        None => Vec::new(),
-    };
-    let cfg = upstream::PoolConfig {
-        name: p.name.clone(),
-        endpoints: p.endpoints.clone(),
-        protocol: p.protocol,
-        connect_timeout: p.connect_timeout,
-        response_timeout: p.response_timeout,
-        idle_timeout: p.idle_timeout,
-        extra_roots,
-    };
-    upstream::Pool::new(cfg).map_err(|source| Error::Pool {
-        pool: p.name.clone(),
+    let mut settings = p.settings.clone();
+    if let Some(path) = &p.ca {
+        settings.extra_roots = tls::load_roots(path)?;
+    }
+    upstream::Pool::new(settings).map_err(|source| Error::Pool {
+        pool: p.name().to_owned(),
         source,
     })
 }

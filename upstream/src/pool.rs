@@ -44,11 +44,29 @@ pub struct PoolConfig {
     pub name: String,
     pub endpoints: Vec<EndpointAddr>,
     pub protocol: Protocol,
+    /// TCP plus TLS.
     pub connect_timeout: Duration,
+    /// Until the response head, per try.
     pub response_timeout: Duration,
+    /// Pooled connections idle this long are closed: keep it below the backend's keep-alive.
     pub idle_timeout: Duration,
     /// Certificates trusted for https endpoints in addition to the public web roots.
     pub extra_roots: Vec<CertificateDer<'static>>,
+}
+
+impl PoolConfig {
+    /// A pool with every setting at its default: h2, 1 s connect, 30 s response, 90 s idle.
+    pub fn new(name: &str, endpoints: Vec<EndpointAddr>) -> Self {
+        Self {
+            name: name.to_owned(),
+            endpoints,
+            protocol: Protocol::H2,
+            connect_timeout: Duration::from_secs(1),
+            response_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(90),
+            extra_roots: Vec::new(),
+        }
+    }
 }
 
 /// Idle HTTP/1.1 connections kept per endpoint; more are closed when they finish.

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use ipnet::IpNet;
-use upstream::{EndpointAddr, Protocol};
+use upstream::{EndpointAddr, PoolConfig, Protocol};
 
 pub use walk::{ConfigError, ConfigErrors};
 use walk::{Cx, FromToml, Table};
@@ -77,14 +77,11 @@ pub struct Route {
     pub pool: String,
 }
 
+/// A pool: the upstream crate's own settings, plus what only a file names.
 #[derive(Clone, Debug)]
 pub struct Pool {
-    pub name: String,
-    pub endpoints: Vec<EndpointAddr>,
-    pub protocol: Protocol,
-    pub connect_timeout: Duration,
-    pub response_timeout: Duration,
-    pub idle_timeout: Duration,
+    pub settings: PoolConfig,
+    /// PEM CA bundle read into `settings.extra_roots` at start.
     pub ca: Option<PathBuf>,
 }
 
@@ -109,14 +106,13 @@ impl Pool {
     /// A pool with every setting at its default.
     pub fn new(name: &str, endpoints: Vec<EndpointAddr>) -> Self {
         Self {
-            name: name.to_owned(),
-            endpoints,
-            protocol: Protocol::H2,
-            connect_timeout: Duration::from_secs(1),
-            response_timeout: Duration::from_secs(30),
-            idle_timeout: Duration::from_secs(90),
+            settings: PoolConfig::new(name, endpoints),
             ca: None,
         }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.settings.name
     }
 }
 
@@ -345,7 +341,7 @@ where
 fn read_pools(cx: &mut Cx<'_>, root: &mut Table<'_>, base: &Path) -> Vec<Pool> {
     let mut pools = Vec::new();
     for (name, mut t) in root.named_tables(cx, "pools") {
-        let mut pool = Pool::new(&name, Vec::new());
+        let mut pool = PoolConfig::new(&name, Vec::new());
         let urls: Vec<String> = t.or(cx, "endpoints", Vec::new());
         for url in &urls {
             match EndpointAddr::parse(url) {
@@ -368,8 +364,8 @@ fn read_pools(cx: &mut Cx<'_>, root: &mut Table<'_>, base: &Path) -> Vec<Pool> {
         pool.connect_timeout = positive(cx, &mut t, "connect_timeout", pool.connect_timeout);
         pool.response_timeout = positive(cx, &mut t, "response_timeout", pool.response_timeout);
         pool.idle_timeout = positive(cx, &mut t, "idle_timeout", pool.idle_timeout);
-        pool.ca = t.opt::<PathBuf>(cx, "ca").map(|p| base.join(p));
-        if let Some(ca) = &pool.ca {
+        let ca = t.opt::<PathBuf>(cx, "ca").map(|p| base.join(p));
+        if let Some(ca) = &ca {
             if let Err(e) = std::fs::metadata(ca) {
                 let line = t.line_of(cx, "ca");
                 cx.error(
@@ -380,7 +376,7 @@ fn read_pools(cx: &mut Cx<'_>, root: &mut Table<'_>, base: &Path) -> Vec<Pool> {
             }
         }
         t.finish(cx);
-        pools.push(pool);
+        pools.push(Pool { settings: pool, ca });
     }
     pools
 }
@@ -407,7 +403,7 @@ fn read_routes(cx: &mut Cx<'_>, root: &mut Table<'_>, pools: &[Pool]) -> Vec<Rou
             [only] => vec![Route {
                 host: None,
                 path_prefix: "/".to_owned(),
-                pool: only.name.clone(),
+                pool: only.name().to_owned(),
             }],
             [] => {
                 cx.error(line, "pools", "at least one pool is needed");
@@ -432,7 +428,7 @@ fn read_routes(cx: &mut Cx<'_>, root: &mut Table<'_>, pools: &[Pool]) -> Vec<Rou
             cx.error(line, &t.path("path_prefix"), "must start with /");
         }
         match t.opt::<String>(cx, "pool") {
-            Some(pool) if pools.iter().any(|p| p.name == pool) => routes.push(Route {
+            Some(pool) if pools.iter().any(|p| p.name() == pool) => routes.push(Route {
                 host,
                 path_prefix,
                 pool,

@@ -19,8 +19,8 @@ fn one_pool_without_routes_gets_a_catch_all_route() {
     assert_eq!(c.routes.len(), 1);
     assert_eq!(c.routes[0].pool, "web");
     assert_eq!(c.listen, DEFAULT_LISTEN.parse().expect("addr"));
-    assert_eq!(c.pools[0].idle_timeout, Duration::from_secs(90));
-    assert_eq!(c.pools[0].protocol, Protocol::H2);
+    assert_eq!(c.pools[0].settings.idle_timeout, Duration::from_secs(90));
+    assert_eq!(c.pools[0].settings.protocol, Protocol::H2);
 }
 
 #[test]
@@ -68,9 +68,13 @@ endpoints = ["http://127.0.0.1:8081", "http://127.0.0.1:8082"]
     assert_eq!(c.client.max_headers, 50);
     assert_eq!(c.routes[0].host.as_deref(), Some("api.example"));
     assert_eq!(c.routes[1].path_prefix, "/");
-    let api = c.pools.iter().find(|p| p.name == "api").expect("api pool");
-    assert_eq!(api.protocol, Protocol::H1);
-    assert_eq!(api.connect_timeout, Duration::from_millis(250));
+    let api = c
+        .pools
+        .iter()
+        .find(|p| p.name() == "api")
+        .expect("api pool");
+    assert_eq!(api.settings.protocol, Protocol::H1);
+    assert_eq!(api.settings.connect_timeout, Duration::from_millis(250));
     assert_eq!(c.workers.map(NonZeroUsize::get), Some(2));
 }
 

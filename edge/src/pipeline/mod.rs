@@ -43,7 +43,7 @@ impl Proxy {
             pools.push(crate::server::build_pool(p)?);
         }
         let routes = Routes::new(&config.routes, |name| {
-            config.pools.iter().position(|p| p.name == name)
+            config.pools.iter().position(|p| p.name() == name)
         });
         Ok(Self {
             routes,
