@@ -180,3 +180,30 @@ async fn h3_oversized_header_section_is_refused_and_connection_survives() -> any
     );
     Ok(())
 }
+
+/// `[alt_svc]` sets the advertised max-age, and `enabled = false` removes the header.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alt_svc_max_age_is_configurable_and_can_be_turned_off() -> anyhow::Result<()> {
+    let origin = edge_tests::Origin::start().await?;
+    let default_section = "enabled = true\nmax_age = \"24h\"";
+    for (section, want_ma) in [
+        ("enabled = true\nmax_age = \"1h\"", Some(3600)),
+        ("enabled = false", None),
+    ] {
+        let dir = tempfile::tempdir()?;
+        let pki = edge_tests::Pki::generate(dir.path())?;
+        let toml = edge_tests::EdgeConfig::new(origin.url()).to_toml(&pki);
+        assert!(toml.contains(default_section), "harness renders {toml}");
+        let toml = toml.replace(default_section, section);
+        let edge = Edge::start_with_toml(dir, pki, &toml).await?;
+        let response = curl(&[format!("http://{}/", edge.http()?)]).await?;
+        assert_eq!(response.status, 200);
+        let expected = want_ma.map(|ma| format!("h3=\":{}\"; ma={ma}", edge.h3_addr.port()));
+        assert_eq!(
+            response.header("alt-svc").map(str::to_owned),
+            expected,
+            "with [alt_svc] {section}"
+        );
+    }
+    Ok(())
+}
