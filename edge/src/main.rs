@@ -152,7 +152,11 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         }
         None => Config::with_upstreams(Vec::new()),
     };
-    let config = apply_flags(config, args);
+    let config = apply_flags(config, &args);
+    let reload: Option<edge::server::Reloader> = args.config.clone().map(|path| {
+        Box::new(move || Config::load(&path).map(|c| apply_flags(c, &args)))
+            as edge::server::Reloader
+    });
     init_logging();
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     runtime.enable_all();
@@ -160,14 +164,14 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         runtime.worker_threads(n.get());
     }
     let runtime = runtime.build().context("starting the runtime")?;
-    runtime.block_on(edge::server::run(config))?;
+    runtime.block_on(edge::server::run(config, reload))?;
     Ok(())
 }
 
 /// Flags override the file; `--upstream` replaces its pools and routes with one pool.
-fn apply_flags(mut config: Config, args: RunArgs) -> Config {
+fn apply_flags(mut config: Config, args: &RunArgs) -> Config {
     if !args.upstream.is_empty() {
-        let mut pool = Pool::new(DEFAULT_POOL, args.upstream);
+        let mut pool = Pool::new(DEFAULT_POOL, args.upstream.clone());
         pool.settings.protocol = match args.upstream_protocol {
             ProtocolArg::H1 => Protocol::H1,
             ProtocolArg::H2 => Protocol::H2,
@@ -188,8 +192,11 @@ fn apply_flags(mut config: Config, args: RunArgs) -> Config {
     if let Some(a) = args.admin {
         config.admin = Some(a);
     }
-    if let (Some(cert), Some(key)) = (args.cert, args.key) {
-        config.tls.certificates = vec![CertFiles { cert, key }];
+    if let (Some(cert), Some(key)) = (&args.cert, &args.key) {
+        config.tls.certificates = vec![CertFiles {
+            cert: cert.clone(),
+            key: key.clone(),
+        }];
     }
     if args.workers.is_some() {
         config.workers = args.workers;

@@ -31,6 +31,7 @@ pub struct Metrics {
     requests: IntCounterVec,
     duration: HistogramVec,
     connections: IntGaugeVec,
+    reloads: IntCounterVec,
 }
 
 impl Metrics {
@@ -63,7 +64,15 @@ impl Metrics {
         )?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(duration.clone()))?;
+        let reloads = IntCounterVec::new(
+            Opts::new(
+                "proxy_config_reloads_total",
+                "Config reloads by result (ok, refused).",
+            ),
+            &["result"],
+        )?;
         registry.register(Box::new(connections.clone()))?;
+        registry.register(Box::new(reloads.clone()))?;
         for p in [Proto::H1, Proto::H2, Proto::H3] {
             connections.with_label_values(&[p.as_str()]).set(0);
         }
@@ -72,6 +81,7 @@ impl Metrics {
             requests,
             duration,
             connections,
+            reloads,
         })
     }
 
@@ -82,6 +92,11 @@ impl Metrics {
         self.duration
             .with_label_values(&[proto.as_str(), backend])
             .observe(elapsed.as_secs_f64());
+    }
+
+    pub fn reload(&self, ok: bool) {
+        let result = if ok { "ok" } else { "refused" };
+        self.reloads.with_label_values(&[result]).inc();
     }
 
     /// Counts a connection as open under `proto` until the guard drops.

@@ -34,8 +34,13 @@ pub fn build_pool(p: &config::Pool) -> Result<upstream::Pool<Body>, Error> {
     })
 }
 
-/// Runs the edge until SIGTERM or SIGINT, then drains.
-pub async fn run(config: Config) -> Result<(), Error> {
+/// Produces a fresh config on SIGHUP: the file read again, with the same flags
+/// applied on top.
+pub type Reloader = Box<dyn Fn() -> Result<Config, config::ConfigErrors> + Send + Sync>;
+
+/// Runs the edge until SIGTERM or SIGINT, then drains. SIGHUP reloads through
+/// `reload` (when the edge was started from a file).
+pub async fn run(config: Config, reload: Option<Reloader>) -> Result<(), Error> {
     let proxy = Proxy::new(&config)?;
     let resolver = Arc::new(if config.tls.certificates.is_empty() {
         tracing::info!("no certificate configured: generated a self-signed certificate for localhost, 127.0.0.1 and ::1");
@@ -85,7 +90,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
     }
     tracing::info!("edge ready");
 
-    shutdown_signal().await;
+    wait_for_signals(&shared, reload.as_ref()).await;
     tracing::info!("draining: no new connections; open ones finish within {DRAIN_GRACE:?}");
     shared.draining.cancel();
     while loops.join_next().await.is_some() {}
@@ -125,20 +130,81 @@ fn tokio_listener(
     })
 }
 
-async fn shutdown_signal() {
+/// Returns on SIGTERM or SIGINT; reloads on every SIGHUP meanwhile.
+async fn wait_for_signals(shared: &Shared, reload: Option<&Reloader>) {
     use tokio::signal::unix::{signal, SignalKind};
-    let term = signal(SignalKind::terminate());
-    let int = signal(SignalKind::interrupt());
-    match (term, int) {
-        (Ok(mut term), Ok(mut int)) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
-            }
-        }
-        (Err(e), _) | (_, Err(e)) => {
+    let signals = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
+    );
+    let (mut term, mut int, mut hup) = match signals {
+        (Ok(t), Ok(i), Ok(h)) => (t, i, h),
+        (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => {
             tracing::error!(error = %e, "cannot watch for signals; stop with SIGKILL");
-            std::future::pending::<()>().await;
+            return std::future::pending::<()>().await;
+        }
+    };
+    loop {
+        tokio::select! {
+            _ = term.recv() => return,
+            _ = int.recv() => return,
+            _ = hup.recv() => match reload {
+                Some(reload) => apply_reload(shared, reload),
+                None => tracing::warn!("SIGHUP: started without a config file, nothing to reload"),
+            },
         }
     }
+}
+
+/// Validates the new config whole, then swaps the pipeline; on any error the
+/// running config keeps serving. Listener settings take effect on restart only.
+fn apply_reload(shared: &Shared, reload: &Reloader) {
+    let config = match reload() {
+        Ok(c) => c,
+        Err(errors) => {
+            shared.metrics.reload(false);
+            for line in errors.to_string().lines() {
+                tracing::error!("reload refused: {line}");
+            }
+            return tracing::error!("reload refused: the running config keeps serving");
+        }
+    };
+    let proxy = match Proxy::new(&config) {
+        Ok(p) => p,
+        Err(e) => {
+            shared.metrics.reload(false);
+            let chain = crate::pipeline::error_chain(&e);
+            return tracing::error!("reload refused: {e}{chain}; the running config keeps serving");
+        }
+    };
+    for key in restart_only_changes(&shared.config, &config) {
+        tracing::warn!("reload: {key} changed; it takes effect on restart");
+    }
+    shared.proxy.store(Arc::new(proxy));
+    shared.metrics.reload(true);
+    tracing::info!("config reloaded: routes, pools and trusted_proxies replaced");
+}
+
+/// Settings baked into listeners at start.
+fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
+    let mut changed = Vec::new();
+    if old.listen != new.listen || old.http_listen != new.http_listen || old.admin != new.admin {
+        changed.push("a listener address");
+    }
+    if old.tls.certificates != new.tls.certificates
+        || old.tls.handshake_timeout != new.tls.handshake_timeout
+    {
+        changed.push("tls");
+    }
+    if old.alt_svc != new.alt_svc {
+        changed.push("alt_svc");
+    }
+    if old.client != new.client {
+        changed.push("client");
+    }
+    if old.workers != new.workers {
+        changed.push("workers");
+    }
+    changed
 }

@@ -38,7 +38,7 @@ pub struct Config {
     pub pools: Vec<Pool>,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AltSvc {
     pub enabled: bool,
     pub max_age: Duration,
@@ -58,7 +58,7 @@ pub struct CertFiles {
 }
 
 /// Downstream (client-facing) timeouts and limits, the same on h1, h2 and h3.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Client {
     pub header_read_timeout: Duration,
     pub idle_timeout: Duration,
