@@ -3,14 +3,14 @@
 use std::io::{BufRead as _, BufReader, Read};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 use tempfile::TempDir;
 
-use crate::pki::Pki;
+use crate::pki::{LeafFiles, Pki};
 use crate::process::{self, tail, Finished};
 
 /// How long edge may take from spawn to its `edge ready` line.
@@ -98,6 +98,9 @@ pub struct EdgeConfig {
     pub routes: Vec<RouteConfig>,
     /// Pools.
     pub pools: Vec<PoolConfig>,
+    /// `[[tls.certificates]]`, in order; empty serves the `localhost` leaf of the
+    /// [`Pki`] the config is rendered with.
+    pub certificates: Vec<LeafFiles>,
 }
 
 impl EdgeConfig {
@@ -114,7 +117,14 @@ impl EdgeConfig {
                 endpoints: vec![endpoint.into()],
                 settings: Vec::new(),
             }],
+            certificates: Vec::new(),
         }
+    }
+
+    /// Adds a `[[tls.certificates]]` entry (the first one added is edge's default).
+    pub fn certificate(mut self, leaf: LeafFiles) -> Self {
+        self.certificates.push(leaf);
+        self
     }
 
     /// Sets `key = value` (value written as TOML) on the `default` pool.
@@ -155,9 +165,18 @@ impl EdgeConfig {
             out.push_str(&format!("{key} = {value}\n"));
         }
         out.push_str("\n[alt_svc]\nenabled = true\nmax_age = \"24h\"\n");
-        out.push_str("\n[tls]\n[[tls.certificates]]\n");
-        out.push_str(&format!("cert = {}\n", toml_path(&pki.leaf_cert)));
-        out.push_str(&format!("key = {}\n", toml_path(&pki.leaf_key)));
+        out.push_str("\n[tls]\n");
+        let default_leaf = [pki.leaf()];
+        let certificates = if self.certificates.is_empty() {
+            &default_leaf[..]
+        } else {
+            &self.certificates[..]
+        };
+        for leaf in certificates {
+            out.push_str("[[tls.certificates]]\n");
+            out.push_str(&format!("cert = {}\n", toml_path(&leaf.cert)));
+            out.push_str(&format!("key = {}\n", toml_path(&leaf.key)));
+        }
         if !self.client.is_empty() {
             out.push_str("\n[client]\n");
             for (key, value) in &self.client {
@@ -233,6 +252,16 @@ impl Edge {
     pub async fn start(config: &EdgeConfig) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir().context("creating tempdir")?;
         let pki = Pki::generate(dir.path())?;
+        Self::start_with_pki(dir, pki, config).await
+    }
+
+    /// Starts edge on `config` rendered with `pki`, both already in `dir` (for
+    /// tests that issue more certificates or start a TLS origin from the same CA).
+    pub async fn start_with_pki(
+        dir: TempDir,
+        pki: Pki,
+        config: &EdgeConfig,
+    ) -> anyhow::Result<Self> {
         let toml = config.to_toml(&pki);
         Self::start_with_toml(dir, pki, &toml).await
     }
@@ -324,6 +353,33 @@ impl Edge {
     /// Process id of the edge process.
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Sends SIGTERM to the edge process (its pid only), with the `kill` command.
+    pub async fn terminate(&self) -> anyhow::Result<()> {
+        let pid = self.pid().to_string();
+        process::run("kill", ["-TERM", pid.as_str()], Duration::from_secs(5))
+            .await?
+            .ensure_success(&format!("kill -TERM {pid}"))?;
+        Ok(())
+    }
+
+    /// Waits, polling, until the edge process exits; fails after `deadline`.
+    pub async fn wait_exit(&mut self, deadline: Duration) -> anyhow::Result<ExitStatus> {
+        let end = tokio::time::Instant::now() + deadline;
+        loop {
+            if let Some(status) = self.child.try_wait().context("polling edge")? {
+                return Ok(status);
+            }
+            if tokio::time::Instant::now() >= end {
+                bail!(
+                    "edge (pid {}) still running after {deadline:?}:\n{}",
+                    self.pid(),
+                    tail(&self.log())
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// Resident set size of the edge process, in KiB, from /proc/PID/status.

@@ -15,9 +15,11 @@ pub use clients::{
     curl, curl_timeout, curl_transfer, gtlsclient, h3_requests, python_json, raw_http, tls_args,
     CurlResponse, H3Response, PYTHON_TIMEOUT, REQUEST_TIMEOUT,
 };
-pub use edge::{run_edge, workspace_root, Edge, EdgeConfig, PoolConfig, RouteConfig};
+pub use edge::{
+    run_edge, toml_path, toml_str, workspace_root, Edge, EdgeConfig, PoolConfig, RouteConfig,
+};
 pub use origin::{echo_header, echo_headers, Origin, OriginOptions};
-pub use pki::Pki;
+pub use pki::{LeafFiles, Pki};
 pub use process::wait_until;
 
 /// An origin with `options`, and edge in front of it with the config `configure`

@@ -3,13 +3,15 @@
 //! Nothing is checked in: every test run generates fresh keys, so no test depends on
 //! an expiry date or on a key that could leak into a real deployment.
 
+use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::Context as _;
 use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
-    KeyUsagePurpose, SanType,
+    BasicConstraints, Certificate, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa,
+    KeyPair, KeyUsagePurpose, SanType,
 };
 
 /// PEM files of a CA and of a leaf for `localhost`, 127.0.0.1 and ::1.
@@ -21,6 +23,28 @@ pub struct Pki {
     pub leaf_cert: PathBuf,
     /// The leaf's private key (PKCS#8 PEM).
     pub leaf_key: PathBuf,
+    /// The CA's certificate and key, kept to sign further leaves.
+    ca: Arc<Ca>,
+}
+
+/// A certificate and its private key, as PEM files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeafFiles {
+    /// The certificate (PEM).
+    pub cert: PathBuf,
+    /// Its private key (PKCS#8 PEM).
+    pub key: PathBuf,
+}
+
+struct Ca {
+    cert: Certificate,
+    key: KeyPair,
+}
+
+impl fmt::Debug for Ca {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Ca(edge integration test CA)")
+    }
 }
 
 impl Pki {
@@ -38,30 +62,72 @@ impl Pki {
         ];
         let ca_key = KeyPair::generate()?;
         let ca = ca_params.self_signed(&ca_key)?;
+        let ca_cert = dir.join("ca.pem");
+        write(&ca_cert, &ca.pem())?;
+        let ca = Arc::new(Ca {
+            cert: ca,
+            key: ca_key,
+        });
 
-        let mut leaf_params = CertificateParams::new(vec!["localhost".to_owned()])?;
-        leaf_params
-            .distinguished_name
-            .push(DnType::CommonName, "localhost");
-        leaf_params.subject_alt_names.extend([
-            SanType::IpAddress(IpAddr::V4(Ipv4Addr::LOCALHOST)),
-            SanType::IpAddress(IpAddr::V6(Ipv6Addr::LOCALHOST)),
-        ]);
-        leaf_params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        leaf_params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-        let leaf_key = KeyPair::generate()?;
-        let leaf = leaf_params.signed_by(&leaf_key, &ca, &ca_key)?;
-
-        let pki = Self {
-            ca_cert: dir.join("ca.pem"),
-            leaf_cert: dir.join("leaf.pem"),
-            leaf_key: dir.join("leaf.key"),
-        };
-        write(&pki.ca_cert, &ca.pem())?;
-        write(&pki.leaf_cert, &leaf.pem())?;
-        write(&pki.leaf_key, &leaf_key.serialize_pem())?;
-        Ok(pki)
+        let leaf = issue(
+            &ca,
+            dir,
+            "leaf",
+            &["localhost"],
+            &[
+                IpAddr::V4(Ipv4Addr::LOCALHOST),
+                IpAddr::V6(Ipv6Addr::LOCALHOST),
+            ],
+        )?;
+        Ok(Self {
+            ca_cert,
+            leaf_cert: leaf.cert,
+            leaf_key: leaf.key,
+            ca,
+        })
     }
+
+    /// Signs a leaf for the DNS names `names` (the first is also its common name)
+    /// with this CA, written to `dir/STEM.pem` and `dir/STEM.key`.
+    pub fn issue_leaf(&self, dir: &Path, stem: &str, names: &[&str]) -> anyhow::Result<LeafFiles> {
+        issue(&self.ca, dir, stem, names, &[])
+    }
+
+    /// The `localhost` leaf generated with the CA.
+    pub fn leaf(&self) -> LeafFiles {
+        LeafFiles {
+            cert: self.leaf_cert.clone(),
+            key: self.leaf_key.clone(),
+        }
+    }
+}
+
+fn issue(
+    ca: &Ca,
+    dir: &Path,
+    stem: &str,
+    names: &[&str],
+    ips: &[IpAddr],
+) -> anyhow::Result<LeafFiles> {
+    let mut params =
+        CertificateParams::new(names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>())?;
+    if let Some(first) = names.first() {
+        params.distinguished_name.push(DnType::CommonName, *first);
+    }
+    params
+        .subject_alt_names
+        .extend(ips.iter().copied().map(SanType::IpAddress));
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    let key = KeyPair::generate()?;
+    let cert = params.signed_by(&key, &ca.cert, &ca.key)?;
+    let files = LeafFiles {
+        cert: dir.join(format!("{stem}.pem")),
+        key: dir.join(format!("{stem}.key")),
+    };
+    write(&files.cert, &cert.pem())?;
+    write(&files.key, &key.serialize_pem())?;
+    Ok(files)
 }
 
 fn write(path: &Path, contents: &str) -> anyhow::Result<()> {
