@@ -18,7 +18,7 @@ pub use clients::{
 pub use edge::{
     run_edge, toml_path, toml_str, workspace_root, Edge, EdgeConfig, PoolConfig, RouteConfig,
 };
-pub use origin::{echo_header, echo_headers, Origin, OriginOptions};
+pub use origin::{echo_header, echo_headers, Origin, OriginOptions, OriginTls};
 pub use pki::{LeafFiles, Pki};
 pub use process::wait_until;
 

@@ -1,12 +1,14 @@
-//! An in-process origin: hyper 1.x serving HTTP/1.1 and h2c (prior knowledge).
+//! An in-process origin: hyper 1.x serving HTTP/1.1 and h2c (prior knowledge), or
+//! over TLS (rustls) HTTP/2 and HTTP/1.1 by ALPN.
 //!
-//! Routes: `/echo` (the request as JSON), `/bytes/N` (N bytes streamed in 64 KiB
-//! chunks), `/upload` (counts the body chunk by chunk), `/slow/MS` (answers after MS
-//! milliseconds), `/hop-by-hop` (a response carrying hop-by-hop headers), anything
-//! else `hello`.
+//! Routes: `/echo` (the request as JSON, with the HTTP version it arrived in),
+//! `/bytes/N` (N bytes streamed in 64 KiB chunks), `/upload` (counts the body chunk
+//! by chunk), `/slow/MS` (answers after MS milliseconds), `/hop-by-hop` (a response
+//! carrying hop-by-hop headers), anything else `hello`.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -23,8 +25,14 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
+use rustls::pki_types::pem::PemObject as _;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
+use tokio_rustls::TlsAcceptor;
+
+use crate::pki::LeafFiles;
 
 /// Size of each chunk `/bytes/N` writes.
 pub const CHUNK: usize = 64 * 1024;
@@ -40,6 +48,33 @@ pub struct OriginOptions {
     pub http1_only: bool,
 }
 
+/// What a TLS origin serves: certificate, key and the ALPN protocols it offers.
+#[derive(Debug, Clone)]
+pub struct OriginTls {
+    /// PEM certificate chain.
+    pub cert: PathBuf,
+    /// PEM private key.
+    pub key: PathBuf,
+    /// ALPN protocols offered, in preference order (`h2`, `http/1.1`).
+    pub alpn: Vec<String>,
+}
+
+impl OriginTls {
+    /// `leaf` offering h2 and http/1.1.
+    pub fn new(leaf: &LeafFiles) -> Self {
+        Self::with_alpn(leaf, &["h2", "http/1.1"])
+    }
+
+    /// `leaf` offering exactly `alpn`.
+    pub fn with_alpn(leaf: &LeafFiles, alpn: &[&str]) -> Self {
+        Self {
+            cert: leaf.cert.clone(),
+            key: leaf.key.clone(),
+            alpn: alpn.iter().map(|p| (*p).to_owned()).collect(),
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 struct Counters {
     requests: AtomicU64,
@@ -53,6 +88,7 @@ pub struct Origin {
     pub addr: SocketAddr,
     counters: Arc<Counters>,
     accept: JoinHandle<()>,
+    tls: bool,
 }
 
 impl Origin {
@@ -68,17 +104,47 @@ impl Origin {
             .context("binding origin")?;
         let addr = listener.local_addr()?;
         let counters = Arc::new(Counters::default());
-        let accept = tokio::spawn(accept_loop(listener, options, Arc::clone(&counters)));
+        let accept = tokio::spawn(accept_loop(listener, options, None, Arc::clone(&counters)));
         Ok(Self {
             addr,
             counters,
             accept,
+            tls: false,
         })
     }
 
-    /// `http://127.0.0.1:PORT`, for a pool's `endpoints`.
+    /// Starts an origin with `options` that speaks TLS (rustls) with `tls`'s
+    /// certificate and ALPN list, on a free loopback port. Each connection then
+    /// serves the protocol ALPN chose: h2 for `h2`, HTTP/1.1 otherwise.
+    pub async fn start_tls(options: OriginOptions, tls: OriginTls) -> anyhow::Result<Self> {
+        let acceptor = tls_acceptor(&tls)?;
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .context("binding origin")?;
+        let addr = listener.local_addr()?;
+        let counters = Arc::new(Counters::default());
+        let accept = tokio::spawn(accept_loop(
+            listener,
+            options,
+            Some(acceptor),
+            Arc::clone(&counters),
+        ));
+        Ok(Self {
+            addr,
+            counters,
+            accept,
+            tls: true,
+        })
+    }
+
+    /// For a pool's `endpoints`: `http://127.0.0.1:PORT`, or for a TLS origin
+    /// `https://localhost:PORT` (the name its certificate is for).
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        if self.tls {
+            format!("https://localhost:{}", self.addr.port())
+        } else {
+            format!("http://{}", self.addr)
+        }
     }
 
     /// Requests received so far.
@@ -98,7 +164,12 @@ impl Drop for Origin {
     }
 }
 
-async fn accept_loop(listener: TcpListener, options: OriginOptions, counters: Arc<Counters>) {
+async fn accept_loop(
+    listener: TcpListener,
+    options: OriginOptions,
+    tls: Option<TlsAcceptor>,
+    counters: Arc<Counters>,
+) {
     // Limits far above edge's own, so that edge's limits are the ones a test meets.
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
@@ -124,27 +195,76 @@ async fn accept_loop(listener: TcpListener, options: OriginOptions, counters: Ar
         counters.connections.fetch_add(1, Ordering::SeqCst);
         let builder = builder.clone();
         let counters = Arc::clone(&counters);
+        let tls = tls.clone();
         tokio::spawn(async move {
-            let conn_state = Arc::new(ConnState::new());
-            let state = Arc::clone(&conn_state);
-            let service = service_fn(move |req| {
-                counters.requests.fetch_add(1, Ordering::SeqCst);
-                handle(req, InFlight::start(Arc::clone(&state)))
-            });
-            let conn = builder.serve_connection(TokioIo::new(stream), service);
-            let result = match options.idle_close {
-                None => conn.await,
-                Some(limit) => tokio::select! {
-                    result = conn => result,
-                    // Dropping `conn` here closes the socket with no goodbye.
-                    () = conn_state.idle_for(limit) => Ok(()),
-                },
+            let Some(tls) = tls else {
+                serve(stream, builder, options, counters).await;
+                return;
             };
-            if let Err(err) = result {
-                eprintln!("origin: connection ended with {err}");
-            }
+            let stream = match tls.accept(stream).await {
+                Ok(stream) => stream,
+                Err(err) => {
+                    eprintln!("origin: TLS handshake failed: {err}");
+                    return;
+                }
+            };
+            // Speak exactly what ALPN agreed on (http/1.1 when nothing was agreed).
+            let builder = if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
+                builder.http2_only()
+            } else {
+                builder.http1_only()
+            };
+            serve(stream, builder, options, counters).await;
         });
     }
+}
+
+/// Serves one accepted connection (plain or TLS) until it ends.
+async fn serve<I>(
+    io: I,
+    builder: auto::Builder<TokioExecutor>,
+    options: OriginOptions,
+    counters: Arc<Counters>,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let conn_state = Arc::new(ConnState::new());
+    let state = Arc::clone(&conn_state);
+    let service = service_fn(move |req| {
+        counters.requests.fetch_add(1, Ordering::SeqCst);
+        handle(req, InFlight::start(Arc::clone(&state)))
+    });
+    let conn = builder.serve_connection(TokioIo::new(io), service);
+    let result = match options.idle_close {
+        None => conn.await,
+        Some(limit) => tokio::select! {
+            result = conn => result,
+            // Dropping `conn` here closes the socket with no goodbye.
+            () = conn_state.idle_for(limit) => Ok(()),
+        },
+    };
+    if let Err(err) = result {
+        eprintln!("origin: connection ended with {err}");
+    }
+}
+
+/// A rustls acceptor (ring provider, TLS 1.2 and 1.3) serving `tls`.
+fn tls_acceptor(tls: &OriginTls) -> anyhow::Result<TlsAcceptor> {
+    let chain = CertificateDer::pem_file_iter(&tls.cert)
+        .with_context(|| format!("reading {}", tls.cert.display()))?
+        .collect::<Result<Vec<_>, _>>()
+        .with_context(|| format!("parsing {}", tls.cert.display()))?;
+    let key = PrivateKeyDer::from_pem_file(&tls.key)
+        .with_context(|| format!("reading {}", tls.key.display()))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .context("TLS versions")?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .context("origin certificate")?;
+    config.alpn_protocols = tls.alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
+    Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
 /// What the idle watchdog of one connection needs to know.
