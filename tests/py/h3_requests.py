@@ -1,17 +1,23 @@
 """Sends HTTP/3 requests, one after the other, on ONE QUIC connection (aioquic).
 
 Usage: h3_requests.py --ca CA.pem --host 127.0.0.1 --port PORT --spec JSON
+                      [--server-name NAME] [--insecure] [--peer-cert]
 
 JSON is a list of requests: {"method", "path", "headers": [[name, value]],
 "big_header_bytes": N (adds an `x-big` header of N bytes), "body_bytes": N}.
 Prints one JSON line: a list of results {"status", "headers", "body", "body_len",
 "reset", "error"}, where "reset" is the stream reset code when the server reset the
 stream. Exits non-zero only if the connection itself could not be used.
+
+--server-name is sent as SNI and :authority (default localhost); --insecure skips
+certificate verification; --peer-cert prints {"peer_certificate": {"subject",
+"dns_names"}, "results": [...]} instead, describing the certificate the server sent.
 """
 
 import argparse
 import asyncio
 import json
+import ssl
 import sys
 
 from aioquic.asyncio import connect
@@ -20,6 +26,7 @@ from aioquic.h3.connection import H3_ALPN, H3Connection
 from aioquic.h3.events import DataReceived, HeadersReceived
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.events import ConnectionTerminated, StreamReset
+from cryptography import x509
 
 REQUEST_TIMEOUT = 10.0
 
@@ -109,11 +116,15 @@ async def main():
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--server-name", default="localhost")
     parser.add_argument("--spec", required=True)
+    parser.add_argument("--insecure", action="store_true")
+    parser.add_argument("--peer-cert", action="store_true")
     args = parser.parse_args()
     specs = json.loads(args.spec)
 
     config = QuicConfiguration(is_client=True, alpn_protocols=H3_ALPN)
     config.load_verify_locations(args.ca)
+    if args.insecure:
+        config.verify_mode = ssl.CERT_NONE
     config.server_name = args.server_name
     authority = f"{args.server_name}:{args.port}"
     results = []
@@ -124,9 +135,25 @@ async def main():
         create_protocol=H3Client,
         wait_connected=True,
     ) as client:
+        peer = describe_certificate(client._quic.tls._peer_certificate)
         for spec in specs:
             results.append(await client.request(authority, spec))
-    print(json.dumps(results))
+    if args.peer_cert:
+        print(json.dumps({"peer_certificate": peer, "results": results}))
+    else:
+        print(json.dumps(results))
+
+
+def describe_certificate(cert):
+    """Subject (RFC 4514) and DNS names of an x509 certificate, or None."""
+    if cert is None:
+        return None
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+        dns_names = san.value.get_values_for_type(x509.DNSName)
+    except x509.ExtensionNotFound:
+        dns_names = []
+    return {"subject": cert.subject.rfc4514_string(), "dns_names": dns_names}
 
 
 if __name__ == "__main__":

@@ -30,6 +30,9 @@ pub struct CurlResponse {
     pub size_download: u64,
     /// Body bytes sent (`%{size_upload}`).
     pub size_upload: u64,
+    /// curl's standard error: its error messages, and with `-v` its verbose log
+    /// (TLS version, the server certificate's subject).
+    pub log: String,
 }
 
 impl CurlResponse {
@@ -139,6 +142,7 @@ async fn curl_full<S: AsRef<str>>(
         body,
         size_download: json_u64(&stats, "size_download"),
         size_upload: json_u64(&stats, "size_upload"),
+        log: out.stderr,
     })
 }
 
@@ -316,6 +320,38 @@ pub async fn h3_requests(
     let args = [
         "--ca", &ca, "--host", &host, "--port", &port, "--spec", &spec,
     ];
+    python_json("h3_requests.py", &args, PYTHON_TIMEOUT).await
+}
+
+/// Like [`h3_requests`], but the client sends `server_name` as SNI (and
+/// `:authority`), checks the certificate only when `verify` is set, and reports it:
+/// `{"peer_certificate": {"subject", "dns_names"}, "results": [...]}`.
+pub async fn h3_requests_sni(
+    edge: &Edge,
+    server_name: &str,
+    verify: bool,
+    spec: &serde_json::Value,
+) -> anyhow::Result<serde_json::Value> {
+    let ca = edge.pki.ca_cert.to_string_lossy().into_owned();
+    let port = edge.h3_addr.port().to_string();
+    let host = edge.h3_addr.ip().to_string();
+    let spec = spec.to_string();
+    let mut args = vec![
+        "--ca",
+        &ca,
+        "--host",
+        &host,
+        "--port",
+        &port,
+        "--server-name",
+        server_name,
+        "--peer-cert",
+        "--spec",
+        &spec,
+    ];
+    if !verify {
+        args.push("--insecure");
+    }
     python_json("h3_requests.py", &args, PYTHON_TIMEOUT).await
 }
 

@@ -12,8 +12,8 @@ pub mod pki;
 pub mod process;
 
 pub use clients::{
-    curl, curl_timeout, curl_transfer, gtlsclient, h3_requests, python_json, raw_http, tls_args,
-    CurlResponse, H3Response, PYTHON_TIMEOUT, REQUEST_TIMEOUT,
+    curl, curl_timeout, curl_transfer, gtlsclient, h3_requests, h3_requests_sni, python_json,
+    raw_http, tls_args, CurlResponse, H3Response, PYTHON_TIMEOUT, REQUEST_TIMEOUT,
 };
 pub use edge::{
     run_edge, toml_path, toml_str, workspace_root, Edge, EdgeConfig, PoolConfig, RouteConfig,
