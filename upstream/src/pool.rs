@@ -151,9 +151,10 @@ impl<B: ReqBody> Pool<B> {
     /// Sends `req` to the next endpoint, trying once more on a fresh connection when
     /// the first try provably did no harm: hyper handed the unsent request back; or
     /// a reused connection failed before any response byte and the request had no
-    /// body and a safe method. A body-less safe request whose exchange broke on a
-    /// fresh h2c connection to an endpoint that never answered in HTTP/2 is tried
-    /// once over HTTP/1.1 instead (never after a timeout: the backend may be working).
+    /// body and a safe method. When the exchange broke on an h2c connection to an
+    /// endpoint that never answered in HTTP/2, the request (if unsent, or body-less
+    /// and safe) is tried once over HTTP/1.1 instead; never after a timeout, when
+    /// the backend may be working on it.
     pub async fn send(&self, req: Request<B>) -> Result<Response<UpstreamBody>, Error> {
         let Some(ep) = self.pick() else {
             return Err(Error::NoEndpoints {
@@ -162,16 +163,17 @@ impl<B: ReqBody> Pool<B> {
         };
         let replay = Replay::capture(&req);
         let co = ep.checkout(&self.connector, false).await?;
-        let (reused, h2c) = (
-            co.reused,
-            matches!(co.sender, Sender::H2(_)) && !ep.addr.tls,
-        );
+        let reused = co.reused;
+        // An h2c endpoint that has never answered in HTTP/2 may be an HTTP/1.1
+        // server that closes on (or garbles) the preface.
+        let unproven_h2c = matches!(co.sender, Sender::H2(_))
+            && !ep.addr.tls
+            && !ep.h2_confirmed.load(Ordering::Relaxed);
         let req = match self.try_send(ep, co, req).await {
             Ok(resp) => return Ok(resp),
+            Err(Failed::Unsent(req, e)) if unproven_h2c => return self.probe_h1(ep, *req, e).await,
             Err(Failed::Unsent(req, _)) => *req,
-            Err(Failed::Sent(e @ Error::Request { .. }))
-                if h2c && !reused && !ep.h2_confirmed.load(Ordering::Relaxed) =>
-            {
+            Err(Failed::Sent(e @ Error::Request { .. })) if unproven_h2c => {
                 return match replay {
                     Some(replay) if replay.idempotent => {
                         self.probe_h1(ep, replay.rebuild(), e).await
