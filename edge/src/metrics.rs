@@ -120,13 +120,6 @@ pub struct ConnGuard {
     gauge: IntGauge,
 }
 
-impl ConnGuard {
-    /// Moves the connection to another protocol's count (h2c found after the sniff).
-    pub fn switch(&mut self, metrics: &Metrics, proto: Proto) {
-        *self = metrics.connection(proto);
-    }
-}
-
 impl Drop for ConnGuard {
     fn drop(&mut self) {
         self.gauge.dec();

@@ -47,6 +47,9 @@ pub fn endpoint(
                 .map_err(|e| crate::Error::Setup(e.to_string()))?,
         ));
     server.transport_config(Arc::new(transport));
+    let addr = socket
+        .local_addr()
+        .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
     let runtime = Arc::new(quinn::TokioRuntime);
     quinn::Endpoint::new(
         quinn::EndpointConfig::default(),
@@ -56,7 +59,7 @@ pub fn endpoint(
     )
     .map_err(|source| {
         crate::Error::Bind(super::BindError {
-            addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+            addr,
             transport: "udp",
             source,
         })
