@@ -14,7 +14,7 @@ use http::{HeaderValue, Request, Response, Version};
 use ipnet::IpNet;
 use upstream::Pool;
 
-pub use headers::{strip_hop_by_hop, Peer, REQUEST_ID};
+pub use headers::{request_id, strip_hop_by_hop, to_upstream, Peer, REQUEST_ID};
 pub use route::Routes;
 
 use crate::body::Body;
