@@ -172,8 +172,12 @@ impl From<upstream::Error> for ProxyError {
             | upstream::Error::Tls { .. }
             | upstream::Error::Handshake { .. } => ErrorKind::UpstreamConnect,
             upstream::Error::Timeout { .. } => ErrorKind::UpstreamTimeout,
-            upstream::Error::Request { .. } => ErrorKind::UpstreamFailed,
-            upstream::Error::NoEndpoints { .. } => ErrorKind::NoHealthyEndpoint,
+            upstream::Error::Request { .. } | upstream::Error::Status { .. } => {
+                ErrorKind::UpstreamFailed
+            }
+            upstream::Error::NoEndpoints { .. } | upstream::Error::Overloaded { .. } => {
+                ErrorKind::NoHealthyEndpoint
+            }
         };
         // The message is the kind's; the upstream error, kept as the source, says
         // which endpoint and why (logs print the chain).

@@ -5,8 +5,10 @@ use std::time::Duration;
 
 use http::StatusCode;
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry,
 };
+use upstream::PoolStatus;
 
 /// The protocol a client spoke.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -32,6 +34,69 @@ pub struct Metrics {
     duration: HistogramVec,
     connections: IntGaugeVec,
     reloads: IntCounterVec,
+    endpoints: EndpointMetrics,
+}
+
+/// Pool and endpoint state, refreshed from the pools at each scrape.
+struct EndpointMetrics {
+    breaker: IntGaugeVec,
+    in_flight: IntGaugeVec,
+    ewma: GaugeVec,
+    retries: IntCounterVec,
+    budget_exhausted: IntCounterVec,
+}
+
+impl EndpointMetrics {
+    fn new(registry: &Registry) -> Result<Self, prometheus::Error> {
+        let labels = &["backend", "endpoint"];
+        let breaker = IntGaugeVec::new(
+            Opts::new(
+                "proxy_endpoint_breaker_state",
+                "Circuit breaker: 0 closed, 1 open, 2 half-open.",
+            ),
+            labels,
+        )?;
+        let in_flight = IntGaugeVec::new(
+            Opts::new(
+                "proxy_endpoint_in_flight",
+                "Requests in flight to the endpoint.",
+            ),
+            labels,
+        )?;
+        let ewma = GaugeVec::new(
+            Opts::new(
+                "proxy_endpoint_latency_ewma_seconds",
+                "Peak-EWMA response latency the balancer uses.",
+            ),
+            labels,
+        )?;
+        let retries = IntCounterVec::new(
+            Opts::new(
+                "proxy_upstream_retries_total",
+                "Requests tried again on another connection or endpoint.",
+            ),
+            &["backend"],
+        )?;
+        let budget_exhausted = IntCounterVec::new(
+            Opts::new(
+                "proxy_retry_budget_exhausted_total",
+                "Retries refused because the retry budget was spent.",
+            ),
+            &["backend"],
+        )?;
+        registry.register(Box::new(breaker.clone()))?;
+        registry.register(Box::new(in_flight.clone()))?;
+        registry.register(Box::new(ewma.clone()))?;
+        registry.register(Box::new(retries.clone()))?;
+        registry.register(Box::new(budget_exhausted.clone()))?;
+        Ok(Self {
+            breaker,
+            in_flight,
+            ewma,
+            retries,
+            budget_exhausted,
+        })
+    }
 }
 
 impl Metrics {
@@ -76,12 +141,14 @@ impl Metrics {
         for p in [Proto::H1, Proto::H2, Proto::H3] {
             connections.with_label_values(&[p.as_str()]).set(0);
         }
+        let endpoints = EndpointMetrics::new(&registry)?;
         Ok(Self {
             registry,
             requests,
             duration,
             connections,
             reloads,
+            endpoints,
         })
     }
 
@@ -104,6 +171,34 @@ impl Metrics {
         let gauge = self.connections.with_label_values(&[proto.as_str()]);
         gauge.inc();
         ConnGuard { gauge }
+    }
+
+    /// Copies pools' state into the endpoint series (endpoints that left are dropped).
+    /// Pool counters are carried over as increments, so they stay monotonic.
+    pub fn refresh_pools<'a>(&self, pools: impl IntoIterator<Item = (&'a str, PoolStatus)>) {
+        let m = &self.endpoints;
+        m.breaker.reset();
+        m.in_flight.reset();
+        m.ewma.reset();
+        for (pool, status) in pools {
+            for e in &status.endpoints {
+                let labels = [pool, e.endpoint.as_str()];
+                m.breaker
+                    .with_label_values(&labels)
+                    .set(e.breaker.as_gauge());
+                m.in_flight
+                    .with_label_values(&labels)
+                    .set(i64::from(e.in_flight));
+                m.ewma.with_label_values(&labels).set(e.ewma.as_secs_f64());
+            }
+            for (vec, value) in [
+                (&m.retries, status.retries),
+                (&m.budget_exhausted, status.budget_exhausted),
+            ] {
+                let counter = vec.with_label_values(&[pool]);
+                counter.inc_by(value.saturating_sub(counter.get()));
+            }
+        }
     }
 
     /// The text exposition format.

@@ -7,6 +7,7 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
+use crate::balance::Load;
 use crate::clock::now_ms;
 use crate::conn::ConnState;
 
@@ -50,15 +51,18 @@ impl Body for UpstreamBody {
     }
 }
 
-/// One request's claim on a pooled connection; released when the response ends.
+/// One request's claim on a pooled connection and on its endpoint's load;
+/// released when the response ends (or the request fails).
 pub(crate) struct Lease {
     conn: Arc<ConnState>,
+    load: Arc<Load>,
 }
 
 impl Lease {
-    pub(crate) fn new(conn: Arc<ConnState>) -> Self {
+    pub(crate) fn new(conn: Arc<ConnState>, load: Arc<Load>) -> Self {
         conn.in_flight.fetch_add(1, Ordering::AcqRel);
-        Self { conn }
+        load.in_flight.fetch_add(1, Ordering::Relaxed);
+        Self { conn, load }
     }
 }
 
@@ -66,5 +70,6 @@ impl Drop for Lease {
     fn drop(&mut self) {
         self.conn.last_active_ms.store(now_ms(), Ordering::Release);
         self.conn.in_flight.fetch_sub(1, Ordering::AcqRel);
+        self.load.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }

@@ -37,9 +37,18 @@ pub enum Error {
         #[source]
         source: hyper::Error,
     },
-    /// The pool has no endpoint to send to.
-    #[error("pool {pool} has no endpoints")]
+    /// The pool has no endpoint able to take the request (none, or every breaker open).
+    #[error("pool {pool} has no available endpoint")]
     NoEndpoints { pool: String },
+    /// The pool already has `limit` requests in flight.
+    #[error("pool {pool} is at its limit of {limit} requests in flight")]
+    Overloaded { pool: String, limit: usize },
+    /// The endpoint answered with a status configured as worth another try.
+    #[error("{endpoint} answered {status}")]
+    Status {
+        endpoint: String,
+        status: http::StatusCode,
+    },
 }
 
 impl Error {

@@ -3,24 +3,35 @@
 //! A [`Pool`] owns a set of endpoints and, per endpoint, pooled connections: one
 //! shared HTTP/2 connection (h2c or h2 over TLS) or a stack of idle HTTP/1.1
 //! connections. Pooled connections are closed after `idle_timeout` so they never
-//! outlive the backend's own keep-alive, and a request that fails on a reused
-//! connection before any response byte is retried once on a fresh connection.
+//! outlive the backend's own keep-alive.
+//!
+//! Sending a request: `balance` picks an endpoint whose `breaker` admits it
+//! (least-request on peak-EWMA latency by default); when a try fails and sending
+//! again is provably safe, the pool tries another endpoint (or a fresh
+//! connection) while the retry `budget` allows. Decision logic (balance, breaker,
+//! budget) is pure and takes `now`; `pool` and `backend` drive it.
 //!
 //! This crate never parses client headers and knows nothing about listeners: the
 //! pipeline hands it a finished upstream request and gets a response or a
 //! classified [`Error`] back.
 
+mod backend;
+pub mod balance;
 mod body;
+pub mod breaker;
+mod budget;
 mod clock;
 mod conn;
 mod endpoint;
 mod error;
 mod pool;
 
+pub use balance::Policy;
 pub use body::UpstreamBody;
+pub use breaker::BreakerConfig;
 pub use endpoint::{EndpointAddr, ParseEndpointError};
 pub use error::Error;
-pub use pool::{Pool, PoolConfig, Protocol};
+pub use pool::{EndpointStatus, Pool, PoolConfig, PoolStatus, Protocol};
 
 /// The error type request and response bodies carry through the proxy.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

@@ -1,19 +1,21 @@
-//! A pool: endpoints, their pooled connections, and sending one request.
+//! A pool: its endpoints, how one is chosen, and how a request survives one
+//! endpoint's failure (retry elsewhere when provably safe, within a budget).
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use arc_swap::ArcSwapOption;
 use bytes::Bytes;
-use http::header::HOST;
-use http::uri::{PathAndQuery, Scheme};
-use http::{HeaderMap, Method, Request, Response, Uri, Version};
-use hyper::client::conn::{http1, http2};
+use http::{Request, Response, StatusCode};
 use rustls::pki_types::CertificateDer;
 
-use crate::body::{Lease, UpstreamBody};
-use crate::conn::{ConnState, Connector, Sender};
+use crate::backend::{Backend, Failed, Replay};
+use crate::balance::{pick_p2c, pick_round_robin, Policy};
+use crate::body::UpstreamBody;
+use crate::breaker::{Admit, BreakerConfig, State};
+use crate::budget::RetryBudget;
+use crate::clock::now_ms;
+use crate::conn::Connector;
 use crate::endpoint::EndpointAddr;
 use crate::error::Error;
 use crate::BoxError;
@@ -52,10 +54,24 @@ pub struct PoolConfig {
     pub idle_timeout: Duration,
     /// Certificates trusted for https endpoints in addition to the public web roots.
     pub extra_roots: Vec<CertificateDer<'static>>,
+    pub policy: Policy,
+    /// Further tries after the first, each on another endpoint when there is one.
+    pub max_retries: u32,
+    /// Retries may add at most this share of the pool's requests...
+    pub retry_budget: f64,
+    /// ...plus this many a second.
+    pub retry_min_per_sec: u32,
+    /// Responses that count as failures worth another try for safe, body-less requests.
+    pub retry_statuses: Vec<StatusCode>,
+    pub breaker: BreakerConfig,
+    /// Requests in flight at most; past it requests fail at once (503) instead of queuing.
+    pub max_requests: usize,
 }
 
 impl PoolConfig {
-    /// A pool with every setting at its default: h2, 1 s connect, 30 s response, 90 s idle.
+    /// A pool with every setting at its default: h2, 1 s connect, 30 s response,
+    /// 90 s idle, least-request balancing, 2 retries within a 20% budget, breakers
+    /// opening after 5 consecutive failures.
     pub fn new(name: &str, endpoints: Vec<EndpointAddr>) -> Self {
         Self {
             name: name.to_owned(),
@@ -65,50 +81,49 @@ impl PoolConfig {
             response_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(90),
             extra_roots: Vec::new(),
+            policy: Policy::LeastRequest,
+            max_retries: 2,
+            retry_budget: 0.2,
+            retry_min_per_sec: 3,
+            retry_statuses: Vec::new(),
+            breaker: BreakerConfig::default(),
+            max_requests: 10_000,
         }
     }
 }
 
-/// Idle HTTP/1.1 connections kept per endpoint; more are closed when they finish.
-const MAX_IDLE_H1: usize = 512;
-
 /// A set of endpoints serving one backend, with pooled connections to each.
 pub struct Pool<B> {
     name: String,
-    endpoints: Vec<Endpoint<B>>,
-    next: AtomicUsize,
+    backends: Vec<Backend<B>>,
     connector: Connector,
     response_timeout: Duration,
+    policy: Policy,
+    next: AtomicUsize,
+    max_retries: u32,
+    retry_statuses: Vec<StatusCode>,
+    budget: RetryBudget,
+    max_requests: usize,
+    in_flight: Arc<AtomicUsize>,
+    retries: AtomicU64,
+    budget_exhausted: AtomicU64,
 }
 
-struct Endpoint<B> {
-    addr: EndpointAddr,
-    /// Set once the endpoint showed it speaks HTTP/1.1 only (TLS ALPN, or an
-    /// HTTP/1.1 answer to the h2c preface).
-    h1_only: AtomicBool,
-    /// Set once an HTTP/2 response came back: from then on an HTTP/2 error is an
-    /// error, not a sign of an HTTP/1.1-only backend.
-    h2_confirmed: AtomicBool,
-    h2: ArcSwapOption<H2Conn<B>>,
-    /// Held while opening the shared HTTP/2 connection, so concurrent misses share one connect.
-    h2_connecting: tokio::sync::Mutex<()>,
-    h1_idle: Arc<Mutex<Vec<H1Idle<B>>>>,
+/// One endpoint's state, for metrics.
+#[derive(Clone, Debug)]
+pub struct EndpointStatus {
+    pub endpoint: String,
+    pub breaker: State,
+    pub in_flight: u32,
+    pub ewma: Duration,
 }
 
-struct H2Conn<B> {
-    send: http2::SendRequest<B>,
-    state: Arc<ConnState>,
-}
-
-struct H1Idle<B> {
-    send: http1::SendRequest<B>,
-    state: Arc<ConnState>,
-}
-
-struct Checkout<B> {
-    sender: Sender<B>,
-    state: Arc<ConnState>,
-    reused: bool,
+/// A pool's counters and its endpoints' state, for metrics.
+#[derive(Clone, Debug)]
+pub struct PoolStatus {
+    pub retries: u64,
+    pub budget_exhausted: u64,
+    pub endpoints: Vec<EndpointStatus>,
 }
 
 impl<B: ReqBody> Pool<B> {
@@ -119,28 +134,29 @@ impl<B: ReqBody> Pool<B> {
         } else {
             None
         };
-        let endpoints = cfg
+        let backends = cfg
             .endpoints
             .iter()
-            .map(|addr| Endpoint {
-                addr: addr.clone(),
-                h1_only: AtomicBool::new(cfg.protocol == Protocol::H1),
-                h2_confirmed: AtomicBool::new(false),
-                h2: ArcSwapOption::empty(),
-                h2_connecting: tokio::sync::Mutex::new(()),
-                h1_idle: Arc::default(),
-            })
+            .map(|addr| Backend::new(addr.clone(), cfg.protocol, cfg.breaker))
             .collect();
         Ok(Self {
             name: cfg.name,
-            endpoints,
-            next: AtomicUsize::new(0),
+            backends,
             connector: Connector {
                 connect_timeout: cfg.connect_timeout,
                 idle_timeout: cfg.idle_timeout,
                 tls,
             },
             response_timeout: cfg.response_timeout,
+            policy: cfg.policy,
+            next: AtomicUsize::new(0),
+            max_retries: cfg.max_retries,
+            retry_statuses: cfg.retry_statuses,
+            budget: RetryBudget::new(cfg.retry_budget, cfg.retry_min_per_sec, now_ms()),
+            max_requests: cfg.max_requests,
+            in_flight: Arc::default(),
+            retries: AtomicU64::new(0),
+            budget_exhausted: AtomicU64::new(0),
         })
     }
 
@@ -148,336 +164,248 @@ impl<B: ReqBody> Pool<B> {
         &self.name
     }
 
-    /// Sends `req` to the next endpoint, trying once more on a fresh connection when
-    /// the first try provably did no harm: hyper handed the unsent request back; or
-    /// a reused connection failed before any response byte and the request had no
-    /// body and a safe method. When the exchange broke on an h2c connection to an
-    /// endpoint that never answered in HTTP/2, the request (if unsent, or body-less
-    /// and safe) is tried once over HTTP/1.1 instead; never after a timeout, when
-    /// the backend may be working on it.
+    /// Sends `req`, trying again elsewhere when that is provably safe: when
+    /// nothing was sent (no connection, or hyper handed the request back), or when
+    /// a body-less safe request failed before its response (reset, timeout, or a
+    /// status in `retry_statuses`). Each further try goes to an endpoint not tried
+    /// yet, or (after a reset, never after a timeout or a status) a fresh
+    /// connection to a tried one when none is left; each spends from the budget.
     pub async fn send(&self, req: Request<B>) -> Result<Response<UpstreamBody>, Error> {
-        let Some(ep) = self.pick() else {
-            return Err(Error::NoEndpoints {
-                pool: self.name.clone(),
-            });
-        };
+        let _admitted = self.admit()?;
+        self.budget.deposit();
         let replay = Replay::capture(&req);
-        let co = ep.checkout(&self.connector, false).await?;
-        let reused = co.reused;
-        // An h2c endpoint that has never answered in HTTP/2 may be an HTTP/1.1
-        // server that closes on (or garbles) the preface.
-        let unproven_h2c = matches!(co.sender, Sender::H2(_))
-            && !ep.addr.tls
-            && !ep.h2_confirmed.load(Ordering::Relaxed);
-        let req = match self.try_send(ep, co, req).await {
-            Ok(resp) => return Ok(resp),
-            Err(Failed::Unsent(req, e)) if unproven_h2c => return self.probe_h1(ep, *req, e).await,
-            Err(Failed::Unsent(req, _)) => *req,
-            Err(Failed::Sent(e @ Error::Request { .. })) if unproven_h2c => {
-                return match replay {
-                    Some(replay) if replay.idempotent => {
-                        self.probe_h1(ep, replay.rebuild(), e).await
-                    }
-                    _ => Err(e),
-                };
-            }
-            Err(Failed::Sent(e)) if !reused => return Err(e),
-            Err(Failed::Sent(e)) => match replay {
-                Some(replay) if replay.idempotent => replay.rebuild(),
-                _ => return Err(e),
-            },
-        };
-        tracing::debug!(endpoint = %ep.addr, "first try failed before the response; retrying on a fresh connection");
-        let co = ep.checkout(&self.connector, true).await?;
-        match self.try_send(ep, co, req).await {
-            Ok(resp) => Ok(resp),
-            Err(Failed::Sent(e)) | Err(Failed::Unsent(_, e)) => Err(e),
-        }
-    }
-
-    /// `edge run --upstream http://...` speaks h2c by default, and many backends
-    /// speak only HTTP/1.1: they close or answer garbage to the h2c preface, having
-    /// parsed no request. The request is tried once over HTTP/1.1; only if that
-    /// answers is the endpoint switched, so a sick HTTP/2 backend is never demoted.
-    async fn probe_h1(
-        &self,
-        ep: &Endpoint<B>,
-        req: Request<B>,
-        h2_error: Error,
-    ) -> Result<Response<UpstreamBody>, Error> {
-        let Ok((sender, state)) = self.connector.connect(&ep.addr, Protocol::H1).await else {
-            return Err(h2_error);
-        };
-        let co = Checkout {
-            sender,
-            state,
-            reused: false,
-        };
-        match self.try_send(ep, co, req).await {
-            Ok(resp) => {
-                if !ep.h1_only.swap(true, Ordering::Relaxed) {
-                    tracing::warn!(
-                        endpoint = %ep.addr,
-                        "endpoint does not speak HTTP/2 (h2c) but answers HTTP/1.1; using HTTP/1.1 for it \
-                         (set protocol = \"h1\" for this pool, or --upstream-protocol h1, to skip this probe)"
-                    );
-                }
-                Ok(resp)
-            }
-            Err(_) => Err(h2_error),
-        }
-    }
-
-    fn pick(&self) -> Option<&Endpoint<B>> {
-        let n = self.endpoints.len();
-        if n == 0 {
-            return None;
-        }
-        let i = self.next.fetch_add(1, Ordering::Relaxed) % n;
-        self.endpoints.get(i)
-    }
-
-    async fn try_send(
-        &self,
-        ep: &Endpoint<B>,
-        co: Checkout<B>,
-        mut req: Request<B>,
-    ) -> Result<Response<UpstreamBody>, Failed<B>> {
-        let lease = Lease::new(co.state.clone());
-        let failed = |source| Error::Request {
-            endpoint: ep.addr.to_string(),
-            source,
-        };
-        let sent = match co.sender {
-            Sender::H2(mut send) => {
-                set_h2_target(&mut req, &ep.addr);
-                let fut = send.try_send_request(req);
-                let sent = tokio::time::timeout(self.response_timeout, fut).await;
-                if matches!(sent, Ok(Ok(_))) {
-                    ep.h2_confirmed.store(true, Ordering::Relaxed);
-                }
-                sent
-            }
-            Sender::H1(mut send) => {
-                set_h1_target(&mut req, &ep.addr);
-                let fut = send.try_send_request(req);
-                let sent = tokio::time::timeout(self.response_timeout, fut).await;
-                if matches!(sent, Ok(Ok(_))) {
-                    ep.park_h1_when_ready(send, co.state);
-                }
-                sent
-            }
-        };
-        match sent {
-            Err(_) => Err(Failed::Sent(Error::Timeout {
-                endpoint: ep.addr.to_string(),
-                after: self.response_timeout,
-            })),
-            Ok(Ok(resp)) => Ok(resp.map(|body| UpstreamBody::new(body, lease))),
-            Ok(Err(mut e)) => match e.take_message() {
-                Some(req) => Err(Failed::Unsent(Box::new(req), failed(e.into_error()))),
-                None => Err(Failed::Sent(failed(e.into_error()))),
-            },
-        }
-    }
-}
-
-enum Failed<B> {
-    /// The connection refused the request before sending any of it.
-    Unsent(Box<Request<B>>, Error),
-    Sent(Error),
-}
-
-impl<B: ReqBody> Endpoint<B> {
-    fn protocol(&self) -> Protocol {
-        if self.h1_only.load(Ordering::Relaxed) {
-            Protocol::H1
-        } else {
-            Protocol::H2
-        }
-    }
-
-    /// A connection to send on: the shared h2 one, an idle h1 one, or a new one.
-    async fn checkout(&self, connector: &Connector, fresh: bool) -> Result<Checkout<B>, Error> {
-        if self.h1_only.load(Ordering::Relaxed) {
-            return self.checkout_h1(connector, fresh).await;
-        }
-        if !fresh {
-            if let Some(c) = self.live_h2() {
-                return Ok(c);
-            }
-        }
-        let _connecting = self.h2_connecting.lock().await;
-        if !fresh {
-            if let Some(c) = self.live_h2() {
-                return Ok(c);
-            }
-        }
-        let (sender, state) = connector.connect(&self.addr, self.protocol()).await?;
-        match sender {
-            Sender::H2(send) => {
-                self.h2.store(Some(Arc::new(H2Conn {
-                    send: send.clone(),
-                    state: state.clone(),
-                })));
-                Ok(Checkout {
-                    sender: Sender::H2(send),
-                    state,
-                    reused: false,
-                })
-            }
-            Sender::H1(send) => {
-                tracing::info!(endpoint = %self.addr, "endpoint negotiated HTTP/1.1; pooling HTTP/1.1 connections to it");
-                self.h1_only.store(true, Ordering::Relaxed);
-                Ok(Checkout {
-                    sender: Sender::H1(send),
-                    state,
-                    reused: false,
-                })
-            }
-        }
-    }
-
-    fn live_h2(&self) -> Option<Checkout<B>> {
-        let guard = self.h2.load();
-        let conn = guard.as_ref()?;
-        if conn.send.is_closed() {
-            return None;
-        }
-        Some(Checkout {
-            sender: Sender::H2(conn.send.clone()),
-            state: conn.state.clone(),
-            reused: true,
-        })
-    }
-
-    async fn checkout_h1(&self, connector: &Connector, fresh: bool) -> Result<Checkout<B>, Error> {
-        if !fresh {
-            if let Some(idle) = self.pop_idle_h1() {
-                return Ok(Checkout {
-                    sender: Sender::H1(idle.send),
-                    state: idle.state,
-                    reused: true,
+        let safe_replay = replay.as_ref().filter(|r| r.idempotent);
+        let mut tried = Tried::default();
+        let mut req = req;
+        loop {
+            let Some((i, admit)) = self.choose(&tried) else {
+                return Err(Error::NoEndpoints {
+                    pool: self.name.clone(),
                 });
+            };
+            let backend = &self.backends[i];
+            let fresh = tried.contains(i);
+            tried.push(i);
+            let mut attempt = Attempt::new(backend, admit);
+            let result = backend
+                .exchange(
+                    &self.connector,
+                    req,
+                    fresh,
+                    self.response_timeout,
+                    replay.as_ref(),
+                )
+                .await;
+            // A timeout is worth another try only on another endpoint: the same
+            // slow one would just get the request twice.
+            let (error, again, elsewhere_only) = match result {
+                Ok(resp) => {
+                    attempt.succeeded();
+                    match safe_replay {
+                        Some(r) if self.retry_statuses.contains(&resp.status()) => {
+                            let error = Error::Status {
+                                endpoint: backend.addr.to_string(),
+                                status: resp.status(),
+                            };
+                            if !self.has_untried(&tried) || !self.may_retry(&tried) {
+                                return Ok(resp);
+                            }
+                            (error, r.rebuild(), true)
+                        }
+                        _ => return Ok(resp),
+                    }
+                }
+                Err(Failed::Unsent(req, error)) => {
+                    attempt.failed_if(error.is_connect());
+                    (error, *req, false)
+                }
+                Err(Failed::Sent { error, reused }) => {
+                    // A stale pooled connection is not the endpoint's fault; a timeout is.
+                    let timeout = matches!(error, Error::Timeout { .. });
+                    attempt.failed_if(!reused || timeout);
+                    match safe_replay {
+                        Some(r) => (error, r.rebuild(), timeout),
+                        None => return Err(error),
+                    }
+                }
+            };
+            if (elsewhere_only && !self.has_untried(&tried)) || !self.may_retry(&tried) {
+                return Err(error);
             }
+            tracing::debug!(pool = %self.name, error = %error, "trying again on another connection");
+            req = again;
         }
-        let (sender, state) = connector.connect(&self.addr, self.protocol()).await?;
-        Ok(Checkout {
-            sender,
-            state,
-            reused: false,
-        })
     }
 
-    fn pop_idle_h1(&self) -> Option<H1Idle<B>> {
-        let mut idle = self.h1_idle.lock().unwrap_or_else(|p| p.into_inner());
-        while let Some(conn) = idle.pop() {
-            if conn.send.is_ready() {
-                return Some(conn);
+    /// Whether an endpoint not tried yet could take a request now.
+    fn has_untried(&self, tried: &Tried) -> bool {
+        let now = now_ms();
+        (0..self.backends.len())
+            .any(|i| !tried.contains(i) && self.backends[i].breaker().available(now))
+    }
+
+    /// Whether another try is allowed: tries left, and budget left (counted).
+    fn may_retry(&self, tried: &Tried) -> bool {
+        if tried.len() > self.max_retries as usize {
+            return false;
+        }
+        if !self.budget.withdraw(now_ms()) {
+            self.budget_exhausted.fetch_add(1, Ordering::Relaxed);
+            return false;
+        }
+        self.retries.fetch_add(1, Ordering::Relaxed);
+        true
+    }
+
+    /// Counts the request in flight, or refuses it when the pool is full.
+    fn admit(&self) -> Result<InFlight, Error> {
+        let now = self.in_flight.fetch_add(1, Ordering::AcqRel);
+        let guard = InFlight(self.in_flight.clone());
+        if now >= self.max_requests {
+            return Err(Error::Overloaded {
+                pool: self.name.clone(),
+                limit: self.max_requests,
+            });
+        }
+        Ok(guard)
+    }
+
+    /// An endpoint whose breaker admits a request, preferring ones not tried yet.
+    fn choose(&self, tried: &Tried) -> Option<(usize, Admit)> {
+        let now = now_ms();
+        let n = self.backends.len();
+        let available = |i: usize| self.backends[i].breaker().available(now);
+        let untried = |i: usize| !tried.contains(i) && available(i);
+        for _ in 0..3 {
+            let i = self
+                .pick(n, &untried)
+                .or_else(|| self.pick(n, &available))?;
+            match self.backends[i].breaker().try_acquire(now) {
+                Admit::No => continue,
+                admit => return Some((i, admit)),
             }
         }
         None
     }
 
-    /// Returns an HTTP/1.1 connection to the idle stack once its response has been
-    /// read to the end (hyper reports it ready again only then).
-    fn park_h1_when_ready(&self, mut send: http1::SendRequest<B>, state: Arc<ConnState>)
-    where
-        B: ReqBody,
-    {
-        let stack = self.h1_idle.clone();
-        tokio::spawn(async move {
-            if send.ready().await.is_ok() {
-                let mut idle = stack.lock().unwrap_or_else(|p| p.into_inner());
-                if idle.len() < MAX_IDLE_H1 {
-                    idle.push(H1Idle { send, state });
-                }
+    fn pick(&self, n: usize, ok: &impl Fn(usize) -> bool) -> Option<usize> {
+        match self.policy {
+            Policy::RoundRobin => {
+                pick_round_robin(n, self.next.fetch_add(1, Ordering::Relaxed), ok)
             }
-        });
-    }
-}
-
-/// A body-less request's head kept aside so it can be sent again.
-struct Replay {
-    idempotent: bool,
-    method: Method,
-    uri: Uri,
-    version: Version,
-    headers: HeaderMap,
-}
-
-impl Replay {
-    fn capture<B: ReqBody>(req: &Request<B>) -> Option<Self> {
-        let idempotent = matches!(
-            *req.method(),
-            Method::GET
-                | Method::HEAD
-                | Method::OPTIONS
-                | Method::PUT
-                | Method::DELETE
-                | Method::TRACE
-        );
-        req.body().is_end_stream().then(|| Self {
-            idempotent,
-            method: req.method().clone(),
-            uri: req.uri().clone(),
-            version: req.version(),
-            headers: req.headers().clone(),
-        })
-    }
-
-    fn rebuild<B: ReqBody>(self) -> Request<B> {
-        let mut req = Request::new(B::default());
-        *req.method_mut() = self.method;
-        *req.uri_mut() = self.uri;
-        *req.version_mut() = self.version;
-        *req.headers_mut() = self.headers;
-        req
-    }
-}
-
-/// HTTP/2 carries the target in `:scheme` and `:authority`: the client's Host
-/// becomes the authority (or the endpoint's when there is none).
-fn set_h2_target<B>(req: &mut Request<B>, addr: &EndpointAddr) {
-    let authority = req
-        .headers_mut()
-        .remove(HOST)
-        .and_then(|h| h.to_str().ok().and_then(|h| h.parse().ok()))
-        .unwrap_or_else(|| addr.authority().clone());
-    let mut parts = std::mem::take(req.uri_mut()).into_parts();
-    parts.scheme = Some(if addr.tls {
-        Scheme::HTTPS
-    } else {
-        Scheme::HTTP
-    });
-    parts.authority = Some(authority);
-    if parts.path_and_query.is_none() {
-        parts.path_and_query = Some(PathAndQuery::from_static("/"));
-    }
-    if let Ok(uri) = Uri::from_parts(parts) {
-        *req.uri_mut() = uri;
-    }
-    *req.version_mut() = Version::HTTP_2;
-}
-
-/// HTTP/1.1 sends the origin form and a Host header.
-fn set_h1_target<B>(req: &mut Request<B>, addr: &EndpointAddr) {
-    if !req.headers().contains_key(HOST) {
-        if let Some(authority) = req.uri().authority() {
-            if let Ok(v) = authority.as_str().parse() {
-                req.headers_mut().insert(HOST, v);
+            Policy::LeastRequest => {
+                let now = now_ms();
+                pick_p2c(
+                    n,
+                    ok,
+                    |i| self.backends[i].load.cost(now),
+                    |m| fastrand::usize(..m),
+                )
             }
-        } else if let Ok(v) = addr.authority().as_str().parse() {
-            req.headers_mut().insert(HOST, v);
         }
     }
-    let pq = req
-        .uri()
-        .path_and_query()
-        .cloned()
-        .unwrap_or_else(|| PathAndQuery::from_static("/"));
-    *req.uri_mut() = Uri::from(pq);
-    *req.version_mut() = Version::HTTP_11;
+
+    /// Counters and per-endpoint state, for metrics.
+    pub fn status(&self) -> PoolStatus {
+        let now = now_ms();
+        PoolStatus {
+            retries: self.retries.load(Ordering::Relaxed),
+            budget_exhausted: self.budget_exhausted.load(Ordering::Relaxed),
+            endpoints: self
+                .backends
+                .iter()
+                .map(|b| EndpointStatus {
+                    endpoint: b.addr.to_string(),
+                    breaker: b.breaker().state(now),
+                    in_flight: b.load.in_flight.load(Ordering::Relaxed),
+                    ewma: b.load.ewma(now),
+                })
+                .collect(),
+        }
+    }
+}
+
+/// A request counted against `max_requests` until dropped.
+struct InFlight(Arc<AtomicUsize>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// The endpoints a request has been tried on, in order (at most a few).
+#[derive(Default)]
+struct Tried {
+    list: [usize; 8],
+    len: usize,
+}
+
+impl Tried {
+    fn contains(&self, i: usize) -> bool {
+        self.list[..self.len].contains(&i)
+    }
+
+    fn push(&mut self, i: usize) {
+        if self.len < self.list.len() {
+            self.list[self.len] = i;
+            self.len += 1;
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.len
+    }
+}
+
+/// One try's bookkeeping on its endpoint: the outcome feeds the breaker and the
+/// latency estimate; a half-open probe abandoned midway is released on drop.
+struct Attempt<'a, B: ReqBody> {
+    backend: &'a Backend<B>,
+    probe: bool,
+    started: Instant,
+    settled: bool,
+}
+
+impl<'a, B: ReqBody> Attempt<'a, B> {
+    fn new(backend: &'a Backend<B>, admit: Admit) -> Self {
+        Self {
+            backend,
+            probe: admit == Admit::Probe,
+            started: Instant::now(),
+            settled: false,
+        }
+    }
+
+    fn succeeded(&mut self) {
+        self.settled = true;
+        self.backend.load.observe(self.started.elapsed(), now_ms());
+        self.backend.breaker().on_success();
+    }
+
+    /// Records a failure when `counts`; otherwise only releases a probe.
+    fn failed_if(&mut self, counts: bool) {
+        self.settled = true;
+        if !counts {
+            if self.probe {
+                self.backend.breaker().release_probe();
+            }
+            return;
+        }
+        // Failures are the breaker's business; the latency estimate learns only
+        // from answers, so a restarted endpoint wins its traffic back at once.
+        if self.backend.breaker().on_failure(now_ms()) {
+            tracing::warn!(endpoint = %self.backend.addr, "circuit breaker opened");
+        }
+    }
+}
+
+impl<B: ReqBody> Drop for Attempt<'_, B> {
+    fn drop(&mut self) {
+        if self.probe && !self.settled {
+            self.backend.breaker().release_probe();
+        }
+    }
 }
 
 fn tls_connector(cfg: &PoolConfig) -> Result<tokio_rustls::TlsConnector, rustls::Error> {

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use ipnet::IpNet;
-use upstream::{EndpointAddr, PoolConfig, Protocol};
+use upstream::{EndpointAddr, Policy, PoolConfig, Protocol};
 
 pub use walk::{ConfigError, ConfigErrors};
 use walk::{Cx, FromToml, Table};
@@ -364,6 +364,7 @@ fn read_pools(cx: &mut Cx<'_>, root: &mut Table<'_>, base: &Path) -> Vec<Pool> {
         pool.connect_timeout = positive(cx, &mut t, "connect_timeout", pool.connect_timeout);
         pool.response_timeout = positive(cx, &mut t, "response_timeout", pool.response_timeout);
         pool.idle_timeout = positive(cx, &mut t, "idle_timeout", pool.idle_timeout);
+        read_resilience(cx, &mut t, &mut pool);
         let ca = t.opt::<PathBuf>(cx, "ca").map(|p| base.join(p));
         if let Some(ca) = &ca {
             if let Err(e) = std::fs::metadata(ca) {
@@ -379,6 +380,62 @@ fn read_pools(cx: &mut Cx<'_>, root: &mut Table<'_>, base: &Path) -> Vec<Pool> {
         pools.push(Pool { settings: pool, ca });
     }
     pools
+}
+
+/// Balancing, retries, breaker and limits of one pool.
+fn read_resilience(cx: &mut Cx<'_>, t: &mut Table<'_>, pool: &mut PoolConfig) {
+    pool.policy = t.opt(cx, "balancer").unwrap_or(pool.policy);
+    pool.max_retries = t.or(cx, "max_retries", pool.max_retries);
+    if let Some(ratio) = t.opt::<f64>(cx, "retry_budget") {
+        if (0.0..=1.0).contains(&ratio) {
+            pool.retry_budget = ratio;
+        } else {
+            let line = t.line_of(cx, "retry_budget");
+            cx.error(line, &t.path("retry_budget"), "must be between 0.0 and 1.0");
+        }
+    }
+    pool.retry_min_per_sec = t.or(cx, "retry_min_per_sec", pool.retry_min_per_sec);
+    for code in t.or::<Vec<u16>>(cx, "retry_statuses", Vec::new()) {
+        match http::StatusCode::from_u16(code) {
+            Ok(s) if s.is_server_error() => pool.retry_statuses.push(s),
+            _ => {
+                let line = t.line_of(cx, "retry_statuses");
+                cx.error(
+                    line,
+                    &t.path("retry_statuses"),
+                    format!("{code} is not a 5xx status"),
+                );
+            }
+        }
+    }
+    pool.breaker.failures = at_least(cx, t, "breaker_failures", pool.breaker.failures, 1);
+    pool.breaker.open_base = positive(cx, t, "breaker_open", pool.breaker.open_base);
+    pool.breaker.open_max = positive(cx, t, "breaker_open_max", pool.breaker.open_max);
+    if pool.breaker.open_max < pool.breaker.open_base {
+        let line = t.line_of(cx, "breaker_open_max");
+        cx.error(
+            line,
+            &t.path("breaker_open_max"),
+            "must not be shorter than breaker_open",
+        );
+    }
+    pool.max_requests = at_least(cx, t, "max_requests", pool.max_requests, 1);
+}
+
+impl FromToml for Policy {
+    fn from_toml(v: &toml_edit::Value) -> Result<Self, String> {
+        match v.as_str() {
+            Some("least_request") => Ok(Policy::LeastRequest),
+            Some("round_robin") => Ok(Policy::RoundRobin),
+            Some(other) => Err(format!(
+                "expected \"least_request\" or \"round_robin\", found {other:?}"
+            )),
+            None => Err(format!(
+                "expected \"least_request\" or \"round_robin\", found {}",
+                v.type_name()
+            )),
+        }
+    }
 }
 
 impl FromToml for Protocol {

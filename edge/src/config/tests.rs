@@ -177,3 +177,62 @@ fn host_normalisation_drops_case_and_port() {
     assert_eq!(normalize_host("[::1]:443"), "::1");
     assert_eq!(normalize_host("example.com"), "example.com");
 }
+
+#[test]
+fn reads_pool_resilience_settings_and_refuses_bad_ones() {
+    let c = parse(
+        r#"
+[pools.web]
+endpoints = ["http://127.0.0.1:8081"]
+balancer = "round_robin"
+max_retries = 1
+retry_budget = 0.5
+retry_min_per_sec = 10
+retry_statuses = [502, 503]
+breaker_failures = 3
+breaker_open = "2s"
+breaker_open_max = "20s"
+max_requests = 64
+"#,
+    )
+    .expect("valid");
+    let p = &c.pools[0].settings;
+    assert_eq!(p.policy, upstream::Policy::RoundRobin);
+    assert_eq!(
+        (p.max_retries, p.retry_budget, p.retry_min_per_sec),
+        (1, 0.5, 10)
+    );
+    assert_eq!(
+        p.retry_statuses,
+        [
+            http::StatusCode::BAD_GATEWAY,
+            http::StatusCode::SERVICE_UNAVAILABLE
+        ]
+    );
+    assert_eq!(p.breaker.failures, 3);
+    assert_eq!(p.breaker.open_base, Duration::from_secs(2));
+    assert_eq!(p.breaker.open_max, Duration::from_secs(20));
+    assert_eq!(p.max_requests, 64);
+
+    let found = errors(
+        r#"[pools.web]
+endpoints = ["http://127.0.0.1:8081"]
+balancer = "fastest"
+retry_budget = 1.5
+retry_statuses = [404]
+breaker_open = "10s"
+breaker_open_max = "1s"
+"#,
+    );
+    for (line, key) in [
+        (3, "pools.web.balancer"),
+        (4, "pools.web.retry_budget"),
+        (5, "pools.web.retry_statuses"),
+        (7, "pools.web.breaker_open_max"),
+    ] {
+        assert!(
+            found.contains(&(line, key.to_owned())),
+            "{key} in {found:?}"
+        );
+    }
+}

@@ -298,6 +298,14 @@ macro_rules! from_toml_int {
 }
 from_toml_int!(u16, u32, u64, usize);
 
+impl FromToml for f64 {
+    fn from_toml(v: &Value) -> Result<Self, String> {
+        v.as_float()
+            .or_else(|| v.as_integer().map(|i| i as f64))
+            .ok_or_else(|| format!("expected a number, found {}", v.type_name()))
+    }
+}
+
 impl FromToml for Duration {
     fn from_toml(v: &Value) -> Result<Self, String> {
         let s = expect_str(v, "a duration (like \"10s\" or \"500ms\")")?;

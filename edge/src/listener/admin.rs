@@ -55,11 +55,12 @@ fn route(shared: &Shared, req: &Request<Incoming>) -> Response<Body> {
             Bytes::from_static(b"draining\n"),
         ),
         "/healthz" => (StatusCode::OK, "text/plain", Bytes::from_static(b"ok\n")),
-        "/metrics" => (
-            StatusCode::OK,
-            "text/plain; version=0.0.4",
-            Bytes::from(shared.metrics.encode()),
-        ),
+        "/metrics" => (StatusCode::OK, "text/plain; version=0.0.4", {
+            shared
+                .metrics
+                .refresh_pools(shared.proxy.load().pool_statuses());
+            Bytes::from(shared.metrics.encode())
+        }),
         _ => (
             StatusCode::NOT_FOUND,
             "text/plain",

@@ -55,6 +55,13 @@ impl Proxy {
     }
 }
 
+impl Proxy {
+    /// Every pool's name and state, for metrics.
+    pub fn pool_statuses(&self) -> impl Iterator<Item = (&str, upstream::PoolStatus)> {
+        self.pools.iter().map(|p| (p.name(), p.status()))
+    }
+}
+
 /// Serves one request end to end.
 pub async fn handle(
     proxy: &Proxy,

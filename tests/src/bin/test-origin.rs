@@ -1,0 +1,48 @@
+//! An origin as a separate process, for tests that SIGKILL or SIGSTOP a backend.
+//! `test-origin ADDR [DELAY_MS]`: HTTP/1.1 and h2c on ADDR; every answer's body is
+//! the port it listens on (so a client sees which origin served it), after
+//! DELAY_MS (default 0). Prints the bound address on stdout.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+
+fn main() -> anyhow::Result<()> {
+    let mut args = std::env::args().skip(1);
+    let addr = args.next().unwrap_or_else(|| "127.0.0.1:0".to_owned());
+    let delay = Duration::from_millis(args.next().map_or(Ok(0), |s| s.parse())?);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(&addr).await?;
+        let local = listener.local_addr()?;
+        println!("{local}");
+        let body = Bytes::from(local.port().to_string());
+        loop {
+            let (stream, _) = listener.accept().await?;
+            let body = body.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |_req: Request<Incoming>| {
+                    let body = body.clone();
+                    async move {
+                        if !delay.is_zero() {
+                            // The origin's behaviour under test: a slow backend.
+                            tokio::time::sleep(delay).await;
+                        }
+                        Ok::<_, Infallible>(Response::new(Full::new(body)))
+                    }
+                });
+                let _ = auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    })
+}

@@ -1,0 +1,396 @@
+//! One endpoint at run time: its pooled connections (a shared HTTP/2 one or a stack
+//! of idle HTTP/1.1 ones), its breaker and load, and one exchange on it.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arc_swap::ArcSwapOption;
+use http::header::HOST;
+use http::uri::{PathAndQuery, Scheme};
+use http::{HeaderMap, Method, Request, Response, Uri, Version};
+use hyper::client::conn::{http1, http2};
+
+use crate::balance::Load;
+use crate::body::{Lease, UpstreamBody};
+use crate::breaker::{Breaker, BreakerConfig};
+use crate::clock::now_ms;
+use crate::conn::{ConnState, Connector, Sender};
+use crate::endpoint::EndpointAddr;
+use crate::error::Error;
+use crate::pool::{Protocol, ReqBody};
+
+/// Idle HTTP/1.1 connections kept per endpoint; more are closed when they finish.
+const MAX_IDLE_H1: usize = 512;
+
+pub(crate) struct Backend<B> {
+    pub(crate) addr: EndpointAddr,
+    pub(crate) load: Arc<Load>,
+    pub(crate) breaker: Mutex<Breaker>,
+    /// Set once the endpoint showed it speaks HTTP/1.1 only (TLS ALPN, or a
+    /// successful HTTP/1.1 probe after the h2c preface failed).
+    h1_only: AtomicBool,
+    /// Set once an HTTP/2 response came back: from then on an HTTP/2 error is an
+    /// error, not a sign of an HTTP/1.1-only backend.
+    h2_confirmed: AtomicBool,
+    h2: ArcSwapOption<H2Conn<B>>,
+    /// Held while opening the shared HTTP/2 connection, so concurrent misses share one connect.
+    h2_connecting: tokio::sync::Mutex<()>,
+    h1_idle: Arc<Mutex<Vec<H1Idle<B>>>>,
+}
+
+struct H2Conn<B> {
+    send: http2::SendRequest<B>,
+    state: Arc<ConnState>,
+}
+
+struct H1Idle<B> {
+    send: http1::SendRequest<B>,
+    state: Arc<ConnState>,
+}
+
+struct Checkout<B> {
+    sender: Sender<B>,
+    state: Arc<ConnState>,
+    reused: bool,
+}
+
+/// How an exchange that produced no response ended.
+pub(crate) enum Failed<B> {
+    /// Nothing reached the backend (no connection, or hyper handed the request
+    /// back): it may be sent anywhere, whatever its method.
+    Unsent(Box<Request<B>>, Error),
+    /// The request may have reached the backend; only a body-less safe one may be
+    /// sent again. `reused`: it failed on a pooled connection.
+    Sent { error: Error, reused: bool },
+}
+
+/// A body-less request's head kept aside so it can be sent again.
+pub(crate) struct Replay {
+    pub(crate) idempotent: bool,
+    method: Method,
+    uri: Uri,
+    version: Version,
+    headers: HeaderMap,
+}
+
+impl Replay {
+    pub(crate) fn capture<B: ReqBody>(req: &Request<B>) -> Option<Self> {
+        let idempotent = matches!(
+            *req.method(),
+            Method::GET
+                | Method::HEAD
+                | Method::OPTIONS
+                | Method::PUT
+                | Method::DELETE
+                | Method::TRACE
+        );
+        req.body().is_end_stream().then(|| Self {
+            idempotent,
+            method: req.method().clone(),
+            uri: req.uri().clone(),
+            version: req.version(),
+            headers: req.headers().clone(),
+        })
+    }
+
+    pub(crate) fn rebuild<B: ReqBody>(&self) -> Request<B> {
+        let mut req = Request::new(B::default());
+        *req.method_mut() = self.method.clone();
+        *req.uri_mut() = self.uri.clone();
+        *req.version_mut() = self.version;
+        *req.headers_mut() = self.headers.clone();
+        req
+    }
+}
+
+impl<B: ReqBody> Backend<B> {
+    pub(crate) fn new(addr: EndpointAddr, protocol: Protocol, breaker: BreakerConfig) -> Self {
+        Self {
+            addr,
+            load: Arc::new(Load::new(now_ms())),
+            breaker: Mutex::new(Breaker::new(breaker)),
+            h1_only: AtomicBool::new(protocol == Protocol::H1),
+            h2_confirmed: AtomicBool::new(false),
+            h2: ArcSwapOption::empty(),
+            h2_connecting: tokio::sync::Mutex::new(()),
+            h1_idle: Arc::default(),
+        }
+    }
+
+    pub(crate) fn breaker(&self) -> std::sync::MutexGuard<'_, Breaker> {
+        self.breaker.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// One exchange: a connection (pooled unless `fresh`), the request, and the
+    /// response head within `timeout`. An h2c endpoint that never answered in
+    /// HTTP/2 and breaks off is probed once over HTTP/1.1 (see `probe_h1`).
+    pub(crate) async fn exchange(
+        &self,
+        connector: &Connector,
+        req: Request<B>,
+        fresh: bool,
+        timeout: Duration,
+        replay: Option<&Replay>,
+    ) -> Result<Response<UpstreamBody>, Failed<B>> {
+        let co = match self.checkout(connector, fresh).await {
+            Ok(co) => co,
+            Err(e) => return Err(Failed::Unsent(Box::new(req), e)),
+        };
+        let unproven_h2c = matches!(co.sender, Sender::H2(_))
+            && !self.addr.tls
+            && !self.h2_confirmed.load(Ordering::Relaxed);
+        match self.send_on(co, req, timeout).await {
+            Err(Failed::Unsent(req, e)) if unproven_h2c => {
+                self.probe_h1(connector, *req, e, timeout).await
+            }
+            Err(Failed::Sent {
+                error: e @ Error::Request { .. },
+                ..
+            }) if unproven_h2c => match replay {
+                Some(r) if r.idempotent => self.probe_h1(connector, r.rebuild(), e, timeout).await,
+                _ => Err(Failed::Sent {
+                    error: e,
+                    reused: false,
+                }),
+            },
+            other => other,
+        }
+    }
+
+    /// `edge run --upstream http://...` speaks h2c by default, and many backends
+    /// speak only HTTP/1.1: they close or answer garbage to the h2c preface, having
+    /// parsed no request. The request is tried once over HTTP/1.1; only if that
+    /// answers is the endpoint switched, so a sick HTTP/2 backend is never demoted.
+    async fn probe_h1(
+        &self,
+        connector: &Connector,
+        req: Request<B>,
+        h2_error: Error,
+        timeout: Duration,
+    ) -> Result<Response<UpstreamBody>, Failed<B>> {
+        let unproven = || Failed::Sent {
+            error: h2_error,
+            reused: false,
+        };
+        let Ok((sender, state)) = connector.connect(&self.addr, Protocol::H1).await else {
+            return Err(unproven());
+        };
+        let co = Checkout {
+            sender,
+            state,
+            reused: false,
+        };
+        let Ok(resp) = self.send_on(co, req, timeout).await else {
+            return Err(unproven());
+        };
+        if !self.h1_only.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                endpoint = %self.addr,
+                "endpoint does not speak HTTP/2 (h2c) but answers HTTP/1.1; using HTTP/1.1 for it \
+                 (set protocol = \"h1\" for this pool, or --upstream-protocol h1, to skip this probe)"
+            );
+        }
+        Ok(resp)
+    }
+
+    async fn send_on(
+        &self,
+        co: Checkout<B>,
+        mut req: Request<B>,
+        timeout: Duration,
+    ) -> Result<Response<UpstreamBody>, Failed<B>> {
+        let lease = Lease::new(co.state.clone(), self.load.clone());
+        let reused = co.reused;
+        let failed = |source| Error::Request {
+            endpoint: self.addr.to_string(),
+            source,
+        };
+        let sent = match co.sender {
+            Sender::H2(mut send) => {
+                set_h2_target(&mut req, &self.addr);
+                let sent = tokio::time::timeout(timeout, send.try_send_request(req)).await;
+                if matches!(sent, Ok(Ok(_))) {
+                    self.h2_confirmed.store(true, Ordering::Relaxed);
+                }
+                sent
+            }
+            Sender::H1(mut send) => {
+                set_h1_target(&mut req, &self.addr);
+                let sent = tokio::time::timeout(timeout, send.try_send_request(req)).await;
+                if matches!(sent, Ok(Ok(_))) {
+                    self.park_h1_when_ready(send, co.state);
+                }
+                sent
+            }
+        };
+        match sent {
+            Err(_) => Err(Failed::Sent {
+                error: Error::Timeout {
+                    endpoint: self.addr.to_string(),
+                    after: timeout,
+                },
+                reused,
+            }),
+            Ok(Ok(resp)) => Ok(resp.map(|body| UpstreamBody::new(body, lease))),
+            Ok(Err(mut e)) => match e.take_message() {
+                Some(req) => Err(Failed::Unsent(Box::new(req), failed(e.into_error()))),
+                None => Err(Failed::Sent {
+                    error: failed(e.into_error()),
+                    reused,
+                }),
+            },
+        }
+    }
+
+    fn protocol(&self) -> Protocol {
+        if self.h1_only.load(Ordering::Relaxed) {
+            Protocol::H1
+        } else {
+            Protocol::H2
+        }
+    }
+
+    /// A connection to send on: the shared h2 one, an idle h1 one, or a new one.
+    async fn checkout(&self, connector: &Connector, fresh: bool) -> Result<Checkout<B>, Error> {
+        if self.h1_only.load(Ordering::Relaxed) {
+            return self.checkout_h1(connector, fresh).await;
+        }
+        if !fresh {
+            if let Some(c) = self.live_h2() {
+                return Ok(c);
+            }
+        }
+        let _connecting = self.h2_connecting.lock().await;
+        if !fresh {
+            if let Some(c) = self.live_h2() {
+                return Ok(c);
+            }
+        }
+        let (sender, state) = connector.connect(&self.addr, self.protocol()).await?;
+        match sender {
+            Sender::H2(send) => {
+                self.h2.store(Some(Arc::new(H2Conn {
+                    send: send.clone(),
+                    state: state.clone(),
+                })));
+                Ok(Checkout {
+                    sender: Sender::H2(send),
+                    state,
+                    reused: false,
+                })
+            }
+            Sender::H1(send) => {
+                tracing::info!(endpoint = %self.addr, "endpoint negotiated HTTP/1.1; pooling HTTP/1.1 connections to it");
+                self.h1_only.store(true, Ordering::Relaxed);
+                Ok(Checkout {
+                    sender: Sender::H1(send),
+                    state,
+                    reused: false,
+                })
+            }
+        }
+    }
+
+    fn live_h2(&self) -> Option<Checkout<B>> {
+        let guard = self.h2.load();
+        let conn = guard.as_ref()?;
+        if conn.send.is_closed() {
+            return None;
+        }
+        Some(Checkout {
+            sender: Sender::H2(conn.send.clone()),
+            state: conn.state.clone(),
+            reused: true,
+        })
+    }
+
+    async fn checkout_h1(&self, connector: &Connector, fresh: bool) -> Result<Checkout<B>, Error> {
+        if !fresh {
+            if let Some(idle) = self.pop_idle_h1() {
+                return Ok(Checkout {
+                    sender: Sender::H1(idle.send),
+                    state: idle.state,
+                    reused: true,
+                });
+            }
+        }
+        let (sender, state) = connector.connect(&self.addr, self.protocol()).await?;
+        Ok(Checkout {
+            sender,
+            state,
+            reused: false,
+        })
+    }
+
+    fn pop_idle_h1(&self) -> Option<H1Idle<B>> {
+        let mut idle = self.h1_idle.lock().unwrap_or_else(|p| p.into_inner());
+        while let Some(conn) = idle.pop() {
+            if conn.send.is_ready() {
+                return Some(conn);
+            }
+        }
+        None
+    }
+
+    /// Returns an HTTP/1.1 connection to the idle stack once its response has been
+    /// read to the end (hyper reports it ready again only then).
+    fn park_h1_when_ready(&self, mut send: http1::SendRequest<B>, state: Arc<ConnState>)
+    where
+        B: ReqBody,
+    {
+        let stack = self.h1_idle.clone();
+        tokio::spawn(async move {
+            if send.ready().await.is_ok() {
+                let mut idle = stack.lock().unwrap_or_else(|p| p.into_inner());
+                if idle.len() < MAX_IDLE_H1 {
+                    idle.push(H1Idle { send, state });
+                }
+            }
+        });
+    }
+}
+
+/// HTTP/2 carries the target in `:scheme` and `:authority`: the client's Host
+/// becomes the authority (or the endpoint's when there is none).
+fn set_h2_target<B>(req: &mut Request<B>, addr: &EndpointAddr) {
+    let authority = req
+        .headers_mut()
+        .remove(HOST)
+        .and_then(|h| h.to_str().ok().and_then(|h| h.parse().ok()))
+        .unwrap_or_else(|| addr.authority().clone());
+    let mut parts = std::mem::take(req.uri_mut()).into_parts();
+    parts.scheme = Some(if addr.tls {
+        Scheme::HTTPS
+    } else {
+        Scheme::HTTP
+    });
+    parts.authority = Some(authority);
+    if parts.path_and_query.is_none() {
+        parts.path_and_query = Some(PathAndQuery::from_static("/"));
+    }
+    if let Ok(uri) = Uri::from_parts(parts) {
+        *req.uri_mut() = uri;
+    }
+    *req.version_mut() = Version::HTTP_2;
+}
+
+/// HTTP/1.1 sends the origin form and a Host header.
+fn set_h1_target<B>(req: &mut Request<B>, addr: &EndpointAddr) {
+    if !req.headers().contains_key(HOST) {
+        if let Some(authority) = req.uri().authority() {
+            if let Ok(v) = authority.as_str().parse() {
+                req.headers_mut().insert(HOST, v);
+            }
+        } else if let Ok(v) = addr.authority().as_str().parse() {
+            req.headers_mut().insert(HOST, v);
+        }
+    }
+    let pq = req
+        .uri()
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    *req.uri_mut() = Uri::from(pq);
+    *req.version_mut() = Version::HTTP_11;
+}
