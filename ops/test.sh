@@ -6,11 +6,15 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 export DEBIAN_FRONTEND=noninteractive
+# Tests start daemons (dnsmasq) that Debian installs under sbin.
+export PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
 
 # curl drives h1/h2/h2c, gtlsclient (ngtcp2-client) drives h3.
 apt_missing=()
 command -v curl >/dev/null 2>&1 || apt_missing+=(curl)
 command -v gtlsclient >/dev/null 2>&1 || apt_missing+=(ngtcp2-client)
+# dnsmasq (dnsmasq-base) is the real DNS server of the discovery tests.
+command -v dnsmasq >/dev/null 2>&1 || apt_missing+=(dnsmasq-base)
 if ((${#apt_missing[@]} > 0)); then
   apt-get update </dev/null
   apt-get install -y "${apt_missing[@]}" </dev/null

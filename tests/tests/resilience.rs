@@ -10,15 +10,17 @@ use std::time::Duration;
 use anyhow::Context as _;
 use bytes::Bytes;
 use edge_tests::{Edge, EdgeConfig};
-use http_body_util::{BodyExt, Empty};
+use http_body_util::{BodyExt, Full};
 use tokio::io::AsyncBufReadExt;
 use tokio::process::{Child, Command};
 use tokio::time::Instant;
 
-/// A `test-origin` process: its answers' bodies are its port.
+/// A `test-origin` process: its answers' bodies are its port; it logs every
+/// request (`REQ METHOD ID`) it receives, collected in `log`.
 struct OriginProcess {
     child: Child,
     addr: SocketAddr,
+    log: Arc<Mutex<Vec<String>>>,
 }
 
 impl OriginProcess {
@@ -35,9 +37,17 @@ impl OriginProcess {
             .await
             .context("test-origin did not print its address")??
             .context("test-origin exited")?;
+        let log: Arc<Mutex<Vec<String>>> = Arc::default();
+        let sink = log.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                lock(&sink).push(line);
+            }
+        });
         Ok(Self {
             child,
             addr: line.trim().parse()?,
+            log,
         })
     }
 
@@ -66,16 +76,26 @@ type Seen = Arc<Mutex<Vec<(Instant, Result<u16, String>)>>>;
 
 /// `clients` keep-alive clients, each sending a GET every 20 ms, until `until`.
 async fn paced_load(edge: SocketAddr, clients: usize, until: Instant) -> Seen {
+    paced(edge, clients, until, http::Method::GET).await
+}
+
+/// As `paced_load`, with `method`; every request carries a unique `x-request-id`
+/// (client number and sequence).
+async fn paced(edge: SocketAddr, clients: usize, until: Instant, method: http::Method) -> Seen {
     let seen: Seen = Arc::default();
     let mut tasks = Vec::new();
-    for _ in 0..clients {
+    for client in 0..clients {
         let seen = seen.clone();
+        let method = method.clone();
         tasks.push(tokio::spawn(async move {
             let mut pace = tokio::time::interval(Duration::from_millis(20));
             let mut conn = None;
+            let mut seq = 0u64;
             while Instant::now() < until {
                 pace.tick().await;
-                let result = get_port(edge, &mut conn).await;
+                seq += 1;
+                let id = format!("c{client}-{seq}");
+                let result = send(edge, &mut conn, &method, &id).await;
                 if result.is_err() {
                     conn = None;
                 }
@@ -89,9 +109,14 @@ async fn paced_load(edge: SocketAddr, clients: usize, until: Instant) -> Seen {
     seen
 }
 
-type Sender = hyper::client::conn::http1::SendRequest<Empty<Bytes>>;
+type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
 
-async fn get_port(edge: SocketAddr, conn: &mut Option<Sender>) -> Result<u16, String> {
+async fn send(
+    edge: SocketAddr,
+    conn: &mut Option<Sender>,
+    method: &http::Method,
+    id: &str,
+) -> Result<u16, String> {
     if conn.is_none() {
         let stream = tokio::net::TcpStream::connect(edge)
             .await
@@ -105,9 +130,14 @@ async fn get_port(edge: SocketAddr, conn: &mut Option<Sender>) -> Result<u16, St
     }
     let send = conn.as_mut().ok_or("no connection")?;
     send.ready().await.map_err(|e| e.to_string())?;
-    let req = http::Request::get("/")
+    // Body-less, so a proxy *could* replay it: the case that must not happen.
+    let body = Bytes::new();
+    let req = http::Request::builder()
+        .method(method.clone())
+        .uri("/")
         .header("host", "edge.test")
-        .body(Empty::new())
+        .header("x-request-id", id)
+        .body(Full::new(body))
         .map_err(|e| e.to_string())?;
     let resp = tokio::time::timeout(Duration::from_secs(10), send.send_request(req))
         .await
@@ -320,5 +350,55 @@ async fn all_origins_down_answers_503_with_retry_after_once_breakers_open() -> a
             "{url}'s breaker is open (1) or half-open (2): {state:?}\n{metrics}"
         );
     }
+    Ok(())
+}
+
+/// POSTs are not idempotent: when their backend dies, those in flight there may
+/// fail, but none is sent twice (each request id reaches one origin once). They
+/// are body-less, so replaying them would be mechanically possible.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn posts_to_a_dying_origin_fail_at_most_in_flight_and_never_reach_two_origins(
+) -> anyhow::Result<()> {
+    let a = OriginProcess::start("127.0.0.1:0", 50).await?;
+    let b = OriginProcess::start("127.0.0.1:0", 50).await?;
+    let c = OriginProcess::start("127.0.0.1:0", 50).await?;
+    let logs = [a.log.clone(), b.log.clone(), c.log.clone()];
+    let clients = 4;
+    let edge = edge_over(&[&a, &b, &c], &[]).await?;
+    let start = Instant::now();
+    let load = tokio::spawn(paced(
+        edge.http()?,
+        clients,
+        start + Duration::from_secs(6),
+        http::Method::POST,
+    ));
+    tokio::time::sleep_until(start + Duration::from_secs(2)).await; // workload timing
+    b.kill().await?;
+    let seen = load.await?;
+
+    let failures = errors(&seen);
+    assert!(
+        failures.len() <= clients,
+        "at most one POST in flight per client can be lost with its backend: {failures:#?}"
+    );
+    let mut received = std::collections::HashMap::<String, usize>::new();
+    for log in &logs {
+        for line in lock(log).iter() {
+            if let Some(id) = line.strip_prefix("REQ POST ") {
+                *received.entry(id.to_owned()).or_default() += 1;
+            }
+        }
+    }
+    let twice: Vec<_> = received.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(
+        twice.is_empty(),
+        "POSTs delivered more than once: {twice:?}"
+    );
+    let answered = lock(&seen).iter().filter(|(_, r)| r.is_ok()).count();
+    assert!(answered > 200, "the load ran: {answered} answers");
+    assert!(
+        received.len() >= answered,
+        "every answered POST reached an origin"
+    );
     Ok(())
 }

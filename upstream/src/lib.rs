@@ -22,6 +22,7 @@ pub mod breaker;
 mod budget;
 mod clock;
 mod conn;
+pub mod discovery;
 mod endpoint;
 mod error;
 mod pool;

@@ -1,7 +1,8 @@
 //! An origin as a separate process, for tests that SIGKILL or SIGSTOP a backend.
 //! `test-origin ADDR [DELAY_MS]`: HTTP/1.1 and h2c on ADDR; every answer's body is
 //! the port it listens on (so a client sees which origin served it), after
-//! DELAY_MS (default 0). Prints the bound address on stdout.
+//! DELAY_MS (default 0). Prints the bound address on stdout, then one line
+//! `REQ METHOD X-REQUEST-ID` per request as it arrives.
 
 use std::convert::Infallible;
 use std::time::Duration;
@@ -29,8 +30,14 @@ fn main() -> anyhow::Result<()> {
             let (stream, _) = listener.accept().await?;
             let body = body.clone();
             tokio::spawn(async move {
-                let service = hyper::service::service_fn(move |_req: Request<Incoming>| {
+                let service = hyper::service::service_fn(move |req: Request<Incoming>| {
                     let body = body.clone();
+                    let id = req
+                        .headers()
+                        .get("x-request-id")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("-");
+                    println!("REQ {} {id}", req.method());
                     async move {
                         if !delay.is_zero() {
                             // The origin's behaviour under test: a slow backend.
