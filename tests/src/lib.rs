@@ -6,6 +6,7 @@
 //! every process is killed when the test drops it.
 
 pub mod clients;
+pub mod dns;
 pub mod edge;
 pub mod origin;
 pub mod pki;
@@ -15,6 +16,7 @@ pub use clients::{
     curl, curl_timeout, curl_transfer, gtlsclient, h3_requests, h3_requests_sni, python_json,
     raw_http, tls_args, CurlResponse, H3Response, PYTHON_TIMEOUT, REQUEST_TIMEOUT,
 };
+pub use dns::{DnsPool, Dnsmasq};
 pub use edge::{
     run_edge, toml_path, toml_str, workspace_root, Edge, EdgeConfig, PoolConfig, RouteConfig,
 };
