@@ -1,8 +1,9 @@
 //! An origin as a separate process, for tests that SIGKILL or SIGSTOP a backend.
 //! `test-origin ADDR [DELAY_MS]`: HTTP/1.1 and h2c on ADDR; every answer's body is
-//! the port it listens on (so a client sees which origin served it), after
-//! DELAY_MS (default 0). Prints the bound address on stdout, then one line
-//! `REQ METHOD X-REQUEST-ID` per request as it arrives.
+//! the port it listens on (so a client sees which origin served it) and its
+//! `x-origin` header the whole `IP:PORT` (for origins sharing a port on different
+//! loopback addresses), after DELAY_MS (default 0). Prints the bound address on
+//! stdout, then one line `REQ METHOD X-REQUEST-ID` per request as it arrives.
 
 use std::convert::Infallible;
 use std::time::Duration;
@@ -26,12 +27,15 @@ fn main() -> anyhow::Result<()> {
         let local = listener.local_addr()?;
         println!("{local}");
         let body = Bytes::from(local.port().to_string());
+        let origin = http::HeaderValue::try_from(local.to_string())?;
         loop {
             let (stream, _) = listener.accept().await?;
             let body = body.clone();
+            let origin = origin.clone();
             tokio::spawn(async move {
                 let service = hyper::service::service_fn(move |req: Request<Incoming>| {
                     let body = body.clone();
+                    let origin = origin.clone();
                     let id = req
                         .headers()
                         .get("x-request-id")
@@ -43,7 +47,9 @@ fn main() -> anyhow::Result<()> {
                             // The origin's behaviour under test: a slow backend.
                             tokio::time::sleep(delay).await;
                         }
-                        Ok::<_, Infallible>(Response::new(Full::new(body)))
+                        let mut resp = Response::new(Full::new(body));
+                        resp.headers_mut().insert("x-origin", origin);
+                        Ok::<_, Infallible>(resp)
                     }
                 });
                 let _ = auto::Builder::new(TokioExecutor::new())
