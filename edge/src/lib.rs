@@ -29,6 +29,13 @@ pub enum Error {
         #[source]
         source: rustls::Error,
     },
+    /// A DNS pool's first lookup failed.
+    #[error("pool {pool}")]
+    Discovery {
+        pool: String,
+        #[source]
+        source: upstream::discovery::DiscoveryError,
+    },
     /// Anything else that stops start-up, described.
     #[error("{0}")]
     Setup(String),

@@ -44,6 +44,8 @@ struct EndpointMetrics {
     ewma: GaugeVec,
     retries: IntCounterVec,
     budget_exhausted: IntCounterVec,
+    dns_failures: IntGaugeVec,
+    dns_age: GaugeVec,
 }
 
 impl EndpointMetrics {
@@ -84,6 +86,22 @@ impl EndpointMetrics {
             ),
             &["backend"],
         )?;
+        let dns_failures = IntGaugeVec::new(
+            Opts::new(
+                "proxy_dns_failures",
+                "Consecutive failed DNS lookups of a DNS pool (0 while DNS answers).",
+            ),
+            &["backend"],
+        )?;
+        let dns_age = GaugeVec::new(
+            Opts::new(
+                "proxy_dns_last_success_age_seconds",
+                "Age of a DNS pool's endpoint set: time since the last good answer.",
+            ),
+            &["backend"],
+        )?;
+        registry.register(Box::new(dns_failures.clone()))?;
+        registry.register(Box::new(dns_age.clone()))?;
         registry.register(Box::new(breaker.clone()))?;
         registry.register(Box::new(in_flight.clone()))?;
         registry.register(Box::new(ewma.clone()))?;
@@ -95,6 +113,8 @@ impl EndpointMetrics {
             ewma,
             retries,
             budget_exhausted,
+            dns_failures,
+            dns_age,
         })
     }
 }
@@ -180,7 +200,16 @@ impl Metrics {
         m.breaker.reset();
         m.in_flight.reset();
         m.ewma.reset();
+        m.dns_failures.reset();
+        m.dns_age.reset();
         for (pool, status) in pools {
+            if let Some(dns) = &status.dns {
+                let failures = i64::try_from(dns.failures).unwrap_or(i64::MAX);
+                m.dns_failures.with_label_values(&[pool]).set(failures);
+                m.dns_age
+                    .with_label_values(&[pool])
+                    .set(dns.last_success_age.as_secs_f64());
+            }
             for e in &status.endpoints {
                 let labels = [pool, e.endpoint.as_str()];
                 m.breaker

@@ -41,7 +41,7 @@ pub type Reloader = Box<dyn Fn() -> Result<Config, config::ConfigErrors> + Send 
 /// Runs the edge until SIGTERM or SIGINT, then drains. SIGHUP reloads through
 /// `reload` (when the edge was started from a file).
 pub async fn run(config: Config, reload: Option<Reloader>) -> Result<(), Error> {
-    let proxy = Proxy::new(&config)?;
+    let proxy = Proxy::build(&config).await?;
     let resolver = Arc::new(if config.tls.certificates.is_empty() {
         tracing::info!("no certificate configured: generated a self-signed certificate for localhost, 127.0.0.1 and ::1");
         CertResolver::self_signed()?
@@ -150,7 +150,7 @@ async fn wait_for_signals(shared: &Shared, reload: Option<&Reloader>) {
             _ = term.recv() => return,
             _ = int.recv() => return,
             _ = hup.recv() => match reload {
-                Some(reload) => apply_reload(shared, reload),
+                                Some(reload) => apply_reload(shared, reload).await,
                 None => tracing::warn!("SIGHUP: started without a config file, nothing to reload"),
             },
         }
@@ -159,7 +159,7 @@ async fn wait_for_signals(shared: &Shared, reload: Option<&Reloader>) {
 
 /// Validates the new config whole, then swaps the pipeline; on any error the
 /// running config keeps serving. Listener settings take effect on restart only.
-fn apply_reload(shared: &Shared, reload: &Reloader) {
+async fn apply_reload(shared: &Shared, reload: &Reloader) {
     let config = match reload() {
         Ok(c) => c,
         Err(errors) => {
@@ -170,7 +170,7 @@ fn apply_reload(shared: &Shared, reload: &Reloader) {
             return tracing::error!("reload refused: the running config keeps serving");
         }
     };
-    let proxy = match Proxy::new(&config) {
+    let proxy = match Proxy::build(&config).await {
         Ok(p) => p,
         Err(e) => {
             shared.metrics.reload(false);

@@ -10,6 +10,8 @@ use std::time::Duration;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Policy {
     RoundRobin,
+    /// Smooth weighted round robin (nginx's), weights from config or SRV records.
+    WeightedRoundRobin,
     /// Power of two choices on peak-EWMA latency × (in flight + 1).
     LeastRequest,
 }

@@ -87,7 +87,7 @@ impl Connector {
         if let Err(e) = tcp.set_nodelay(true) {
             tracing::debug!(endpoint = %addr, error = %e, "TCP_NODELAY not set");
         }
-        let Some(tls) = &self.tls else {
+        let Some(tls) = self.tls.as_ref().filter(|_| addr.tls) else {
             return Ok(Io::Plain(tcp));
         };
         let name = ServerName::try_from(addr.host.clone()).map_err(|e| Error::Tls {

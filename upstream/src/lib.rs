@@ -25,14 +25,16 @@ mod conn;
 pub mod discovery;
 mod endpoint;
 mod error;
+pub mod hash_ring;
 mod pool;
+pub mod wrr;
 
 pub use balance::Policy;
 pub use body::UpstreamBody;
 pub use breaker::BreakerConfig;
 pub use endpoint::{EndpointAddr, ParseEndpointError};
 pub use error::Error;
-pub use pool::{EndpointStatus, Pool, PoolConfig, PoolStatus, Protocol};
+pub use pool::{DnsStatus, EndpointStatus, Pool, PoolConfig, PoolStatus, Protocol};
 
 /// The error type request and response bodies carry through the proxy.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

@@ -2,9 +2,10 @@
 //! endpoint's failure (retry elsewhere when provably safe, within a budget).
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use rustls::pki_types::CertificateDer;
@@ -16,8 +17,10 @@ use crate::breaker::{Admit, BreakerConfig, State};
 use crate::budget::RetryBudget;
 use crate::clock::now_ms;
 use crate::conn::Connector;
+use crate::discovery::Resolution;
 use crate::endpoint::EndpointAddr;
 use crate::error::Error;
+use crate::wrr::SmoothWrr;
 use crate::BoxError;
 
 /// What a request body must be to travel upstream. `Default` is the empty body,
@@ -95,7 +98,13 @@ impl PoolConfig {
 /// A set of endpoints serving one backend, with pooled connections to each.
 pub struct Pool<B> {
     name: String,
-    backends: Vec<Backend<B>>,
+    members: ArcSwap<Members<B>>,
+    protocol: Protocol,
+    breaker: BreakerConfig,
+    /// The discovery feed, when endpoints come from DNS (kept for its status).
+    dns: Mutex<Option<tokio::sync::watch::Receiver<Resolution>>>,
+    /// Dropped with the pool, which ends the task following discovery.
+    _alive: tokio::sync::watch::Sender<()>,
     connector: Connector,
     response_timeout: Duration,
     policy: Policy,
@@ -107,6 +116,33 @@ pub struct Pool<B> {
     in_flight: Arc<AtomicUsize>,
     retries: AtomicU64,
     budget_exhausted: AtomicU64,
+}
+
+/// The endpoint set requests go to, swapped whole when discovery changes it.
+/// Requests in flight keep the snapshot they started with, so a removed endpoint
+/// finishes them (drains) and closes its connections when the last one ends.
+struct Members<B> {
+    backends: Vec<Arc<Backend<B>>>,
+    /// Smooth weighted round robin over `backends` (weights from config or SRV).
+    wrr: Mutex<SmoothWrr>,
+}
+
+impl<B> Members<B> {
+    fn new(backends: Vec<Arc<Backend<B>>>, weights: &[u32]) -> Self {
+        Self {
+            backends,
+            wrr: Mutex::new(SmoothWrr::new(weights)),
+        }
+    }
+}
+
+/// Discovery's health, for metrics.
+#[derive(Clone, Debug)]
+pub struct DnsStatus {
+    /// Consecutive failed lookups (0 while DNS answers).
+    pub failures: u64,
+    /// Age of the set in use: time since the last good answer.
+    pub last_success_age: Duration,
 }
 
 /// One endpoint's state, for metrics.
@@ -123,25 +159,28 @@ pub struct EndpointStatus {
 pub struct PoolStatus {
     pub retries: u64,
     pub budget_exhausted: u64,
+    pub dns: Option<DnsStatus>,
     pub endpoints: Vec<EndpointStatus>,
 }
 
 impl<B: ReqBody> Pool<B> {
     /// Builds a pool; fails only when an extra root certificate is unusable.
     pub fn new(cfg: PoolConfig) -> Result<Self, rustls::Error> {
-        let tls = if cfg.endpoints.iter().any(|e| e.tls) {
-            Some(tls_connector(&cfg)?)
-        } else {
-            None
-        };
+        // Discovery may bring https endpoints later, so TLS is always ready.
+        let tls = Some(tls_connector(&cfg)?);
         let backends = cfg
             .endpoints
             .iter()
-            .map(|addr| Backend::new(addr.clone(), cfg.protocol, cfg.breaker))
+            .map(|addr| Arc::new(Backend::new(addr.clone(), cfg.protocol, cfg.breaker)))
             .collect();
+        let weights = vec![1; cfg.endpoints.len()];
         Ok(Self {
             name: cfg.name,
-            backends,
+            members: ArcSwap::from_pointee(Members::new(backends, &weights)),
+            protocol: cfg.protocol,
+            breaker: cfg.breaker,
+            dns: Mutex::new(None),
+            _alive: tokio::sync::watch::channel(()).0,
             connector: Connector {
                 connect_timeout: cfg.connect_timeout,
                 idle_timeout: cfg.idle_timeout,
@@ -164,6 +203,60 @@ impl<B: ReqBody> Pool<B> {
         &self.name
     }
 
+    /// Replaces the endpoint set. Endpoints that stay keep their connections,
+    /// breaker and latency estimate; new ones start fresh.
+    pub fn set_endpoints(&self, endpoints: &[(EndpointAddr, u32)]) {
+        let current = self.members.load();
+        let backends: Vec<_> = endpoints
+            .iter()
+            .map(|(addr, _)| {
+                current
+                    .backends
+                    .iter()
+                    .find(|b| b.addr == *addr)
+                    .cloned()
+                    .unwrap_or_else(|| {
+                        Arc::new(Backend::new(addr.clone(), self.protocol, self.breaker))
+                    })
+            })
+            .collect();
+        let weights: Vec<u32> = endpoints.iter().map(|(_, w)| *w).collect();
+        self.members
+            .store(Arc::new(Members::new(backends, &weights)));
+    }
+
+    /// Takes endpoints from DNS discovery from now on: the current answer at
+    /// once, then every change, until the pool is dropped. SRV answers use their
+    /// lowest priority only (the others are backups, RFC 2782).
+    pub fn follow(self: &Arc<Self>, mut rx: tokio::sync::watch::Receiver<Resolution>) {
+        self.apply(&rx.borrow_and_update());
+        *self.dns.lock().unwrap_or_else(|p| p.into_inner()) = Some(rx.clone());
+        let pool = Arc::downgrade(self);
+        let mut alive = self._alive.subscribe();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    changed = rx.changed() => if changed.is_err() { return },
+                    _ = alive.changed() => return,
+                }
+                let Some(pool) = pool.upgrade() else { return };
+                let resolution = rx.borrow_and_update().clone();
+                pool.apply(&resolution);
+            }
+        });
+    }
+
+    fn apply(&self, resolution: &Resolution) {
+        let best = resolution.endpoints.iter().map(|d| d.priority).min();
+        let endpoints: Vec<_> = resolution
+            .endpoints
+            .iter()
+            .filter(|d| Some(d.priority) == best)
+            .map(|d| (d.addr.clone(), d.weight))
+            .collect();
+        self.set_endpoints(&endpoints);
+    }
+
     /// Sends `req`, trying again elsewhere when that is provably safe: when
     /// nothing was sent (no connection, or hyper handed the request back), or when
     /// a body-less safe request failed before its response (reset, timeout, or a
@@ -177,13 +270,14 @@ impl<B: ReqBody> Pool<B> {
         let safe_replay = replay.as_ref().filter(|r| r.idempotent);
         let mut tried = Tried::default();
         let mut req = req;
+        let members = self.members.load_full();
         loop {
-            let Some((i, admit)) = self.choose(&tried) else {
+            let Some((i, admit)) = self.choose(&members, &tried) else {
                 return Err(Error::NoEndpoints {
                     pool: self.name.clone(),
                 });
             };
-            let backend = &self.backends[i];
+            let backend = &members.backends[i];
             let fresh = tried.contains(i);
             tried.push(i);
             let mut attempt = Attempt::new(backend, admit);
@@ -207,7 +301,7 @@ impl<B: ReqBody> Pool<B> {
                                 endpoint: backend.addr.to_string(),
                                 status: resp.status(),
                             };
-                            if !self.has_untried(&tried) || !self.may_retry(&tried) {
+                            if !self.has_untried(&members, &tried) || !self.may_retry(&tried) {
                                 return Ok(resp);
                             }
                             (error, r.rebuild(), true)
@@ -229,7 +323,7 @@ impl<B: ReqBody> Pool<B> {
                     }
                 }
             };
-            if (elsewhere_only && !self.has_untried(&tried)) || !self.may_retry(&tried) {
+            if (elsewhere_only && !self.has_untried(&members, &tried)) || !self.may_retry(&tried) {
                 return Err(error);
             }
             tracing::debug!(pool = %self.name, error = %error, "trying again on another connection");
@@ -238,10 +332,10 @@ impl<B: ReqBody> Pool<B> {
     }
 
     /// Whether an endpoint not tried yet could take a request now.
-    fn has_untried(&self, tried: &Tried) -> bool {
+    fn has_untried(&self, members: &Members<B>, tried: &Tried) -> bool {
         let now = now_ms();
-        (0..self.backends.len())
-            .any(|i| !tried.contains(i) && self.backends[i].breaker().available(now))
+        let backends = &members.backends;
+        (0..backends.len()).any(|i| !tried.contains(i) && backends[i].breaker().available(now))
     }
 
     /// Whether another try is allowed: tries left, and budget left (counted).
@@ -271,16 +365,17 @@ impl<B: ReqBody> Pool<B> {
     }
 
     /// An endpoint whose breaker admits a request, preferring ones not tried yet.
-    fn choose(&self, tried: &Tried) -> Option<(usize, Admit)> {
+    fn choose(&self, members: &Members<B>, tried: &Tried) -> Option<(usize, Admit)> {
         let now = now_ms();
-        let n = self.backends.len();
-        let available = |i: usize| self.backends[i].breaker().available(now);
+        let backends = &members.backends;
+        let n = backends.len();
+        let available = |i: usize| backends[i].breaker().available(now);
         let untried = |i: usize| !tried.contains(i) && available(i);
         for _ in 0..3 {
             let i = self
-                .pick(n, &untried)
-                .or_else(|| self.pick(n, &available))?;
-            match self.backends[i].breaker().try_acquire(now) {
+                .pick(members, n, &untried)
+                .or_else(|| self.pick(members, n, &available))?;
+            match backends[i].breaker().try_acquire(now) {
                 Admit::No => continue,
                 admit => return Some((i, admit)),
             }
@@ -288,30 +383,51 @@ impl<B: ReqBody> Pool<B> {
         None
     }
 
-    fn pick(&self, n: usize, ok: &impl Fn(usize) -> bool) -> Option<usize> {
+    fn pick(&self, members: &Members<B>, n: usize, ok: &impl Fn(usize) -> bool) -> Option<usize> {
         match self.policy {
             Policy::RoundRobin => {
                 pick_round_robin(n, self.next.fetch_add(1, Ordering::Relaxed), ok)
             }
+            Policy::WeightedRoundRobin => members
+                .wrr
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .pick(ok),
             Policy::LeastRequest => {
                 let now = now_ms();
+                let backends = &members.backends;
                 pick_p2c(
                     n,
                     ok,
-                    |i| self.backends[i].load.cost(now),
+                    |i| backends[i].load.cost(now),
                     |m| fastrand::usize(..m),
                 )
             }
         }
     }
 
-    /// Counters and per-endpoint state, for metrics.
+    /// Counters, discovery health and per-endpoint state, for metrics.
     pub fn status(&self) -> PoolStatus {
         let now = now_ms();
+        let dns = self
+            .dns
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map(|rx| {
+                let r = rx.borrow();
+                DnsStatus {
+                    failures: r.failures,
+                    last_success_age: r.refreshed_at.elapsed(),
+                }
+            });
         PoolStatus {
             retries: self.retries.load(Ordering::Relaxed),
             budget_exhausted: self.budget_exhausted.load(Ordering::Relaxed),
+            dns,
             endpoints: self
+                .members
+                .load()
                 .backends
                 .iter()
                 .map(|b| EndpointStatus {

@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use ipnet::IpNet;
+use upstream::discovery::{DnsConfig, RecordKind};
 use upstream::{EndpointAddr, Policy, PoolConfig, Protocol};
 
 pub use walk::{ConfigError, ConfigErrors};
@@ -83,6 +84,8 @@ pub struct Pool {
     pub settings: PoolConfig,
     /// PEM CA bundle read into `settings.extra_roots` at start.
     pub ca: Option<PathBuf>,
+    /// Endpoints from DNS instead of `settings.endpoints`.
+    pub dns: Option<DnsConfig>,
 }
 
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:8443";
@@ -108,6 +111,7 @@ impl Pool {
         Self {
             settings: PoolConfig::new(name, endpoints),
             ca: None,
+            dns: None,
         }
     }
 
@@ -352,13 +356,17 @@ fn read_pools(cx: &mut Cx<'_>, root: &mut Table<'_>, base: &Path) -> Vec<Pool> {
                 }
             }
         }
-        if urls.is_empty() {
-            let line = t.line_of(cx, "endpoints");
-            cx.error(
-                line,
-                &t.path("endpoints"),
-                "a pool needs at least one endpoint",
-            );
+        let dns = read_dns(cx, &mut t);
+        match (urls.is_empty(), dns.is_some()) {
+            (true, false) => {
+                let line = t.line_of(cx, "endpoints");
+                cx.error(line, &t.path("endpoints"), "a pool needs endpoints or dns");
+            }
+            (false, true) => {
+                let line = t.line_of(cx, "dns");
+                cx.error(line, &t.path("dns"), "give endpoints or dns, not both");
+            }
+            _ => {}
         }
         pool.protocol = t.opt(cx, "protocol").unwrap_or(pool.protocol);
         pool.connect_timeout = positive(cx, &mut t, "connect_timeout", pool.connect_timeout);
@@ -377,9 +385,66 @@ fn read_pools(cx: &mut Cx<'_>, root: &mut Table<'_>, base: &Path) -> Vec<Pool> {
             }
         }
         t.finish(cx);
-        pools.push(Pool { settings: pool, ca });
+        pools.push(Pool {
+            settings: pool,
+            ca,
+            dns,
+        });
     }
     pools
+}
+
+/// `dns = { name = ..., kind = "a" | "srv", port, tls, nameservers, ttl_floor, ttl_ceiling, timeout }`.
+fn read_dns(cx: &mut Cx<'_>, pool: &mut Table<'_>) -> Option<DnsConfig> {
+    let mut t = pool.table(cx, "dns")?;
+    let kind = match t.opt::<String>(cx, "kind").as_deref() {
+        None | Some("a") => RecordKind::Address,
+        Some("srv") => RecordKind::Srv,
+        Some(other) => {
+            let line = t.line_of(cx, "kind");
+            cx.error(
+                line,
+                &t.path("kind"),
+                format!("expected \"a\" or \"srv\", found {other:?}"),
+            );
+            RecordKind::Address
+        }
+    };
+    let name = t.opt::<String>(cx, "name");
+    let port = t.opt::<u16>(cx, "port");
+    if name.is_none() {
+        let line = t.line();
+        cx.error(line, &t.path("name"), "missing (required)");
+    }
+    if kind == RecordKind::Address && port.is_none() {
+        let line = t.line();
+        cx.error(
+            line,
+            &t.path("port"),
+            "missing (required for A/AAAA records)",
+        );
+    }
+    let mut dns = match kind {
+        RecordKind::Address => {
+            DnsConfig::address(name.clone().unwrap_or_default(), port.unwrap_or(0))
+        }
+        RecordKind::Srv => DnsConfig::srv(name.clone().unwrap_or_default()),
+    };
+    dns.tls = t.or(cx, "tls", dns.tls);
+    dns.nameservers = t.or(cx, "nameservers", dns.nameservers);
+    dns.ttl_floor = positive(cx, &mut t, "ttl_floor", dns.ttl_floor);
+    dns.ttl_ceiling = positive(cx, &mut t, "ttl_ceiling", dns.ttl_ceiling);
+    dns.timeout = positive(cx, &mut t, "timeout", dns.timeout);
+    if dns.ttl_ceiling < dns.ttl_floor {
+        let line = t.line_of(cx, "ttl_ceiling");
+        cx.error(
+            line,
+            &t.path("ttl_ceiling"),
+            "must not be shorter than ttl_floor",
+        );
+    }
+    t.finish(cx);
+    name.map(|_| dns)
 }
 
 /// Balancing, retries, breaker and limits of one pool.
@@ -426,12 +491,13 @@ impl FromToml for Policy {
     fn from_toml(v: &toml_edit::Value) -> Result<Self, String> {
         match v.as_str() {
             Some("least_request") => Ok(Policy::LeastRequest),
-            Some("round_robin") => Ok(Policy::RoundRobin),
+                        Some("round_robin") => Ok(Policy::RoundRobin),
+            Some("weighted_round_robin") => Ok(Policy::WeightedRoundRobin),
             Some(other) => Err(format!(
-                "expected \"least_request\" or \"round_robin\", found {other:?}"
+                "expected \"least_request\", \"round_robin\" or \"weighted_round_robin\", found {other:?}"
             )),
             None => Err(format!(
-                "expected \"least_request\" or \"round_robin\", found {}",
+                "expected \"least_request\", \"round_robin\" or \"weighted_round_robin\", found {}",
                 v.type_name()
             )),
         }

@@ -8,6 +8,7 @@
 mod headers;
 mod route;
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use http::{HeaderValue, Request, Response, Version};
@@ -25,7 +26,7 @@ use crate::metrics::{Metrics, Proto};
 /// Everything the pipeline needs, built from one config and swapped whole on reload.
 pub struct Proxy {
     routes: Routes,
-    pools: Vec<Pool<Body>>,
+    pools: Vec<Arc<Pool<Body>>>,
     trusted: Vec<IpNet>,
     /// Header fields a request may carry.
     max_headers: usize,
@@ -37,10 +38,22 @@ pub struct Proxy {
 const NO_BACKEND: &str = "none";
 
 impl Proxy {
-    pub fn new(config: &Config) -> Result<Self, crate::Error> {
+    /// Builds every pool; a DNS pool resolves once first, and a failure of that
+    /// first lookup is an error (there is no last-known-good set yet).
+    pub async fn build(config: &Config) -> Result<Self, crate::Error> {
         let mut pools = Vec::with_capacity(config.pools.len());
         for p in &config.pools {
-            pools.push(crate::server::build_pool(p)?);
+            let pool = Arc::new(crate::server::build_pool(p)?);
+            if let Some(dns) = &p.dns {
+                let rx = upstream::discovery::watch(dns.clone())
+                    .await
+                    .map_err(|source| crate::Error::Discovery {
+                        pool: p.name().to_owned(),
+                        source,
+                    })?;
+                pool.follow(rx);
+            }
+            pools.push(pool);
         }
         let routes = Routes::new(&config.routes, |name| {
             config.pools.iter().position(|p| p.name() == name)
