@@ -1,0 +1,598 @@
+//! Pools whose endpoints come from DNS: a real dnsmasq answers for `api.internal`
+//! with a 1 s TTL, origins are `test-origin` processes on 127.0.0.11, .12 and .13
+//! sharing one port (each answer's `x-origin` header names the one that served it),
+//! and the load is real HTTP/1.1 keep-alive clients in this process.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{bail, Context as _};
+use bytes::Bytes;
+use edge_tests::dns::{self, DnsPool, Dnsmasq, TTL};
+use edge_tests::process::Finished;
+use edge_tests::{run_edge, Edge, EdgeConfig, Pki};
+use http_body_util::{BodyExt, Empty};
+use tokio::io::AsyncBufReadExt;
+use tokio::process::{Child, Command};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+const API: &str = "api.internal";
+const SRV: &str = "_http._tcp.api.internal";
+const RUN_TIMEOUT: Duration = Duration::from_secs(20);
+
+fn ip(last: u8) -> IpAddr {
+    IpAddr::from([127, 0, 0, last])
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// A `test-origin` process; `requests` holds when each `REQ METHOD ID` line it
+/// printed (one per request, as it arrives) was read.
+struct OriginProcess {
+    child: Child,
+    addr: SocketAddr,
+    requests: Arc<Mutex<Vec<Instant>>>,
+}
+
+impl OriginProcess {
+    async fn start(addr: SocketAddr) -> anyhow::Result<Self> {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_test-origin"))
+            .arg(addr.to_string())
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .context("starting test-origin")?;
+        let stdout = child.stdout.take().context("test-origin stdout")?;
+        let mut lines = tokio::io::BufReader::new(stdout).lines();
+        let line = tokio::time::timeout(Duration::from_secs(10), lines.next_line())
+            .await
+            .context("test-origin did not print its address")??
+            .with_context(|| format!("test-origin on {addr} exited"))?;
+        let requests: Arc<Mutex<Vec<Instant>>> = Arc::default();
+        let sink = requests.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                if line.starts_with("REQ ") {
+                    lock(&sink).push(Instant::now());
+                }
+            }
+        });
+        Ok(Self {
+            child,
+            addr: line.trim().parse()?,
+            requests,
+        })
+    }
+
+    /// Requests that arrived at or after `from`.
+    fn requests_since(&self, from: Instant) -> Vec<Instant> {
+        lock(&self.requests)
+            .iter()
+            .copied()
+            .filter(|at| *at >= from)
+            .collect()
+    }
+}
+
+impl Drop for OriginProcess {
+    fn drop(&mut self) {
+        // kill_on_drop signals exactly this child; nothing more to do but say so.
+        let _ = self.child.start_kill();
+    }
+}
+
+/// One origin on each of `ips`, all on one port free on every one of them.
+async fn origins_on_one_port(ips: &[IpAddr]) -> anyhow::Result<(u16, Vec<OriginProcess>)> {
+    let mut last = None;
+    // The port is free when picked but could be taken before the origins bind it.
+    for _ in 0..5 {
+        let port = dns::common_free_port(ips)?;
+        let mut origins = Vec::new();
+        for ip in ips {
+            match OriginProcess::start(SocketAddr::new(*ip, port)).await {
+                Ok(origin) => origins.push(origin),
+                Err(e) => {
+                    last = Some(e);
+                    break;
+                }
+            }
+        }
+        if origins.len() == ips.len() {
+            return Ok((port, origins));
+        }
+    }
+    Err(last.unwrap_or_else(|| anyhow::anyhow!("no origins started")))
+}
+
+/// Edge with pool `default` discovered by `dns`, plus `settings` (TOML values) on it.
+async fn edge_with_dns(dns: &DnsPool, settings: &[(&str, &str)]) -> anyhow::Result<Edge> {
+    let mut config = EdgeConfig::new("http://127.0.0.1:9");
+    for (key, value) in settings {
+        config = config.pool_setting(key, value);
+    }
+    let dir = tempfile::tempdir()?;
+    let pki = Pki::generate(dir.path())?;
+    let toml = dns::with_dns(&config.to_toml(&pki), "default", dns, false)?;
+    Edge::start_with_toml(dir, pki, &toml).await
+}
+
+type Sender = hyper::client::conn::http1::SendRequest<Empty<Bytes>>;
+
+/// One GET over the keep-alive connection in `conn` (opened first if there is
+/// none): the status, the `x-origin` header and the body.
+async fn get(
+    to: SocketAddr,
+    conn: &mut Option<Sender>,
+    path: &str,
+    id: &str,
+) -> Result<(http::StatusCode, Option<String>, String), String> {
+    if conn.is_none() {
+        let stream = tokio::net::TcpStream::connect(to)
+            .await
+            .map_err(|e| e.to_string())?;
+        let (send, driver) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                .await
+                .map_err(|e| e.to_string())?;
+        tokio::spawn(driver);
+        *conn = Some(send);
+    }
+    let send = conn.as_mut().ok_or("no connection")?;
+    send.ready().await.map_err(|e| e.to_string())?;
+    let req = http::Request::get(path)
+        .header("host", "edge.test")
+        .header("x-request-id", id)
+        .body(Empty::new())
+        .map_err(|e| e.to_string())?;
+    let resp = tokio::time::timeout(Duration::from_secs(10), send.send_request(req))
+        .await
+        .map_err(|_| "client timeout".to_owned())?
+        .map_err(|e| e.to_string())?;
+    let status = resp.status();
+    let origin = resp
+        .headers()
+        .get("x-origin")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    Ok((status, origin, String::from_utf8_lossy(&body).into_owned()))
+}
+
+/// One proxied GET: the origin that answered, or what went wrong; the connection
+/// is dropped after an error.
+async fn proxied(
+    edge: SocketAddr,
+    conn: &mut Option<Sender>,
+    id: &str,
+) -> Result<SocketAddr, String> {
+    let result = match get(edge, conn, "/", id).await {
+        Ok((status, Some(origin), body)) if status == 200 => origin
+            .parse::<SocketAddr>()
+            .map_err(|_| format!("bad x-origin {origin:?}"))
+            .and_then(|addr| {
+                if body.trim() == addr.port().to_string() {
+                    Ok(addr)
+                } else {
+                    Err(format!("body {body:?} is not the port of {addr}"))
+                }
+            }),
+        Ok((status, origin, body)) => Err(format!("{status} (x-origin {origin:?}): {body}")),
+        Err(e) => Err(e),
+    };
+    if result.is_err() {
+        *conn = None;
+    }
+    result
+}
+
+/// One answer seen by the load: when, and which origin (or what went wrong).
+type Seen = Arc<Mutex<Vec<(Instant, Result<SocketAddr, String>)>>>;
+
+/// Keep-alive clients, each sending a GET every `every`, until stopped.
+struct Load {
+    seen: Seen,
+    stop: Arc<AtomicBool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Load {
+    fn start(edge: SocketAddr, clients: usize, every: Duration) -> Self {
+        let seen: Seen = Arc::default();
+        let stop = Arc::new(AtomicBool::new(false));
+        let tasks = (0..clients)
+            .map(|client| {
+                let (seen, stop) = (seen.clone(), stop.clone());
+                tokio::spawn(async move {
+                    let mut pace = tokio::time::interval(every);
+                    let mut conn = None;
+                    let mut seq = 0u64;
+                    while !stop.load(Ordering::Relaxed) {
+                        pace.tick().await;
+                        seq += 1;
+                        let result = proxied(edge, &mut conn, &format!("c{client}-{seq}")).await;
+                        lock(&seen).push((Instant::now(), result));
+                    }
+                })
+            })
+            .collect();
+        Self { seen, stop, tasks }
+    }
+
+    /// When `origin` first answered at or after `from`.
+    fn first_answer_from(&self, origin: SocketAddr, from: Instant) -> Option<Instant> {
+        lock(&self.seen)
+            .iter()
+            .find(|(at, r)| *at >= from && r.as_ref().ok() == Some(&origin))
+            .map(|(at, _)| *at)
+    }
+
+    async fn finish(self) -> anyhow::Result<Vec<(Instant, Result<SocketAddr, String>)>> {
+        self.stop.store(true, Ordering::Relaxed);
+        for task in self.tasks {
+            task.await?;
+        }
+        Ok(std::mem::take(&mut *lock(&self.seen)))
+    }
+}
+
+fn errors(seen: &[(Instant, Result<SocketAddr, String>)]) -> Vec<String> {
+    seen.iter().filter_map(|(_, r)| r.clone().err()).collect()
+}
+
+/// Answers from `origin` within `[from, to)`.
+fn served_by(
+    seen: &[(Instant, Result<SocketAddr, String>)],
+    origin: SocketAddr,
+    from: Instant,
+    to: Instant,
+) -> usize {
+    seen.iter()
+        .filter(|(at, r)| *at >= from && *at < to && r.as_ref().ok() == Some(&origin))
+        .count()
+}
+
+/// Polls `condition` every 20 ms until it gives a value or `within` passes.
+async fn wait_for<T>(
+    what: &str,
+    within: Duration,
+    mut condition: impl FnMut() -> Option<T>,
+) -> anyhow::Result<T> {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(value) = condition() {
+            return Ok(value);
+        }
+        if Instant::now() >= deadline {
+            bail!("timed out after {within:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The value of the metric line starting with `series` (name and labels) on edge's
+/// `/metrics`, with the whole page.
+async fn metric(edge: &Edge, series: &str) -> anyhow::Result<(Option<f64>, String)> {
+    let (status, _, page) = get(edge.admin()?, &mut None, "/metrics", "metrics")
+        .await
+        .map_err(anyhow::Error::msg)?;
+    anyhow::ensure!(status == 200, "/metrics answered {status}:\n{page}");
+    let value = page
+        .lines()
+        .find(|l| l.starts_with(&format!("{series} ")))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok());
+    Ok((value, page))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dns_pool_follows_record_changes_and_drains_removed_endpoints() -> anyhow::Result<()> {
+    let (port, origins) = origins_on_one_port(&[ip(11), ip(12), ip(13)]).await?;
+    let [o11, o12, o13] = [&origins[0], &origins[1], &origins[2]];
+    let dnsmasq = Dnsmasq::start(&dns::hosts(API, &[ip(11), ip(12)]), "").await?;
+    let edge = edge_with_dns(&DnsPool::address(API, port, dnsmasq.addr()), &[]).await?;
+    let start = Instant::now();
+    let load = Load::start(edge.http()?, 4, Duration::from_millis(20));
+
+    wait_for("answers from .11 and .12", Duration::from_secs(5), || {
+        let both = load.first_answer_from(o11.addr, start).is_some()
+            && load.first_answer_from(o12.addr, start).is_some();
+        both.then_some(())
+    })
+    .await?;
+    tokio::time::sleep(Duration::from_secs(1)).await; // workload timing: steady load first
+    dnsmasq.set_hosts(&dns::hosts(API, &[ip(12), ip(13)]))?;
+    let changed = Instant::now();
+    // The record TTL (1 s) plus a second for the refresh tick.
+    let within = TTL + Duration::from_secs(2);
+    let first_13 = wait_for(".13 answering", within, || {
+        load.first_answer_from(o13.addr, changed)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await; // workload timing: after the change
+    let seen = load.finish().await?;
+    let first_13 = first_13?;
+    let end = Instant::now();
+    let since_change = |at: Instant| {
+        let (after, before) = (
+            at.saturating_duration_since(changed),
+            changed.saturating_duration_since(at),
+        );
+        after.as_secs_f64() - before.as_secs_f64()
+    };
+    eprintln!(
+        "{} answers; after the change (s): .13 first answered {:.3}, .11 last received {:?}",
+        seen.len(),
+        since_change(first_13),
+        o11.requests_since(start).last().copied().map(since_change),
+    );
+
+    assert_eq!(errors(&seen), Vec::<String>::new(), "client-visible errors");
+    assert!(
+        served_by(&seen, o13.addr, start, changed) == 0,
+        ".13 answered before its record existed"
+    );
+    assert!(
+        first_13 - changed <= within,
+        ".13 first answered {:?} after the change",
+        first_13 - changed
+    );
+    assert!(
+        served_by(&seen, o12.addr, first_13, end) > 0,
+        ".12, in both sets, kept serving"
+    );
+    // Requests in flight at the change may still finish on .11; nothing new goes there.
+    let drained = first_13 + Duration::from_secs(1);
+    let late = o11.requests_since(drained);
+    assert!(
+        late.is_empty(),
+        ".11 received {} requests more than 1 s after .13 first answered (the last {:?} after)",
+        late.len(),
+        late.last().map(|at| *at - first_13)
+    );
+    assert!(
+        !o11.requests_since(start).is_empty() && !o13.requests_since(changed).is_empty(),
+        "origins' own logs agree: .11 served before, .13 after"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn srv_weights_split_traffic_one_to_three() -> anyhow::Result<()> {
+    let (port, origins) = origins_on_one_port(&[ip(11), ip(12)]).await?;
+    let hosts = "127.0.0.11 a.internal\n127.0.0.12 b.internal\n";
+    let conf = dns::srv_host(SRV, "a.internal", port, 0, 1)
+        + &dns::srv_host(SRV, "b.internal", port, 0, 3);
+    let dnsmasq = Dnsmasq::start(hosts, &conf).await?;
+    let edge = edge_with_dns(
+        &DnsPool::srv(SRV, dnsmasq.addr()),
+        &[("balancer", "\"weighted_round_robin\"")],
+    )
+    .await?;
+
+    let (total, clients) = (4000, 4);
+    let tasks: Vec<_> = (0..clients)
+        .map(|client| {
+            let edge = edge.http();
+            tokio::spawn(async move {
+                let edge = edge.map_err(|e| e.to_string())?;
+                let mut conn = None;
+                let mut answers = Vec::new();
+                for seq in 0..total / clients {
+                    answers.push(proxied(edge, &mut conn, &format!("c{client}-{seq}")).await);
+                }
+                Ok::<_, String>(answers)
+            })
+        })
+        .collect();
+    let mut counts = HashMap::<SocketAddr, usize>::new();
+    let mut failed = Vec::new();
+    for task in tasks {
+        for answer in task.await?.map_err(anyhow::Error::msg)? {
+            match answer {
+                Ok(origin) => *counts.entry(origin).or_default() += 1,
+                Err(e) => failed.push(e),
+            }
+        }
+    }
+    assert_eq!(failed, Vec::<String>::new(), "client-visible errors");
+    let light = counts.get(&origins[0].addr).copied().unwrap_or(0);
+    let heavy = counts.get(&origins[1].addr).copied().unwrap_or(0);
+    assert_eq!(light + heavy, total, "answers by origin: {counts:?}");
+    let share = light as f64 / total as f64;
+    eprintln!("answers by origin: {counts:?}");
+    assert!(
+        (0.20..=0.30).contains(&share),
+        "weight 1 of 4 got {share:.3} of {total} requests: {counts:?}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_dnsmasq_changes_nothing_for_60_s() -> anyhow::Result<()> {
+    let (port, origins) = origins_on_one_port(&[ip(11), ip(12)]).await?;
+    let mut dnsmasq = Dnsmasq::start(&dns::hosts(API, &[ip(11), ip(12)]), "").await?;
+    let edge = edge_with_dns(
+        &DnsPool::address(API, port, dnsmasq.addr()).timeout("500ms"),
+        &[("balancer", "\"round_robin\"")],
+    )
+    .await?;
+    // A few refreshes while the server is up, then no server at all.
+    tokio::time::sleep(TTL * 2).await; // workload timing
+    dnsmasq.stop()?;
+    let killed = Instant::now();
+    let load = Load::start(edge.http()?, 2, Duration::from_millis(40));
+    tokio::time::sleep(Duration::from_secs(60)).await; // workload timing: the 60 s
+    let seen = load.finish().await?;
+
+    assert_eq!(errors(&seen), Vec::<String>::new(), "client-visible errors");
+    assert!(seen.len() > 2500, "the load ran: {} answers", seen.len());
+    for window in 0..6 {
+        let from = killed + Duration::from_secs(10 * window);
+        let to = from + Duration::from_secs(10);
+        for origin in &origins {
+            assert!(
+                served_by(&seen, origin.addr, from, to) > 0,
+                "{} served between {}0 s and {}0 s after the kill",
+                origin.addr,
+                window,
+                window + 1
+            );
+        }
+    }
+    let (failures, page) = metric(&edge, "proxy_dns_failures{backend=\"default\"}").await?;
+    assert!(
+        failures.is_some_and(|n| n > 0.0),
+        "proxy_dns_failures{{backend=\"default\"}} > 0: {failures:?}\n{page}"
+    );
+    let (age, page) = metric(
+        &edge,
+        "proxy_dns_last_success_age_seconds{backend=\"default\"}",
+    )
+    .await?;
+    eprintln!(
+        "{} answers; proxy_dns_failures {failures:?}, proxy_dns_last_success_age_seconds {age:?}",
+        seen.len()
+    );
+    assert!(
+        // 60 s without a server: even a gauge set only at each (backed-off) retry
+        // is past 30 s by now.
+        age.is_some_and(|s| s >= 30.0),
+        "the last success is old: {age:?}\n{page}"
+    );
+    Ok(())
+}
+
+/// Asserts `edge run` failed cleanly: non-zero exit, no panic, exactly one `edge: `
+/// line on stderr, naming `name`.
+fn assert_one_line_naming(out: &Finished, name: &str) {
+    assert!(
+        matches!(out.code, Some(code) if code != 0 && code != 101),
+        "exit {:?}, stderr:\n{}",
+        out.code,
+        out.stderr
+    );
+    assert!(
+        !out.stderr.contains("panicked"),
+        "panicked:\n{}",
+        out.stderr
+    );
+    let lines: Vec<&str> = out
+        .stderr
+        .lines()
+        .filter(|l| l.starts_with("edge: "))
+        .collect();
+    assert_eq!(
+        lines.len(),
+        1,
+        "expected one `edge: ` line in:\n{}",
+        out.stderr
+    );
+    assert!(
+        lines[0].contains(name),
+        "{:?} does not name {name}",
+        lines[0]
+    );
+}
+
+/// Writes edge's config with pool `default` discovered by `dns` (and its
+/// `endpoints` too when `keep_endpoints`) and runs `edge COMMAND -c FILE`.
+async fn edge_command(
+    command: &str,
+    dns: &DnsPool,
+    keep_endpoints: bool,
+) -> anyhow::Result<(Finished, String)> {
+    let dir = tempfile::tempdir()?;
+    let pki = Pki::generate(dir.path())?;
+    let toml = EdgeConfig::new("http://127.0.0.1:9").to_toml(&pki);
+    let toml = dns::with_dns(&toml, "default", dns, keep_endpoints)?;
+    let file = dir.path().join("edge.toml");
+    std::fs::write(&file, &toml)?;
+    let out = run_edge(
+        [command.as_ref(), "-c".as_ref(), file.as_os_str()],
+        RUN_TIMEOUT,
+    )
+    .await?;
+    Ok((out, file.display().to_string()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn first_lookup_failure_stops_start_with_one_clear_line() -> anyhow::Result<()> {
+    // Nothing listens on this port: the query is refused by the kernel (or times out).
+    let closed = SocketAddr::from(([127, 0, 0, 1], dns::free_udp_tcp_port()?));
+    let (out, _) = edge_command(
+        "run",
+        &DnsPool::address(API, 8080, closed).timeout("500ms"),
+        false,
+    )
+    .await?;
+    assert_one_line_naming(&out, API);
+
+    // Outside `internal`, with no upstream, dnsmasq answers REFUSED.
+    let dnsmasq = Dnsmasq::start(&dns::hosts(API, &[ip(11)]), "").await?;
+    let (out, _) = edge_command(
+        "run",
+        &DnsPool::address("api.elsewhere", 8080, dnsmasq.addr()).timeout("500ms"),
+        false,
+    )
+    .await?;
+    assert_one_line_naming(&out, "api.elsewhere");
+    assert!(
+        dnsmasq.log().contains("api.elsewhere"),
+        "edge asked dnsmasq:\n{}",
+        dnsmasq.log()
+    );
+    Ok(())
+}
+
+/// Asserts `edge check` exited 2 with a `FILE:LINE: KEY: reason` line for `key`.
+fn assert_check_error(out: &Finished, file: &str, key: &str) {
+    let printed = format!("{}{}", out.stdout, out.stderr);
+    assert_eq!(out.code, Some(2), "edge check:\n{printed}");
+    let found = printed.lines().any(|l| {
+        l.strip_prefix(file)
+            .and_then(|rest| rest.strip_prefix(':'))
+            .and_then(|rest| rest.split_once(": "))
+            .is_some_and(|(line, rest)| {
+                line.parse::<u32>().is_ok() && rest.starts_with(&format!("{key}: "))
+            })
+    });
+    assert!(found, "no `{file}:LINE: {key}: reason` line in:\n{printed}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edge_check_refuses_dns_and_endpoints_together_and_missing_name() -> anyhow::Result<()> {
+    let nameserver = SocketAddr::from(([127, 0, 0, 1], 53));
+    let good = DnsPool::address(API, 8080, nameserver);
+    // The key is known: without this, an "unknown key" error would pass the rest.
+    let (out, _) = edge_command("check", &good, false).await?;
+    assert_eq!(
+        out.code,
+        Some(0),
+        "edge check on a dns pool:\n{}{}",
+        out.stdout,
+        out.stderr
+    );
+
+    let (out, file) = edge_command("check", &good, true).await?;
+    assert_check_error(&out, &file, "pools.default.dns");
+
+    let nameless = DnsPool {
+        name: None,
+        ..good.clone()
+    };
+    let (out, file) = edge_command("check", &nameless, false).await?;
+    assert_check_error(&out, &file, "pools.default.dns.name");
+    Ok(())
+}
