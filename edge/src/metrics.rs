@@ -39,6 +39,7 @@ pub struct Metrics {
 
 /// Pool and endpoint state, refreshed from the pools at each scrape.
 struct EndpointMetrics {
+    healthy: IntGaugeVec,
     breaker: IntGaugeVec,
     in_flight: IntGaugeVec,
     ewma: GaugeVec,
@@ -100,6 +101,14 @@ impl EndpointMetrics {
             ),
             &["backend"],
         )?;
+        let healthy = IntGaugeVec::new(
+            Opts::new(
+                "proxy_endpoint_healthy",
+                "Active health: 1 passing (or not checked), 0 failing.",
+            ),
+            labels,
+        )?;
+        registry.register(Box::new(healthy.clone()))?;
         registry.register(Box::new(dns_failures.clone()))?;
         registry.register(Box::new(dns_age.clone()))?;
         registry.register(Box::new(breaker.clone()))?;
@@ -108,6 +117,7 @@ impl EndpointMetrics {
         registry.register(Box::new(retries.clone()))?;
         registry.register(Box::new(budget_exhausted.clone()))?;
         Ok(Self {
+            healthy,
             breaker,
             in_flight,
             ewma,
@@ -197,6 +207,7 @@ impl Metrics {
     /// Pool counters are carried over as increments, so they stay monotonic.
     pub fn refresh_pools<'a>(&self, pools: impl IntoIterator<Item = (&'a str, PoolStatus)>) {
         let m = &self.endpoints;
+        m.healthy.reset();
         m.breaker.reset();
         m.in_flight.reset();
         m.ewma.reset();
@@ -212,6 +223,9 @@ impl Metrics {
             }
             for e in &status.endpoints {
                 let labels = [pool, e.endpoint.as_str()];
+                m.healthy
+                    .with_label_values(&labels)
+                    .set(i64::from(e.healthy));
                 m.breaker
                     .with_label_values(&labels)
                     .set(e.breaker.as_gauge());

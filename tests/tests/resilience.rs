@@ -25,8 +25,19 @@ struct OriginProcess {
 
 impl OriginProcess {
     async fn start(addr: &str, delay_ms: u64) -> anyhow::Result<Self> {
+        Self::start_with_health(addr, delay_ms, None).await
+    }
+
+    /// With `health`: `/healthz` answers 200 while that file says `ok`, else 503.
+    async fn start_with_health(
+        addr: &str,
+        delay_ms: u64,
+        health: Option<&std::path::Path>,
+    ) -> anyhow::Result<Self> {
+        let mut args = vec![addr.to_owned(), delay_ms.to_string()];
+        args.extend(health.map(|p| p.display().to_string()));
         let mut child = Command::new(env!("CARGO_BIN_EXE_test-origin"))
-            .args([addr, &delay_ms.to_string()])
+            .args(&args)
             .stdout(Stdio::piped())
             .kill_on_drop(true)
             .spawn()
@@ -401,4 +412,62 @@ async fn posts_to_a_dying_origin_fail_at_most_in_flight_and_never_reach_two_orig
         "every answered POST reached an origin"
     );
     Ok(())
+}
+
+/// An origin that serves traffic but reports itself unhealthy is taken out of
+/// rotation by active health checks (passive breaking cannot see it), and put
+/// back when it reports healthy again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn active_health_checks_take_an_unhealthy_origin_out_and_back() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let health = dir.path().join("b-health");
+    std::fs::write(&health, "ok")?;
+    let a = OriginProcess::start("127.0.0.1:0", 0).await?;
+    let b = OriginProcess::start_with_health("127.0.0.1:0", 0, Some(&health)).await?;
+    let check = "{ path = \"/healthz\", interval = \"100ms\", timeout = \"500ms\", healthy = 2, unhealthy = 2 }";
+    let edge = edge_over(&[&a, &b], &[("health_check", check)]).await?;
+    let start = Instant::now();
+    let load = tokio::spawn(paced_load(edge.http()?, 2, start + Duration::from_secs(8)));
+
+    tokio::time::sleep_until(start + Duration::from_secs(2)).await; // workload timing
+    std::fs::write(&health, "down")?;
+    let marked_down = Instant::now();
+    wait_until_logged(&edge, "health check failing").await?;
+    let out = Instant::now();
+    tokio::time::sleep_until(start + Duration::from_secs(5)).await; // workload timing
+    std::fs::write(&health, "ok")?;
+    wait_until_logged(&edge, "health check passing").await?;
+    let back = Instant::now();
+    let seen = load.await?;
+
+    assert_eq!(errors(&seen), Vec::<String>::new(), "client-visible errors");
+    let port = b.addr.port();
+    assert!(
+        served_by(&seen, port, start, marked_down) > 0,
+        "b served while healthy"
+    );
+    // Requests already on their way when b went out may still land; nothing after.
+    let settle = Duration::from_millis(200);
+    assert_eq!(
+        served_by(&seen, port, out + settle, back),
+        0,
+        "b out of rotation while unhealthy"
+    );
+    assert!(
+        served_by(&seen, port, back, back + Duration::from_secs(3)) > 0,
+        "b back in rotation"
+    );
+    let metrics = edge_tests::curl(&[format!("http://{}/metrics", edge.admin()?)])
+        .await?
+        .text();
+    let series = format!(
+        "proxy_endpoint_healthy{{backend=\"default\",endpoint=\"{}\"}} 1",
+        b.url()
+    );
+    assert!(metrics.contains(&series), "{series} in\n{metrics}");
+    Ok(())
+}
+
+async fn wait_until_logged(edge: &Edge, text: &str) -> anyhow::Result<()> {
+    edge_tests::wait_until(text, Duration::from_secs(10), || edge.log().contains(text)).await
 }

@@ -18,6 +18,7 @@ use crate::clock::now_ms;
 use crate::conn::{ConnState, Connector, Sender};
 use crate::endpoint::EndpointAddr;
 use crate::error::Error;
+use crate::health::{Health, HealthCheck};
 use crate::pool::{Protocol, ReqBody};
 
 /// Idle HTTP/1.1 connections kept per endpoint; more are closed when they finish.
@@ -27,6 +28,9 @@ pub(crate) struct Backend<B> {
     pub(crate) addr: EndpointAddr,
     pub(crate) load: Arc<Load>,
     pub(crate) breaker: Mutex<Breaker>,
+    /// Active health: read on every pick, written by the health checker.
+    pub(crate) healthy: AtomicBool,
+    pub(crate) health: Mutex<Health>,
     /// Set once the endpoint showed it speaks HTTP/1.1 only (TLS ALPN, or a
     /// successful HTTP/1.1 probe after the h2c preface failed).
     h1_only: AtomicBool,
@@ -110,6 +114,8 @@ impl<B: ReqBody> Backend<B> {
             addr,
             load: Arc::new(Load::new(now_ms())),
             breaker: Mutex::new(Breaker::new(breaker)),
+            healthy: AtomicBool::new(true),
+            health: Mutex::new(Health::default()),
             h1_only: AtomicBool::new(protocol == Protocol::H1),
             h2_confirmed: AtomicBool::new(false),
             h2: ArcSwapOption::empty(),
@@ -120,6 +126,34 @@ impl<B: ReqBody> Backend<B> {
 
     pub(crate) fn breaker(&self) -> std::sync::MutexGuard<'_, Breaker> {
         self.breaker.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Sends one health probe and records it; logs when the state flips.
+    pub(crate) async fn probe(&self, connector: &Connector, check: &HealthCheck) {
+        let mut req = Request::new(B::default());
+        if let Ok(uri) = check.path.parse() {
+            *req.uri_mut() = uri;
+        }
+        let ok = match self
+            .exchange(connector, req, false, check.timeout, None)
+            .await
+        {
+            Ok(resp) => resp.status().is_success() || resp.status().is_redirection(),
+            Err(_) => false,
+        };
+        let flipped = self
+            .health
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .record(ok, check);
+        if let Some(healthy) = flipped {
+            self.healthy.store(healthy, Ordering::Relaxed);
+            if healthy {
+                tracing::info!(endpoint = %self.addr, path = %check.path, "health check passing: endpoint back in rotation");
+            } else {
+                tracing::warn!(endpoint = %self.addr, path = %check.path, "health check failing: endpoint out of rotation");
+            }
+        }
     }
 
     /// One exchange: a connection (pooled unless `fresh`), the request, and the

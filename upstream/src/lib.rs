@@ -26,6 +26,7 @@ pub mod discovery;
 mod endpoint;
 mod error;
 pub mod hash_ring;
+pub mod health;
 mod pool;
 pub mod wrr;
 
@@ -34,6 +35,7 @@ pub use body::UpstreamBody;
 pub use breaker::BreakerConfig;
 pub use endpoint::{EndpointAddr, ParseEndpointError};
 pub use error::Error;
+pub use health::HealthCheck;
 pub use pool::{DnsStatus, EndpointStatus, Pool, PoolConfig, PoolStatus, Protocol};
 
 /// The error type request and response bodies carry through the proxy.

@@ -20,6 +20,7 @@ use crate::conn::Connector;
 use crate::discovery::Resolution;
 use crate::endpoint::EndpointAddr;
 use crate::error::Error;
+use crate::health::HealthCheck;
 use crate::wrr::SmoothWrr;
 use crate::BoxError;
 
@@ -69,6 +70,8 @@ pub struct PoolConfig {
     pub breaker: BreakerConfig,
     /// Requests in flight at most; past it requests fail at once (503) instead of queuing.
     pub max_requests: usize,
+    /// Active health checks, when configured.
+    pub health_check: Option<HealthCheck>,
 }
 
 impl PoolConfig {
@@ -91,6 +94,7 @@ impl PoolConfig {
             retry_statuses: Vec::new(),
             breaker: BreakerConfig::default(),
             max_requests: 10_000,
+            health_check: None,
         }
     }
 }
@@ -107,6 +111,7 @@ pub struct Pool<B> {
     _alive: tokio::sync::watch::Sender<()>,
     connector: Connector,
     response_timeout: Duration,
+    health_check: Option<HealthCheck>,
     policy: Policy,
     next: AtomicUsize,
     max_retries: u32,
@@ -149,6 +154,8 @@ pub struct DnsStatus {
 #[derive(Clone, Debug)]
 pub struct EndpointStatus {
     pub endpoint: String,
+    /// Passing active health checks (always true without them).
+    pub healthy: bool,
     pub breaker: State,
     pub in_flight: u32,
     pub ewma: Duration,
@@ -187,6 +194,7 @@ impl<B: ReqBody> Pool<B> {
                 tls,
             },
             response_timeout: cfg.response_timeout,
+            health_check: cfg.health_check,
             policy: cfg.policy,
             next: AtomicUsize::new(0),
             max_retries: cfg.max_retries,
@@ -242,6 +250,33 @@ impl<B: ReqBody> Pool<B> {
                 let Some(pool) = pool.upgrade() else { return };
                 let resolution = rx.borrow_and_update().clone();
                 pool.apply(&resolution);
+            }
+        });
+    }
+
+    /// Probes every endpoint each interval, until the pool is dropped. Does
+    /// nothing when the pool has no health check configured.
+    pub fn start_health_checks(self: &Arc<Self>) {
+        let Some(check) = self.health_check.clone() else {
+            return;
+        };
+        let pool = Arc::downgrade(self);
+        let mut alive = self._alive.subscribe();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(check.interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = alive.changed() => return,
+                }
+                let Some(pool) = pool.upgrade() else { return };
+                let members = pool.members.load_full();
+                let probes = members
+                    .backends
+                    .iter()
+                    .map(|b| b.probe(&pool.connector, &check));
+                futures_util::future::join_all(probes).await;
             }
         });
     }
@@ -334,8 +369,8 @@ impl<B: ReqBody> Pool<B> {
     /// Whether an endpoint not tried yet could take a request now.
     fn has_untried(&self, members: &Members<B>, tried: &Tried) -> bool {
         let now = now_ms();
-        let backends = &members.backends;
-        (0..backends.len()).any(|i| !tried.contains(i) && backends[i].breaker().available(now))
+        let available = available(members, now);
+        (0..members.backends.len()).any(|i| !tried.contains(i) && available(i))
     }
 
     /// Whether another try is allowed: tries left, and budget left (counted).
@@ -369,7 +404,7 @@ impl<B: ReqBody> Pool<B> {
         let now = now_ms();
         let backends = &members.backends;
         let n = backends.len();
-        let available = |i: usize| backends[i].breaker().available(now);
+        let available = available(members, now);
         let untried = |i: usize| !tried.contains(i) && available(i);
         for _ in 0..3 {
             let i = self
@@ -432,12 +467,25 @@ impl<B: ReqBody> Pool<B> {
                 .iter()
                 .map(|b| EndpointStatus {
                     endpoint: b.addr.to_string(),
+                    healthy: b.healthy.load(Ordering::Relaxed),
                     breaker: b.breaker().state(now),
                     in_flight: b.load.in_flight.load(Ordering::Relaxed),
                     ewma: b.load.ewma(now),
                 })
                 .collect(),
         }
+    }
+}
+
+/// Whether endpoint `i` may take a request now: its breaker admits one and it is
+/// healthy. With no healthy endpoint at all, health is ignored (panic mode): a
+/// broken health endpoint must not take the whole pool down.
+fn available<B: ReqBody>(members: &Members<B>, now: u64) -> impl Fn(usize) -> bool + '_ {
+    let backends = &members.backends;
+    let any_healthy = backends.iter().any(|b| b.healthy.load(Ordering::Relaxed));
+    move |i| {
+        let b = &backends[i];
+        (!any_healthy || b.healthy.load(Ordering::Relaxed)) && b.breaker().available(now)
     }
 }
 

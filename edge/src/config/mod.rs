@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 use upstream::discovery::{DnsConfig, RecordKind};
-use upstream::{EndpointAddr, Policy, PoolConfig, Protocol};
+use upstream::{EndpointAddr, HealthCheck, Policy, PoolConfig, Protocol};
 
 pub use walk::{ConfigError, ConfigErrors};
 use walk::{Cx, FromToml, Table};
@@ -373,6 +373,7 @@ fn read_pools(cx: &mut Cx<'_>, root: &mut Table<'_>, base: &Path) -> Vec<Pool> {
         pool.response_timeout = positive(cx, &mut t, "response_timeout", pool.response_timeout);
         pool.idle_timeout = positive(cx, &mut t, "idle_timeout", pool.idle_timeout);
         read_resilience(cx, &mut t, &mut pool);
+        pool.health_check = read_health_check(cx, &mut t);
         let ca = t.opt::<PathBuf>(cx, "ca").map(|p| base.join(p));
         if let Some(ca) = &ca {
             if let Err(e) = std::fs::metadata(ca) {
@@ -445,6 +446,30 @@ fn read_dns(cx: &mut Cx<'_>, pool: &mut Table<'_>) -> Option<DnsConfig> {
     }
     t.finish(cx);
     name.map(|_| dns)
+}
+
+/// `health_check = { path = "/healthz", interval, timeout, healthy, unhealthy }`.
+fn read_health_check(cx: &mut Cx<'_>, pool: &mut Table<'_>) -> Option<HealthCheck> {
+    let mut t = pool.table(cx, "health_check")?;
+    let path = t.opt::<String>(cx, "path");
+    match &path {
+        Some(p) if p.starts_with('/') => {}
+        Some(_) => {
+            let line = t.line_of(cx, "path");
+            cx.error(line, &t.path("path"), "must start with /");
+        }
+        None => {
+            let line = t.line();
+            cx.error(line, &t.path("path"), "missing (required)");
+        }
+    }
+    let mut check = HealthCheck::new(path.clone().unwrap_or_default());
+    check.interval = positive(cx, &mut t, "interval", check.interval);
+    check.timeout = positive(cx, &mut t, "timeout", check.timeout);
+    check.healthy = at_least(cx, &mut t, "healthy", check.healthy, 1);
+    check.unhealthy = at_least(cx, &mut t, "unhealthy", check.unhealthy, 1);
+    t.finish(cx);
+    path.map(|_| check)
 }
 
 /// Balancing, retries, breaker and limits of one pool.

@@ -236,3 +236,53 @@ breaker_open_max = "1s"
         );
     }
 }
+
+#[test]
+fn reads_health_checks_and_dns_and_refuses_bad_ones() {
+    let c = parse(
+        r#"
+[pools.web]
+dns = { name = "_http._tcp.web.internal", kind = "srv", nameservers = ["127.0.0.1:5353"], ttl_floor = "2s" }
+health_check = { path = "/ready", interval = "1s", unhealthy = 5 }
+"#,
+    )
+    .expect("valid");
+    let p = &c.pools[0];
+    let check = p.settings.health_check.as_ref().expect("health check");
+    assert_eq!(
+        (check.path.as_str(), check.interval, check.unhealthy),
+        ("/ready", Duration::from_secs(1), 5)
+    );
+    let dns = p.dns.as_ref().expect("dns");
+    assert_eq!(dns.kind, upstream::discovery::RecordKind::Srv);
+    assert_eq!(dns.ttl_floor, Duration::from_secs(2));
+    assert_eq!(
+        dns.nameservers,
+        ["127.0.0.1:5353"
+            .parse::<std::net::SocketAddr>()
+            .expect("addr")]
+    );
+
+    let found = errors(
+        r#"[pools.a]
+endpoints = ["http://127.0.0.1:1"]
+dns = { name = "a.internal", port = 80 }
+health_check = { path = "ready" }
+[pools.b]
+dns = { kind = "a" }
+[[routes]]
+pool = "a"
+"#,
+    );
+    for (line, key) in [
+        (3, "pools.a.dns"),
+        (4, "pools.a.health_check.path"),
+        (6, "pools.b.dns.name"),
+        (6, "pools.b.dns.port"),
+    ] {
+        assert!(
+            found.contains(&(line, key.to_owned())),
+            "{key} in {found:?}"
+        );
+    }
+}

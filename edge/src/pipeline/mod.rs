@@ -53,6 +53,7 @@ impl Proxy {
                     })?;
                 pool.follow(rx);
             }
+            pool.start_health_checks();
             pools.push(pool);
         }
         let routes = Routes::new(&config.routes, |name| {

@@ -4,6 +4,8 @@
 //! `x-origin` header the whole `IP:PORT` (for origins sharing a port on different
 //! loopback addresses), after DELAY_MS (default 0). Prints the bound address on
 //! stdout, then one line `REQ METHOD X-REQUEST-ID` per request as it arrives.
+//! `test-origin ADDR DELAY_MS HEALTH_FILE`: `/healthz` answers 200 while that
+//! file says `ok` (or is missing) and 503 otherwise; it is not logged as a request.
 
 use std::convert::Infallible;
 use std::time::Duration;
@@ -15,10 +17,19 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 
+type Answer = std::pin::Pin<
+    Box<dyn std::future::Future<Output = Result<Response<Full<Bytes>>, Infallible>> + Send>,
+>;
+
+fn futures_ready(resp: Response<Full<Bytes>>) -> Answer {
+    Box::pin(std::future::ready(Ok(resp)))
+}
+
 fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
     let addr = args.next().unwrap_or_else(|| "127.0.0.1:0".to_owned());
     let delay = Duration::from_millis(args.next().map_or(Ok(0), |s| s.parse())?);
+    let health_file = args.next().map(std::path::PathBuf::from);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -32,17 +43,31 @@ fn main() -> anyhow::Result<()> {
             let (stream, _) = listener.accept().await?;
             let body = body.clone();
             let origin = origin.clone();
+            let health_file = health_file.clone();
             tokio::spawn(async move {
-                let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                let service = hyper::service::service_fn(move |req: Request<Incoming>| -> Answer {
                     let body = body.clone();
                     let origin = origin.clone();
+                    if req.uri().path() == "/healthz" {
+                        let healthy = health_file.as_ref().is_none_or(|f| {
+                            std::fs::read_to_string(f).map_or(true, |s| s.trim() == "ok")
+                        });
+                        let status = if healthy {
+                            http::StatusCode::OK
+                        } else {
+                            http::StatusCode::SERVICE_UNAVAILABLE
+                        };
+                        let mut resp = Response::new(Full::new(Bytes::new()));
+                        *resp.status_mut() = status;
+                        return futures_ready(resp);
+                    }
                     let id = req
                         .headers()
                         .get("x-request-id")
                         .and_then(|v| v.to_str().ok())
                         .unwrap_or("-");
                     println!("REQ {} {id}", req.method());
-                    async move {
+                    Box::pin(async move {
                         if !delay.is_zero() {
                             // The origin's behaviour under test: a slow backend.
                             tokio::time::sleep(delay).await;
@@ -50,7 +75,7 @@ fn main() -> anyhow::Result<()> {
                         let mut resp = Response::new(Full::new(body));
                         resp.headers_mut().insert("x-origin", origin);
                         Ok::<_, Infallible>(resp)
-                    }
+                    })
                 });
                 let _ = auto::Builder::new(TokioExecutor::new())
                     .serve_connection(TokioIo::new(stream), service)
