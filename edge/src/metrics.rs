@@ -47,6 +47,8 @@ struct EndpointMetrics {
     budget_exhausted: IntCounterVec,
     dns_failures: IntGaugeVec,
     dns_age: GaugeVec,
+    dns_lookups: IntCounterVec,
+    ejections: IntCounterVec,
 }
 
 impl EndpointMetrics {
@@ -108,6 +110,22 @@ impl EndpointMetrics {
             ),
             labels,
         )?;
+        let dns_lookups = IntCounterVec::new(
+            Opts::new(
+                "proxy_dns_lookups_total",
+                "DNS lookups of a DNS pool, by result (ok, failed).",
+            ),
+            &["backend", "result"],
+        )?;
+        let ejections = IntCounterVec::new(
+            Opts::new(
+                "proxy_endpoint_ejections_total",
+                "Times the endpoint's circuit breaker opened.",
+            ),
+            labels,
+        )?;
+        registry.register(Box::new(dns_lookups.clone()))?;
+        registry.register(Box::new(ejections.clone()))?;
         registry.register(Box::new(healthy.clone()))?;
         registry.register(Box::new(dns_failures.clone()))?;
         registry.register(Box::new(dns_age.clone()))?;
@@ -125,6 +143,8 @@ impl EndpointMetrics {
             budget_exhausted,
             dns_failures,
             dns_age,
+            dns_lookups,
+            ejections,
         })
     }
 }
@@ -220,12 +240,19 @@ impl Metrics {
                 m.dns_age
                     .with_label_values(&[pool])
                     .set(dns.last_success_age.as_secs_f64());
+                let ok = dns.lookups.saturating_sub(dns.failed_lookups);
+                advance(&m.dns_lookups.with_label_values(&[pool, "ok"]), ok);
+                advance(
+                    &m.dns_lookups.with_label_values(&[pool, "failed"]),
+                    dns.failed_lookups,
+                );
             }
             for e in &status.endpoints {
                 let labels = [pool, e.endpoint.as_str()];
                 m.healthy
                     .with_label_values(&labels)
                     .set(i64::from(e.healthy));
+                advance(&m.ejections.with_label_values(&labels), e.ejections);
                 m.breaker
                     .with_label_values(&labels)
                     .set(e.breaker.as_gauge());
@@ -234,13 +261,11 @@ impl Metrics {
                     .set(i64::from(e.in_flight));
                 m.ewma.with_label_values(&labels).set(e.ewma.as_secs_f64());
             }
-            for (vec, value) in [
-                (&m.retries, status.retries),
-                (&m.budget_exhausted, status.budget_exhausted),
-            ] {
-                let counter = vec.with_label_values(&[pool]);
-                counter.inc_by(value.saturating_sub(counter.get()));
-            }
+            advance(&m.retries.with_label_values(&[pool]), status.retries);
+            advance(
+                &m.budget_exhausted.with_label_values(&[pool]),
+                status.budget_exhausted,
+            );
         }
     }
 
@@ -252,6 +277,12 @@ impl Metrics {
         }
         out
     }
+}
+
+/// Moves a Prometheus counter up to a total kept elsewhere; never down, so a pool
+/// rebuilt by a reload (its totals back at zero) leaves the series monotonic.
+fn advance(counter: &prometheus::IntCounter, total: u64) {
+    counter.inc_by(total.saturating_sub(counter.get()));
 }
 
 pub struct ConnGuard {

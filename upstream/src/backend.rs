@@ -30,6 +30,8 @@ pub(crate) struct Backend<B> {
     pub(crate) breaker: Mutex<Breaker>,
     /// Active health: read on every pick, written by the health checker.
     pub(crate) healthy: AtomicBool,
+    /// Times the breaker opened (ejections), for metrics.
+    pub(crate) ejections: std::sync::atomic::AtomicU64,
     pub(crate) health: Mutex<Health>,
     /// Set once the endpoint showed it speaks HTTP/1.1 only (TLS ALPN, or a
     /// successful HTTP/1.1 probe after the h2c preface failed).
@@ -115,6 +117,7 @@ impl<B: ReqBody> Backend<B> {
             load: Arc::new(Load::new(now_ms())),
             breaker: Mutex::new(Breaker::new(breaker)),
             healthy: AtomicBool::new(true),
+            ejections: std::sync::atomic::AtomicU64::new(0),
             health: Mutex::new(Health::default()),
             h1_only: AtomicBool::new(protocol == Protocol::H1),
             h2_confirmed: AtomicBool::new(false),

@@ -148,6 +148,9 @@ pub struct DnsStatus {
     pub failures: u64,
     /// Age of the set in use: time since the last good answer.
     pub last_success_age: Duration,
+    /// Lookups so far, and how many of them failed.
+    pub lookups: u64,
+    pub failed_lookups: u64,
 }
 
 /// One endpoint's state, for metrics.
@@ -156,6 +159,8 @@ pub struct EndpointStatus {
     pub endpoint: String,
     /// Passing active health checks (always true without them).
     pub healthy: bool,
+    /// Times its breaker opened.
+    pub ejections: u64,
     pub breaker: State,
     pub in_flight: u32,
     pub ewma: Duration,
@@ -454,6 +459,8 @@ impl<B: ReqBody> Pool<B> {
                 DnsStatus {
                     failures: r.failures,
                     last_success_age: r.refreshed_at.elapsed(),
+                    lookups: r.lookups,
+                    failed_lookups: r.failed_lookups,
                 }
             });
         PoolStatus {
@@ -468,6 +475,7 @@ impl<B: ReqBody> Pool<B> {
                 .map(|b| EndpointStatus {
                     endpoint: b.addr.to_string(),
                     healthy: b.healthy.load(Ordering::Relaxed),
+                    ejections: b.ejections.load(Ordering::Relaxed),
                     breaker: b.breaker().state(now),
                     in_flight: b.load.in_flight.load(Ordering::Relaxed),
                     ewma: b.load.ewma(now),
@@ -559,6 +567,7 @@ impl<'a, B: ReqBody> Attempt<'a, B> {
         // Failures are the breaker's business; the latency estimate learns only
         // from answers, so a restarted endpoint wins its traffic back at once.
         if self.backend.breaker().on_failure(now_ms()) {
+            self.backend.ejections.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(endpoint = %self.backend.addr, "circuit breaker opened");
         }
     }

@@ -116,6 +116,10 @@ pub struct Resolution {
     pub refreshed_at: Instant,
     /// Consecutive failed lookups (errors, or empty answers that left a set in place).
     pub failures: u64,
+    /// Lookups so far, good or not (for the refresh rate).
+    pub lookups: u64,
+    /// Failed lookups so far.
+    pub failed_lookups: u64,
 }
 
 /// Why DNS discovery could not start.

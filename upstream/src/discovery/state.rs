@@ -18,6 +18,8 @@ impl Resolution {
             endpoints: Arc::from([]),
             refreshed_at: now,
             failures: 0,
+            lookups: 0,
+            failed_lookups: 0,
         }
     }
 }
@@ -48,12 +50,16 @@ pub(super) fn next(
                 endpoints,
                 refreshed_at: now,
                 failures: 0,
+                lookups: prev.lookups + 1,
+                failed_lookups: prev.failed_lookups,
             }
         }
         Ok(_) | Err(_) => Resolution {
             endpoints: Arc::clone(&prev.endpoints),
             refreshed_at: prev.refreshed_at,
             failures: prev.failures.saturating_add(1),
+            lookups: prev.lookups + 1,
+            failed_lookups: prev.failed_lookups + 1,
         },
     }
 }

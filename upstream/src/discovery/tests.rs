@@ -32,6 +32,8 @@ fn state(endpoints: Vec<Discovered>, refreshed_at: Instant, failures: u64) -> Re
         endpoints: Arc::from(endpoints),
         refreshed_at,
         failures,
+        lookups: 0,
+        failed_lookups: 0,
     }
 }
 
