@@ -12,6 +12,9 @@ pub enum Policy {
     RoundRobin,
     /// Smooth weighted round robin (nginx's), weights from config or SRV records.
     WeightedRoundRobin,
+    /// Consistent hashing (Maglev) on the request's `HashKey`: the same key goes
+    /// to the same endpoint while it is available; only a down endpoint's keys move.
+    Maglev,
     /// Power of two choices on peak-EWMA latency × (in flight + 1).
     LeastRequest,
 }

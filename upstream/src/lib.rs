@@ -36,7 +36,7 @@ pub use breaker::BreakerConfig;
 pub use endpoint::{EndpointAddr, ParseEndpointError};
 pub use error::Error;
 pub use health::HealthCheck;
-pub use pool::{DnsStatus, EndpointStatus, Pool, PoolConfig, PoolStatus, Protocol};
+pub use pool::{DnsStatus, EndpointStatus, HashKey, Pool, PoolConfig, PoolStatus, Protocol};
 
 /// The error type request and response bodies carry through the proxy.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

@@ -20,6 +20,7 @@ use crate::conn::Connector;
 use crate::discovery::Resolution;
 use crate::endpoint::EndpointAddr;
 use crate::error::Error;
+use crate::hash_ring::{self, Maglev};
 use crate::health::HealthCheck;
 use crate::wrr::SmoothWrr;
 use crate::BoxError;
@@ -130,16 +131,37 @@ struct Members<B> {
     backends: Vec<Arc<Backend<B>>>,
     /// Smooth weighted round robin over `backends` (weights from config or SRV).
     wrr: Mutex<SmoothWrr>,
+    /// The consistent-hash table, built only for `Policy::Maglev` pools.
+    maglev: Option<Maglev>,
 }
 
 impl<B> Members<B> {
-    fn new(backends: Vec<Arc<Backend<B>>>, weights: &[u32]) -> Self {
+    fn new(backends: Vec<Arc<Backend<B>>>, weights: &[u32], policy: Policy) -> Self {
+        let maglev = (policy == Policy::Maglev).then(|| {
+            let names: Vec<String> = backends.iter().map(|b| b.addr.to_string()).collect();
+            Maglev::new(&names, weights, hash_ring::DEFAULT_TABLE_SIZE)
+                .or_else(|_| Maglev::new(&names, weights, hash_ring::MAX_TABLE_SIZE))
+        });
+        let maglev = match maglev {
+            Some(Ok(table)) => Some(table),
+            Some(Err(e)) => {
+                tracing::error!(error = %e, "cannot build the consistent-hash table; picking by least request");
+                None
+            }
+            None => None,
+        };
         Self {
             backends,
             wrr: Mutex::new(SmoothWrr::new(weights)),
+            maglev,
         }
     }
 }
+
+/// The key a consistent-hash pool places a request by, set by the caller as a
+/// request extension (e.g. a hash of the client address or a session id).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HashKey(pub u64);
 
 /// Discovery's health, for metrics.
 #[derive(Clone, Debug)]
@@ -188,7 +210,7 @@ impl<B: ReqBody> Pool<B> {
         let weights = vec![1; cfg.endpoints.len()];
         Ok(Self {
             name: cfg.name,
-            members: ArcSwap::from_pointee(Members::new(backends, &weights)),
+            members: ArcSwap::from_pointee(Members::new(backends, &weights, cfg.policy)),
             protocol: cfg.protocol,
             breaker: cfg.breaker,
             dns: Mutex::new(None),
@@ -216,6 +238,11 @@ impl<B: ReqBody> Pool<B> {
         &self.name
     }
 
+    /// Whether requests should carry a [`HashKey`] (consistent-hash pools).
+    pub fn wants_hash_key(&self) -> bool {
+        self.policy == Policy::Maglev
+    }
+
     /// Replaces the endpoint set. Endpoints that stay keep their connections,
     /// breaker and latency estimate; new ones start fresh.
     pub fn set_endpoints(&self, endpoints: &[(EndpointAddr, u32)]) {
@@ -235,7 +262,7 @@ impl<B: ReqBody> Pool<B> {
             .collect();
         let weights: Vec<u32> = endpoints.iter().map(|(_, w)| *w).collect();
         self.members
-            .store(Arc::new(Members::new(backends, &weights)));
+            .store(Arc::new(Members::new(backends, &weights, self.policy)));
     }
 
     /// Takes endpoints from DNS discovery from now on: the current answer at
@@ -311,8 +338,12 @@ impl<B: ReqBody> Pool<B> {
         let mut tried = Tried::default();
         let mut req = req;
         let members = self.members.load_full();
+        let key = req
+            .extensions()
+            .get::<HashKey>()
+            .map_or_else(|| fastrand::u64(..), |k| k.0);
         loop {
-            let Some((i, admit)) = self.choose(&members, &tried) else {
+            let Some((i, admit)) = self.choose(&members, &tried, key) else {
                 return Err(Error::NoEndpoints {
                     pool: self.name.clone(),
                 });
@@ -405,7 +436,7 @@ impl<B: ReqBody> Pool<B> {
     }
 
     /// An endpoint whose breaker admits a request, preferring ones not tried yet.
-    fn choose(&self, members: &Members<B>, tried: &Tried) -> Option<(usize, Admit)> {
+    fn choose(&self, members: &Members<B>, tried: &Tried, key: u64) -> Option<(usize, Admit)> {
         let now = now_ms();
         let backends = &members.backends;
         let n = backends.len();
@@ -413,8 +444,8 @@ impl<B: ReqBody> Pool<B> {
         let untried = |i: usize| !tried.contains(i) && available(i);
         for _ in 0..3 {
             let i = self
-                .pick(members, n, &untried)
-                .or_else(|| self.pick(members, n, &available))?;
+                .pick(members, n, &untried, key)
+                .or_else(|| self.pick(members, n, &available, key))?;
             match backends[i].breaker().try_acquire(now) {
                 Admit::No => continue,
                 admit => return Some((i, admit)),
@@ -423,7 +454,16 @@ impl<B: ReqBody> Pool<B> {
         None
     }
 
-    fn pick(&self, members: &Members<B>, n: usize, ok: &impl Fn(usize) -> bool) -> Option<usize> {
+    fn pick(
+        &self,
+        members: &Members<B>,
+        n: usize,
+        ok: &impl Fn(usize) -> bool,
+        key: u64,
+    ) -> Option<usize> {
+        if let Some(table) = &members.maglev {
+            return table.pick(key, ok);
+        }
         match self.policy {
             Policy::RoundRobin => {
                 pick_round_robin(n, self.next.fetch_add(1, Ordering::Relaxed), ok)
@@ -433,7 +473,7 @@ impl<B: ReqBody> Pool<B> {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .pick(ok),
-            Policy::LeastRequest => {
+            Policy::LeastRequest | Policy::Maglev => {
                 let now = now_ms();
                 let backends = &members.backends;
                 pick_p2c(

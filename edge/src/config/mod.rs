@@ -517,12 +517,13 @@ impl FromToml for Policy {
         match v.as_str() {
             Some("least_request") => Ok(Policy::LeastRequest),
                         Some("round_robin") => Ok(Policy::RoundRobin),
-            Some("weighted_round_robin") => Ok(Policy::WeightedRoundRobin),
+                        Some("weighted_round_robin") => Ok(Policy::WeightedRoundRobin),
+            Some("consistent_hash") => Ok(Policy::Maglev),
             Some(other) => Err(format!(
-                "expected \"least_request\", \"round_robin\" or \"weighted_round_robin\", found {other:?}"
+                "expected \"least_request\", \"round_robin\", \"weighted_round_robin\" or \"consistent_hash\", found {other:?}"
             )),
             None => Err(format!(
-                "expected \"least_request\", \"round_robin\" or \"weighted_round_robin\", found {}",
+                "expected \"least_request\", \"round_robin\", \"weighted_round_robin\" or \"consistent_hash\", found {}",
                 v.type_name()
             )),
         }

@@ -132,6 +132,14 @@ async fn forward<'p>(
             )
         })?;
     headers::to_upstream(&mut req, peer, &proxy.trusted, id, host);
+    if pool.wants_hash_key() {
+        let ip = match peer.ip {
+            std::net::IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+            std::net::IpAddr::V6(v6) => v6.octets(),
+        };
+        req.extensions_mut()
+            .insert(upstream::HashKey(upstream::hash_ring::key(&ip)));
+    }
     match pool.send(req).await {
         Ok(resp) => Ok((resp.map(Body::Upstream), pool.name())),
         Err(e) => Err((ProxyError::from(e), pool.name())),
