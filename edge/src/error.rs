@@ -171,13 +171,15 @@ impl From<upstream::Error> for ProxyError {
             | upstream::Error::ConnectTimeout { .. }
             | upstream::Error::Tls { .. }
             | upstream::Error::Handshake { .. } => ErrorKind::UpstreamConnect,
-            upstream::Error::Timeout { .. } => ErrorKind::UpstreamTimeout,
+            upstream::Error::Timeout { .. } | upstream::Error::Deadline { .. } => {
+                ErrorKind::UpstreamTimeout
+            }
             upstream::Error::Request { .. } | upstream::Error::Status { .. } => {
                 ErrorKind::UpstreamFailed
             }
-            upstream::Error::NoEndpoints { .. } | upstream::Error::Overloaded { .. } => {
-                ErrorKind::NoHealthyEndpoint
-            }
+            upstream::Error::NoEndpoints { .. }
+            | upstream::Error::Overloaded { .. }
+            | upstream::Error::TooManyConnects { .. } => ErrorKind::NoHealthyEndpoint,
         };
         // The message is the kind's; the upstream error, kept as the source, says
         // which endpoint and why (logs print the chain).

@@ -106,3 +106,31 @@ async fn h2c_pool_falls_back_to_http1_for_an_http1_only_backend() -> anyhow::Res
     );
     Ok(())
 }
+
+/// `request_timeout` bounds all tries together: with two slow origins and a 1 s
+/// per-try timeout, a retry would take 2 s; the 1.5 s deadline answers 504 first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_deadline_bounds_all_tries_together() -> anyhow::Result<()> {
+    let (a, b) = (
+        edge_tests::Origin::start().await?,
+        edge_tests::Origin::start().await?,
+    );
+    let mut config = EdgeConfig::new(a.url())
+        .pool_setting("response_timeout", "\"1s\"")
+        .pool_setting("request_timeout", "\"1500ms\"");
+    config.pools[0].endpoints = vec![a.url(), b.url()];
+    let edge = Edge::start(&config).await?;
+    let response = curl(&[format!("http://{}/slow/3000", edge.http()?)]).await?;
+    assert_eq!(response.status, 504, "{}", response.text());
+    assert_eq!(
+        a.requests() + b.requests(),
+        2,
+        "the first try timed out and a second began"
+    );
+    assert!(
+        edge.log().contains("request deadline"),
+        "the deadline, not a per-try timeout, ended it:\n{}",
+        edge.log()
+    );
+    Ok(())
+}

@@ -49,6 +49,18 @@ pub(crate) struct Connector {
     pub(crate) connect_timeout: Duration,
     pub(crate) idle_timeout: Duration,
     pub(crate) tls: Option<TlsConnector>,
+    /// Connects under way at most; past it a connect fails at once instead of piling up.
+    pub(crate) max_pending: usize,
+    pub(crate) pending: AtomicUsize,
+}
+
+/// A connect counted against `max_pending` until it ends.
+struct Pending<'a>(&'a AtomicUsize);
+
+impl Drop for Pending<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl Connector {
@@ -59,6 +71,13 @@ impl Connector {
         protocol: Protocol,
     ) -> Result<(Sender<B>, Arc<ConnState>), Error> {
         let endpoint = || addr.to_string();
+        let _pending = Pending(&self.pending);
+        if self.pending.fetch_add(1, Ordering::AcqRel) >= self.max_pending {
+            return Err(Error::TooManyConnects {
+                endpoint: endpoint(),
+                limit: self.max_pending,
+            });
+        }
         let opened = tokio::time::timeout(self.connect_timeout, self.open(addr)).await;
         match opened {
             Err(_) => Err(Error::ConnectTimeout {

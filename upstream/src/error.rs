@@ -40,6 +40,13 @@ pub enum Error {
     /// The pool has no endpoint able to take the request (none, or every breaker open).
     #[error("pool {pool} has no available endpoint")]
     NoEndpoints { pool: String },
+    /// The pool already has `limit` connects under way (a connect storm is shed,
+    /// not queued).
+    #[error("not connecting to {endpoint}: the pool has {limit} connects under way")]
+    TooManyConnects { endpoint: String, limit: usize },
+    /// The request's overall deadline passed, across all its tries.
+    #[error("no response within the {after:?} request deadline")]
+    Deadline { after: Duration },
     /// The pool already has `limit` requests in flight.
     #[error("pool {pool} is at its limit of {limit} requests in flight")]
     Overloaded { pool: String, limit: usize },

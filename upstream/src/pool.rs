@@ -73,6 +73,10 @@ pub struct PoolConfig {
     pub max_requests: usize,
     /// Active health checks, when configured.
     pub health_check: Option<HealthCheck>,
+    /// Connects under way at most (all endpoints); past it, fail fast.
+    pub max_pending_connects: usize,
+    /// The whole request, all tries together, until the response head.
+    pub request_timeout: Option<Duration>,
 }
 
 impl PoolConfig {
@@ -96,6 +100,8 @@ impl PoolConfig {
             breaker: BreakerConfig::default(),
             max_requests: 10_000,
             health_check: None,
+            max_pending_connects: 1024,
+            request_timeout: None,
         }
     }
 }
@@ -112,6 +118,7 @@ pub struct Pool<B> {
     _alive: tokio::sync::watch::Sender<()>,
     connector: Connector,
     response_timeout: Duration,
+    request_timeout: Option<Duration>,
     health_check: Option<HealthCheck>,
     policy: Policy,
     next: AtomicUsize,
@@ -219,7 +226,10 @@ impl<B: ReqBody> Pool<B> {
                 connect_timeout: cfg.connect_timeout,
                 idle_timeout: cfg.idle_timeout,
                 tls,
+                max_pending: cfg.max_pending_connects,
+                pending: AtomicUsize::new(0),
             },
+            request_timeout: cfg.request_timeout,
             response_timeout: cfg.response_timeout,
             health_check: cfg.health_check,
             policy: cfg.policy,
@@ -332,6 +342,15 @@ impl<B: ReqBody> Pool<B> {
     /// connection to a tried one when none is left; each spends from the budget.
     pub async fn send(&self, req: Request<B>) -> Result<Response<UpstreamBody>, Error> {
         let _admitted = self.admit()?;
+        match self.request_timeout {
+            None => self.send_tries(req).await,
+            Some(after) => tokio::time::timeout(after, self.send_tries(req))
+                .await
+                .unwrap_or(Err(Error::Deadline { after })),
+        }
+    }
+
+    async fn send_tries(&self, req: Request<B>) -> Result<Response<UpstreamBody>, Error> {
         self.budget.deposit();
         let replay = Replay::capture(&req);
         let safe_replay = replay.as_ref().filter(|r| r.idempotent);

@@ -510,6 +510,17 @@ fn read_resilience(cx: &mut Cx<'_>, t: &mut Table<'_>, pool: &mut PoolConfig) {
         );
     }
     pool.max_requests = at_least(cx, t, "max_requests", pool.max_requests, 1);
+    pool.max_pending_connects =
+        at_least(cx, t, "max_pending_connects", pool.max_pending_connects, 1);
+    pool.request_timeout = t.opt::<Duration>(cx, "request_timeout");
+    if pool.request_timeout.is_some_and(|d| d.is_zero()) {
+        let line = t.line_of(cx, "request_timeout");
+        cx.error(
+            line,
+            &t.path("request_timeout"),
+            "must be greater than zero",
+        );
+    }
 }
 
 impl FromToml for Policy {
