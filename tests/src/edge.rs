@@ -59,6 +59,38 @@ where
     process::run_command(command, timeout).await
 }
 
+/// Asserts `edge` failed cleanly: non-zero exit, no panic, exactly one `edge: `
+/// line on stderr, and that line naming `name` (e.g. an address or a DNS name).
+pub fn assert_one_line_naming(out: &Finished, name: &str) {
+    assert!(
+        matches!(out.code, Some(code) if code != 0 && code != 101),
+        "exit {:?}, stderr:\n{}",
+        out.code,
+        out.stderr
+    );
+    assert!(
+        !out.stderr.contains("panicked"),
+        "panicked:\n{}",
+        out.stderr
+    );
+    let lines: Vec<&str> = out
+        .stderr
+        .lines()
+        .filter(|l| l.starts_with("edge: "))
+        .collect();
+    assert_eq!(
+        lines.len(),
+        1,
+        "expected one `edge: ` line in:\n{}",
+        out.stderr
+    );
+    assert!(
+        lines[0].contains(name),
+        "{:?} does not name {name}",
+        lines[0]
+    );
+}
+
 /// One `[pools.NAME]` table.
 #[derive(Debug, Clone)]
 pub struct PoolConfig {

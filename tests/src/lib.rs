@@ -8,7 +8,9 @@
 pub mod clients;
 pub mod dns;
 pub mod edge;
+pub mod load;
 pub mod origin;
+pub mod origin_process;
 pub mod pki;
 pub mod process;
 
@@ -18,11 +20,14 @@ pub use clients::{
 };
 pub use dns::{DnsPool, Dnsmasq};
 pub use edge::{
-    run_edge, toml_path, toml_str, workspace_root, Edge, EdgeConfig, PoolConfig, RouteConfig,
+    assert_one_line_naming, run_edge, toml_path, toml_str, workspace_root, Edge, EdgeConfig,
+    PoolConfig, RouteConfig,
 };
+pub use load::{errors, served_by, Answers, KeepAlive, Load, Reply};
 pub use origin::{echo_header, echo_headers, Origin, OriginOptions, OriginTls};
+pub use origin_process::{OriginLog, OriginProcess};
 pub use pki::{LeafFiles, Pki};
-pub use process::wait_until;
+pub use process::{wait_for, wait_until};
 
 /// An origin with `options`, and edge in front of it with the config `configure`
 /// makes from the default one (all listeners, pool `default` → the origin).

@@ -81,16 +81,24 @@ pub fn tail(text: &str) -> &str {
     &text[start..]
 }
 
-/// Polls `condition` every `interval` until it holds or `deadline` passes.
+/// Polls `condition` every 20 ms until it holds or `deadline` passes.
 pub async fn wait_until<F>(what: &str, deadline: Duration, mut condition: F) -> anyhow::Result<()>
 where
     F: FnMut() -> bool,
 {
+    wait_for(what, deadline, || condition().then_some(())).await
+}
+
+/// Polls `condition` every 20 ms until it gives a value or `deadline` passes.
+pub async fn wait_for<T, F>(what: &str, deadline: Duration, mut condition: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Option<T>,
+{
     let interval = Duration::from_millis(20);
     let end = tokio::time::Instant::now() + deadline;
     loop {
-        if condition() {
-            return Ok(());
+        if let Some(value) = condition() {
+            return Ok(value);
         }
         if tokio::time::Instant::now() >= end {
             bail!("timed out after {deadline:?} waiting for {what}");
