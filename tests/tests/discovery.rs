@@ -5,87 +5,24 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::process::Stdio;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use anyhow::{bail, Context as _};
-use bytes::Bytes;
 use edge_tests::dns::{self, DnsPool, Dnsmasq, TTL};
 use edge_tests::process::Finished;
-use edge_tests::{run_edge, Edge, EdgeConfig, Pki};
-use http_body_util::{BodyExt, Empty};
-use tokio::io::AsyncBufReadExt;
-use tokio::process::{Child, Command};
-use tokio::task::JoinHandle;
+use edge_tests::{
+    assert_one_line_naming, errors, run_edge, served_by, wait_for, Edge, EdgeConfig, KeepAlive,
+    Load, OriginProcess, Pki, Reply,
+};
+use http::Method;
 use tokio::time::Instant;
 
 const API: &str = "api.internal";
 const SRV: &str = "_http._tcp.api.internal";
 const RUN_TIMEOUT: Duration = Duration::from_secs(20);
+const TEST_ORIGIN: &str = env!("CARGO_BIN_EXE_test-origin");
 
 fn ip(last: u8) -> IpAddr {
     IpAddr::from([127, 0, 0, last])
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-/// A `test-origin` process; `requests` holds when each `REQ METHOD ID` line it
-/// printed (one per request, as it arrives) was read.
-struct OriginProcess {
-    child: Child,
-    addr: SocketAddr,
-    requests: Arc<Mutex<Vec<Instant>>>,
-}
-
-impl OriginProcess {
-    async fn start(addr: SocketAddr) -> anyhow::Result<Self> {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_test-origin"))
-            .arg(addr.to_string())
-            .stdout(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .context("starting test-origin")?;
-        let stdout = child.stdout.take().context("test-origin stdout")?;
-        let mut lines = tokio::io::BufReader::new(stdout).lines();
-        let line = tokio::time::timeout(Duration::from_secs(10), lines.next_line())
-            .await
-            .context("test-origin did not print its address")??
-            .with_context(|| format!("test-origin on {addr} exited"))?;
-        let requests: Arc<Mutex<Vec<Instant>>> = Arc::default();
-        let sink = requests.clone();
-        tokio::spawn(async move {
-            while let Ok(Some(line)) = lines.next_line().await {
-                if line.starts_with("REQ ") {
-                    lock(&sink).push(Instant::now());
-                }
-            }
-        });
-        Ok(Self {
-            child,
-            addr: line.trim().parse()?,
-            requests,
-        })
-    }
-
-    /// Requests that arrived at or after `from`.
-    fn requests_since(&self, from: Instant) -> Vec<Instant> {
-        lock(&self.requests)
-            .iter()
-            .copied()
-            .filter(|at| *at >= from)
-            .collect()
-    }
-}
-
-impl Drop for OriginProcess {
-    fn drop(&mut self) {
-        // kill_on_drop signals exactly this child; nothing more to do but say so.
-        let _ = self.child.start_kill();
-    }
 }
 
 /// One origin on each of `ips`, all on one port free on every one of them.
@@ -96,7 +33,8 @@ async fn origins_on_one_port(ips: &[IpAddr]) -> anyhow::Result<(u16, Vec<OriginP
         let port = dns::common_free_port(ips)?;
         let mut origins = Vec::new();
         for ip in ips {
-            match OriginProcess::start(SocketAddr::new(*ip, port)).await {
+            let addr = SocketAddr::new(*ip, port).to_string();
+            match OriginProcess::start(TEST_ORIGIN, &addr, 0).await {
                 Ok(origin) => origins.push(origin),
                 Err(e) => {
                     last = Some(e);
@@ -123,168 +61,19 @@ async fn edge_with_dns(dns: &DnsPool, settings: &[(&str, &str)]) -> anyhow::Resu
     Edge::start_with_toml(dir, pki, &toml).await
 }
 
-type Sender = hyper::client::conn::http1::SendRequest<Empty<Bytes>>;
-
-/// One GET over the keep-alive connection in `conn` (opened first if there is
-/// none): the status, the `x-origin` header and the body.
-async fn get(
-    to: SocketAddr,
-    conn: &mut Option<Sender>,
-    path: &str,
-    id: &str,
-) -> Result<(http::StatusCode, Option<String>, String), String> {
-    if conn.is_none() {
-        let stream = tokio::net::TcpStream::connect(to)
-            .await
-            .map_err(|e| e.to_string())?;
-        let (send, driver) =
-            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-                .await
-                .map_err(|e| e.to_string())?;
-        tokio::spawn(driver);
-        *conn = Some(send);
-    }
-    let send = conn.as_mut().ok_or("no connection")?;
-    send.ready().await.map_err(|e| e.to_string())?;
-    let req = http::Request::get(path)
-        .header("host", "edge.test")
-        .header("x-request-id", id)
-        .body(Empty::new())
-        .map_err(|e| e.to_string())?;
-    let resp = tokio::time::timeout(Duration::from_secs(10), send.send_request(req))
-        .await
-        .map_err(|_| "client timeout".to_owned())?
-        .map_err(|e| e.to_string())?;
-    let status = resp.status();
-    let origin = resp
-        .headers()
-        .get("x-origin")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
-    let body = resp
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| e.to_string())?
-        .to_bytes();
-    Ok((status, origin, String::from_utf8_lossy(&body).into_owned()))
-}
-
-/// One proxied GET: the origin that answered, or what went wrong; the connection
-/// is dropped after an error.
-async fn proxied(
-    edge: SocketAddr,
-    conn: &mut Option<Sender>,
-    id: &str,
-) -> Result<SocketAddr, String> {
-    let result = match get(edge, conn, "/", id).await {
-        Ok((status, Some(origin), body)) if status == 200 => origin
-            .parse::<SocketAddr>()
-            .map_err(|_| format!("bad x-origin {origin:?}"))
-            .and_then(|addr| {
-                if body.trim() == addr.port().to_string() {
-                    Ok(addr)
-                } else {
-                    Err(format!("body {body:?} is not the port of {addr}"))
-                }
-            }),
-        Ok((status, origin, body)) => Err(format!("{status} (x-origin {origin:?}): {body}")),
-        Err(e) => Err(e),
-    };
-    if result.is_err() {
-        *conn = None;
-    }
-    result
-}
-
-/// One answer seen by the load: when, and which origin (or what went wrong).
-type Seen = Arc<Mutex<Vec<(Instant, Result<SocketAddr, String>)>>>;
-
-/// Keep-alive clients, each sending a GET every `every`, until stopped.
-struct Load {
-    seen: Seen,
-    stop: Arc<AtomicBool>,
-    tasks: Vec<JoinHandle<()>>,
-}
-
-impl Load {
-    fn start(edge: SocketAddr, clients: usize, every: Duration) -> Self {
-        let seen: Seen = Arc::default();
-        let stop = Arc::new(AtomicBool::new(false));
-        let tasks = (0..clients)
-            .map(|client| {
-                let (seen, stop) = (seen.clone(), stop.clone());
-                tokio::spawn(async move {
-                    let mut pace = tokio::time::interval(every);
-                    let mut conn = None;
-                    let mut seq = 0u64;
-                    while !stop.load(Ordering::Relaxed) {
-                        pace.tick().await;
-                        seq += 1;
-                        let result = proxied(edge, &mut conn, &format!("c{client}-{seq}")).await;
-                        lock(&seen).push((Instant::now(), result));
-                    }
-                })
-            })
-            .collect();
-        Self { seen, stop, tasks }
-    }
-
-    /// When `origin` first answered at or after `from`.
-    fn first_answer_from(&self, origin: SocketAddr, from: Instant) -> Option<Instant> {
-        lock(&self.seen)
-            .iter()
-            .find(|(at, r)| *at >= from && r.as_ref().ok() == Some(&origin))
-            .map(|(at, _)| *at)
-    }
-
-    async fn finish(self) -> anyhow::Result<Vec<(Instant, Result<SocketAddr, String>)>> {
-        self.stop.store(true, Ordering::Relaxed);
-        for task in self.tasks {
-            task.await?;
-        }
-        Ok(std::mem::take(&mut *lock(&self.seen)))
-    }
-}
-
-fn errors(seen: &[(Instant, Result<SocketAddr, String>)]) -> Vec<String> {
-    seen.iter().filter_map(|(_, r)| r.clone().err()).collect()
-}
-
-/// Answers from `origin` within `[from, to)`.
-fn served_by(
-    seen: &[(Instant, Result<SocketAddr, String>)],
-    origin: SocketAddr,
-    from: Instant,
-    to: Instant,
-) -> usize {
-    seen.iter()
-        .filter(|(at, r)| *at >= from && *at < to && r.as_ref().ok() == Some(&origin))
-        .count()
-}
-
-/// Polls `condition` every 20 ms until it gives a value or `within` passes.
-async fn wait_for<T>(
-    what: &str,
-    within: Duration,
-    mut condition: impl FnMut() -> Option<T>,
-) -> anyhow::Result<T> {
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(value) = condition() {
-            return Ok(value);
-        }
-        if Instant::now() >= deadline {
-            bail!("timed out after {within:?} waiting for {what}");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+/// Keep-alive clients, each sending a GET every `every`, until finished: each
+/// answer is the origin that served it (`x-origin`, its port the body).
+fn start_load(edge: SocketAddr, clients: usize, every: Duration) -> Load<SocketAddr> {
+    Load::start(edge, clients, every, Method::GET, Reply::checked_origin)
 }
 
 /// The value of the metric line starting with `series` (name and labels) on edge's
 /// `/metrics`, with the whole page.
 async fn metric(edge: &Edge, series: &str) -> anyhow::Result<(Option<f64>, String)> {
-    let (status, _, page) = get(edge.admin()?, &mut None, "/metrics", "metrics")
+    let Reply {
+        status, body: page, ..
+    } = KeepAlive::new(edge.admin()?)
+        .request(&Method::GET, "/metrics", "metrics")
         .await
         .map_err(anyhow::Error::msg)?;
     anyhow::ensure!(status == 200, "/metrics answered {status}:\n{page}");
@@ -303,11 +92,11 @@ async fn dns_pool_follows_record_changes_and_drains_removed_endpoints() -> anyho
     let dnsmasq = Dnsmasq::start(&dns::hosts(API, &[ip(11), ip(12)]), "").await?;
     let edge = edge_with_dns(&DnsPool::address(API, port, dnsmasq.addr()), &[]).await?;
     let start = Instant::now();
-    let load = Load::start(edge.http()?, 4, Duration::from_millis(20));
+    let load = start_load(edge.http()?, 4, Duration::from_millis(20));
 
     wait_for("answers from .11 and .12", Duration::from_secs(5), || {
-        let both = load.first_answer_from(o11.addr, start).is_some()
-            && load.first_answer_from(o12.addr, start).is_some();
+        let both = load.first_answer_from(&o11.addr, start).is_some()
+            && load.first_answer_from(&o12.addr, start).is_some();
         both.then_some(())
     })
     .await?;
@@ -317,7 +106,7 @@ async fn dns_pool_follows_record_changes_and_drains_removed_endpoints() -> anyho
     // The record TTL (1 s) plus a second for the refresh tick.
     let within = TTL + Duration::from_secs(2);
     let first_13 = wait_for(".13 answering", within, || {
-        load.first_answer_from(o13.addr, changed)
+        load.first_answer_from(&o13.addr, changed)
     })
     .await;
     tokio::time::sleep(Duration::from_secs(3)).await; // workload timing: after the change
@@ -340,7 +129,7 @@ async fn dns_pool_follows_record_changes_and_drains_removed_endpoints() -> anyho
 
     assert_eq!(errors(&seen), Vec::<String>::new(), "client-visible errors");
     assert!(
-        served_by(&seen, o13.addr, start, changed) == 0,
+        served_by(&seen, &o13.addr, start, changed) == 0,
         ".13 answered before its record existed"
     );
     assert!(
@@ -349,7 +138,7 @@ async fn dns_pool_follows_record_changes_and_drains_removed_endpoints() -> anyho
         first_13 - changed
     );
     assert!(
-        served_by(&seen, o12.addr, first_13, end) > 0,
+        served_by(&seen, &o12.addr, first_13, end) > 0,
         ".12, in both sets, kept serving"
     );
     // Requests in flight at the change may still finish on .11; nothing new goes there.
@@ -387,10 +176,11 @@ async fn srv_weights_split_traffic_one_to_three() -> anyhow::Result<()> {
             let edge = edge.http();
             tokio::spawn(async move {
                 let edge = edge.map_err(|e| e.to_string())?;
-                let mut conn = None;
+                let mut conn = KeepAlive::new(edge);
                 let mut answers = Vec::new();
                 for seq in 0..total / clients {
-                    answers.push(proxied(edge, &mut conn, &format!("c{client}-{seq}")).await);
+                    let id = format!("c{client}-{seq}");
+                    answers.push(conn.answer(&Method::GET, &id, Reply::checked_origin).await);
                 }
                 Ok::<_, String>(answers)
             })
@@ -432,7 +222,7 @@ async fn killing_dnsmasq_changes_nothing_for_60_s() -> anyhow::Result<()> {
     tokio::time::sleep(TTL * 2).await; // workload timing
     dnsmasq.stop()?;
     let killed = Instant::now();
-    let load = Load::start(edge.http()?, 2, Duration::from_millis(40));
+    let load = start_load(edge.http()?, 2, Duration::from_millis(40));
     tokio::time::sleep(Duration::from_secs(60)).await; // workload timing: the 60 s
     let seen = load.finish().await?;
 
@@ -443,7 +233,7 @@ async fn killing_dnsmasq_changes_nothing_for_60_s() -> anyhow::Result<()> {
         let to = from + Duration::from_secs(10);
         for origin in &origins {
             assert!(
-                served_by(&seen, origin.addr, from, to) > 0,
+                served_by(&seen, &origin.addr, from, to) > 0,
                 "{} served between {}0 s and {}0 s after the kill",
                 origin.addr,
                 window,
@@ -472,38 +262,6 @@ async fn killing_dnsmasq_changes_nothing_for_60_s() -> anyhow::Result<()> {
         "the last success is old: {age:?}\n{page}"
     );
     Ok(())
-}
-
-/// Asserts `edge run` failed cleanly: non-zero exit, no panic, exactly one `edge: `
-/// line on stderr, naming `name`.
-fn assert_one_line_naming(out: &Finished, name: &str) {
-    assert!(
-        matches!(out.code, Some(code) if code != 0 && code != 101),
-        "exit {:?}, stderr:\n{}",
-        out.code,
-        out.stderr
-    );
-    assert!(
-        !out.stderr.contains("panicked"),
-        "panicked:\n{}",
-        out.stderr
-    );
-    let lines: Vec<&str> = out
-        .stderr
-        .lines()
-        .filter(|l| l.starts_with("edge: "))
-        .collect();
-    assert_eq!(
-        lines.len(),
-        1,
-        "expected one `edge: ` line in:\n{}",
-        out.stderr
-    );
-    assert!(
-        lines[0].contains(name),
-        "{:?} does not name {name}",
-        lines[0]
-    );
 }
 
 /// Writes edge's config with pool `default` discovered by `dns` (and its

@@ -3,175 +3,45 @@
 //! answer names the origin port that served it.
 
 use std::net::SocketAddr;
-use std::process::Stdio;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use anyhow::Context as _;
-use bytes::Bytes;
-use edge_tests::{Edge, EdgeConfig};
-use http_body_util::{BodyExt, Full};
-use tokio::io::AsyncBufReadExt;
-use tokio::process::{Child, Command};
+use edge_tests::{errors, served_by, Answers, Edge, EdgeConfig, Load, OriginProcess, Reply};
 use tokio::time::Instant;
 
-/// A `test-origin` process: its answers' bodies are its port; it logs every
-/// request (`REQ METHOD ID`) it receives, collected in `log`.
-struct OriginProcess {
-    child: Child,
-    addr: SocketAddr,
-    log: Arc<Mutex<Vec<String>>>,
-}
+const TEST_ORIGIN: &str = env!("CARGO_BIN_EXE_test-origin");
 
-impl OriginProcess {
-    async fn start(addr: &str, delay_ms: u64) -> anyhow::Result<Self> {
-        Self::start_with_health(addr, delay_ms, None).await
-    }
-
-    /// With `health`: `/healthz` answers 200 while that file says `ok`, else 503.
-    async fn start_with_health(
-        addr: &str,
-        delay_ms: u64,
-        health: Option<&std::path::Path>,
-    ) -> anyhow::Result<Self> {
-        let mut args = vec![addr.to_owned(), delay_ms.to_string()];
-        args.extend(health.map(|p| p.display().to_string()));
-        let mut child = Command::new(env!("CARGO_BIN_EXE_test-origin"))
-            .args(&args)
-            .stdout(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .context("starting test-origin")?;
-        let stdout = child.stdout.take().context("test-origin stdout")?;
-        let mut lines = tokio::io::BufReader::new(stdout).lines();
-        let line = tokio::time::timeout(Duration::from_secs(10), lines.next_line())
-            .await
-            .context("test-origin did not print its address")??
-            .context("test-origin exited")?;
-        let log: Arc<Mutex<Vec<String>>> = Arc::default();
-        let sink = log.clone();
-        tokio::spawn(async move {
-            while let Ok(Some(line)) = lines.next_line().await {
-                lock(&sink).push(line);
-            }
-        });
-        Ok(Self {
-            child,
-            addr: line.trim().parse()?,
-            log,
-        })
-    }
-
-    fn url(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-
-    fn signal(&self, signal: &str) -> anyhow::Result<()> {
-        let pid = self.child.id().context("test-origin already gone")?;
-        let status = std::process::Command::new("kill")
-            .args([format!("-{signal}"), pid.to_string()])
-            .status()?;
-        anyhow::ensure!(status.success(), "kill -{signal} {pid} failed");
-        Ok(())
-    }
-
-    async fn kill(mut self) -> anyhow::Result<()> {
-        self.signal("KILL")?;
-        self.child.wait().await?;
-        Ok(())
-    }
+/// A `test-origin` process on any free loopback port, answering after `delay_ms`:
+/// its answers' bodies are its port; it logs every request (`REQ METHOD ID`).
+async fn origin(delay_ms: u64) -> anyhow::Result<OriginProcess> {
+    OriginProcess::start(TEST_ORIGIN, "127.0.0.1:0", delay_ms).await
 }
 
 /// One answer seen by the load: when, and which origin port (or what went wrong).
-type Seen = Arc<Mutex<Vec<(Instant, Result<u16, String>)>>>;
+type Seen = Answers<u16>;
 
 /// `clients` keep-alive clients, each sending a GET every 20 ms, until `until`.
-async fn paced_load(edge: SocketAddr, clients: usize, until: Instant) -> Seen {
+async fn paced_load(edge: SocketAddr, clients: usize, until: Instant) -> anyhow::Result<Seen> {
     paced(edge, clients, until, http::Method::GET).await
 }
 
 /// As `paced_load`, with `method`; every request carries a unique `x-request-id`
-/// (client number and sequence).
-async fn paced(edge: SocketAddr, clients: usize, until: Instant, method: http::Method) -> Seen {
-    let seen: Seen = Arc::default();
-    let mut tasks = Vec::new();
-    for client in 0..clients {
-        let seen = seen.clone();
-        let method = method.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut pace = tokio::time::interval(Duration::from_millis(20));
-            let mut conn = None;
-            let mut seq = 0u64;
-            while Instant::now() < until {
-                pace.tick().await;
-                seq += 1;
-                let id = format!("c{client}-{seq}");
-                let result = send(edge, &mut conn, &method, &id).await;
-                if result.is_err() {
-                    conn = None;
-                }
-                lock(&seen).push((Instant::now(), result));
-            }
-        }));
-    }
-    for t in tasks {
-        let _ = t.await;
-    }
-    seen
-}
-
-type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
-
-async fn send(
+/// (client number and sequence). Body-less, so a proxy *could* replay a POST: the
+/// case that must not happen.
+async fn paced(
     edge: SocketAddr,
-    conn: &mut Option<Sender>,
-    method: &http::Method,
-    id: &str,
-) -> Result<u16, String> {
-    if conn.is_none() {
-        let stream = tokio::net::TcpStream::connect(edge)
-            .await
-            .map_err(|e| e.to_string())?;
-        let (send, driver) =
-            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-                .await
-                .map_err(|e| e.to_string())?;
-        tokio::spawn(driver);
-        *conn = Some(send);
-    }
-    let send = conn.as_mut().ok_or("no connection")?;
-    send.ready().await.map_err(|e| e.to_string())?;
-    // Body-less, so a proxy *could* replay it: the case that must not happen.
-    let body = Bytes::new();
-    let req = http::Request::builder()
-        .method(method.clone())
-        .uri("/")
-        .header("host", "edge.test")
-        .header("x-request-id", id)
-        .body(Full::new(body))
-        .map_err(|e| e.to_string())?;
-    let resp = tokio::time::timeout(Duration::from_secs(10), send.send_request(req))
-        .await
-        .map_err(|_| "client timeout".to_owned())?
-        .map_err(|e| e.to_string())?;
-    let status = resp.status();
-    let body = resp
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| e.to_string())?
-        .to_bytes();
-    let text = String::from_utf8_lossy(&body).into_owned();
-    if status != 200 {
-        return Err(format!("{status}: {text}"));
-    }
-    text.trim()
-        .parse()
-        .map_err(|_| format!("unexpected body {text:?}"))
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    clients: usize,
+    until: Instant,
+    method: http::Method,
+) -> anyhow::Result<Seen> {
+    let load = Load::start(
+        edge,
+        clients,
+        Duration::from_millis(20),
+        method,
+        Reply::port_in_body,
+    );
+    tokio::time::sleep_until(until).await; // workload timing: the load's length
+    load.finish().await
 }
 
 async fn edge_over(origins: &[&OriginProcess], settings: &[(&str, &str)]) -> anyhow::Result<Edge> {
@@ -183,26 +53,11 @@ async fn edge_over(origins: &[&OriginProcess], settings: &[(&str, &str)]) -> any
     Edge::start(&config).await
 }
 
-fn errors(seen: &Seen) -> Vec<String> {
-    lock(seen)
-        .iter()
-        .filter_map(|(_, r)| r.clone().err())
-        .collect()
-}
-
-/// Answers from `port` within `[from, to)`.
-fn served_by(seen: &Seen, port: u16, from: Instant, to: Instant) -> usize {
-    lock(seen)
-        .iter()
-        .filter(|(at, r)| *at >= from && *at < to && r.as_ref().ok() == Some(&port))
-        .count()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_one_of_three_origins_under_load_loses_no_request() -> anyhow::Result<()> {
-    let a = OriginProcess::start("127.0.0.1:0", 0).await?;
-    let b = OriginProcess::start("127.0.0.1:0", 0).await?;
-    let c = OriginProcess::start("127.0.0.1:0", 0).await?;
+    let a = origin(0).await?;
+    let b = origin(0).await?;
+    let c = origin(0).await?;
     let b_addr = b.addr;
     let edge = edge_over(&[&a, &b, &c], &[]).await?;
     let start = Instant::now();
@@ -212,12 +67,12 @@ async fn sigkill_one_of_three_origins_under_load_loses_no_request() -> anyhow::R
     b.kill().await?;
     let killed = Instant::now();
     tokio::time::sleep_until(start + Duration::from_secs(4)).await; // workload timing
-    let b = OriginProcess::start(&b_addr.to_string(), 0).await?;
+    let b = OriginProcess::start(TEST_ORIGIN, &b_addr.to_string(), 0).await?;
     let restarted = Instant::now();
-    let seen = load.await?;
+    let seen = load.await??;
 
     assert_eq!(errors(&seen), Vec::<String>::new(), "client-visible errors");
-    let total = lock(&seen).len();
+    let total = seen.len();
     assert!(total > 2000, "the load ran: {total} answers");
     let metrics = edge_tests::curl(&[format!("http://{}/metrics", edge.admin()?)])
         .await?
@@ -232,12 +87,12 @@ async fn sigkill_one_of_three_origins_under_load_loses_no_request() -> anyhow::R
         "retries were counted: {retries:?}"
     );
     assert!(
-        served_by(&seen, b_addr.port(), start, killed) > 0,
+        served_by(&seen, &b_addr.port(), start, killed) > 0,
         "b served before the kill"
     );
     let back = served_by(
         &seen,
-        b_addr.port(),
+        &b_addr.port(),
         restarted,
         restarted + Duration::from_secs(10),
     );
@@ -249,9 +104,9 @@ async fn sigkill_one_of_three_origins_under_load_loses_no_request() -> anyhow::R
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigstop_hangs_one_origin_breaker_routes_around_it_and_sigcont_brings_it_back(
 ) -> anyhow::Result<()> {
-    let a = OriginProcess::start("127.0.0.1:0", 0).await?;
-    let b = OriginProcess::start("127.0.0.1:0", 0).await?;
-    let c = OriginProcess::start("127.0.0.1:0", 0).await?;
+    let a = origin(0).await?;
+    let b = origin(0).await?;
+    let c = origin(0).await?;
     let edge = edge_over(&[&a, &b, &c], &[("response_timeout", "\"500ms\"")]).await?;
     let start = Instant::now();
     let load = tokio::spawn(paced_load(edge.http()?, 4, start + Duration::from_secs(16)));
@@ -261,7 +116,7 @@ async fn sigstop_hangs_one_origin_breaker_routes_around_it_and_sigcont_brings_it
     tokio::time::sleep_until(start + Duration::from_secs(6)).await; // workload timing
     c.signal("CONT")?;
     let resumed = Instant::now();
-    let seen = load.await?;
+    let seen = load.await??;
 
     assert_eq!(errors(&seen), Vec::<String>::new(), "client-visible errors");
     let endpoint = format!("endpoint={}", c.url());
@@ -274,7 +129,7 @@ async fn sigstop_hangs_one_origin_breaker_routes_around_it_and_sigcont_brings_it
     );
     let back = served_by(
         &seen,
-        c.addr.port(),
+        &c.addr.port(),
         resumed,
         resumed + Duration::from_secs(10),
     );
@@ -287,15 +142,15 @@ async fn sigstop_hangs_one_origin_breaker_routes_around_it_and_sigcont_brings_it
 
 /// Shares of each origin in answers after a warm-up second.
 async fn shares_with_one_slow_origin(balancer: &str) -> anyhow::Result<(f64, usize)> {
-    let a = OriginProcess::start("127.0.0.1:0", 0).await?;
-    let b = OriginProcess::start("127.0.0.1:0", 0).await?;
-    let slow = OriginProcess::start("127.0.0.1:0", 100).await?;
+    let a = origin(0).await?;
+    let b = origin(0).await?;
+    let slow = origin(100).await?;
     let edge = edge_over(&[&a, &b, &slow], &[("balancer", balancer)]).await?;
     let start = Instant::now();
-    let seen = paced_load(edge.http()?, 4, start + Duration::from_secs(7)).await;
+    let seen = paced_load(edge.http()?, 4, start + Duration::from_secs(7)).await?;
     assert_eq!(errors(&seen), Vec::<String>::new());
     let warm = start + Duration::from_secs(1);
-    let after: Vec<u16> = lock(&seen)
+    let after: Vec<u16> = seen
         .iter()
         .filter(|(at, _)| *at >= warm)
         .filter_map(|(_, r)| r.as_ref().ok().copied())
@@ -323,8 +178,8 @@ async fn round_robin_gives_a_slow_origin_its_third() -> anyhow::Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn all_origins_down_answers_503_with_retry_after_once_breakers_open() -> anyhow::Result<()> {
-    let a = OriginProcess::start("127.0.0.1:0", 0).await?;
-    let b = OriginProcess::start("127.0.0.1:0", 0).await?;
+    let a = origin(0).await?;
+    let b = origin(0).await?;
     let edge = edge_over(&[&a, &b], &[]).await?;
     let url = format!("http://{}/", edge.http()?);
     let first = edge_tests::curl(&[url.as_str()]).await?;
@@ -370,10 +225,10 @@ async fn all_origins_down_answers_503_with_retry_after_once_breakers_open() -> a
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn posts_to_a_dying_origin_fail_at_most_in_flight_and_never_reach_two_origins(
 ) -> anyhow::Result<()> {
-    let a = OriginProcess::start("127.0.0.1:0", 50).await?;
-    let b = OriginProcess::start("127.0.0.1:0", 50).await?;
-    let c = OriginProcess::start("127.0.0.1:0", 50).await?;
-    let logs = [a.log.clone(), b.log.clone(), c.log.clone()];
+    let a = origin(50).await?;
+    let b = origin(50).await?;
+    let c = origin(50).await?;
+    let logs = [a.log(), b.log(), c.log()];
     let clients = 4;
     let edge = edge_over(&[&a, &b, &c], &[]).await?;
     let start = Instant::now();
@@ -385,7 +240,7 @@ async fn posts_to_a_dying_origin_fail_at_most_in_flight_and_never_reach_two_orig
     ));
     tokio::time::sleep_until(start + Duration::from_secs(2)).await; // workload timing
     b.kill().await?;
-    let seen = load.await?;
+    let seen = load.await??;
 
     let failures = errors(&seen);
     assert!(
@@ -394,7 +249,7 @@ async fn posts_to_a_dying_origin_fail_at_most_in_flight_and_never_reach_two_orig
     );
     let mut received = std::collections::HashMap::<String, usize>::new();
     for log in &logs {
-        for line in lock(log).iter() {
+        for line in log.lines() {
             if let Some(id) = line.strip_prefix("REQ POST ") {
                 *received.entry(id.to_owned()).or_default() += 1;
             }
@@ -405,7 +260,7 @@ async fn posts_to_a_dying_origin_fail_at_most_in_flight_and_never_reach_two_orig
         twice.is_empty(),
         "POSTs delivered more than once: {twice:?}"
     );
-    let answered = lock(&seen).iter().filter(|(_, r)| r.is_ok()).count();
+    let answered = seen.iter().filter(|(_, r)| r.is_ok()).count();
     assert!(answered > 200, "the load ran: {answered} answers");
     assert!(
         received.len() >= answered,
@@ -422,8 +277,8 @@ async fn active_health_checks_take_an_unhealthy_origin_out_and_back() -> anyhow:
     let dir = tempfile::tempdir()?;
     let health = dir.path().join("b-health");
     std::fs::write(&health, "ok")?;
-    let a = OriginProcess::start("127.0.0.1:0", 0).await?;
-    let b = OriginProcess::start_with_health("127.0.0.1:0", 0, Some(&health)).await?;
+    let a = origin(0).await?;
+    let b = OriginProcess::start_with_health(TEST_ORIGIN, "127.0.0.1:0", 0, Some(&health)).await?;
     let check = "{ path = \"/healthz\", interval = \"100ms\", timeout = \"500ms\", healthy = 2, unhealthy = 2 }";
     let edge = edge_over(&[&a, &b], &[("health_check", check)]).await?;
     let start = Instant::now();
@@ -438,24 +293,24 @@ async fn active_health_checks_take_an_unhealthy_origin_out_and_back() -> anyhow:
     std::fs::write(&health, "ok")?;
     wait_until_logged(&edge, "health check passing").await?;
     let back = Instant::now();
-    let seen = load.await?;
+    let seen = load.await??;
 
     assert_eq!(errors(&seen), Vec::<String>::new(), "client-visible errors");
     let port = b.addr.port();
     assert!(
-        served_by(&seen, port, start, marked_down) > 0,
+        served_by(&seen, &port, start, marked_down) > 0,
         "b served while healthy"
     );
     // Requests already on their way when b went out may still land (their answers
     // can be late on a busy machine); none chosen a second later.
     let settle = Duration::from_secs(1);
     assert_eq!(
-        served_by(&seen, port, out + settle, back),
+        served_by(&seen, &port, out + settle, back),
         0,
         "b out of rotation while unhealthy"
     );
     assert!(
-        served_by(&seen, port, back, back + Duration::from_secs(3)) > 0,
+        served_by(&seen, &port, back, back + Duration::from_secs(3)) > 0,
         "b back in rotation"
     );
     let metrics = edge_tests::curl(&[format!("http://{}/metrics", edge.admin()?)])
