@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use edge_tests::edge::toml_path;
-use edge_tests::{run_edge, workspace_root, Pki};
+use edge_tests::{assert_one_line_naming, run_edge, workspace_root, Pki};
 
 const RUN_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -95,38 +95,6 @@ async fn check_accepts_every_example_config_in_ops() -> anyhow::Result<()> {
         );
     }
     Ok(())
-}
-
-/// Asserts `edge` failed cleanly: non-zero exit, no panic, exactly one `edge: ` line
-/// and that line naming `addr`.
-fn assert_one_line_naming(out: &edge_tests::process::Finished, addr: &str) {
-    assert!(
-        matches!(out.code, Some(code) if code != 0 && code != 101),
-        "exit {:?}, stderr:\n{}",
-        out.code,
-        out.stderr
-    );
-    assert!(
-        !out.stderr.contains("panicked"),
-        "panicked:\n{}",
-        out.stderr
-    );
-    let lines: Vec<&str> = out
-        .stderr
-        .lines()
-        .filter(|l| l.starts_with("edge: "))
-        .collect();
-    assert_eq!(
-        lines.len(),
-        1,
-        "expected one `edge: ` line in:\n{}",
-        out.stderr
-    );
-    assert!(
-        lines[0].contains(addr),
-        "{:?} does not name {addr}",
-        lines[0]
-    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
