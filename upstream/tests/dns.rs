@@ -1,187 +1,22 @@
 //! DNS discovery against a real dnsmasq (Debian package `dnsmasq-base`) on a free
-//! loopback port.
+//! loopback port, driven by the integration-test harness's
+//! [`edge_tests::dns::Dnsmasq`].
 //!
-//! dnsmasq rereads `--addn-hosts` on SIGHUP, so A/AAAA changes are a file write and a
-//! SIGHUP. `srv-host=` and `txt-record=` lines live in `--conf-file`, which dnsmasq
-//! reads only at start (SIGHUP leaves them as they were), so those changes restart it
-//! on the same port. Every record is served with a 1 s TTL (`--local-ttl=1`), and
-//! `--local=/internal/` makes unknown names under `internal` NXDOMAIN instead of REFUSED.
+//! A/AAAA changes are a hosts file write and a SIGHUP (`set_hosts`); SRV and TXT
+//! records live in dnsmasq's conf file, read only at start, so those changes restart
+//! it on the same port (`restart`). Every record is served with a 1 s TTL ([`TTL`]),
+//! and `--local=/internal/` makes unknown names under `internal` NXDOMAIN instead of
+//! REFUSED.
 
 use std::error::Error as StdError;
-use std::fs::{self, OpenOptions};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, UdpSocket};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::time::Duration;
 
-use anyhow::{bail, Context as _, Result};
-use tempfile::TempDir;
+use anyhow::{bail, Result};
+use edge_tests::dns::{Dnsmasq, TTL};
+use edge_tests::wait_until;
 use tokio::sync::watch::Receiver;
 use upstream::discovery::{self, DiscoveryError, DnsConfig, RecordKind, Resolution};
-
-/// The TTL dnsmasq gives every record here.
-const TTL: Duration = Duration::from_secs(1);
-
-/// A dnsmasq child serving a hosts file and a conf file from its own temporary folder.
-struct Dnsmasq {
-    dir: TempDir,
-    port: u16,
-    child: Option<Child>,
-}
-
-impl Dnsmasq {
-    /// Starts dnsmasq on a free port with these `--addn-hosts` and `--conf-file` contents.
-    async fn start(hosts: &str, conf: &str) -> Result<Self> {
-        let dir = tempfile::tempdir()?;
-        fs::write(dir.path().join("hosts"), hosts)?;
-        fs::write(dir.path().join("dnsmasq.conf"), conf)?;
-        let mut dns = Self {
-            dir,
-            port: 0,
-            child: None,
-        };
-        // The port is free when picked but could be taken before dnsmasq binds it.
-        let mut last = None;
-        for _ in 0..5 {
-            dns.port = free_port()?;
-            match dns.spawn().await {
-                Ok(()) => return Ok(dns),
-                Err(e) => last = Some(e),
-            }
-        }
-        Err(last.unwrap_or_else(|| anyhow::anyhow!("dnsmasq never started")))
-    }
-
-    fn addr(&self) -> SocketAddr {
-        SocketAddr::from((Ipv4Addr::LOCALHOST, self.port))
-    }
-
-    fn path(&self, file: &str) -> PathBuf {
-        self.dir.path().join(file)
-    }
-
-    /// Runs dnsmasq on `self.port` and waits until it accepts TCP (its UDP socket is
-    /// bound by then too).
-    async fn spawn(&mut self) -> Result<()> {
-        let log = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.path("dnsmasq.log"))?;
-        let child = Command::new("dnsmasq")
-            .arg("--no-daemon")
-            .arg("--no-resolv")
-            .arg("--no-hosts")
-            .arg(format!("--port={}", self.port))
-            .arg("--listen-address=127.0.0.1")
-            .arg("--bind-interfaces")
-            .arg(format!(
-                "--conf-file={}",
-                self.path("dnsmasq.conf").display()
-            ))
-            .arg(format!("--addn-hosts={}", self.path("hosts").display()))
-            .arg("--local=/internal/")
-            .arg(format!("--local-ttl={}", TTL.as_secs()))
-            .arg("--pid-file=")
-            // As root it would switch to `nobody`, who cannot read the 0700 temp folder
-            // on SIGHUP; as any other user this changes nothing.
-            .arg("--user=root")
-            .arg("--log-queries")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .context("starting dnsmasq (Debian package dnsmasq-base)")?;
-        self.child = Some(child);
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-        loop {
-            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().transpose()) {
-                self.child = None;
-                bail!(
-                    "dnsmasq on port {} exited with {:?}:\n{}",
-                    self.port,
-                    status,
-                    self.log()
-                );
-            }
-            if tokio::net::TcpStream::connect(self.addr()).await.is_ok() {
-                return Ok(());
-            }
-            if tokio::time::Instant::now() >= deadline {
-                bail!("dnsmasq on port {} not ready:\n{}", self.port, self.log());
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    fn log(&self) -> String {
-        fs::read_to_string(self.path("dnsmasq.log")).unwrap_or_default()
-    }
-
-    fn pid(&self) -> Result<u32> {
-        self.child
-            .as_ref()
-            .map(Child::id)
-            .context("dnsmasq is not running")
-    }
-
-    /// Replaces the hosts file (whole, by rename) and has dnsmasq reread it.
-    fn set_hosts(&self, hosts: &str) -> Result<()> {
-        let tmp = self.path("hosts.new");
-        fs::write(&tmp, hosts)?;
-        fs::rename(&tmp, self.path("hosts"))?;
-        let status = Command::new("kill")
-            .args(["-HUP", &self.pid()?.to_string()])
-            .status()?;
-        if !status.success() {
-            bail!("kill -HUP dnsmasq: {status}");
-        }
-        Ok(())
-    }
-
-    /// Replaces both files and restarts dnsmasq on the same port: the way to change
-    /// SRV and TXT records, which SIGHUP does not reload.
-    async fn restart(&mut self, hosts: &str, conf: &str) -> Result<()> {
-        self.stop()?;
-        fs::write(self.path("hosts"), hosts)?;
-        fs::write(self.path("dnsmasq.conf"), conf)?;
-        self.spawn().await
-    }
-
-    /// Kills this dnsmasq (its pid only) and reaps it.
-    fn stop(&mut self) -> Result<()> {
-        if let Some(mut child) = self.child.take() {
-            child.kill()?;
-            child.wait()?;
-        }
-        Ok(())
-    }
-}
-
-impl Drop for Dnsmasq {
-    fn drop(&mut self) {
-        if let Err(e) = self.stop() {
-            eprintln!("stopping dnsmasq on port {}: {e}", self.port);
-        }
-    }
-}
-
-/// A port free on 127.0.0.1 for both UDP and TCP, chosen by the OS. The UDP port the
-/// OS picks can be in use by a TCP connection (the ephemeral ranges are shared), so
-/// this asks again until both are free.
-fn free_port() -> Result<u16> {
-    let mut last = None;
-    for _ in 0..20 {
-        let udp = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))?;
-        let port = udp.local_addr()?.port();
-        match TcpListener::bind((Ipv4Addr::LOCALHOST, port)) {
-            Ok(_) => return Ok(port),
-            Err(e) => last = Some(e),
-        }
-    }
-    Err(anyhow::anyhow!(
-        "no port free for both UDP and TCP: last {last:?}"
-    ))
-}
 
 fn config(dns: &Dnsmasq, name: &str, kind: RecordKind) -> DnsConfig {
     let mut cfg = match kind {
@@ -216,21 +51,6 @@ async fn wait_for_set(
         Ok(Err(_)) => bail!("the discovery task stopped"),
         Err(_) => bail!("no set {want:?} within {within:?}; have {:?}", rx.borrow()),
     }
-}
-
-/// Polls `condition` until it holds or `within` passes.
-async fn wait_until<F>(what: &str, within: Duration, mut condition: F) -> Result<()>
-where
-    F: FnMut() -> bool,
-{
-    let deadline = tokio::time::Instant::now() + within;
-    while !condition() {
-        if tokio::time::Instant::now() >= deadline {
-            bail!("timed out after {within:?} waiting for {what}");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    Ok(())
 }
 
 /// An error and its causes, as one line.
