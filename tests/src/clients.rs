@@ -313,14 +313,7 @@ pub async fn h3_requests(
     edge: &Edge,
     spec: &serde_json::Value,
 ) -> anyhow::Result<serde_json::Value> {
-    let ca = edge.pki.ca_cert.to_string_lossy().into_owned();
-    let port = edge.h3_addr.port().to_string();
-    let host = edge.h3_addr.ip().to_string();
-    let spec = spec.to_string();
-    let args = [
-        "--ca", &ca, "--host", &host, "--port", &port, "--spec", &spec,
-    ];
-    python_json("h3_requests.py", &args, PYTHON_TIMEOUT).await
+    run_h3_requests(edge, spec, &[]).await
 }
 
 /// Like [`h3_requests`], but the client sends `server_name` as SNI (and
@@ -332,26 +325,27 @@ pub async fn h3_requests_sni(
     verify: bool,
     spec: &serde_json::Value,
 ) -> anyhow::Result<serde_json::Value> {
+    let mut extra = vec!["--server-name", server_name, "--peer-cert"];
+    if !verify {
+        extra.push("--insecure");
+    }
+    run_h3_requests(edge, spec, &extra).await
+}
+
+/// `h3_requests.py` at edge's HTTP/3 address with the test CA, `spec` and `extra`.
+async fn run_h3_requests(
+    edge: &Edge,
+    spec: &serde_json::Value,
+    extra: &[&str],
+) -> anyhow::Result<serde_json::Value> {
     let ca = edge.pki.ca_cert.to_string_lossy().into_owned();
     let port = edge.h3_addr.port().to_string();
     let host = edge.h3_addr.ip().to_string();
     let spec = spec.to_string();
     let mut args = vec![
-        "--ca",
-        &ca,
-        "--host",
-        &host,
-        "--port",
-        &port,
-        "--server-name",
-        server_name,
-        "--peer-cert",
-        "--spec",
-        &spec,
+        "--ca", &ca, "--host", &host, "--port", &port, "--spec", &spec,
     ];
-    if !verify {
-        args.push("--insecure");
-    }
+    args.extend_from_slice(extra);
     python_json("h3_requests.py", &args, PYTHON_TIMEOUT).await
 }
 
