@@ -603,7 +603,7 @@ def cmd_parse_wrk(path):
     non2xx = int(non2xx.group(1)) if non2xx else 0
     sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)
     sock = sum(map(int, sock.groups())) if sock else 0
-    print(total - non2xx, f"{window:.3f}", to_ms(p["50"]), to_ms(p["99"]), non2xx + sock)
+    print(total - non2xx, f"{window:.3f}", f"{to_ms(p['50']):.3f}", f"{to_ms(p['99']):.3f}", non2xx + sock)
 
 
 def percentile(sorted_values, q):
