@@ -327,3 +327,55 @@ async fn active_health_checks_take_an_unhealthy_origin_out_and_back() -> anyhow:
 async fn wait_until_logged(edge: &Edge, text: &str) -> anyhow::Result<()> {
     edge_tests::wait_until(text, Duration::from_secs(10), || edge.log().contains(text)).await
 }
+
+/// Endpoints that answer errors (503) are ejected like unreachable ones, but never
+/// below `min_available_share` of the pool: with three endpoints and 0.5, the
+/// first sick one goes out, the second stays in (ejecting it would leave one).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn error_answers_eject_an_origin_but_never_below_the_minimum_share() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let files: Vec<_> = ["a", "b", "c"].iter().map(|n| dir.path().join(n)).collect();
+    let mut origins = Vec::new();
+    for file in &files {
+        std::fs::write(file, "ok")?;
+        origins.push(
+            OriginProcess::start_with_health(TEST_ORIGIN, "127.0.0.1:0", 0, Some(file)).await?,
+        );
+    }
+    let [a, b, c] = [&origins[0], &origins[1], &origins[2]];
+    let edge = edge_over(&[a, b, c], &[("min_available_share", "0.5")]).await?;
+    let start = Instant::now();
+    let load = tokio::spawn(paced_load(edge.http()?, 4, start + Duration::from_secs(9)));
+
+    tokio::time::sleep_until(start + Duration::from_secs(2)).await; // workload timing
+    std::fs::write(&files[2], "fail")?;
+    wait_until_logged(&edge, "endpoint answering errors").await?;
+    let c_out = Instant::now();
+    std::fs::write(&files[1], "fail")?;
+    let b_sick = Instant::now();
+    let _ = load.await??;
+
+    // c's breaker is open for 5 s: from a second after it opened, c gets nothing.
+    let c_hits = c.requests_since(c_out + Duration::from_secs(1));
+    let during_open = c_hits
+        .iter()
+        .filter(|t| **t < c_out + Duration::from_millis(4500))
+        .count();
+    assert_eq!(
+        during_open, 0,
+        "c is out of rotation while its breaker is open"
+    );
+    // b answers errors too, but ejecting it would leave one of three (< 0.5).
+    let b_hits = b.requests_since(b_sick + Duration::from_secs(2)).len();
+    assert!(
+        b_hits > 20,
+        "b stays in rotation to keep the minimum share: {b_hits} requests"
+    );
+    let ejected = |o: &OriginProcess| {
+        let line = format!("endpoint answering errors endpoint={}", o.url());
+        edge.log().lines().any(|l| l.contains(&line))
+    };
+    assert!(ejected(c), "c was ejected:\n{}", edge.log());
+    assert!(!ejected(b), "b was never ejected:\n{}", edge.log());
+    Ok(())
+}

@@ -119,10 +119,19 @@ impl Breaker {
 
     /// Returns true when this failure opened the breaker.
     pub fn on_failure(&mut self, now_ms: u64) -> bool {
+        self.on_failure_unless_last(now_ms, true)
+    }
+
+    /// A failure that may open the breaker only when `may_open`: used for error
+    /// answers (5xx) from a reachable endpoint, which must not eject so many
+    /// endpoints that the pool falls below its minimum share. The failures still
+    /// count, so the breaker opens as soon as it may.
+    pub fn on_failure_unless_last(&mut self, now_ms: u64, may_open: bool) -> bool {
         self.consecutive_failures = self.consecutive_failures.saturating_add(1);
+        // A failed half-open probe always reopens: that endpoint is out already.
         let open = match self.state(now_ms) {
             State::HalfOpen => true,
-            State::Closed => self.consecutive_failures >= self.cfg.failures,
+            State::Closed => may_open && self.consecutive_failures >= self.cfg.failures,
             State::Open => false,
         };
         self.probe_in_flight = false;
@@ -211,6 +220,24 @@ mod tests {
             "a close resets the period to the base"
         );
         assert_eq!(b.state(35_000), State::HalfOpen);
+    }
+
+    #[test]
+    fn a_failure_that_may_not_open_still_counts_toward_the_next() {
+        let mut b = breaker();
+        assert!(!b.on_failure_unless_last(0, false));
+        assert!(!b.on_failure_unless_last(0, false));
+        assert!(
+            !b.on_failure_unless_last(0, false),
+            "threshold reached but not allowed"
+        );
+        assert_eq!(b.state(0), State::Closed);
+        assert!(b.on_failure_unless_last(1, true), "opens once allowed");
+        assert_eq!(b.try_acquire(5_001), Admit::Probe);
+        assert!(
+            b.on_failure_unless_last(5_001, false),
+            "a failed probe reopens regardless"
+        );
     }
 
     #[test]

@@ -75,6 +75,9 @@ pub struct PoolConfig {
     pub health_check: Option<HealthCheck>,
     /// Connects under way at most (all endpoints); past it, fail fast.
     pub max_pending_connects: usize,
+    /// Error answers (500, 502, 503, 504) count as failures toward an endpoint's
+    /// breaker, but never eject endpoints below this share of the pool.
+    pub min_available_share: f64,
     /// The whole request, all tries together, until the response head.
     pub request_timeout: Option<Duration>,
 }
@@ -101,6 +104,7 @@ impl PoolConfig {
             max_requests: 10_000,
             health_check: None,
             max_pending_connects: 1024,
+            min_available_share: 0.5,
             request_timeout: None,
         }
     }
@@ -119,6 +123,7 @@ pub struct Pool<B> {
     connector: Connector,
     response_timeout: Duration,
     request_timeout: Option<Duration>,
+    min_available_share: f64,
     health_check: Option<HealthCheck>,
     policy: Policy,
     next: AtomicUsize,
@@ -230,6 +235,7 @@ impl<B: ReqBody> Pool<B> {
                 pending: AtomicUsize::new(0),
             },
             request_timeout: cfg.request_timeout,
+            min_available_share: cfg.min_available_share,
             response_timeout: cfg.response_timeout,
             health_check: cfg.health_check,
             policy: cfg.policy,
@@ -384,7 +390,13 @@ impl<B: ReqBody> Pool<B> {
             // slow one would just get the request twice.
             let (error, again, elsewhere_only) = match result {
                 Ok(resp) => {
-                    attempt.succeeded();
+                    if is_sick_answer(resp.status()) {
+                        // A reachable endpoint answering errors: eject it unless
+                        // that would leave less than the minimum share available.
+                        attempt.answered_with_error(self.may_eject(&members));
+                    } else {
+                        attempt.succeeded();
+                    }
                     match safe_replay {
                         Some(r) if self.retry_statuses.contains(&resp.status()) => {
                             let error = Error::Status {
@@ -419,6 +431,20 @@ impl<B: ReqBody> Pool<B> {
             tracing::debug!(pool = %self.name, error = %error, "trying again on another connection");
             req = again;
         }
+    }
+
+    /// Whether one more endpoint may be ejected for error answers: at least
+    /// `min_available_share` of the pool must stay in rotation (closed breakers;
+    /// a half-open endpoint is still suspect and does not count).
+    fn may_eject(&self, members: &Members<B>) -> bool {
+        let now = now_ms();
+        let n = members.backends.len();
+        let up = members
+            .backends
+            .iter()
+            .filter(|b| b.breaker().state(now) == State::Closed)
+            .count();
+        may_eject(up, n, self.min_available_share)
     }
 
     /// Whether an endpoint not tried yet could take a request now.
@@ -556,6 +582,18 @@ fn available<B: ReqBody>(members: &Members<B>, now: u64) -> impl Fn(usize) -> bo
     }
 }
 
+/// Answers that mean the endpoint is sick (as opposed to the request being wrong).
+fn is_sick_answer(status: StatusCode) -> bool {
+    matches!(status.as_u16(), 500 | 502 | 503 | 504)
+}
+
+/// With `up` of `n` endpoints available, whether ejecting one more keeps at least
+/// `min_share` of the pool available.
+fn may_eject(up: usize, n: usize, min_share: f64) -> bool {
+    let keep = (min_share.clamp(0.0, 1.0) * n as f64).ceil() as usize;
+    up.saturating_sub(1) >= keep.max(1)
+}
+
 /// A request counted against `max_requests` until dropped.
 struct InFlight(Arc<AtomicUsize>);
 
@@ -614,6 +652,20 @@ impl<'a, B: ReqBody> Attempt<'a, B> {
         self.backend.breaker().on_success();
     }
 
+    /// An error answer: a failure that opens the breaker only when `ejectable`.
+    fn answered_with_error(&mut self, ejectable: bool) {
+        self.settled = true;
+        self.backend.load.observe(self.started.elapsed(), now_ms());
+        let opened = self
+            .backend
+            .breaker()
+            .on_failure_unless_last(now_ms(), ejectable);
+        if opened {
+            self.backend.ejections.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(endpoint = %self.backend.addr, "circuit breaker opened: endpoint answering errors");
+        }
+    }
+
     /// Records a failure when `counts`; otherwise only releases a probe.
     fn failed_if(&mut self, counts: bool) {
         self.settled = true;
@@ -656,4 +708,37 @@ fn tls_connector(cfg: &PoolConfig) -> Result<tokio_rustls::TlsConnector, rustls:
         Protocol::H1 => vec![b"http/1.1".to_vec()],
     };
     Ok(tokio_rustls::TlsConnector::from(Arc::new(tls)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ejection_keeps_the_minimum_share_available() {
+        // Half of 4 must stay: with all 4 up one may go, then another, not a third.
+        assert!(may_eject(4, 4, 0.5));
+        assert!(may_eject(3, 4, 0.5));
+        assert!(!may_eject(2, 4, 0.5));
+        // Never the last one, whatever the share.
+        assert!(!may_eject(1, 3, 0.0));
+        assert!(may_eject(3, 3, 0.5));
+        assert!(!may_eject(2, 3, 0.5), "ceil(1.5) = 2 must stay");
+    }
+
+    #[test]
+    fn only_server_failures_mean_a_sick_endpoint() {
+        for s in [500, 502, 503, 504] {
+            assert!(
+                is_sick_answer(StatusCode::from_u16(s).expect("status")),
+                "{s}"
+            );
+        }
+        for s in [200, 404, 429, 501, 505] {
+            assert!(
+                !is_sick_answer(StatusCode::from_u16(s).expect("status")),
+                "{s}"
+            );
+        }
+    }
 }

@@ -512,6 +512,18 @@ fn read_resilience(cx: &mut Cx<'_>, t: &mut Table<'_>, pool: &mut PoolConfig) {
     pool.max_requests = at_least(cx, t, "max_requests", pool.max_requests, 1);
     pool.max_pending_connects =
         at_least(cx, t, "max_pending_connects", pool.max_pending_connects, 1);
+    if let Some(share) = t.opt::<f64>(cx, "min_available_share") {
+        if (0.0..=1.0).contains(&share) {
+            pool.min_available_share = share;
+        } else {
+            let line = t.line_of(cx, "min_available_share");
+            cx.error(
+                line,
+                &t.path("min_available_share"),
+                "must be between 0.0 and 1.0",
+            );
+        }
+    }
     pool.request_timeout = t.opt::<Duration>(cx, "request_timeout");
     if pool.request_timeout.is_some_and(|d| d.is_zero()) {
         let line = t.line_of(cx, "request_timeout");

@@ -6,6 +6,8 @@
 //! stdout, then one line `REQ METHOD X-REQUEST-ID` per request as it arrives.
 //! `test-origin ADDR DELAY_MS HEALTH_FILE`: `/healthz` answers 200 while that
 //! file says `ok` (or is missing) and 503 otherwise; it is not logged as a request.
+//! While the file says `fail`, every request is answered 503 (a reachable but
+//! sick backend).
 
 use std::convert::Infallible;
 use std::time::Duration;
@@ -61,6 +63,9 @@ fn main() -> anyhow::Result<()> {
                         *resp.status_mut() = status;
                         return futures_ready(resp);
                     }
+                    let failing = health_file.as_ref().is_some_and(|f| {
+                        std::fs::read_to_string(f).is_ok_and(|s| s.trim() == "fail")
+                    });
                     let id = req
                         .headers()
                         .get("x-request-id")
@@ -73,6 +78,9 @@ fn main() -> anyhow::Result<()> {
                             tokio::time::sleep(delay).await;
                         }
                         let mut resp = Response::new(Full::new(body));
+                        if failing {
+                            *resp.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
+                        }
                         resp.headers_mut().insert("x-origin", origin);
                         Ok::<_, Infallible>(resp)
                     })
