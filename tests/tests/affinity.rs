@@ -39,3 +39,38 @@ async fn consistent_hash_keeps_each_client_address_on_one_origin() -> anyhow::Re
     );
     Ok(())
 }
+
+/// Weights from config: `{ url, weight }` endpoints with the weighted balancer
+/// split traffic exactly by weight.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn configured_weights_split_traffic_one_to_three() -> anyhow::Result<()> {
+    let (light, heavy) = (Origin::start().await?, Origin::start().await?);
+    let mut config =
+        EdgeConfig::new(light.url()).pool_setting("balancer", "\"weighted_round_robin\"");
+    config.pools[0].endpoints = vec![light.url()];
+    let toml = |pki: &edge_tests::Pki| {
+        config.to_toml(pki).replace(
+            &format!("endpoints = [\"{}\"]", light.url()),
+            &format!(
+                "endpoints = [\"{}\", {{ url = \"{}\", weight = 3 }}]",
+                light.url(),
+                heavy.url()
+            ),
+        )
+    };
+    let dir = tempfile::tempdir()?;
+    let pki = edge_tests::Pki::generate(dir.path())?;
+    let rendered = toml(&pki);
+    assert!(
+        rendered.contains("weight = 3"),
+        "rendered config: {rendered}"
+    );
+    let edge = Edge::start_with_toml(dir, pki, &rendered).await?;
+    let url = format!("http://{}/", edge.http()?);
+    for _ in 0..40 {
+        let r = curl(&[url.as_str()]).await?;
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    assert_eq!((light.requests(), heavy.requests()), (10, 30));
+    Ok(())
+}

@@ -50,6 +50,9 @@ pub enum Protocol {
 pub struct PoolConfig {
     pub name: String,
     pub endpoints: Vec<EndpointAddr>,
+    /// Weights of `endpoints`, for `Policy::WeightedRoundRobin` and `Policy::Maglev`
+    /// (missing entries weigh 1).
+    pub weights: Vec<u32>,
     pub protocol: Protocol,
     /// TCP plus TLS.
     pub connect_timeout: Duration,
@@ -89,6 +92,7 @@ impl PoolConfig {
     pub fn new(name: &str, endpoints: Vec<EndpointAddr>) -> Self {
         Self {
             name: name.to_owned(),
+            weights: vec![1; endpoints.len()],
             endpoints,
             protocol: Protocol::H2,
             connect_timeout: Duration::from_secs(1),
@@ -219,7 +223,9 @@ impl<B: ReqBody> Pool<B> {
             .iter()
             .map(|addr| Arc::new(Backend::new(addr.clone(), cfg.protocol, cfg.breaker)))
             .collect();
-        let weights = vec![1; cfg.endpoints.len()];
+        let weights: Vec<u32> = (0..cfg.endpoints.len())
+            .map(|i| cfg.weights.get(i).copied().unwrap_or(1))
+            .collect();
         Ok(Self {
             name: cfg.name,
             members: ArcSwap::from_pointee(Members::new(backends, &weights, cfg.policy)),

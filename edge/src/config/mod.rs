@@ -346,13 +346,16 @@ fn read_pools(cx: &mut Cx<'_>, root: &mut Table<'_>, base: &Path) -> Vec<Pool> {
     let mut pools = Vec::new();
     for (name, mut t) in root.named_tables(cx, "pools") {
         let mut pool = PoolConfig::new(&name, Vec::new());
-        let urls: Vec<String> = t.or(cx, "endpoints", Vec::new());
-        for url in &urls {
-            match EndpointAddr::parse(url) {
-                Ok(e) => pool.endpoints.push(e),
+        let urls: Vec<WeightedUrl> = t.or(cx, "endpoints", Vec::new());
+        for entry in &urls {
+            match EndpointAddr::parse(&entry.url) {
+                Ok(e) => {
+                    pool.endpoints.push(e);
+                    pool.weights.push(entry.weight);
+                }
                 Err(e) => {
                     let line = t.line_of(cx, "endpoints");
-                    cx.error(line, &t.path("endpoints"), format!("{url:?}: {e}"));
+                    cx.error(line, &t.path("endpoints"), format!("{:?}: {e}", entry.url));
                 }
             }
         }
@@ -532,6 +535,42 @@ fn read_resilience(cx: &mut Cx<'_>, t: &mut Table<'_>, pool: &mut PoolConfig) {
             &t.path("request_timeout"),
             "must be greater than zero",
         );
+    }
+}
+
+/// An endpoint entry: `"http://host:port"` or `{ url = "http://host:port", weight = 3 }`.
+struct WeightedUrl {
+    url: String,
+    weight: u32,
+}
+
+impl FromToml for WeightedUrl {
+    fn from_toml(v: &toml_edit::Value) -> Result<Self, String> {
+        if let Some(url) = v.as_str() {
+            return Ok(Self {
+                url: url.to_owned(),
+                weight: 1,
+            });
+        }
+        let t = v.as_inline_table().ok_or_else(|| {
+            format!(
+                "expected a URL or {{ url, weight }}, found {}",
+                v.type_name()
+            )
+        })?;
+        if let Some((key, _)) = t.iter().find(|(k, _)| *k != "url" && *k != "weight") {
+            return Err(format!("unknown key {key:?} (expected url, weight)"));
+        }
+        let url = t
+            .get("url")
+            .and_then(toml_edit::Value::as_str)
+            .ok_or("{ url, weight }: url is missing or not text")?
+            .to_owned();
+        let weight = match t.get("weight") {
+            None => 1,
+            Some(w) => u32::from_toml(w).map_err(|e| format!("weight: {e}"))?,
+        };
+        Ok(Self { url, weight })
     }
 }
 

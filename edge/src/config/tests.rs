@@ -286,3 +286,27 @@ pool = "a"
         );
     }
 }
+
+#[test]
+fn endpoints_may_carry_weights() {
+    let c = parse(
+        r#"[pools.web]
+endpoints = ["http://127.0.0.1:8081", { url = "http://127.0.0.1:8082", weight = 3 }]
+balancer = "weighted_round_robin"
+"#,
+    )
+    .expect("valid");
+    let p = &c.pools[0].settings;
+    assert_eq!(p.endpoints.len(), 2);
+    assert_eq!(p.weights, [1, 3]);
+    let found = errors("[pools.web]\nendpoints = [{ url = \"http://a\", wieght = 3 }, 7]\n");
+        assert!(!found.is_empty(), "refused");
+    assert!(
+        found.iter().all(|(line, key)| *line == 2 && key == "pools.web.endpoints"),
+        "{found:?}"
+    );
+    let shown = parse("[pools.web]\nendpoints = [{ url = \"http://a\", wieght = 3 }]\n")
+        .expect_err("unknown key")
+        .to_string();
+    assert!(shown.contains("unknown key \"wieght\""), "{shown}");
+}
