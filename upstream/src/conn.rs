@@ -15,7 +15,7 @@ use tokio_rustls::TlsConnector;
 use crate::clock::now_ms;
 use crate::endpoint::EndpointAddr;
 use crate::error::Error;
-use crate::pool::{Protocol, ReqBody};
+use crate::pool::{PoolConfig, Protocol, ReqBody};
 
 /// What every pooled connection shares with the responses it carries.
 pub(crate) struct ConnState {
@@ -184,4 +184,22 @@ where
         }
         () = idle_out => tracing::debug!(endpoint = %addr, "closing idle upstream connection"),
     }
+}
+
+pub(crate) fn tls_connector(cfg: &PoolConfig) -> Result<tokio_rustls::TlsConnector, rustls::Error> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    for cert in &cfg.extra_roots {
+        roots.add(cert.clone())?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tls.alpn_protocols = match cfg.protocol {
+        Protocol::H2 => vec![b"h2".to_vec(), b"http/1.1".to_vec()],
+        Protocol::H1 => vec![b"http/1.1".to_vec()],
+    };
+    Ok(tokio_rustls::TlsConnector::from(Arc::new(tls)))
 }

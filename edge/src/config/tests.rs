@@ -1,4 +1,5 @@
 use super::*;
+use upstream::Protocol;
 
 fn parse(text: &str) -> Result<Config, ConfigErrors> {
     Config::parse(text, "edge.toml", Some(Path::new("/nonexistent-base")))
@@ -300,9 +301,11 @@ balancer = "weighted_round_robin"
     assert_eq!(p.endpoints.len(), 2);
     assert_eq!(p.weights, [1, 3]);
     let found = errors("[pools.web]\nendpoints = [{ url = \"http://a\", wieght = 3 }, 7]\n");
-        assert!(!found.is_empty(), "refused");
+    assert!(!found.is_empty(), "refused");
     assert!(
-        found.iter().all(|(line, key)| *line == 2 && key == "pools.web.endpoints"),
+        found
+            .iter()
+            .all(|(line, key)| *line == 2 && key == "pools.web.endpoints"),
         "{found:?}"
     );
     let shown = parse("[pools.web]\nendpoints = [{ url = \"http://a\", wieght = 3 }]\n")

@@ -3,12 +3,11 @@
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
-use rustls::pki_types::CertificateDer;
 
 use crate::backend::{Backend, Failed, Replay};
 use crate::balance::{pick_p2c, pick_round_robin, Policy};
@@ -16,7 +15,7 @@ use crate::body::UpstreamBody;
 use crate::breaker::{Admit, BreakerConfig, State};
 use crate::budget::RetryBudget;
 use crate::clock::now_ms;
-use crate::conn::Connector;
+use crate::conn::{tls_connector, Connector};
 use crate::discovery::Resolution;
 use crate::endpoint::EndpointAddr;
 use crate::error::Error;
@@ -24,6 +23,12 @@ use crate::hash_ring::{self, Maglev};
 use crate::health::HealthCheck;
 use crate::wrr::SmoothWrr;
 use crate::BoxError;
+
+mod attempt;
+mod config;
+
+use attempt::{is_sick_answer, may_eject, Attempt, InFlight, Tried};
+pub use config::{DnsStatus, EndpointStatus, PoolConfig, PoolStatus};
 
 /// What a request body must be to travel upstream. `Default` is the empty body,
 /// used to rebuild a body-less request for the one retry on a fresh connection.
@@ -43,75 +48,6 @@ pub enum Protocol {
     H1,
     /// HTTP/2 (h2c prior knowledge, or h2 by ALPN over TLS), one shared connection per endpoint.
     H2,
-}
-
-/// A pool's settings, independent of any config file format.
-#[derive(Clone, Debug)]
-pub struct PoolConfig {
-    pub name: String,
-    pub endpoints: Vec<EndpointAddr>,
-    /// Weights of `endpoints`, for `Policy::WeightedRoundRobin` and `Policy::Maglev`
-    /// (missing entries weigh 1).
-    pub weights: Vec<u32>,
-    pub protocol: Protocol,
-    /// TCP plus TLS.
-    pub connect_timeout: Duration,
-    /// Until the response head, per try.
-    pub response_timeout: Duration,
-    /// Pooled connections idle this long are closed: keep it below the backend's keep-alive.
-    pub idle_timeout: Duration,
-    /// Certificates trusted for https endpoints in addition to the public web roots.
-    pub extra_roots: Vec<CertificateDer<'static>>,
-    pub policy: Policy,
-    /// Further tries after the first, each on another endpoint when there is one.
-    pub max_retries: u32,
-    /// Retries may add at most this share of the pool's requests...
-    pub retry_budget: f64,
-    /// ...plus this many a second.
-    pub retry_min_per_sec: u32,
-    /// Responses that count as failures worth another try for safe, body-less requests.
-    pub retry_statuses: Vec<StatusCode>,
-    pub breaker: BreakerConfig,
-    /// Requests in flight at most; past it requests fail at once (503) instead of queuing.
-    pub max_requests: usize,
-    /// Active health checks, when configured.
-    pub health_check: Option<HealthCheck>,
-    /// Connects under way at most (all endpoints); past it, fail fast.
-    pub max_pending_connects: usize,
-    /// Error answers (500, 502, 503, 504) count as failures toward an endpoint's
-    /// breaker, but never eject endpoints below this share of the pool.
-    pub min_available_share: f64,
-    /// The whole request, all tries together, until the response head.
-    pub request_timeout: Option<Duration>,
-}
-
-impl PoolConfig {
-    /// A pool with every setting at its default: h2, 1 s connect, 30 s response,
-    /// 90 s idle, least-request balancing, 2 retries within a 20% budget, breakers
-    /// opening after 5 consecutive failures.
-    pub fn new(name: &str, endpoints: Vec<EndpointAddr>) -> Self {
-        Self {
-            name: name.to_owned(),
-            weights: vec![1; endpoints.len()],
-            endpoints,
-            protocol: Protocol::H2,
-            connect_timeout: Duration::from_secs(1),
-            response_timeout: Duration::from_secs(30),
-            idle_timeout: Duration::from_secs(90),
-            extra_roots: Vec::new(),
-            policy: Policy::LeastRequest,
-            max_retries: 2,
-            retry_budget: 0.2,
-            retry_min_per_sec: 3,
-            retry_statuses: Vec::new(),
-            breaker: BreakerConfig::default(),
-            max_requests: 10_000,
-            health_check: None,
-            max_pending_connects: 1024,
-            min_available_share: 0.5,
-            request_timeout: None,
-        }
-    }
 }
 
 /// A set of endpoints serving one backend, with pooled connections to each.
@@ -178,40 +114,6 @@ impl<B> Members<B> {
 /// request extension (e.g. a hash of the client address or a session id).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct HashKey(pub u64);
-
-/// Discovery's health, for metrics.
-#[derive(Clone, Debug)]
-pub struct DnsStatus {
-    /// Consecutive failed lookups (0 while DNS answers).
-    pub failures: u64,
-    /// Age of the set in use: time since the last good answer.
-    pub last_success_age: Duration,
-    /// Lookups so far, and how many of them failed.
-    pub lookups: u64,
-    pub failed_lookups: u64,
-}
-
-/// One endpoint's state, for metrics.
-#[derive(Clone, Debug)]
-pub struct EndpointStatus {
-    pub endpoint: String,
-    /// Passing active health checks (always true without them).
-    pub healthy: bool,
-    /// Times its breaker opened.
-    pub ejections: u64,
-    pub breaker: State,
-    pub in_flight: u32,
-    pub ewma: Duration,
-}
-
-/// A pool's counters and its endpoints' state, for metrics.
-#[derive(Clone, Debug)]
-pub struct PoolStatus {
-    pub retries: u64,
-    pub budget_exhausted: u64,
-    pub dns: Option<DnsStatus>,
-    pub endpoints: Vec<EndpointStatus>,
-}
 
 impl<B: ReqBody> Pool<B> {
     /// Builds a pool; fails only when an extra root certificate is unusable.
@@ -585,166 +487,5 @@ fn available<B: ReqBody>(members: &Members<B>, now: u64) -> impl Fn(usize) -> bo
     move |i| {
         let b = &backends[i];
         (!any_healthy || b.healthy.load(Ordering::Relaxed)) && b.breaker().available(now)
-    }
-}
-
-/// Answers that mean the endpoint is sick (as opposed to the request being wrong).
-fn is_sick_answer(status: StatusCode) -> bool {
-    matches!(status.as_u16(), 500 | 502 | 503 | 504)
-}
-
-/// With `up` of `n` endpoints available, whether ejecting one more keeps at least
-/// `min_share` of the pool available.
-fn may_eject(up: usize, n: usize, min_share: f64) -> bool {
-    let keep = (min_share.clamp(0.0, 1.0) * n as f64).ceil() as usize;
-    up.saturating_sub(1) >= keep.max(1)
-}
-
-/// A request counted against `max_requests` until dropped.
-struct InFlight(Arc<AtomicUsize>);
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
-/// The endpoints a request has been tried on, in order (at most a few).
-#[derive(Default)]
-struct Tried {
-    list: [usize; 8],
-    len: usize,
-}
-
-impl Tried {
-    fn contains(&self, i: usize) -> bool {
-        self.list[..self.len].contains(&i)
-    }
-
-    fn push(&mut self, i: usize) {
-        if self.len < self.list.len() {
-            self.list[self.len] = i;
-            self.len += 1;
-        }
-    }
-
-    fn len(&self) -> usize {
-        self.len
-    }
-}
-
-/// One try's bookkeeping on its endpoint: the outcome feeds the breaker and the
-/// latency estimate; a half-open probe abandoned midway is released on drop.
-struct Attempt<'a, B: ReqBody> {
-    backend: &'a Backend<B>,
-    probe: bool,
-    started: Instant,
-    settled: bool,
-}
-
-impl<'a, B: ReqBody> Attempt<'a, B> {
-    fn new(backend: &'a Backend<B>, admit: Admit) -> Self {
-        Self {
-            backend,
-            probe: admit == Admit::Probe,
-            started: Instant::now(),
-            settled: false,
-        }
-    }
-
-    fn succeeded(&mut self) {
-        self.settled = true;
-        self.backend.load.observe(self.started.elapsed(), now_ms());
-        self.backend.breaker().on_success();
-    }
-
-    /// An error answer: a failure that opens the breaker only when `ejectable`.
-    fn answered_with_error(&mut self, ejectable: bool) {
-        self.settled = true;
-        self.backend.load.observe(self.started.elapsed(), now_ms());
-        let opened = self
-            .backend
-            .breaker()
-            .on_failure_unless_last(now_ms(), ejectable);
-        if opened {
-            self.backend.ejections.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(endpoint = %self.backend.addr, "circuit breaker opened: endpoint answering errors");
-        }
-    }
-
-    /// Records a failure when `counts`; otherwise only releases a probe.
-    fn failed_if(&mut self, counts: bool) {
-        self.settled = true;
-        if !counts {
-            if self.probe {
-                self.backend.breaker().release_probe();
-            }
-            return;
-        }
-        // Failures are the breaker's business; the latency estimate learns only
-        // from answers, so a restarted endpoint wins its traffic back at once.
-        if self.backend.breaker().on_failure(now_ms()) {
-            self.backend.ejections.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(endpoint = %self.backend.addr, "circuit breaker opened");
-        }
-    }
-}
-
-impl<B: ReqBody> Drop for Attempt<'_, B> {
-    fn drop(&mut self) {
-        if self.probe && !self.settled {
-            self.backend.breaker().release_probe();
-        }
-    }
-}
-
-fn tls_connector(cfg: &PoolConfig) -> Result<tokio_rustls::TlsConnector, rustls::Error> {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-    for cert in &cfg.extra_roots {
-        roots.add(cert.clone())?;
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    tls.alpn_protocols = match cfg.protocol {
-        Protocol::H2 => vec![b"h2".to_vec(), b"http/1.1".to_vec()],
-        Protocol::H1 => vec![b"http/1.1".to_vec()],
-    };
-    Ok(tokio_rustls::TlsConnector::from(Arc::new(tls)))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ejection_keeps_the_minimum_share_available() {
-        // Half of 4 must stay: with all 4 up one may go, then another, not a third.
-        assert!(may_eject(4, 4, 0.5));
-        assert!(may_eject(3, 4, 0.5));
-        assert!(!may_eject(2, 4, 0.5));
-        // Never the last one, whatever the share.
-        assert!(!may_eject(1, 3, 0.0));
-        assert!(may_eject(3, 3, 0.5));
-        assert!(!may_eject(2, 3, 0.5), "ceil(1.5) = 2 must stay");
-    }
-
-    #[test]
-    fn only_server_failures_mean_a_sick_endpoint() {
-        for s in [500, 502, 503, 504] {
-            assert!(
-                is_sick_answer(StatusCode::from_u16(s).expect("status")),
-                "{s}"
-            );
-        }
-        for s in [200, 404, 429, 501, 505] {
-            assert!(
-                !is_sick_answer(StatusCode::from_u16(s).expect("status")),
-                "{s}"
-            );
-        }
     }
 }

@@ -1,0 +1,115 @@
+//! A pool's settings (independent of any file format) and the status it reports.
+
+use std::time::Duration;
+
+use http::StatusCode;
+use rustls::pki_types::CertificateDer;
+
+use super::Protocol;
+use crate::balance::Policy;
+use crate::breaker::{BreakerConfig, State};
+use crate::endpoint::EndpointAddr;
+use crate::health::HealthCheck;
+
+/// A pool's settings, independent of any config file format.
+#[derive(Clone, Debug)]
+pub struct PoolConfig {
+    pub name: String,
+    pub endpoints: Vec<EndpointAddr>,
+    /// Weights of `endpoints`, for `Policy::WeightedRoundRobin` and `Policy::Maglev`
+    /// (missing entries weigh 1).
+    pub weights: Vec<u32>,
+    pub protocol: Protocol,
+    /// TCP plus TLS.
+    pub connect_timeout: Duration,
+    /// Until the response head, per try.
+    pub response_timeout: Duration,
+    /// Pooled connections idle this long are closed: keep it below the backend's keep-alive.
+    pub idle_timeout: Duration,
+    /// Certificates trusted for https endpoints in addition to the public web roots.
+    pub extra_roots: Vec<CertificateDer<'static>>,
+    pub policy: Policy,
+    /// Further tries after the first, each on another endpoint when there is one.
+    pub max_retries: u32,
+    /// Retries may add at most this share of the pool's requests...
+    pub retry_budget: f64,
+    /// ...plus this many a second.
+    pub retry_min_per_sec: u32,
+    /// Responses that count as failures worth another try for safe, body-less requests.
+    pub retry_statuses: Vec<StatusCode>,
+    pub breaker: BreakerConfig,
+    /// Requests in flight at most; past it requests fail at once (503) instead of queuing.
+    pub max_requests: usize,
+    /// Active health checks, when configured.
+    pub health_check: Option<HealthCheck>,
+    /// Connects under way at most (all endpoints); past it, fail fast.
+    pub max_pending_connects: usize,
+    /// Error answers (500, 502, 503, 504) count as failures toward an endpoint's
+    /// breaker, but never eject endpoints below this share of the pool.
+    pub min_available_share: f64,
+    /// The whole request, all tries together, until the response head.
+    pub request_timeout: Option<Duration>,
+}
+
+impl PoolConfig {
+    /// A pool with every setting at its default: h2, 1 s connect, 30 s response,
+    /// 90 s idle, least-request balancing, 2 retries within a 20% budget, breakers
+    /// opening after 5 consecutive failures.
+    pub fn new(name: &str, endpoints: Vec<EndpointAddr>) -> Self {
+        Self {
+            name: name.to_owned(),
+            weights: vec![1; endpoints.len()],
+            endpoints,
+            protocol: Protocol::H2,
+            connect_timeout: Duration::from_secs(1),
+            response_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(90),
+            extra_roots: Vec::new(),
+            policy: Policy::LeastRequest,
+            max_retries: 2,
+            retry_budget: 0.2,
+            retry_min_per_sec: 3,
+            retry_statuses: Vec::new(),
+            breaker: BreakerConfig::default(),
+            max_requests: 10_000,
+            health_check: None,
+            max_pending_connects: 1024,
+            min_available_share: 0.5,
+            request_timeout: None,
+        }
+    }
+}
+
+/// Discovery's health, for metrics.
+#[derive(Clone, Debug)]
+pub struct DnsStatus {
+    /// Consecutive failed lookups (0 while DNS answers).
+    pub failures: u64,
+    /// Age of the set in use: time since the last good answer.
+    pub last_success_age: Duration,
+    /// Lookups so far, and how many of them failed.
+    pub lookups: u64,
+    pub failed_lookups: u64,
+}
+
+/// One endpoint's state, for metrics.
+#[derive(Clone, Debug)]
+pub struct EndpointStatus {
+    pub endpoint: String,
+    /// Passing active health checks (always true without them).
+    pub healthy: bool,
+    /// Times its breaker opened.
+    pub ejections: u64,
+    pub breaker: State,
+    pub in_flight: u32,
+    pub ewma: Duration,
+}
+
+/// A pool's counters and its endpoints' state, for metrics.
+#[derive(Clone, Debug)]
+pub struct PoolStatus {
+    pub retries: u64,
+    pub budget_exhausted: u64,
+    pub dns: Option<DnsStatus>,
+    pub endpoints: Vec<EndpointStatus>,
+}
