@@ -1,58 +1,56 @@
 //! Where a client is and how far regions are from each other.
 //!
-//! Pure and synchronous: no async code, no I/O beyond reading a database file.
-//! This first piece maps client addresses to regions with a CIDR table (longest
-//! prefix wins); region distances and MaxMind databases come with the geo issue.
+//! Pure and synchronous: no async code, no clock of its own (callers pass `now`),
+//! no I/O beyond reading a MaxMind database file. The edge drives it:
+//!
+//! - [`CidrTable`] maps a client address to a [`Region`] by longest matching prefix.
+//!
+//! It must not parse client headers or decide which address is the client's: the
+//! pipeline derives the client IP (peer address or trusted-proxy chain) and passes it in.
 
-use std::net::IpAddr;
+use std::borrow::Borrow;
+use std::fmt;
+use std::sync::Arc;
 
-use ipnet::IpNet;
+pub mod cidr;
 
-/// A region's id as configured, e.g. `eu-west`.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct Region(pub String);
+pub use cidr::CidrTable;
 
-/// Client address to region by longest matching prefix.
-#[derive(Clone, Debug, Default)]
-pub struct CidrTable {
-    /// Sorted longest prefix first, so the first hit is the most specific.
-    entries: Vec<(IpNet, Region)>,
-}
+/// A region's id as configured, e.g. `eu-west`. Cheap to clone.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Region(pub Arc<str>);
 
-impl CidrTable {
-    pub fn new(entries: impl IntoIterator<Item = (IpNet, Region)>) -> Self {
-        let mut entries: Vec<_> = entries.into_iter().collect();
-        entries.sort_by_key(|(net, _)| std::cmp::Reverse(net.prefix_len()));
-        Self { entries }
+impl Region {
+    pub fn new(id: impl Into<Arc<str>>) -> Self {
+        Self(id.into())
     }
 
-    pub fn lookup(&self, ip: IpAddr) -> Option<&Region> {
-        self.entries
-            .iter()
-            .find(|(net, _)| net.contains(&ip))
-            .map(|(_, region)| region)
+    pub fn as_str(&self) -> &str {
+        &self.0
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn net(s: &str) -> IpNet {
-        s.parse().expect("valid network")
+impl From<&str> for Region {
+    fn from(id: &str) -> Self {
+        Self(id.into())
     }
+}
 
-    #[test]
-    fn longest_prefix_wins_whatever_the_order() {
-        let table = CidrTable::new([
-            (net("10.0.0.0/8"), Region("wide".into())),
-            (net("10.1.0.0/16"), Region("narrow".into())),
-            (net("2001:db8::/32"), Region("v6".into())),
-        ]);
-        let at = |ip: &str| table.lookup(ip.parse().expect("ip")).map(|r| r.0.as_str());
-        assert_eq!(at("10.1.2.3"), Some("narrow"));
-        assert_eq!(at("10.2.0.1"), Some("wide"));
-        assert_eq!(at("2001:db8::1"), Some("v6"));
-        assert_eq!(at("192.0.2.1"), None);
+impl From<String> for Region {
+    fn from(id: String) -> Self {
+        Self(id.into())
+    }
+}
+
+/// Lets maps keyed by region be queried with a plain `&str`.
+impl Borrow<str> for Region {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Region {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
     }
 }
