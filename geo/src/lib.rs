@@ -3,7 +3,9 @@
 //! Pure and synchronous: no async code, no clock of its own (callers pass `now`),
 //! no I/O beyond reading a MaxMind database file. The edge drives it:
 //!
-//! - [`CidrTable`] maps a client address to a [`Region`] by longest matching prefix.
+//! - [`Locator`] maps a client address to a [`Region`]: the configured CIDR table
+//!   first ([`cidr`]), then a MaxMind `.mmdb` country/continent through a region map
+//!   ([`mmdb`]), else the edge's own region.
 //!
 //! It must not parse client headers or decide which address is the client's: the
 //! pipeline derives the client IP (peer address or trusted-proxy chain) and passes it in.
@@ -13,8 +15,12 @@ use std::fmt;
 use std::sync::Arc;
 
 pub mod cidr;
+mod locator;
+pub mod mmdb;
 
 pub use cidr::CidrTable;
+pub use locator::{By, Located, Locator};
+pub use mmdb::{GeoDb, MmdbError, Place, RegionMap};
 
 /// A region's id as configured, e.g. `eu-west`. Cheap to clone.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -54,3 +60,6 @@ impl fmt::Display for Region {
         f.write_str(&self.0)
     }
 }
+
+#[cfg(test)]
+mod testdb;
