@@ -6,6 +6,9 @@
 //! - [`Locator`] maps a client address to a [`Region`]: the configured CIDR table
 //!   first ([`cidr`]), then a MaxMind `.mmdb` country/continent through a region map
 //!   ([`mmdb`]), else the edge's own region.
+//! - [`topology::Topology`] orders regions by distance: a configured latency matrix,
+//!   overridden by the RTT the edge measures to each region once it has enough
+//!   fresh samples.
 //!
 //! It must not parse client headers or decide which address is the client's: the
 //! pipeline derives the client IP (peer address or trusted-proxy chain) and passes it in.
@@ -17,6 +20,7 @@ use std::sync::Arc;
 pub mod cidr;
 mod locator;
 pub mod mmdb;
+pub mod topology;
 
 pub use cidr::CidrTable;
 pub use locator::{By, Located, Locator};
