@@ -9,6 +9,8 @@
 //! - [`topology::Topology`] orders regions by distance: a configured latency matrix,
 //!   overridden by the RTT the edge measures to each region once it has enough
 //!   fresh samples.
+//! - [`spillover`] turns the ordered regions' healthy shares into traffic shares
+//!   (Envoy's locality-weighted load balancing with overprovisioning).
 //!
 //! It must not parse client headers or decide which address is the client's: the
 //! pipeline derives the client IP (peer address or trusted-proxy chain) and passes it in.
@@ -20,6 +22,7 @@ use std::sync::Arc;
 pub mod cidr;
 mod locator;
 pub mod mmdb;
+pub mod spillover;
 pub mod topology;
 
 pub use cidr::CidrTable;
