@@ -20,10 +20,11 @@ if ((${#apt_missing[@]} > 0)); then
   apt-get install -y "${apt_missing[@]}" </dev/null
 fi
 
-# aioquic and niquests are the Python HTTP/3 clients of tests/py/.
-if ! python3 -c 'import aioquic, niquests' >/dev/null 2>&1; then
+# aioquic and niquests are the Python HTTP/3 clients of tests/py/; mmdb-writer
+# builds the geo tests' MaxMind databases.
+if ! python3 -c 'import aioquic, niquests, mmdb_writer' >/dev/null 2>&1; then
   python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore \
-    aioquic niquests </dev/null
+    aioquic niquests mmdb-writer </dev/null
 fi
 
 cargo fmt --all -- --check
