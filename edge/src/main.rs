@@ -140,8 +140,13 @@ fn report(errors: &ConfigErrors) -> ExitCode {
 }
 
 fn run(args: RunArgs) -> anyhow::Result<()> {
+    let load = if args.upstream.is_empty() {
+        Config::load
+    } else {
+        Config::load_for_upstream_flags
+    };
     let config = match &args.config {
-        Some(path) => match Config::load(path) {
+        Some(path) => match load(path) {
             Ok(c) => c,
             Err(errors) => anyhow::bail!("invalid config:\n{errors}"),
         },
@@ -154,8 +159,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     };
     let config = apply_flags(config, &args);
     let reload: Option<edge::server::Reloader> = args.config.clone().map(|path| {
-        Box::new(move || Config::load(&path).map(|c| apply_flags(c, &args)))
-            as edge::server::Reloader
+        Box::new(move || load(&path).map(|c| apply_flags(c, &args))) as edge::server::Reloader
     });
     init_logging();
     let mut runtime = tokio::runtime::Builder::new_multi_thread();

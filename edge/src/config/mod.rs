@@ -151,6 +151,16 @@ impl Config {
 
     /// Reads and validates a file.
     pub fn load(path: &Path) -> Result<Self, ConfigErrors> {
+        Self::load_opts(path, false)
+    }
+
+    /// As `load`, for `edge run -c FILE --upstream URL`: the flags supply the
+    /// pools, so the file may have none.
+    pub fn load_for_upstream_flags(path: &Path) -> Result<Self, ConfigErrors> {
+        Self::load_opts(path, true)
+    }
+
+    fn load_opts(path: &Path, pools_from_flags: bool) -> Result<Self, ConfigErrors> {
         let source = path.display().to_string();
         let text = std::fs::read_to_string(path).map_err(|e| ConfigErrors {
             source: source.clone(),
@@ -160,11 +170,20 @@ impl Config {
                 reason: format!("cannot read: {e}"),
             }],
         })?;
-        Self::parse(&text, &source, path.parent())
+        Self::parse_opts(&text, &source, path.parent(), pools_from_flags)
     }
 
     /// Validates config text; relative file paths resolve against `base`.
     pub fn parse(text: &str, source: &str, base: Option<&Path>) -> Result<Self, ConfigErrors> {
+        Self::parse_opts(text, source, base, false)
+    }
+
+    fn parse_opts(
+        text: &str,
+        source: &str,
+        base: Option<&Path>,
+        pools_from_flags: bool,
+    ) -> Result<Self, ConfigErrors> {
         let fail = |errors| ConfigErrors {
             source: source.to_owned(),
             errors,
@@ -176,6 +195,7 @@ impl Config {
             fail(cx.errors)
         })?;
         let mut cx = Cx::new(text);
+        cx.pools_from_flags = pools_from_flags;
         let config = read(&mut cx, doc.as_table(), base.unwrap_or(Path::new(".")));
         if cx.errors.is_empty() {
             Ok(config)
@@ -360,7 +380,9 @@ fn read_routes(cx: &mut Cx<'_>, root: &mut Table<'_>, pools: &[Pool]) -> Vec<Rou
                 pool: only.name().to_owned(),
             }],
             [] => {
-                cx.error(line, "pools", "at least one pool is needed");
+                if !cx.pools_from_flags {
+                    cx.error(line, "pools", "at least one pool is needed");
+                }
                 Vec::new()
             }
             _ => {

@@ -313,3 +313,15 @@ balancer = "weighted_round_robin"
         .to_string();
     assert!(shown.contains("unknown key \"wieght\""), "{shown}");
 }
+
+#[test]
+fn a_file_may_leave_pools_to_the_upstream_flags() {
+    let text = "listen = \"127.0.0.1:0\"\n[client]\nheader_read_timeout = \"300s\"\n";
+    assert!(
+        Config::parse(text, "edge.toml", None).is_err(),
+        "alone, a pool is needed"
+    );
+    let c = Config::parse_opts(text, "edge.toml", None, true).expect("flags supply the pools");
+    assert!(c.pools.is_empty());
+    assert_eq!(c.client.header_read_timeout, Duration::from_secs(300));
+}

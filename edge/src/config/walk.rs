@@ -49,6 +49,8 @@ impl std::error::Error for ConfigErrors {}
 pub(crate) struct Cx<'s> {
     src: &'s str,
     pub(crate) errors: Vec<ConfigError>,
+    /// The command line supplies the pools (`--upstream`): a file may have none.
+    pub(crate) pools_from_flags: bool,
 }
 
 impl<'s> Cx<'s> {
@@ -56,6 +58,7 @@ impl<'s> Cx<'s> {
         Self {
             src,
             errors: Vec::new(),
+            pools_from_flags: false,
         }
     }
 
