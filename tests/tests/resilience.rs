@@ -282,14 +282,14 @@ async fn active_health_checks_take_an_unhealthy_origin_out_and_back() -> anyhow:
     let check = "{ path = \"/healthz\", interval = \"100ms\", timeout = \"500ms\", healthy = 2, unhealthy = 2 }";
     let edge = edge_over(&[&a, &b], &[("health_check", check)]).await?;
     let start = Instant::now();
-    let load = tokio::spawn(paced_load(edge.http()?, 2, start + Duration::from_secs(10)));
+    let load = tokio::spawn(paced_load(edge.http()?, 2, start + Duration::from_secs(12)));
 
     tokio::time::sleep_until(start + Duration::from_secs(2)).await; // workload timing
     std::fs::write(&health, "down")?;
     let marked_down = Instant::now();
     wait_until_logged(&edge, "health check failing").await?;
     let out = Instant::now();
-    tokio::time::sleep_until(start + Duration::from_secs(6)).await; // workload timing
+    tokio::time::sleep_until(start + Duration::from_secs(8)).await; // workload timing
     std::fs::write(&health, "ok")?;
     wait_until_logged(&edge, "health check passing").await?;
     let back = Instant::now();
@@ -301,14 +301,12 @@ async fn active_health_checks_take_an_unhealthy_origin_out_and_back() -> anyhow:
         served_by(&seen, &port, start, marked_down) > 0,
         "b served while healthy"
     );
-    // Requests already on their way when b went out may still land (their answers
-    // can be late on a busy machine); none chosen a second later.
-    let settle = Duration::from_secs(1);
-    assert_eq!(
-        served_by(&seen, &port, out + settle, back),
-        0,
-        "b out of rotation while unhealthy"
-    );
+    // Judged by arrival at b: requests already on their way when b went out may
+    // still land (late, on a busy machine); none routed there 2 s later.
+    let settle = Duration::from_secs(2);
+    let late = b.requests_since(out + settle);
+    let while_out = late.iter().filter(|t| **t < back).count();
+    assert_eq!(while_out, 0, "b out of rotation while unhealthy");
     assert!(
         served_by(&seen, &port, back, back + Duration::from_secs(3)) > 0,
         "b back in rotation"
