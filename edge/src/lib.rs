@@ -8,6 +8,7 @@ pub mod body;
 pub mod config;
 pub mod error;
 pub mod listener;
+pub mod locality;
 pub mod metrics;
 pub mod pipeline;
 pub mod server;

@@ -35,6 +35,59 @@ pub struct Metrics {
     connections: IntGaugeVec,
     reloads: IntCounterVec,
     endpoints: EndpointMetrics,
+    regions: RegionMetrics,
+}
+
+/// Where regional pools send requests, and how far regions are. Labels are
+/// configured region ids only, so the series are bounded by config.
+struct RegionMetrics {
+    requests: IntCounterVec,
+    rtt: GaugeVec,
+    samples: IntGaugeVec,
+    distance: GaugeVec,
+}
+
+impl RegionMetrics {
+    fn new(registry: &Registry) -> Result<Self, prometheus::Error> {
+        let requests = IntCounterVec::new(
+            Opts::new(
+                "proxy_region_requests_total",
+                "Requests a regional pool answered, by the client's region and the region that served it.",
+            ),
+            &["backend", "client_region", "region"],
+        )?;
+        let rtt = GaugeVec::new(
+            Opts::new(
+                "proxy_region_rtt_seconds",
+                "Measured round trip from this edge to a region's endpoints (EWMA of health probes).",
+            ),
+            &["region"],
+        )?;
+        let samples = IntGaugeVec::new(
+            Opts::new(
+                "proxy_region_rtt_samples",
+                "Health probes the measured round trip to a region rests on.",
+            ),
+            &["region"],
+        )?;
+        let distance = GaugeVec::new(
+            Opts::new(
+                "proxy_region_distance_seconds",
+                "Distance from this edge's region in use for ordering: measured once trusted, else configured.",
+            ),
+            &["region"],
+        )?;
+        registry.register(Box::new(requests.clone()))?;
+        registry.register(Box::new(rtt.clone()))?;
+        registry.register(Box::new(samples.clone()))?;
+        registry.register(Box::new(distance.clone()))?;
+        Ok(Self {
+            requests,
+            rtt,
+            samples,
+            distance,
+        })
+    }
 }
 
 /// Pool and endpoint state, refreshed from the pools at each scrape.
@@ -192,6 +245,7 @@ impl Metrics {
             connections.with_label_values(&[p.as_str()]).set(0);
         }
         let endpoints = EndpointMetrics::new(&registry)?;
+        let regions = RegionMetrics::new(&registry)?;
         Ok(Self {
             registry,
             requests,
@@ -199,6 +253,7 @@ impl Metrics {
             connections,
             reloads,
             endpoints,
+            regions,
         })
     }
 
@@ -209,6 +264,35 @@ impl Metrics {
         self.duration
             .with_label_values(&[proto.as_str(), backend])
             .observe(elapsed.as_secs_f64());
+    }
+
+    /// Counts a regional pool's answer by client region and serving region.
+    pub fn region_request(&self, backend: &str, client_region: &str, region: &str) {
+        self.regions
+            .requests
+            .with_label_values(&[backend, client_region, region])
+            .inc();
+    }
+
+    /// Copies the regions' measured and effective distances into their series.
+    pub fn refresh_regions(&self, regions: &[crate::locality::RegionStatus<'_>]) {
+        let m = &self.regions;
+        m.rtt.reset();
+        m.samples.reset();
+        m.distance.reset();
+        for r in regions {
+            if let Some((rtt, samples)) = r.measured {
+                m.rtt.with_label_values(&[r.region]).set(rtt.as_secs_f64());
+                m.samples
+                    .with_label_values(&[r.region])
+                    .set(i64::from(samples));
+            }
+            if let Some(d) = r.distance {
+                m.distance
+                    .with_label_values(&[r.region])
+                    .set(d.as_secs_f64());
+            }
+        }
     }
 
     pub fn reload(&self, ok: bool) {

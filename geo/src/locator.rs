@@ -3,6 +3,7 @@
 //! region.
 
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use crate::{CidrTable, GeoDb, Region, RegionMap};
 
@@ -34,7 +35,7 @@ pub struct Located<'a> {
 pub struct Locator {
     own: Region,
     cidr: CidrTable,
-    db: Option<(GeoDb, RegionMap)>,
+    db: Option<(Arc<GeoDb>, RegionMap)>,
 }
 
 impl Locator {
@@ -48,8 +49,9 @@ impl Locator {
     }
 
     /// Consults `db` for addresses the CIDR table does not hold.
-    pub fn with_mmdb(mut self, db: GeoDb, map: RegionMap) -> Self {
-        self.db = Some((db, map));
+    /// The database may be shared (it is opened once, when config is read).
+    pub fn with_mmdb(mut self, db: impl Into<Arc<GeoDb>>, map: RegionMap) -> Self {
+        self.db = Some((db.into(), map));
         self
     }
 

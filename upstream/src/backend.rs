@@ -131,8 +131,9 @@ impl<B: ReqBody> Backend<B> {
         self.breaker.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Sends one health probe and records it; logs when the state flips.
-    pub(crate) async fn probe(&self, connector: &Connector, check: &HealthCheck) {
+    /// Sends one health probe and records it; logs when the state flips. Returns
+    /// whether the probe passed.
+    pub(crate) async fn probe(&self, connector: &Connector, check: &HealthCheck) -> bool {
         let mut req = Request::new(B::default());
         if let Ok(uri) = check.path.parse() {
             *req.uri_mut() = uri;
@@ -157,6 +158,7 @@ impl<B: ReqBody> Backend<B> {
                 tracing::warn!(endpoint = %self.addr, path = %check.path, "health check failing: endpoint out of rotation");
             }
         }
+        ok
     }
 
     /// One exchange: a connection (pooled unless `fresh`), the request, and the

@@ -27,6 +27,7 @@ mod endpoint;
 mod error;
 pub mod hash_ring;
 pub mod health;
+pub mod locality;
 mod pool;
 pub mod wrr;
 
@@ -36,6 +37,7 @@ pub use breaker::BreakerConfig;
 pub use endpoint::{EndpointAddr, ParseEndpointError};
 pub use error::Error;
 pub use health::HealthCheck;
+pub use locality::{Locality, RegionId, RttObserver, Served};
 pub use pool::{DnsStatus, EndpointStatus, HashKey, Pool, PoolConfig, PoolStatus, Protocol};
 
 /// The error type request and response bodies carry through the proxy.

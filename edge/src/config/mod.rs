@@ -6,7 +6,9 @@
 //! own plain config structs.
 
 mod pools;
+mod regions;
 use pools::read_pools;
+pub use regions::{Geo, GeoRegion, Prefer};
 mod walk;
 
 use std::net::SocketAddr;
@@ -39,6 +41,8 @@ pub struct Config {
     pub client: Client,
     pub routes: Vec<Route>,
     pub pools: Vec<Pool>,
+    /// Regions, client placement and spillover; `None` without a `[geo]` table.
+    pub geo: Option<Geo>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -88,6 +92,8 @@ pub struct Pool {
     pub ca: Option<PathBuf>,
     /// Endpoints from DNS instead of `settings.endpoints`.
     pub dns: Option<DnsConfig>,
+    /// A regional pool's DNS-discovered regions, each with its own lookup.
+    pub regional_dns: Vec<(upstream::RegionId, DnsConfig)>,
 }
 
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:8443";
@@ -114,6 +120,7 @@ impl Pool {
             settings: PoolConfig::new(name, endpoints),
             ca: None,
             dns: None,
+            regional_dns: Vec::new(),
         }
     }
 
@@ -146,6 +153,7 @@ impl Config {
                 pool: DEFAULT_POOL.to_owned(),
             }],
             pools: vec![Pool::new(DEFAULT_POOL, endpoints)],
+            geo: None,
         }
     }
 
@@ -226,7 +234,8 @@ fn read(cx: &mut Cx<'_>, doc: &toml_edit::Table, base: &Path) -> Config {
     let alt_svc = read_alt_svc(cx, &mut root, defaults.alt_svc);
     let tls = read_tls(cx, &mut root, base, defaults.tls);
     let client = read_client(cx, &mut root);
-    let pools = read_pools(cx, &mut root, base);
+    let geo = regions::read_geo(cx, &mut root, base);
+    let pools = read_pools(cx, &mut root, base, geo.as_ref());
     let routes = read_routes(cx, &mut root, &pools);
     root.finish(cx);
     Config {
@@ -240,6 +249,7 @@ fn read(cx: &mut Cx<'_>, doc: &toml_edit::Table, base: &Path) -> Config {
         client,
         routes,
         pools,
+        geo,
     }
 }
 

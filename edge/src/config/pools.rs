@@ -8,34 +8,80 @@ use upstream::discovery::{DnsConfig, RecordKind};
 use upstream::{EndpointAddr, HealthCheck, Policy, PoolConfig, Protocol};
 
 use super::walk::{Cx, FromToml, Table};
-use super::{at_least, positive, Pool};
+use super::{at_least, positive, Geo, Pool};
 
-pub(super) fn read_pools(cx: &mut Cx<'_>, root: &mut Table<'_>, base: &Path) -> Vec<Pool> {
+/// The placeholder a pool's DNS name carries to be looked up once per region.
+const REGION_PLACEHOLDER: &str = "{region}";
+
+pub(super) fn read_pools(
+    cx: &mut Cx<'_>,
+    root: &mut Table<'_>,
+    base: &Path,
+    geo: Option<&Geo>,
+) -> Vec<Pool> {
     let mut pools = Vec::new();
     for (name, mut t) in root.named_tables(cx, "pools") {
         let mut pool = PoolConfig::new(&name, Vec::new());
-        let urls: Vec<WeightedUrl> = t.or(cx, "endpoints", Vec::new());
-        for entry in &urls {
-            match EndpointAddr::parse(&entry.url) {
-                Ok(e) => {
-                    pool.endpoints.push(e);
-                    pool.weights.push(entry.weight);
+        let urls = read_endpoints(cx, &mut t, &mut pool);
+        let mut dns = read_dns(cx, &mut t);
+        let mut regional_dns = Vec::new();
+        let regions_line = t.line_of(cx, "regions");
+        let regions = read_regions(cx, &mut t, geo, &mut pool, &mut regional_dns);
+        if let Some(geo) = geo {
+            pool.overprovisioning =
+                geo::spillover::Overprovisioning::from_threshold(geo.spillover_threshold)
+                    .unwrap_or_default();
+        }
+        // `dns.name = "{region}.api.internal"`: one lookup per region.
+        if let Some(template) = dns.take_if(|d| d.name.contains(REGION_PLACEHOLDER)) {
+            match geo {
+                Some(geo) if !regions => {
+                    for (id, region) in geo.regions.iter().enumerate() {
+                        let mut d = template.clone();
+                        d.name = template.name.replace(REGION_PLACEHOLDER, &region.id);
+                        if let Ok(id) = upstream::RegionId::try_from(id) {
+                            regional_dns.push((id, d));
+                        }
+                    }
                 }
-                Err(e) => {
-                    let line = t.line_of(cx, "endpoints");
-                    cx.error(line, &t.path("endpoints"), format!("{:?}: {e}", entry.url));
+                Some(_) => {
+                    let line = t.line_of(cx, "dns");
+                    cx.error(
+                        line,
+                        &t.path("dns.name"),
+                        "give a {region} name or per-region tables, not both",
+                    );
+                }
+                None => {
+                    let line = t.line_of(cx, "dns");
+                    cx.error(
+                        line,
+                        &t.path("dns.name"),
+                        "{region} needs a [geo] table listing the regions",
+                    );
                 }
             }
         }
-        let dns = read_dns(cx, &mut t);
-        match (urls.is_empty(), dns.is_some()) {
-            (true, false) => {
+        let regional = regions || !regional_dns.is_empty();
+        match (urls, dns.is_some(), regional) {
+            (false, false, false) => {
                 let line = t.line_of(cx, "endpoints");
-                cx.error(line, &t.path("endpoints"), "a pool needs endpoints or dns");
+                cx.error(
+                    line,
+                    &t.path("endpoints"),
+                    "a pool needs endpoints, dns or regions",
+                );
             }
-            (false, true) => {
+            (true, true, _) => {
                 let line = t.line_of(cx, "dns");
                 cx.error(line, &t.path("dns"), "give endpoints or dns, not both");
+            }
+            (true, _, true) | (_, true, true) => {
+                cx.error(
+                    regions_line,
+                    &t.path("regions"),
+                    "a pool spread over regions lists its endpoints (or dns) per region, not at the top",
+                );
             }
             _ => {}
         }
@@ -61,9 +107,93 @@ pub(super) fn read_pools(cx: &mut Cx<'_>, root: &mut Table<'_>, base: &Path) -> 
             settings: pool,
             ca,
             dns,
+            regional_dns,
         });
     }
     pools
+}
+
+/// `endpoints = [...]` into `pool`; whether any were given.
+fn read_endpoints(cx: &mut Cx<'_>, t: &mut Table<'_>, pool: &mut PoolConfig) -> bool {
+    let urls: Vec<WeightedUrl> = t.or(cx, "endpoints", Vec::new());
+    for entry in &urls {
+        match EndpointAddr::parse(&entry.url) {
+            Ok(e) => {
+                pool.endpoints.push(e);
+                pool.weights.push(entry.weight);
+            }
+            Err(e) => {
+                let line = t.line_of(cx, "endpoints");
+                cx.error(line, &t.path("endpoints"), format!("{:?}: {e}", entry.url));
+            }
+        }
+    }
+    !urls.is_empty()
+}
+
+/// `[pools.NAME.regions.REGION]` tables, each with `endpoints` or `dns`: static
+/// endpoints go into `pool` with their region, DNS lookups into `regional_dns`.
+/// Whether the pool has any region table.
+fn read_regions(
+    cx: &mut Cx<'_>,
+    t: &mut Table<'_>,
+    geo: Option<&Geo>,
+    pool: &mut PoolConfig,
+    regional_dns: &mut Vec<(upstream::RegionId, DnsConfig)>,
+) -> bool {
+    let tables = t.named_tables(cx, "regions");
+    if tables.is_empty() {
+        return false;
+    }
+    for (region, mut r) in tables {
+        let id = match geo {
+            None => {
+                let line = r.line();
+                cx.error(
+                    line,
+                    &t.path("regions"),
+                    "regions need a [geo] table listing them",
+                );
+                None
+            }
+            Some(geo) => {
+                let id = geo.id(&region);
+                if id.is_none() {
+                    let line = r.line();
+                    cx.error(
+                        line,
+                        &t.path(&format!("regions.{region}")),
+                        format!("no region named {region:?} in [geo.regions]"),
+                    );
+                }
+                id
+            }
+        };
+        let before = pool.endpoints.len();
+        let urls = read_endpoints(cx, &mut r, pool);
+        let dns = read_dns(cx, &mut r);
+        match (urls, dns) {
+            (false, None) => {
+                let line = r.line();
+                cx.error(
+                    line,
+                    &r.path("endpoints"),
+                    "a region needs endpoints or dns",
+                );
+            }
+            (true, Some(_)) => {
+                let line = r.line_of(cx, "dns");
+                cx.error(line, &r.path("dns"), "give endpoints or dns, not both");
+            }
+            (false, Some(dns)) => regional_dns.extend(id.map(|id| (id, dns))),
+            (true, None) => {}
+        }
+        let added = pool.endpoints.len() - before;
+        pool.regions
+            .extend(std::iter::repeat_n(id.unwrap_or_default(), added));
+        r.finish(cx);
+    }
+    true
 }
 
 /// `dns = { name = ..., kind = "a" | "srv", port, tls, nameservers, ttl_floor, ttl_ceiling, timeout }`.

@@ -325,3 +325,163 @@ fn a_file_may_leave_pools_to_the_upstream_flags() {
     assert!(c.pools.is_empty());
     assert_eq!(c.client.header_read_timeout, Duration::from_secs(300));
 }
+
+const GEO: &str = r#"
+[geo]
+region = "eu"
+spillover_threshold = 0.8
+debug_header = true
+
+[geo.regions.eu]
+cidrs = ["127.1.0.0/16"]
+latency = { us = "80ms", ap = "150ms" }
+
+[geo.regions.us]
+cidrs = ["127.2.0.0/16", "::ffff:127.2.0.0/112"]
+countries = ["us", "CA"]
+
+[geo.regions.ap]
+continents = ["as"]
+"#;
+
+#[test]
+fn reads_geo_and_regional_pools() {
+    let text = format!(
+        "{GEO}
+[pools.api.regions.eu]
+endpoints = [\"http://127.1.0.10:8080\", \"http://127.1.0.11:8080\"]
+[pools.api.regions.us]
+endpoints = [\"http://127.2.0.10:8080\"]
+[pools.api.regions.ap]
+dns = {{ name = \"ap.api.internal\", port = 8080 }}
+
+[pools.web]
+dns = {{ name = \"{{region}}.web.internal\", port = 80 }}
+[[routes]]
+pool = \"api\"
+[[routes]]
+host = \"web.example\"
+pool = \"web\"
+"
+    );
+    let c = parse(&text).expect("valid");
+    let geo = c.geo.as_ref().expect("geo");
+    assert_eq!(geo.region, "eu");
+    assert_eq!(geo.prefer, Prefer::Client);
+    assert!(geo.debug_header);
+    assert_eq!(
+        geo.regions
+            .iter()
+            .map(|r| r.id.as_str())
+            .collect::<Vec<_>>(),
+        ["eu", "us", "ap"]
+    );
+    assert_eq!(geo.regions[1].countries, ["US", "CA"]);
+    assert_eq!(geo.regions[2].continents, ["AS"]);
+    assert_eq!(
+        geo.regions[0].latency,
+        [
+            ("us".to_owned(), Duration::from_millis(80)),
+            ("ap".to_owned(), Duration::from_millis(150))
+        ]
+    );
+    let api = &c.pools[0].settings;
+    assert_eq!(api.endpoints.len(), 3);
+    assert_eq!(api.regions, [0, 0, 1]);
+    assert!((api.overprovisioning.threshold() - 0.8).abs() < 1e-9);
+    assert_eq!(c.pools[0].regional_dns.len(), 1);
+    assert_eq!(c.pools[0].regional_dns[0].0, 2);
+    let web: Vec<(u16, &str)> = c.pools[1]
+        .regional_dns
+        .iter()
+        .map(|(r, d)| (*r, d.name.as_str()))
+        .collect();
+    assert_eq!(
+        web,
+        [
+            (0, "eu.web.internal"),
+            (1, "us.web.internal"),
+            (2, "ap.web.internal")
+        ]
+    );
+    assert!(c.pools[1].dns.is_none());
+}
+
+#[test]
+fn geo_mistakes_name_key_and_line() {
+    let text = r#"[geo]
+region = "mars"
+spillover_threshold = 1.5
+prefer = "nearest"
+mmdb = "missing.mmdb"
+
+[geo.regions.eu]
+cidrs = ["127.1.0.0/33"]
+latency = { us = "80ms" }
+
+[pools.api.regions.eu]
+endpoints = ["http://127.1.0.10:8080"]
+[pools.api.regions.moon]
+endpoints = ["http://127.3.0.10:8080"]
+
+[pools.flat]
+endpoints = ["http://127.0.0.1:1"]
+[pools.flat.regions.eu]
+endpoints = ["http://127.1.0.1:1"]
+
+[[routes]]
+pool = "api"
+"#;
+    let got = errors(text);
+    for want in [
+        (2, "geo.region"),
+        (3, "geo.spillover_threshold"),
+        (4, "geo.prefer"),
+        (5, "geo.mmdb"),
+        (8, "geo.regions.eu.cidrs"),
+        (9, "geo.regions.eu.latency.us"),
+        (13, "pools.api.regions.moon"),
+        (18, "pools.flat.regions"),
+    ] {
+        assert!(
+            got.contains(&(want.0, want.1.to_owned())),
+            "missing {want:?} in {got:?}"
+        );
+    }
+}
+
+#[test]
+fn regions_without_geo_are_refused() {
+    let got = errors(
+        "[pools.api.regions.eu]\nendpoints = [\"http://127.1.0.10:8080\"]\n\
+         [pools.web]\ndns = { name = \"{region}.web\", port = 80 }\n[[routes]]\npool = \"api\"\n",
+    );
+    assert!(
+        got.contains(&(1, "pools.api.regions".to_owned())),
+        "{got:?}"
+    );
+    assert!(
+        got.contains(&(4, "pools.web.dns.name".to_owned())),
+        "{got:?}"
+    );
+}
+
+#[test]
+fn a_corrupt_mmdb_is_a_config_error_naming_the_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("corrupt.mmdb");
+    std::fs::write(&path, b"this is not a MaxMind database").expect("write");
+    let text = format!(
+        "[geo]\nregion = \"eu\"\nmmdb = {:?}\n[geo.regions.eu]\ncountries = [\"DE\"]\n\
+         [pools.a]\nendpoints = [\"http://127.0.0.1:1\"]\n",
+        path.display().to_string()
+    );
+    let e = parse(&text).expect_err("corrupt database");
+    let e = &e.errors[0];
+    assert_eq!((e.line, e.key.as_str()), (3, "geo.mmdb"));
+    assert!(
+        e.reason.contains("corrupt.mmdb") && e.reason.contains("not a valid MaxMind database"),
+        "{}",
+        e.reason
+    );
+}

@@ -218,6 +218,32 @@ impl<'a> Table<'a> {
         out
     }
 
+    /// Every `name = value` of a table whose keys are chosen by the user
+    /// (`latency = { eu-west = "20ms" }`), with the line of each; values of the
+    /// wrong form are reported and left out.
+    pub(crate) fn map<T: FromToml>(
+        &mut self,
+        cx: &mut Cx<'_>,
+        key: &'static str,
+    ) -> Vec<(String, T, usize)> {
+        let Some(outer) = self.table(cx, key) else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for (name, item) in outer.table.iter() {
+            let line = outer.line_of(cx, name);
+            let value = item
+                .as_value()
+                .ok_or_else(|| "expected a value, found a table".to_owned())
+                .and_then(T::from_toml);
+            match value {
+                Ok(v) => out.push((name.to_owned(), v, line)),
+                Err(reason) => cx.error(line, &outer.path(name), reason),
+            }
+        }
+        out
+    }
+
     /// Every entry of a table whose keys are names chosen by the user (`[pools.NAME]`).
     pub(crate) fn named_tables(
         &mut self,

@@ -56,9 +56,9 @@ fn route(shared: &Shared, req: &Request<Incoming>) -> Response<Body> {
         ),
         "/healthz" => (StatusCode::OK, "text/plain", Bytes::from_static(b"ok\n")),
         "/metrics" => (StatusCode::OK, "text/plain; version=0.0.4", {
-            shared
-                .metrics
-                .refresh_pools(shared.proxy.load().pool_statuses());
+            let proxy = shared.proxy.load();
+            shared.metrics.refresh_pools(proxy.pool_statuses());
+            shared.metrics.refresh_regions(&proxy.region_statuses());
             Bytes::from(shared.metrics.encode())
         }),
         _ => (

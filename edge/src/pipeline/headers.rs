@@ -138,6 +138,33 @@ pub struct Peer {
     pub tls: bool,
 }
 
+/// The client's address: the peer's, unless the peer is a trusted proxy; then
+/// the nearest address in `X-Forwarded-For` (right to left) that is not itself a
+/// trusted proxy. A chain of nothing but trusted proxies gives its first entry;
+/// an unparsable entry stops the walk at the last good address.
+pub fn client_ip(h: &HeaderMap, peer: Peer, trusted: &[IpNet]) -> IpAddr {
+    let is_trusted = |ip: &IpAddr| trusted.iter().any(|n| n.contains(ip));
+    if !is_trusted(&peer.ip) {
+        return peer.ip;
+    }
+    let mut client = peer.ip;
+    let lines: Vec<&str> = h
+        .get_all(&X_FORWARDED_FOR)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    for entry in lines.iter().rev().flat_map(|l| l.rsplit(',')) {
+        let Ok(ip) = entry.trim().parse::<IpAddr>() else {
+            break;
+        };
+        client = ip;
+        if !is_trusted(&ip) {
+            break;
+        }
+    }
+    client
+}
+
 /// Turns a client request into the upstream request: hop-by-hop headers out,
 /// forwarding headers in, origin-form target, Host set to the client's host.
 pub fn to_upstream<B>(

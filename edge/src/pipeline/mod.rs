@@ -21,6 +21,7 @@ pub use route::Routes;
 use crate::body::Body;
 use crate::config::Config;
 use crate::error::{ErrorKind, ProxyError, Side};
+use crate::locality::Geo;
 use crate::metrics::{Metrics, Proto};
 
 /// Everything the pipeline needs, built from one config and swapped whole on reload.
@@ -32,7 +33,12 @@ pub struct Proxy {
     max_headers: usize,
     /// Header section size a request may carry, counted as RFC 9113 does.
     max_header_bytes: usize,
+    /// Regions and client placement, with `[geo]`.
+    geo: Option<Arc<Geo>>,
 }
+
+/// The debug header naming the client's region, the chosen region and endpoint.
+const X_EDGE_GEO: http::HeaderName = http::HeaderName::from_static("x-edge-geo");
 
 /// The backend label when no pool was chosen.
 const NO_BACKEND: &str = "none";
@@ -41,17 +47,34 @@ impl Proxy {
     /// Builds every pool; a DNS pool resolves once first, and a failure of that
     /// first lookup is an error (there is no last-known-good set yet).
     pub async fn build(config: &Config) -> Result<Self, crate::Error> {
+        let geo = match &config.geo {
+            Some(g) => Some(Arc::new(
+                Geo::new(g).map_err(|e| crate::Error::Setup(format!("geo: {e}")))?,
+            )),
+            None => None,
+        };
         let mut pools = Vec::with_capacity(config.pools.len());
         for p in &config.pools {
             let pool = Arc::new(crate::server::build_pool(p)?);
+            let discover = |dns: &upstream::discovery::DnsConfig| {
+                let dns = dns.clone();
+                async move {
+                    upstream::discovery::watch(dns).await.map_err(|source| {
+                        crate::Error::Discovery {
+                            pool: p.name().to_owned(),
+                            source,
+                        }
+                    })
+                }
+            };
             if let Some(dns) = &p.dns {
-                let rx = upstream::discovery::watch(dns.clone())
-                    .await
-                    .map_err(|source| crate::Error::Discovery {
-                        pool: p.name().to_owned(),
-                        source,
-                    })?;
-                pool.follow(rx);
+                pool.follow(discover(dns).await?);
+            }
+            for (region, dns) in &p.regional_dns {
+                pool.follow_region(*region, discover(dns).await?);
+            }
+            if let Some(geo) = &geo {
+                pool.observe_rtt(geo.clone());
             }
             pool.start_health_checks();
             pools.push(pool);
@@ -65,6 +88,7 @@ impl Proxy {
             trusted: config.trusted_proxies.clone(),
             max_headers: config.client.max_headers,
             max_header_bytes: config.client.max_header_bytes,
+            geo,
         })
     }
 }
@@ -73,6 +97,11 @@ impl Proxy {
     /// Every pool's name and state, for metrics.
     pub fn pool_statuses(&self) -> impl Iterator<Item = (&str, upstream::PoolStatus)> {
         self.pools.iter().map(|p| (p.name(), p.status()))
+    }
+
+    /// Every region's distance from this edge, for metrics (empty without `[geo]`).
+    pub fn region_statuses(&self) -> Vec<crate::locality::RegionStatus<'_>> {
+        self.geo.as_ref().map(|g| g.statuses()).unwrap_or_default()
     }
 }
 
@@ -86,7 +115,7 @@ pub async fn handle(
     let started = Instant::now();
     let version = req.version();
     let id = headers::request_id(req.headers());
-    let (resp, backend) = match forward(proxy, peer, &id, req).await {
+    let (resp, backend) = match forward(proxy, metrics, peer, &id, req).await {
         Ok((mut resp, backend)) => {
             let upstream_version = resp.version();
             let h = resp.headers_mut();
@@ -114,6 +143,7 @@ pub async fn handle(
 /// Host → route → upstream. Returns the pool name for metrics either way.
 async fn forward<'p>(
     proxy: &'p Proxy,
+    metrics: &Metrics,
     peer: Peer,
     id: &HeaderValue,
     mut req: Request<Body>,
@@ -131,18 +161,60 @@ async fn forward<'p>(
                 NO_BACKEND,
             )
         })?;
+    // Where the client is, for hashing and geo: the peer, or the address a
+    // trusted proxy in front of us names; never what an untrusted peer claims.
+    let client = headers::client_ip(req.headers(), peer, &proxy.trusted);
     headers::to_upstream(&mut req, peer, &proxy.trusted, id, host);
     if pool.wants_hash_key() {
-        let ip = match peer.ip {
+        let ip = match client {
             std::net::IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
             std::net::IpAddr::V6(v6) => v6.octets(),
         };
         req.extensions_mut()
             .insert(upstream::HashKey(upstream::hash_ring::key(&ip)));
     }
+    let placed = match &proxy.geo {
+        Some(geo) if pool.is_regional() => {
+            let placed = geo.place(client);
+            req.extensions_mut().insert(placed.locality.clone());
+            Some((geo, placed))
+        }
+        _ => None,
+    };
     match pool.send(req).await {
-        Ok(resp) => Ok((resp.map(Body::Upstream), pool.name())),
+        Ok(mut resp) => {
+            if let Some((geo, placed)) = placed {
+                note_region(geo, &placed, metrics, pool.name(), &mut resp);
+            }
+            Ok((resp.map(Body::Upstream), pool.name()))
+        }
         Err(e) => Err((ProxyError::from(e), pool.name())),
+    }
+}
+
+/// Counts where a regional pool's request went, and names it in the debug
+/// header when that is on.
+fn note_region<B>(
+    geo: &Geo,
+    placed: &crate::locality::Placed,
+    metrics: &Metrics,
+    backend: &str,
+    resp: &mut Response<B>,
+) {
+    let Some(served) = resp.extensions().get::<upstream::Served>() else {
+        return;
+    };
+    let client = geo.name(placed.client);
+    let region = geo.name(served.region);
+    metrics.region_request(backend, client, region);
+    if geo.debug_header {
+        let value = format!(
+            "client-region={client}; by={}; region={region}; endpoint={}",
+            placed.by, served.endpoint
+        );
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            resp.headers_mut().insert(X_EDGE_GEO, v);
+        }
     }
 }
 

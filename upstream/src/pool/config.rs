@@ -5,11 +5,14 @@ use std::time::Duration;
 use http::StatusCode;
 use rustls::pki_types::CertificateDer;
 
+use geo::spillover::Overprovisioning;
+
 use super::Protocol;
 use crate::balance::Policy;
 use crate::breaker::{BreakerConfig, State};
 use crate::endpoint::EndpointAddr;
 use crate::health::HealthCheck;
+use crate::locality::RegionId;
 
 /// A pool's settings, independent of any config file format.
 #[derive(Clone, Debug)]
@@ -49,6 +52,11 @@ pub struct PoolConfig {
     pub min_available_share: f64,
     /// The whole request, all tries together, until the response head.
     pub request_timeout: Option<Duration>,
+    /// Each endpoint's region, in a pool spread over regions (empty otherwise);
+    /// see [`crate::locality`].
+    pub regions: Vec<RegionId>,
+    /// How much of a region may fail before its traffic spills to the next.
+    pub overprovisioning: Overprovisioning,
 }
 
 impl PoolConfig {
@@ -76,6 +84,8 @@ impl PoolConfig {
             max_pending_connects: 1024,
             min_available_share: 0.5,
             request_timeout: None,
+            regions: Vec::new(),
+            overprovisioning: Overprovisioning::default(),
         }
     }
 }

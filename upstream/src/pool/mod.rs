@@ -1,9 +1,10 @@
 //! A pool: its endpoints, how one is chosen, and how a request survives one
 //! endpoint's failure (retry elsewhere when provably safe, within a budget).
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
@@ -21,6 +22,7 @@ use crate::endpoint::EndpointAddr;
 use crate::error::Error;
 use crate::hash_ring::{self, Maglev};
 use crate::health::HealthCheck;
+use crate::locality::{self, Locality, RegionId, RttObserver, Served};
 use crate::wrr::SmoothWrr;
 use crate::BoxError;
 
@@ -56,8 +58,15 @@ pub struct Pool<B> {
     members: ArcSwap<Members<B>>,
     protocol: Protocol,
     breaker: BreakerConfig,
-    /// The discovery feed, when endpoints come from DNS (kept for its status).
-    dns: Mutex<Option<tokio::sync::watch::Receiver<Resolution>>>,
+    /// The discovery feeds, when endpoints come from DNS (kept for their status):
+    /// one for the whole pool, or one per region.
+    dns: Mutex<Vec<tokio::sync::watch::Receiver<Resolution>>>,
+    /// A regional pool's endpoints by region, as configured or last discovered;
+    /// `members` is rebuilt from it whenever one region's set changes.
+    by_region: Mutex<BTreeMap<RegionId, Vec<(EndpointAddr, u32)>>>,
+    overprovisioning: geo::spillover::Overprovisioning,
+    /// Told the round trip of every passing health probe, by region.
+    observer: OnceLock<Arc<dyn RttObserver>>,
     /// Dropped with the pool, which ends the task following discovery.
     _alive: tokio::sync::watch::Sender<()>,
     connector: Connector,
@@ -85,10 +94,22 @@ struct Members<B> {
     wrr: Mutex<SmoothWrr>,
     /// The consistent-hash table, built only for `Policy::Maglev` pools.
     maglev: Option<Maglev>,
+    /// Each backend's region, in a regional pool (empty otherwise).
+    region: Vec<RegionId>,
+    /// The regions present, ascending.
+    regions: Vec<RegionId>,
 }
 
 impl<B> Members<B> {
-    fn new(backends: Vec<Arc<Backend<B>>>, weights: &[u32], policy: Policy) -> Self {
+    fn new(
+        backends: Vec<Arc<Backend<B>>>,
+        weights: &[u32],
+        policy: Policy,
+        region: Vec<RegionId>,
+    ) -> Self {
+        let mut regions = region.clone();
+        regions.sort_unstable();
+        regions.dedup();
         let maglev = (policy == Policy::Maglev).then(|| {
             let names: Vec<String> = backends.iter().map(|b| b.addr.to_string()).collect();
             Maglev::new(&names, weights, hash_ring::DEFAULT_TABLE_SIZE)
@@ -106,6 +127,8 @@ impl<B> Members<B> {
             backends,
             wrr: Mutex::new(SmoothWrr::new(weights)),
             maglev,
+            region,
+            regions,
         }
     }
 }
@@ -128,12 +151,26 @@ impl<B: ReqBody> Pool<B> {
         let weights: Vec<u32> = (0..cfg.endpoints.len())
             .map(|i| cfg.weights.get(i).copied().unwrap_or(1))
             .collect();
+        let mut by_region: BTreeMap<RegionId, Vec<(EndpointAddr, u32)>> = BTreeMap::new();
+        for (i, &r) in cfg.regions.iter().enumerate() {
+            if let Some(addr) = cfg.endpoints.get(i) {
+                by_region
+                    .entry(r)
+                    .or_default()
+                    .push((addr.clone(), weights[i]));
+            }
+        }
+        let mut regions = cfg.regions.clone();
+        regions.truncate(cfg.endpoints.len());
         Ok(Self {
             name: cfg.name,
-            members: ArcSwap::from_pointee(Members::new(backends, &weights, cfg.policy)),
+            members: ArcSwap::from_pointee(Members::new(backends, &weights, cfg.policy, regions)),
             protocol: cfg.protocol,
             breaker: cfg.breaker,
-            dns: Mutex::new(None),
+            dns: Mutex::new(Vec::new()),
+            by_region: Mutex::new(by_region),
+            overprovisioning: cfg.overprovisioning,
+            observer: OnceLock::new(),
             _alive: tokio::sync::watch::channel(()).0,
             connector: Connector {
                 connect_timeout: cfg.connect_timeout,
@@ -170,6 +207,33 @@ impl<B: ReqBody> Pool<B> {
     /// Replaces the endpoint set. Endpoints that stay keep their connections,
     /// breaker and latency estimate; new ones start fresh.
     pub fn set_endpoints(&self, endpoints: &[(EndpointAddr, u32)]) {
+        self.store_members(endpoints, Vec::new());
+    }
+
+    /// Replaces one region's endpoints in a regional pool; the other regions keep theirs.
+    pub fn set_region_endpoints(&self, region: RegionId, endpoints: &[(EndpointAddr, u32)]) {
+        let mut by_region = self.by_region.lock().unwrap_or_else(|p| p.into_inner());
+        by_region.insert(region, endpoints.to_vec());
+        let mut all = Vec::new();
+        let mut regions = Vec::new();
+        for (&r, set) in by_region.iter() {
+            all.extend(set.iter().cloned());
+            regions.extend(std::iter::repeat_n(r, set.len()));
+        }
+        self.store_members(&all, regions);
+    }
+
+    /// Whether endpoints are grouped by region (requests honour [`Locality`]).
+    pub fn is_regional(&self) -> bool {
+        !self.members.load().regions.is_empty()
+    }
+
+    /// Where the round trips of passing health probes go (once; later calls are ignored).
+    pub fn observe_rtt(&self, observer: Arc<dyn RttObserver>) {
+        let _ = self.observer.set(observer);
+    }
+
+    fn store_members(&self, endpoints: &[(EndpointAddr, u32)], regions: Vec<RegionId>) {
         let current = self.members.load();
         let backends: Vec<_> = endpoints
             .iter()
@@ -185,16 +249,40 @@ impl<B: ReqBody> Pool<B> {
             })
             .collect();
         let weights: Vec<u32> = endpoints.iter().map(|(_, w)| *w).collect();
-        self.members
-            .store(Arc::new(Members::new(backends, &weights, self.policy)));
+        self.members.store(Arc::new(Members::new(
+            backends,
+            &weights,
+            self.policy,
+            regions,
+        )));
     }
 
     /// Takes endpoints from DNS discovery from now on: the current answer at
     /// once, then every change, until the pool is dropped. SRV answers use their
     /// lowest priority only (the others are backups, RFC 2782).
-    pub fn follow(self: &Arc<Self>, mut rx: tokio::sync::watch::Receiver<Resolution>) {
-        self.apply(&rx.borrow_and_update());
-        *self.dns.lock().unwrap_or_else(|p| p.into_inner()) = Some(rx.clone());
+    pub fn follow(self: &Arc<Self>, rx: tokio::sync::watch::Receiver<Resolution>) {
+        self.follow_in(None, rx);
+    }
+
+    /// Like [`Pool::follow`], for one region of a regional pool.
+    pub fn follow_region(
+        self: &Arc<Self>,
+        region: RegionId,
+        rx: tokio::sync::watch::Receiver<Resolution>,
+    ) {
+        self.follow_in(Some(region), rx);
+    }
+
+    fn follow_in(
+        self: &Arc<Self>,
+        region: Option<RegionId>,
+        mut rx: tokio::sync::watch::Receiver<Resolution>,
+    ) {
+        self.apply(region, &rx.borrow_and_update());
+        self.dns
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(rx.clone());
         let pool = Arc::downgrade(self);
         let mut alive = self._alive.subscribe();
         tokio::spawn(async move {
@@ -205,7 +293,7 @@ impl<B: ReqBody> Pool<B> {
                 }
                 let Some(pool) = pool.upgrade() else { return };
                 let resolution = rx.borrow_and_update().clone();
-                pool.apply(&resolution);
+                pool.apply(region, &resolution);
             }
         });
     }
@@ -228,16 +316,25 @@ impl<B: ReqBody> Pool<B> {
                 }
                 let Some(pool) = pool.upgrade() else { return };
                 let members = pool.members.load_full();
-                let probes = members
-                    .backends
-                    .iter()
-                    .map(|b| b.probe(&pool.connector, &check));
-                futures_util::future::join_all(probes).await;
+                let probes = members.backends.iter().map(|b| async {
+                    let started = Instant::now();
+                    b.probe(&pool.connector, &check)
+                        .await
+                        .then(|| started.elapsed())
+                });
+                let rtts = futures_util::future::join_all(probes).await;
+                if let Some(observer) = pool.observer.get() {
+                    for (i, rtt) in rtts.into_iter().enumerate() {
+                        if let (Some(rtt), Some(&r)) = (rtt, members.region.get(i)) {
+                            observer.observe(r, rtt);
+                        }
+                    }
+                }
             }
         });
     }
 
-    fn apply(&self, resolution: &Resolution) {
+    fn apply(&self, region: Option<RegionId>, resolution: &Resolution) {
         let best = resolution.endpoints.iter().map(|d| d.priority).min();
         let endpoints: Vec<_> = resolution
             .endpoints
@@ -245,7 +342,10 @@ impl<B: ReqBody> Pool<B> {
             .filter(|d| Some(d.priority) == best)
             .map(|d| (d.addr.clone(), d.weight))
             .collect();
-        self.set_endpoints(&endpoints);
+        match region {
+            None => self.set_endpoints(&endpoints),
+            Some(r) => self.set_region_endpoints(r, &endpoints),
+        }
     }
 
     /// Sends `req`, trying again elsewhere when that is provably safe: when
@@ -275,8 +375,9 @@ impl<B: ReqBody> Pool<B> {
             .extensions()
             .get::<HashKey>()
             .map_or_else(|| fastrand::u64(..), |k| k.0);
+        let regions = self.preference(&members, req.extensions().get::<Locality>());
         loop {
-            let Some((i, admit)) = self.choose(&members, &tried, key) else {
+            let Some((i, admit)) = self.choose(&members, &tried, key, regions.as_deref()) else {
                 return Err(Error::NoEndpoints {
                     pool: self.name.clone(),
                 });
@@ -297,7 +398,13 @@ impl<B: ReqBody> Pool<B> {
             // A timeout is worth another try only on another endpoint: the same
             // slow one would just get the request twice.
             let (error, again, elsewhere_only) = match result {
-                Ok(resp) => {
+                Ok(mut resp) => {
+                    if let Some(&region) = members.region.get(i) {
+                        resp.extensions_mut().insert(Served {
+                            endpoint: backend.addr.to_string().into(),
+                            region,
+                        });
+                    }
                     if is_sick_answer(resp.status()) {
                         // A reachable endpoint answering errors: eject it unless
                         // that would leave less than the minimum share available.
@@ -388,17 +495,71 @@ impl<B: ReqBody> Pool<B> {
         Ok(guard)
     }
 
-    /// An endpoint whose breaker admits a request, preferring ones not tried yet.
-    fn choose(&self, members: &Members<B>, tried: &Tried, key: u64) -> Option<(usize, Admit)> {
+    /// The regions of a regional pool in the order this request tries them: the
+    /// one its spillover share drew, then the rest nearest first. `None` for a
+    /// pool without regions.
+    fn preference(
+        &self,
+        members: &Members<B>,
+        locality: Option<&Locality>,
+    ) -> Option<Vec<RegionId>> {
+        if members.regions.is_empty() {
+            return None;
+        }
+        let mut order: Vec<RegionId> = locality
+            .map(|l| {
+                l.order
+                    .iter()
+                    .copied()
+                    .filter(|r| members.regions.binary_search(r).is_ok())
+                    .collect()
+            })
+            .unwrap_or_default();
+        for &r in &members.regions {
+            if !order.contains(&r) {
+                order.push(r);
+            }
+        }
+        let available = available(members, now_ms());
+        let healthy = |r: RegionId| {
+            let mut total = 0;
+            let mut up = 0;
+            for (i, _) in members.region.iter().enumerate().filter(|(_, &x)| x == r) {
+                total += 1;
+                up += usize::from(available(i));
+            }
+            (up, total)
+        };
+        Some(locality::preference(
+            &order,
+            healthy,
+            self.overprovisioning,
+            fastrand::f64(),
+        ))
+    }
+
+    /// An endpoint whose breaker admits a request, preferring ones not tried yet,
+    /// and in a regional pool, regions in the order of `regions`.
+    fn choose(
+        &self,
+        members: &Members<B>,
+        tried: &Tried,
+        key: u64,
+        regions: Option<&[RegionId]>,
+    ) -> Option<(usize, Admit)> {
         let now = now_ms();
         let backends = &members.backends;
         let n = backends.len();
         let available = available(members, now);
         let untried = |i: usize| !tried.contains(i) && available(i);
+        let pick = |ok: &dyn Fn(usize) -> bool| match regions {
+            None => self.pick(members, n, &ok, key),
+            Some(order) => order.iter().find_map(|&r| {
+                self.pick(members, n, &|i: usize| members.region[i] == r && ok(i), key)
+            }),
+        };
         for _ in 0..3 {
-            let i = self
-                .pick(members, n, &untried, key)
-                .or_else(|| self.pick(members, n, &available, key))?;
+            let i = pick(&untried).or_else(|| pick(&available))?;
             match backends[i].breaker().try_acquire(now) {
                 Admit::No => continue,
                 admit => return Some((i, admit)),
@@ -442,11 +603,12 @@ impl<B: ReqBody> Pool<B> {
     /// Counters, discovery health and per-endpoint state, for metrics.
     pub fn status(&self) -> PoolStatus {
         let now = now_ms();
+        // Several feeds (one per region) report as one: the worst of each.
         let dns = self
             .dns
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .as_ref()
+            .iter()
             .map(|rx| {
                 let r = rx.borrow();
                 DnsStatus {
@@ -455,6 +617,12 @@ impl<B: ReqBody> Pool<B> {
                     lookups: r.lookups,
                     failed_lookups: r.failed_lookups,
                 }
+            })
+            .reduce(|a, b| DnsStatus {
+                failures: a.failures.max(b.failures),
+                last_success_age: a.last_success_age.max(b.last_success_age),
+                lookups: a.lookups + b.lookups,
+                failed_lookups: a.failed_lookups + b.failed_lookups,
             });
         PoolStatus {
             retries: self.retries.load(Ordering::Relaxed),

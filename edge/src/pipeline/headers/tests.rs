@@ -131,3 +131,43 @@ fn header_limits_count_fields_and_bytes_like_rfc_9113() {
         ErrorKind::HeadersTooLarge
     );
 }
+
+#[test]
+fn client_ip_believes_only_trusted_proxies() {
+    let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().expect("net")];
+    let peer = |ip: &str| Peer {
+        ip: ip.parse().expect("ip"),
+        tls: false,
+    };
+    let ip = |s: &str| s.parse::<std::net::IpAddr>().expect("ip");
+    let spoofed = req(&[("x-forwarded-for", "127.2.0.1")]);
+    assert_eq!(
+        client_ip(spoofed.headers(), peer("127.1.0.1"), &trusted),
+        ip("127.1.0.1"),
+        "an untrusted peer's X-Forwarded-For is ignored"
+    );
+    // Through two trusted proxies: the first untrusted address from the right.
+    let chain = req(&[
+        ("x-forwarded-for", "6.6.6.6, 1.2.3.4"),
+        ("x-forwarded-for", "10.0.0.2"),
+    ]);
+    assert_eq!(
+        client_ip(chain.headers(), peer("10.0.0.1"), &trusted),
+        ip("1.2.3.4")
+    );
+    let all_trusted = req(&[("x-forwarded-for", "10.0.0.3, 10.0.0.2")]);
+    assert_eq!(
+        client_ip(all_trusted.headers(), peer("10.0.0.1"), &trusted),
+        ip("10.0.0.3")
+    );
+    let garbage = req(&[("x-forwarded-for", "nonsense, 10.0.0.2")]);
+    assert_eq!(
+        client_ip(garbage.headers(), peer("10.0.0.1"), &trusted),
+        ip("10.0.0.2")
+    );
+    let none = req(&[]);
+    assert_eq!(
+        client_ip(none.headers(), peer("10.0.0.1"), &trusted),
+        ip("10.0.0.1")
+    );
+}
