@@ -280,6 +280,24 @@ pub struct Edge {
 }
 
 impl Edge {
+    /// The value of the metric line starting with `series` (name and labels) on
+    /// `/metrics`, with the whole page (for failure messages).
+    pub async fn metric(&self, series: &str) -> anyhow::Result<(Option<f64>, String)> {
+        let crate::Reply {
+            status, body: page, ..
+        } = crate::KeepAlive::new(self.admin()?)
+            .request(&http::Method::GET, "/metrics", "metrics")
+            .await
+            .map_err(anyhow::Error::msg)?;
+        anyhow::ensure!(status == 200, "/metrics answered {status}:\n{page}");
+        let value = page
+            .lines()
+            .find(|l| l.starts_with(&format!("{series} ")))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok());
+        Ok((value, page))
+    }
+
     /// Writes `config` with fresh certificates to a tempdir and starts edge on it.
     pub async fn start(config: &EdgeConfig) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir().context("creating tempdir")?;

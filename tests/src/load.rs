@@ -3,7 +3,7 @@
 //! `x-request-id`; every answer is kept with when it came, read by the test's own
 //! rule (e.g. [`Reply::port_in_body`] or [`Reply::checked_origin`]).
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -77,13 +77,41 @@ type Sender = hyper::client::conn::http1::SendRequest<Empty<Bytes>>;
 #[derive(Debug)]
 pub struct KeepAlive {
     to: SocketAddr,
+    /// The source address to connect from (any, when `None`).
+    from: Option<IpAddr>,
     conn: Option<Sender>,
 }
 
 impl KeepAlive {
     /// A client for `to`; nothing is connected yet.
     pub fn new(to: SocketAddr) -> Self {
-        Self { to, conn: None }
+        Self {
+            to,
+            from: None,
+            conn: None,
+        }
+    }
+
+    /// A client for `to` connecting from `from` (e.g. `127.2.0.1`, to look like a
+    /// client of another network).
+    pub fn from(from: IpAddr, to: SocketAddr) -> Self {
+        Self {
+            to,
+            from: Some(from),
+            conn: None,
+        }
+    }
+
+    async fn connect(&self) -> std::io::Result<tokio::net::TcpStream> {
+        let Some(from) = self.from else {
+            return tokio::net::TcpStream::connect(self.to).await;
+        };
+        let socket = match from {
+            IpAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+            IpAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+        };
+        socket.bind(SocketAddr::new(from, 0))?;
+        socket.connect(self.to).await
     }
 
     /// One body-less request with `host: edge.test` and `x-request-id: id`: what
@@ -95,9 +123,7 @@ impl KeepAlive {
         id: &str,
     ) -> Result<Reply, String> {
         if self.conn.is_none() {
-            let stream = tokio::net::TcpStream::connect(self.to)
-                .await
-                .map_err(|e| e.to_string())?;
+            let stream = self.connect().await.map_err(|e| e.to_string())?;
             let (send, driver) =
                 hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
                     .await
@@ -175,6 +201,18 @@ impl<T: Send + 'static> Load<T> {
         method: Method,
         read: fn(Reply) -> Result<T, String>,
     ) -> Self {
+        Self::start_from(None, to, clients, every, method, read)
+    }
+
+    /// As [`start`](Self::start), the clients connecting from `from` when given.
+    pub fn start_from(
+        from: Option<IpAddr>,
+        to: SocketAddr,
+        clients: usize,
+        every: Duration,
+        method: Method,
+        read: fn(Reply) -> Result<T, String>,
+    ) -> Self {
         let seen: Arc<Mutex<Answers<T>>> = Arc::default();
         let stop = Arc::new(AtomicBool::new(false));
         let tasks = (0..clients)
@@ -182,7 +220,10 @@ impl<T: Send + 'static> Load<T> {
                 let (seen, stop, method) = (seen.clone(), stop.clone(), method.clone());
                 tokio::spawn(async move {
                     let mut pace = tokio::time::interval(every);
-                    let mut conn = KeepAlive::new(to);
+                    let mut conn = match from {
+                        Some(from) => KeepAlive::from(from, to),
+                        None => KeepAlive::new(to),
+                    };
                     let mut seq = 0u64;
                     while !stop.load(Ordering::Relaxed) {
                         pace.tick().await;

@@ -89,6 +89,29 @@ where
     wait_for(what, deadline, || condition().then_some(())).await
 }
 
+/// As [`wait_until`], for a condition that must await (e.g. a `/metrics` scrape).
+pub async fn poll_until<F, Fut>(
+    what: &str,
+    deadline: Duration,
+    mut condition: F,
+) -> anyhow::Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let interval = Duration::from_millis(20);
+    let end = tokio::time::Instant::now() + deadline;
+    loop {
+        if condition().await {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= end {
+            bail!("timed out after {deadline:?} waiting for {what}");
+        }
+        tokio::time::sleep(interval).await;
+    }
+}
+
 /// Polls `condition` every 20 ms until it gives a value or `deadline` passes.
 pub async fn wait_for<T, F>(what: &str, deadline: Duration, mut condition: F) -> anyhow::Result<T>
 where

@@ -67,24 +67,6 @@ fn start_load(edge: SocketAddr, clients: usize, every: Duration) -> Load<SocketA
     Load::start(edge, clients, every, Method::GET, Reply::checked_origin)
 }
 
-/// The value of the metric line starting with `series` (name and labels) on edge's
-/// `/metrics`, with the whole page.
-async fn metric(edge: &Edge, series: &str) -> anyhow::Result<(Option<f64>, String)> {
-    let Reply {
-        status, body: page, ..
-    } = KeepAlive::new(edge.admin()?)
-        .request(&Method::GET, "/metrics", "metrics")
-        .await
-        .map_err(anyhow::Error::msg)?;
-    anyhow::ensure!(status == 200, "/metrics answered {status}:\n{page}");
-    let value = page
-        .lines()
-        .find(|l| l.starts_with(&format!("{series} ")))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok());
-    Ok((value, page))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dns_pool_follows_record_changes_and_drains_removed_endpoints() -> anyhow::Result<()> {
     let (port, origins) = origins_on_one_port(&[ip(11), ip(12), ip(13)]).await?;
@@ -241,7 +223,9 @@ async fn killing_dnsmasq_changes_nothing_for_60_s() -> anyhow::Result<()> {
             );
         }
     }
-    let (failures, page) = metric(&edge, "proxy_dns_failures{backend=\"default\"}").await?;
+    let (failures, page) = edge
+        .metric("proxy_dns_failures{backend=\"default\"}")
+        .await?;
     assert!(
         failures.is_some_and(|n| n > 0.0),
         "proxy_dns_failures{{backend=\"default\"}} > 0: {failures:?}\n{page}"

@@ -153,6 +153,10 @@ impl<B: ReqBody> Backend<B> {
         if let Some(healthy) = flipped {
             self.healthy.store(healthy, Ordering::Relaxed);
             if healthy {
+                // Active checks just proved it answers again: a breaker opened
+                // while it was down would otherwise keep it out for its whole
+                // (growing) open period.
+                self.breaker().on_success();
                 tracing::info!(endpoint = %self.addr, path = %check.path, "health check passing: endpoint back in rotation");
             } else {
                 tracing::warn!(endpoint = %self.addr, path = %check.path, "health check failing: endpoint out of rotation");

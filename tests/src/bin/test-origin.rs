@@ -2,7 +2,8 @@
 //! `test-origin ADDR [DELAY_MS]`: HTTP/1.1 and h2c on ADDR; every answer's body is
 //! the port it listens on (so a client sees which origin served it) and its
 //! `x-origin` header the whole `IP:PORT` (for origins sharing a port on different
-//! loopback addresses), after DELAY_MS (default 0). Prints the bound address on
+//! loopback addresses), after DELAY_MS (default 0; `/healthz` waits as long, so
+//! the delay can stand for distance). Prints the bound address on
 //! stdout, then one line `REQ METHOD X-REQUEST-ID` per request as it arrives.
 //! `test-origin ADDR DELAY_MS HEALTH_FILE`: `/healthz` answers 200 while that
 //! file says `ok` (or is missing) and 503 otherwise; it is not logged as a request.
@@ -61,7 +62,14 @@ fn main() -> anyhow::Result<()> {
                         };
                         let mut resp = Response::new(Full::new(Bytes::new()));
                         *resp.status_mut() = status;
-                        return futures_ready(resp);
+                        if delay.is_zero() {
+                            return futures_ready(resp);
+                        }
+                        // The delay stands for distance too: probes wait like requests.
+                        return Box::pin(async move {
+                            tokio::time::sleep(delay).await;
+                            Ok(resp)
+                        });
                     }
                     let failing = health_file.as_ref().is_some_and(|f| {
                         std::fs::read_to_string(f).is_ok_and(|s| s.trim() == "fail")
