@@ -230,11 +230,9 @@ async fn killing_dnsmasq_changes_nothing_for_60_s() -> anyhow::Result<()> {
         failures.is_some_and(|n| n > 0.0),
         "proxy_dns_failures{{backend=\"default\"}} > 0: {failures:?}\n{page}"
     );
-    let (age, page) = metric(
-        &edge,
-        "proxy_dns_last_success_age_seconds{backend=\"default\"}",
-    )
-    .await?;
+    let (age, page) = edge
+        .metric("proxy_dns_last_success_age_seconds{backend=\"default\"}")
+        .await?;
     eprintln!(
         "{} answers; proxy_dns_failures {failures:?}, proxy_dns_last_success_age_seconds {age:?}",
         seen.len()
