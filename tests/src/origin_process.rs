@@ -105,6 +105,34 @@ impl OriginProcess {
         })
     }
 
+    /// One origin on each of `ips`, all on the same port (as A records and one
+    /// configured port need): the port and the origins.
+    pub async fn on_one_port(
+        bin: impl AsRef<OsStr>,
+        ips: &[std::net::IpAddr],
+    ) -> anyhow::Result<(u16, Vec<Self>)> {
+        let mut last = None;
+        // The port is free when picked but could be taken before the origins bind it.
+        for _ in 0..5 {
+            let port = crate::dns::common_free_port(ips)?;
+            let mut origins = Vec::new();
+            for ip in ips {
+                let addr = SocketAddr::new(*ip, port).to_string();
+                match Self::start(bin.as_ref(), &addr, 0).await {
+                    Ok(origin) => origins.push(origin),
+                    Err(e) => {
+                        last = Some(e);
+                        break;
+                    }
+                }
+            }
+            if origins.len() == ips.len() {
+                return Ok((port, origins));
+            }
+        }
+        Err(last.unwrap_or_else(|| anyhow::anyhow!("no origins started")))
+    }
+
     /// `http://IP:PORT`, the endpoint to configure.
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)

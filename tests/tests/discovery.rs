@@ -25,30 +25,6 @@ fn ip(last: u8) -> IpAddr {
     IpAddr::from([127, 0, 0, last])
 }
 
-/// One origin on each of `ips`, all on one port free on every one of them.
-async fn origins_on_one_port(ips: &[IpAddr]) -> anyhow::Result<(u16, Vec<OriginProcess>)> {
-    let mut last = None;
-    // The port is free when picked but could be taken before the origins bind it.
-    for _ in 0..5 {
-        let port = dns::common_free_port(ips)?;
-        let mut origins = Vec::new();
-        for ip in ips {
-            let addr = SocketAddr::new(*ip, port).to_string();
-            match OriginProcess::start(TEST_ORIGIN, &addr, 0).await {
-                Ok(origin) => origins.push(origin),
-                Err(e) => {
-                    last = Some(e);
-                    break;
-                }
-            }
-        }
-        if origins.len() == ips.len() {
-            return Ok((port, origins));
-        }
-    }
-    Err(last.unwrap_or_else(|| anyhow::anyhow!("no origins started")))
-}
-
 /// Edge with pool `default` discovered by `dns`, plus `settings` (TOML values) on it.
 async fn edge_with_dns(dns: &DnsPool, settings: &[(&str, &str)]) -> anyhow::Result<Edge> {
     let mut config = EdgeConfig::new("http://127.0.0.1:9");
@@ -69,7 +45,8 @@ fn start_load(edge: SocketAddr, clients: usize, every: Duration) -> Load<SocketA
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dns_pool_follows_record_changes_and_drains_removed_endpoints() -> anyhow::Result<()> {
-    let (port, origins) = origins_on_one_port(&[ip(11), ip(12), ip(13)]).await?;
+    let (port, origins) =
+        OriginProcess::on_one_port(TEST_ORIGIN, &[ip(11), ip(12), ip(13)]).await?;
     let [o11, o12, o13] = [&origins[0], &origins[1], &origins[2]];
     let dnsmasq = Dnsmasq::start(&dns::hosts(API, &[ip(11), ip(12)]), "").await?;
     let edge = edge_with_dns(&DnsPool::address(API, port, dnsmasq.addr()), &[]).await?;
@@ -141,7 +118,7 @@ async fn dns_pool_follows_record_changes_and_drains_removed_endpoints() -> anyho
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn srv_weights_split_traffic_one_to_three() -> anyhow::Result<()> {
-    let (port, origins) = origins_on_one_port(&[ip(11), ip(12)]).await?;
+    let (port, origins) = OriginProcess::on_one_port(TEST_ORIGIN, &[ip(11), ip(12)]).await?;
     let hosts = "127.0.0.11 a.internal\n127.0.0.12 b.internal\n";
     let conf = dns::srv_host(SRV, "a.internal", port, 0, 1)
         + &dns::srv_host(SRV, "b.internal", port, 0, 3);
@@ -193,7 +170,7 @@ async fn srv_weights_split_traffic_one_to_three() -> anyhow::Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_dnsmasq_changes_nothing_for_60_s() -> anyhow::Result<()> {
-    let (port, origins) = origins_on_one_port(&[ip(11), ip(12)]).await?;
+    let (port, origins) = OriginProcess::on_one_port(TEST_ORIGIN, &[ip(11), ip(12)]).await?;
     let mut dnsmasq = Dnsmasq::start(&dns::hosts(API, &[ip(11), ip(12)]), "").await?;
     let edge = edge_with_dns(
         &DnsPool::address(API, port, dnsmasq.addr()).timeout("500ms"),

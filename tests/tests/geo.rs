@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
+use edge_tests::dns::{self, Dnsmasq};
 use edge_tests::process::Finished;
 use edge_tests::{
     curl, errors, poll_until, run_edge, wait_for, Edge, KeepAlive, Load, OriginProcess, Pki, Reply,
@@ -531,5 +532,25 @@ async fn make_mmdb(out: &std::path::Path, networks: &serde_json::Value) -> anyho
     drop(stdin);
     let status = tokio::time::timeout(Duration::from_secs(30), child.wait()).await??;
     anyhow::ensure!(status.success(), "make_mmdb.py failed: {status}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_region_name_template_finds_each_regions_endpoints_in_dns() -> anyhow::Result<()> {
+    let ips = [1, 2].map(|net| IpAddr::V4(Ipv4Addr::new(127, net, 0, 10)));
+    let (port, _origins) = OriginProcess::on_one_port(TEST_ORIGIN, &ips).await?;
+    let hosts = dns::hosts("a.api.internal", &ips[..1]) + &dns::hosts("b.api.internal", &ips[1..]);
+    let dnsmasq = Dnsmasq::start(&hosts, "").await?;
+    let toml = config(&[], "", "", "")
+        + &format!(
+            "dns = {{ name = \"{{region}}.api.internal\", port = {port}, nameservers = [\"{}\"] }}\n\
+             [geo.regions.a]\ncidrs = [\"127.1.0.0/16\"]\n[geo.regions.b]\ncidrs = [\"127.2.0.0/16\"]\n",
+            dnsmasq.addr()
+        );
+    let edge = start(&toml).await?;
+    for net in [1, 2] {
+        let seen = served_from(&edge, client(net), 30).await?;
+        assert_eq!(seen, HashMap::from([(net, 30)]), "clients of 127.{net}/16");
+    }
     Ok(())
 }
