@@ -72,13 +72,28 @@ async fn check_reports_unknown_key_bad_duration_and_missing_cert_with_lines_and_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn check_accepts_every_example_config_in_ops() -> anyhow::Result<()> {
     let ops = workspace_root().join("ops");
-    let mut examples: Vec<_> = std::fs::read_dir(&ops)?
-        .filter_map(Result::ok)
-        .map(|entry| entry.path())
-        .filter(|path| path.extension().is_some_and(|ext| ext == "toml"))
-        .collect();
+    // ops/*.toml and ops/*/*.toml (e.g. ops/geo/edge.toml).
+    let mut dirs = vec![ops.clone()];
+    dirs.extend(
+        std::fs::read_dir(&ops)?
+            .filter_map(Result::ok)
+            .map(|entry| entry.path())
+            .filter(|path| path.is_dir()),
+    );
+    let mut examples = Vec::new();
+    for dir in dirs {
+        examples.extend(
+            std::fs::read_dir(&dir)?
+                .filter_map(Result::ok)
+                .map(|entry| entry.path())
+                .filter(|path| path.extension().is_some_and(|ext| ext == "toml")),
+        );
+    }
     examples.sort();
-    assert!(!examples.is_empty(), "no ops/*.toml to check");
+    assert!(
+        examples.iter().any(|p| p.ends_with("geo/edge.toml")),
+        "ops/geo/edge.toml is checked too: {examples:?}"
+    );
     for example in examples {
         let out = run_edge(
             ["check".as_ref(), "-c".as_ref(), example.as_os_str()],

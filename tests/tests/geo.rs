@@ -554,3 +554,21 @@ async fn a_region_name_template_finds_each_regions_endpoints_in_dns() -> anyhow:
     }
     Ok(())
 }
+
+/// `ops/geo/run.sh selftest`: the demo a user runs works (three regions, own-region
+/// routing, a region down and back). It uses fixed ports 18080, 18443, 19901, 19101.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ops_geo_demo_script_passes_its_selftest() -> anyhow::Result<()> {
+    let root = edge_tests::edge::workspace_root();
+    let mut command = tokio::process::Command::new("bash");
+    command
+        .arg(root.join("ops/geo/run.sh"))
+        .arg("selftest")
+        .env("EDGE_BIN", edge_tests::edge::edge_bin()?)
+        .env("ORIGIN_BIN", TEST_ORIGIN)
+        .current_dir(&root);
+    let out = edge_tests::process::run_command(command, Duration::from_secs(120)).await?;
+    out.ensure_success("ops/geo/run.sh selftest")?;
+    assert!(out.stdout.contains("selftest: ok"), "{}", out.stdout);
+    Ok(())
+}
