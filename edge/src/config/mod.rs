@@ -5,7 +5,10 @@
 //! key path and line. Only this module knows TOML; the library crates take their
 //! own plain config structs.
 
+mod cache;
 mod pools;
+use cache::read_cache;
+pub use cache::Cache;
 use pools::read_pools;
 mod walk;
 
@@ -39,6 +42,7 @@ pub struct Config {
     pub client: Client,
     pub routes: Vec<Route>,
     pub pools: Vec<Pool>,
+    pub cache: Cache,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -78,6 +82,10 @@ pub struct Route {
     pub host: Option<String>,
     pub path_prefix: String,
     pub pool: String,
+    /// Responses on this route go through the cache (when `[cache]` is enabled).
+    pub cache: bool,
+    /// Responses with Set-Cookie may be stored (without the cookie).
+    pub cache_set_cookie: bool,
 }
 
 /// A pool: the upstream crate's own settings, plus what only a file names.
@@ -103,6 +111,19 @@ impl Default for Client {
             max_headers: 100,
             max_concurrent_streams: 100,
             max_connections: None,
+        }
+    }
+}
+
+impl Route {
+    /// Every host and path to `pool`, cached when the cache is on.
+    pub fn catch_all(pool: &str) -> Self {
+        Self {
+            host: None,
+            path_prefix: "/".to_owned(),
+            pool: pool.to_owned(),
+            cache: true,
+            cache_set_cookie: false,
         }
     }
 }
@@ -140,12 +161,9 @@ impl Config {
                 certificates: Vec::new(),
             },
             client: Client::default(),
-            routes: vec![Route {
-                host: None,
-                path_prefix: "/".to_owned(),
-                pool: DEFAULT_POOL.to_owned(),
-            }],
+            routes: vec![Route::catch_all(DEFAULT_POOL)],
             pools: vec![Pool::new(DEFAULT_POOL, endpoints)],
+            cache: Cache::default(),
         }
     }
 
@@ -228,6 +246,7 @@ fn read(cx: &mut Cx<'_>, doc: &toml_edit::Table, base: &Path) -> Config {
     let client = read_client(cx, &mut root);
     let pools = read_pools(cx, &mut root, base);
     let routes = read_routes(cx, &mut root, &pools);
+    let cache = read_cache(cx, &mut root);
     root.finish(cx);
     Config {
         listen,
@@ -240,6 +259,7 @@ fn read(cx: &mut Cx<'_>, doc: &toml_edit::Table, base: &Path) -> Config {
         client,
         routes,
         pools,
+        cache,
     }
 }
 
@@ -374,11 +394,7 @@ fn read_routes(cx: &mut Cx<'_>, root: &mut Table<'_>, pools: &[Pool]) -> Vec<Rou
     let tables = root.tables(cx, "routes");
     if tables.is_empty() {
         return match pools {
-            [only] => vec![Route {
-                host: None,
-                path_prefix: "/".to_owned(),
-                pool: only.name().to_owned(),
-            }],
+            [only] => vec![Route::catch_all(only.name())],
             [] => {
                 if !cx.pools_from_flags {
                     cx.error(line, "pools", "at least one pool is needed");
@@ -403,11 +419,15 @@ fn read_routes(cx: &mut Cx<'_>, root: &mut Table<'_>, pools: &[Pool]) -> Vec<Rou
             let line = t.line_of(cx, "path_prefix");
             cx.error(line, &t.path("path_prefix"), "must start with /");
         }
+        let cache = t.or(cx, "cache", true);
+        let cache_set_cookie = t.or(cx, "cache_set_cookie", false);
         match t.opt::<String>(cx, "pool") {
             Some(pool) if pools.iter().any(|p| p.name() == pool) => routes.push(Route {
                 host,
                 path_prefix,
                 pool,
+                cache,
+                cache_set_cookie,
             }),
             Some(pool) => {
                 let line = t.line_of(cx, "pool");

@@ -1,0 +1,439 @@
+//! One request through the cache: look up, judge, and either answer from a
+//! layer, revalidate, or fetch (coalesced) and store while streaming.
+
+use std::sync::Arc;
+
+use http::header::{
+    HeaderValue, AGE, CONTENT_LENGTH, ETAG, IF_MODIFIED_SINCE, IF_NONE_MATCH, LAST_MODIFIED, RANGE,
+    SET_COOKIE,
+};
+use http::{HeaderMap, Method, Request, Response, StatusCode, Version};
+use http_body_util::BodyExt as _;
+use upstream::Pool;
+
+use super::coalesce::{self, Leader, Role};
+use super::entry::{Entry, VaryList};
+use super::metrics::Outcome;
+use super::policy::{self, CacheControl, Times, Use};
+use super::tee::{Pending, Tee};
+use super::{unix_now, unix_now_ms, vary_values, Cache, Layer, Lookup, RouteCache};
+use crate::body::Body;
+use crate::error::ProxyError;
+
+pub const CACHE_STATUS: http::HeaderName = http::HeaderName::from_static("cache-status");
+
+type Upstream = Arc<Pool<Body>>;
+
+async fn send(pool: &Upstream, req: Request<Body>) -> Result<Response<Body>, ProxyError> {
+    match pool.send(req).await {
+        Ok(resp) => Ok(resp.map(Body::Upstream)),
+        Err(e) => Err(ProxyError::from(e)),
+    }
+}
+
+fn with_status(mut resp: Response<Body>, status: &'static str) -> Response<Body> {
+    resp.headers_mut()
+        .insert(CACHE_STATUS, HeaderValue::from_static(status));
+    resp
+}
+
+/// What the client asked, kept after the request itself went upstream.
+struct Asked {
+    method: Method,
+    headers: HeaderMap,
+}
+
+impl Cache {
+    /// Serves `req` (already fit for the upstream) for the cache key `key`.
+    pub async fn serve(
+        self: &Arc<Self>,
+        pool: &Upstream,
+        key: String,
+        req: Request<Body>,
+        route: RouteCache,
+    ) -> Result<Response<Body>, ProxyError> {
+        let method = req.method().clone();
+        if policy::invalidates(&method) {
+            self.metrics.outcome(Outcome::Bypass);
+            let resp = send(pool, req).await?;
+            if resp.status().is_success() || resp.status().is_redirection() {
+                self.invalidate(&key, resp.headers()).await;
+            }
+            return Ok(with_status(resp, "edge; fwd=method"));
+        }
+        if !(method == Method::GET || method == Method::HEAD) || req.headers().contains_key(RANGE) {
+            self.metrics.outcome(Outcome::Bypass);
+            return Ok(with_status(send(pool, req).await?, "edge; fwd=bypass"));
+        }
+        let now = unix_now();
+        let found = self.lookup(&key, req.headers()).await;
+        if let Some((entry, layer)) = &found.entry {
+            let judged = policy::decide(
+                entry.status.as_u16(),
+                &entry.headers,
+                entry.times,
+                req.headers(),
+                now,
+            );
+            match judged {
+                Use::Fresh | Use::Stale => {
+                    let (outcome, status) = match (judged, layer) {
+                        (Use::Stale, _) => (Outcome::Stale, "edge; hit; detail=stale"),
+                        (_, Layer::L1) => (Outcome::HitL1, "edge; hit; detail=l1"),
+                        (_, Layer::L2) => (Outcome::HitL2, "edge; hit; detail=l2"),
+                    };
+                    self.metrics.outcome(outcome);
+                    return Ok(respond(entry, req.headers(), &method, now, status));
+                }
+                Use::StaleWhileRevalidate => {
+                    self.metrics.outcome(Outcome::Stale);
+                    self.refresh_in_background(pool, &key, &req, entry, found.vary.clone(), route);
+                    let status = "edge; hit; detail=stale-while-revalidate";
+                    return Ok(respond(entry, req.headers(), &method, now, status));
+                }
+                Use::Revalidate if method == Method::GET => {
+                    let entry = Arc::clone(entry);
+                    return self
+                        .revalidate(pool, key, req, entry, found.vary, route)
+                        .await;
+                }
+                Use::Revalidate => {}
+            }
+        }
+        if CacheControl::parse(req.headers()).only_if_cached {
+            self.metrics.outcome(Outcome::Miss);
+            let mut resp = Response::new(Body::full("not in cache (only-if-cached)\n".into()));
+            *resp.status_mut() = StatusCode::GATEWAY_TIMEOUT;
+            return Ok(with_status(resp, "edge; detail=only-if-cached"));
+        }
+        if method == Method::HEAD {
+            self.metrics.outcome(Outcome::Miss);
+            return Ok(with_status(send(pool, req).await?, "edge; fwd=miss"));
+        }
+        self.fetch(pool, key, req, found, route).await
+    }
+
+    /// A miss: one request per key goes to the origin, the others wait for it.
+    async fn fetch(
+        self: &Arc<Self>,
+        pool: &Upstream,
+        key: String,
+        req: Request<Body>,
+        found: Lookup,
+        route: RouteCache,
+    ) -> Result<Response<Body>, ProxyError> {
+        let leader = match self.coalescer.join(&key) {
+            Role::Leader(l) => Some(l),
+            Role::Follower(rx) => {
+                self.metrics.coalesced();
+                if coalesce::wait(rx, self.coalesce_timeout).await {
+                    let again = self.lookup(&key, req.headers()).await;
+                    if let Some((entry, layer)) = &again.entry {
+                        let now = unix_now();
+                        let judged = policy::decide(
+                            entry.status.as_u16(),
+                            &entry.headers,
+                            entry.times,
+                            req.headers(),
+                            now,
+                        );
+                        if judged == Use::Fresh {
+                            let (outcome, status) = match layer {
+                                Layer::L1 => (Outcome::HitL1, "edge; hit; detail=l1"),
+                                Layer::L2 => (Outcome::HitL2, "edge; hit; detail=l2"),
+                            };
+                            self.metrics.outcome(outcome);
+                            return Ok(respond(entry, req.headers(), req.method(), now, status));
+                        }
+                    }
+                }
+                None
+            }
+        };
+        self.metrics.outcome(Outcome::Miss);
+        let asked = Asked {
+            method: req.method().clone(),
+            headers: req.headers().clone(),
+        };
+        let request_time = unix_now();
+        let resp = send(pool, req).await?;
+        let status = if found.vary.is_some() {
+            "edge; fwd=vary-miss"
+        } else {
+            "edge; fwd=miss"
+        };
+        Ok(self.keep(
+            &key,
+            &asked,
+            resp,
+            request_time,
+            found.vary,
+            leader,
+            route,
+            status,
+        ))
+    }
+
+    /// Wraps a fresh origin response so it is stored while it streams, when the
+    /// rules allow and its size fits.
+    #[allow(clippy::too_many_arguments)]
+    fn keep(
+        self: &Arc<Self>,
+        key: &str,
+        asked: &Asked,
+        resp: Response<Body>,
+        request_time: u64,
+        seen: Option<Arc<VaryList>>,
+        leader: Option<Leader>,
+        route: RouteCache,
+        status: &'static str,
+    ) -> Response<Body> {
+        let allowed = policy::storable(
+            &asked.method,
+            &asked.headers,
+            resp.status(),
+            resp.headers(),
+            route.set_cookie,
+        );
+        let names = policy::vary_names(resp.headers()).unwrap_or_default();
+        let declared = resp
+            .headers()
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        let bound = self.store_bound();
+        if let Err(why) = allowed {
+            tracing::trace!(key, ?why, "cache: not stored");
+            return with_status(resp, status);
+        }
+        if declared.is_some_and(|n| n > bound) {
+            return with_status(resp, status);
+        }
+        let (mut parts, body) = resp.into_parts();
+        let Body::Upstream(inner) = body else {
+            return with_status(Response::from_parts(parts, body), status);
+        };
+        let mut headers = parts.headers.clone();
+        crate::pipeline::strip_hop_by_hop(&mut headers);
+        headers.remove(SET_COOKIE);
+        headers.remove(CACHE_STATUS);
+        let entry = Entry {
+            url: key.to_owned(),
+            status: parts.status,
+            headers,
+            body: Default::default(),
+            times: Times {
+                request_time,
+                response_time: unix_now(),
+            },
+            stored_at_ms: unix_now_ms(),
+            vary: vary_values(&names, &asked.headers),
+        };
+        let pending = Pending {
+            cache: Arc::clone(self),
+            key: key.to_owned(),
+            entry,
+            names,
+            seen,
+            leader,
+        };
+        let tee = Tee::new(inner, bound as usize, pending);
+        let stored = match status {
+            "edge; fwd=miss" => "edge; fwd=miss; stored",
+            "edge; fwd=vary-miss" => "edge; fwd=vary-miss; stored",
+            _ => "edge; fwd=stale; stored",
+        };
+        parts
+            .headers
+            .insert(CACHE_STATUS, HeaderValue::from_static(stored));
+        Response::from_parts(parts, Body::Tee(Box::new(tee)))
+    }
+
+    /// Asks the origin whether a stale entry still holds (conditional request);
+    /// a 304 refreshes it, an error may be answered with it (stale-if-error).
+    async fn revalidate(
+        self: &Arc<Self>,
+        pool: &Upstream,
+        key: String,
+        mut req: Request<Body>,
+        entry: Arc<Entry>,
+        vary: Option<Arc<VaryList>>,
+        route: RouteCache,
+    ) -> Result<Response<Body>, ProxyError> {
+        let asked = Asked {
+            method: req.method().clone(),
+            headers: req.headers().clone(),
+        };
+        let h = req.headers_mut();
+        h.remove(IF_NONE_MATCH);
+        h.remove(IF_MODIFIED_SINCE);
+        if let Some(etag) = entry.headers.get(ETAG) {
+            h.insert(IF_NONE_MATCH, etag.clone());
+        }
+        if let Some(lm) = entry.headers.get(LAST_MODIFIED) {
+            h.insert(IF_MODIFIED_SINCE, lm.clone());
+        }
+        let request_time = unix_now();
+        let sent = send(pool, req).await;
+        let now = unix_now();
+        let stale_ok = || {
+            policy::stale_if_error(
+                entry.status.as_u16(),
+                &entry.headers,
+                entry.times,
+                &asked.headers,
+                now,
+            )
+        };
+        match sent {
+            Ok(resp) if resp.status() == StatusCode::NOT_MODIFIED => {
+                self.metrics.outcome(Outcome::Revalidated);
+                let merged = merge_304(&entry, resp.headers(), request_time, now);
+                let names = policy::vary_names(&merged.headers).unwrap_or_default();
+                let out = respond(
+                    &merged,
+                    &asked.headers,
+                    &asked.method,
+                    now,
+                    "edge; fwd=stale; fwd-status=304",
+                );
+                self.store(&key, merged, names, vary, None).await;
+                Ok(out)
+            }
+            Ok(resp) if resp.status().is_server_error() && stale_ok() => {
+                self.metrics.outcome(Outcome::Stale);
+                let status = "edge; hit; fwd=stale; detail=stale-if-error";
+                Ok(respond(&entry, &asked.headers, &asked.method, now, status))
+            }
+            Ok(resp) => {
+                self.metrics.outcome(Outcome::Miss);
+                let status = "edge; fwd=stale";
+                Ok(self.keep(&key, &asked, resp, request_time, vary, None, route, status))
+            }
+            Err(_) if stale_ok() => {
+                self.metrics.outcome(Outcome::Stale);
+                let status = "edge; hit; fwd=stale; detail=stale-if-error";
+                Ok(respond(&entry, &asked.headers, &asked.method, now, status))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// stale-while-revalidate: one background revalidation per key at a time.
+    fn refresh_in_background(
+        self: &Arc<Self>,
+        pool: &Upstream,
+        key: &str,
+        req: &Request<Body>,
+        entry: &Arc<Entry>,
+        vary: Option<Arc<VaryList>>,
+        route: RouteCache,
+    ) {
+        let Some(leader) = self.coalescer.try_lead(key) else {
+            return;
+        };
+        let mut copy = Request::new(Body::Empty);
+        *copy.method_mut() = Method::GET;
+        *copy.uri_mut() = req.uri().clone();
+        *copy.version_mut() = req.version();
+        *copy.headers_mut() = req.headers().clone();
+        let (this, pool, key, entry) = (
+            Arc::clone(self),
+            Arc::clone(pool),
+            key.to_owned(),
+            Arc::clone(entry),
+        );
+        tokio::spawn(async move {
+            match this.revalidate(&pool, key, copy, entry, vary, route).await {
+                Ok(resp) => {
+                    // Reading the body to its end is what stores a new copy.
+                    let mut body = resp.into_body();
+                    while let Some(frame) = body.frame().await {
+                        if frame.is_err() {
+                            break;
+                        }
+                    }
+                }
+                Err(e) => tracing::debug!(error = %e, "cache: background revalidation failed"),
+            }
+            drop(leader);
+        });
+    }
+}
+
+/// The stored entry updated with a 304's header fields (RFC 9111 3.2, 4.3.4).
+fn merge_304(entry: &Entry, fresh: &HeaderMap, request_time: u64, response_time: u64) -> Entry {
+    let mut merged = entry.clone();
+    let mut headers = fresh.clone();
+    crate::pipeline::strip_hop_by_hop(&mut headers);
+    for name in headers.keys() {
+        if name != CONTENT_LENGTH && name != SET_COOKIE && name != CACHE_STATUS {
+            merged.headers.remove(name);
+        }
+    }
+    for (name, value) in &headers {
+        if name != CONTENT_LENGTH && name != SET_COOKIE && name != CACHE_STATUS {
+            merged.headers.append(name, value.clone());
+        }
+    }
+    merged.times = Times {
+        request_time,
+        response_time,
+    };
+    merged.stored_at_ms = unix_now_ms();
+    merged
+}
+
+/// A response from a stored entry, with Age and Cache-Status; a 304 when the
+/// client's own conditional matches it.
+fn respond(
+    entry: &Entry,
+    req: &HeaderMap,
+    method: &Method,
+    now: u64,
+    status: &'static str,
+) -> Response<Body> {
+    let age = policy::current_age(&entry.headers, entry.times, now);
+    let not_modified = entry.status == StatusCode::OK && client_validator_matches(entry, req);
+    let mut resp = if not_modified || *method == Method::HEAD {
+        Response::new(Body::Empty)
+    } else {
+        Response::new(Body::full(entry.body.clone()))
+    };
+    *resp.version_mut() = Version::HTTP_11;
+    if not_modified {
+        *resp.status_mut() = StatusCode::NOT_MODIFIED;
+        let h = resp.headers_mut();
+        for (name, value) in &entry.headers {
+            if name != CONTENT_LENGTH {
+                h.append(name, value.clone());
+            }
+        }
+    } else {
+        *resp.status_mut() = entry.status;
+        *resp.headers_mut() = entry.headers.clone();
+    }
+    let h = resp.headers_mut();
+    h.insert(AGE, HeaderValue::from(age));
+    h.insert(CACHE_STATUS, HeaderValue::from_static(status));
+    resp
+}
+
+/// If-None-Match (weak comparison), else If-Modified-Since (RFC 9110 13.1).
+fn client_validator_matches(entry: &Entry, req: &HeaderMap) -> bool {
+    if req.contains_key(IF_NONE_MATCH) {
+        let Some(etag) = entry.headers.get(ETAG).and_then(|v| v.to_str().ok()) else {
+            return false;
+        };
+        let weak = |t: &str| t.trim().trim_start_matches("W/").to_owned();
+        return req
+            .get_all(IF_NONE_MATCH)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim() == "*" || weak(t) == weak(etag));
+    }
+    let since = req.get(IF_MODIFIED_SINCE).and_then(policy::http_date);
+    let modified = entry.headers.get(LAST_MODIFIED).and_then(policy::http_date);
+    matches!((since, modified), (Some(s), Some(m)) if m <= s)
+}
