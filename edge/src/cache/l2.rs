@@ -155,8 +155,12 @@ impl L2 {
             .unwrap_or_else(PoisonError::into_inner)
             .clone();
         let Some(conn) = conn else {
-            self.connect_in_background();
-            self.failed("unavailable");
+            // Not connected yet: skip L2. Only a finished, failed connect counts
+            // toward the breaker (so start-up under load does not open it).
+            if !self.connecting.load(Ordering::SeqCst) {
+                self.connect_in_background();
+                self.failed("unavailable");
+            }
             return None;
         };
         match tokio::time::timeout(self.timeout, f(conn)).await {

@@ -86,6 +86,18 @@ impl moka::Expiry<String, Slot> for SlotExpiry {
     fn expire_after_create(&self, _: &String, slot: &Slot, _: Instant) -> Option<Duration> {
         Some(slot.ttl)
     }
+
+    /// A refreshed entry (after a 304 or a new fetch) gets its own time, not
+    /// what was left of the old one.
+    fn expire_after_update(
+        &self,
+        _: &String,
+        slot: &Slot,
+        _: Instant,
+        _: Option<Duration>,
+    ) -> Option<Duration> {
+        Some(slot.ttl)
+    }
 }
 
 pub struct Cache {
