@@ -222,6 +222,31 @@ async fn vary_keeps_variants_apart_and_hosts_never_share() -> anyhow::Result<()>
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn head_only_if_cached_and_request_no_cache() -> anyhow::Result<()> {
+    let origin = Scripted::start(numbered(&[("cache-control", "max-age=60")])).await?;
+    let e = edge(&origin, None, &[]).await?;
+    let addr = e.http()?;
+    let cold = get(addr, "/cold", &[("cache-control", "only-if-cached")]).await?;
+    assert_eq!(cold.status, 504);
+    assert_eq!(origin.count("/cold"), 0);
+    assert_eq!(get(addr, "/h", &[]).await?.text(), "#1");
+    let head = fetch(addr, "HEAD", "localhost", "/h", &[]).await?;
+    assert_eq!((head.status, head.body.len()), (200, 0));
+    assert_eq!(head.cache_status(), "edge; hit; detail=l1");
+    assert_eq!(head.header("content-length"), Some("2"));
+    let cached = get(addr, "/h", &[("cache-control", "only-if-cached")]).await?;
+    assert_eq!(cached.text(), "#1");
+    let forced = get(addr, "/h", &[("cache-control", "no-cache")]).await?;
+    assert_eq!(forced.text(), "#2", "no-cache goes to the origin");
+    assert_eq!(
+        get(addr, "/h", &[]).await?.text(),
+        "#2",
+        "and its answer is stored"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unkeyed_headers_do_not_reach_the_origin() -> anyhow::Result<()> {
     let origin = Scripted::start(numbered(&[("cache-control", "max-age=60")])).await?;
     let e = edge(&origin, None, &[]).await?;

@@ -122,29 +122,26 @@ impl Cache {
         found: Lookup,
         route: RouteCache,
     ) -> Result<Response<Body>, ProxyError> {
-        let leader = match self.coalescer.join(&key) {
-            Role::Leader(l) => Some(l),
-            Role::Follower(rx) => {
+        let role = if self.uncacheable.contains_key(&key) {
+            None
+        } else {
+            Some(self.coalescer.join(&key))
+        };
+        let leader = match role {
+            None => None,
+            Some(Role::Leader(l)) => {
+                // A fetch that finished between our lookup and `join` has left
+                // its entry in L1 and its leadership behind: look once more.
+                if let Some(hit) = self.fresh_hit(&key, &req, false).await {
+                    return Ok(hit);
+                }
+                Some(l)
+            }
+            Some(Role::Follower(rx)) => {
                 self.metrics.coalesced();
                 if coalesce::wait(rx, self.coalesce_timeout).await {
-                    let again = self.lookup(&key, req.headers()).await;
-                    if let Some((entry, layer)) = &again.entry {
-                        let now = unix_now();
-                        let judged = policy::decide(
-                            entry.status.as_u16(),
-                            &entry.headers,
-                            entry.times,
-                            req.headers(),
-                            now,
-                        );
-                        if judged == Use::Fresh {
-                            let (outcome, status) = match layer {
-                                Layer::L1 => (Outcome::HitL1, "edge; hit; detail=l1"),
-                                Layer::L2 => (Outcome::HitL2, "edge; hit; detail=l2"),
-                            };
-                            self.metrics.outcome(outcome);
-                            return Ok(respond(entry, req.headers(), req.method(), now, status));
-                        }
+                    if let Some(hit) = self.fresh_hit(&key, &req, true).await {
+                        return Ok(hit);
                     }
                 }
                 None
@@ -172,6 +169,29 @@ impl Cache {
             route,
             status,
         ))
+    }
+
+    /// A fresh stored answer for `req`, if there is one now.
+    async fn fresh_hit(&self, key: &str, req: &Request<Body>, l2: bool) -> Option<Response<Body>> {
+        let found = self.lookup_in(key, req.headers(), l2).await;
+        let (entry, layer) = found.entry?;
+        let now = unix_now();
+        let judged = policy::decide(
+            entry.status.as_u16(),
+            &entry.headers,
+            entry.times,
+            req.headers(),
+            now,
+        );
+        if judged != Use::Fresh {
+            return None;
+        }
+        let (outcome, status) = match layer {
+            Layer::L1 => (Outcome::HitL1, "edge; hit; detail=l1"),
+            Layer::L2 => (Outcome::HitL2, "edge; hit; detail=l2"),
+        };
+        self.metrics.outcome(outcome);
+        Some(respond(&entry, req.headers(), req.method(), now, status))
     }
 
     /// Wraps a fresh origin response so it is stored while it streams, when the
@@ -204,8 +224,10 @@ impl Cache {
         let bound = self.store_bound();
         if let Err(why) = allowed {
             tracing::trace!(key, ?why, "cache: not stored");
+            self.uncacheable.insert(key.to_owned(), ());
             return with_status(resp, status);
         }
+        self.uncacheable.invalidate(key);
         if declared.is_some_and(|n| n > bound) {
             return with_status(resp, status);
         }

@@ -59,6 +59,10 @@ pub fn strip_unkeyed(headers: &mut HeaderMap) {
     }
 }
 
+/// How many keys are remembered as uncacheable, and for how long.
+const UNCACHEABLE_KEYS: u64 = 100_000;
+const UNCACHEABLE_FOR: Duration = Duration::from_secs(30);
+
 /// Per-route cache settings.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RouteCache {
@@ -109,6 +113,10 @@ pub struct Cache {
     coalesce_timeout: Duration,
     max_ttl: Duration,
     keep_stale: Duration,
+    /// Keys whose last answer was not storable: their misses are not coalesced
+    /// (as Varnish's hit-for-miss), so uncacheable pages are never queued
+    /// behind each other. Still looked up and stored if that changes.
+    uncacheable: moka::sync::Cache<String, ()>,
     /// Prefix purges made here (prefix → ms), also written to Redis for the others.
     bans: Mutex<HashMap<String, u64>>,
     metrics: Arc<CacheMetrics>,
@@ -162,6 +170,10 @@ impl Cache {
             l2,
             l2_max_entry: c.l2_max_entry_bytes,
             coalescer: Coalescer::default(),
+            uncacheable: moka::sync::Cache::builder()
+                .max_capacity(UNCACHEABLE_KEYS)
+                .time_to_live(UNCACHEABLE_FOR)
+                .build(),
             coalesce_timeout: c.coalesce_timeout,
             max_ttl: c.max_ttl,
             keep_stale: c.keep_stale,
@@ -186,7 +198,12 @@ impl Cache {
     }
 
     async fn lookup(&self, key: &str, req: &HeaderMap) -> Lookup {
-        let Some((record, layer)) = self.get(key).await else {
+        self.lookup_in(key, req, true).await
+    }
+
+    /// As `lookup`; `l2 = false` looks in L1 only.
+    async fn lookup_in(&self, key: &str, req: &HeaderMap, l2: bool) -> Lookup {
+        let Some((record, layer)) = self.get(key, l2).await else {
             return Lookup::default();
         };
         match record {
@@ -198,7 +215,7 @@ impl Cache {
             Record::Vary(list) => {
                 let values = vary_values(&list.names, req);
                 let vk = key::variant(key, list.generation, &values);
-                let entry = match self.get(&vk).await {
+                let entry = match self.get(&vk, l2).await {
                     Some((Record::Response(e), layer)) if e.vary == values => Some((e, layer)),
                     _ => None,
                 };
@@ -210,10 +227,13 @@ impl Cache {
         }
     }
 
-    /// One key from L1, else from L2 (filling L1).
-    async fn get(&self, key: &str) -> Option<(Record, Layer)> {
+    /// One key from L1, else (when `l2`) from L2, filling L1.
+    async fn get(&self, key: &str, l2: bool) -> Option<(Record, Layer)> {
         if let Some(slot) = self.l1.get(key).await {
             return Some((slot.record, Layer::L1));
+        }
+        if !l2 {
+            return None;
         }
         let found = self.l2.as_ref()?.get(&key::redis_key(key)).await?;
         let record = match entry::decode(&found.value?) {

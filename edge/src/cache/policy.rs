@@ -136,10 +136,30 @@ fn heuristically_cacheable(status: u16) -> bool {
 
 /// Final statuses this cache understands well enough to store (206 needs range
 /// merging it does not do; 304 is a validation answer, not a representation).
+/// Those that are not heuristically cacheable need explicit freshness.
 fn understood(status: u16) -> bool {
     matches!(
         status,
-        200 | 203 | 204 | 300 | 301 | 302 | 303 | 307 | 308 | 404 | 405 | 410 | 414 | 451 | 501
+        200 | 203
+            | 204
+            | 300
+            | 301
+            | 302
+            | 303
+            | 307
+            | 308
+            | 400
+            | 403
+            | 404
+            | 405
+            | 410
+            | 414
+            | 451
+            | 500
+            | 501
+            | 502
+            | 503
+            | 504
     )
 }
 

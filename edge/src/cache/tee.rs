@@ -67,16 +67,26 @@ pub struct Tee {
     chunks: Vec<Bytes>,
     len: usize,
     bound: usize,
+    /// Content-Length, when the backend sent one: reaching it completes the
+    /// copy even if the server never polls for the end of the stream.
+    declared: Option<usize>,
     pending: Option<Pending>,
 }
 
 impl Tee {
     pub(super) fn new(inner: UpstreamBody, bound: usize, pending: Pending) -> Self {
+        let declared = pending
+            .entry
+            .headers
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<usize>().ok());
         let mut tee = Self {
             inner,
             chunks: Vec::new(),
             len: 0,
             bound,
+            declared,
             pending: Some(pending),
         };
         // An empty body may never be polled: store it now.
@@ -114,7 +124,7 @@ impl HttpBody for Tee {
                         this.chunks.push(data.clone());
                     }
                 }
-                if this.inner.is_end_stream() {
+                if this.inner.is_end_stream() || this.declared == Some(this.len) {
                     this.complete();
                 }
                 Poll::Ready(Some(Ok(frame)))
@@ -137,5 +147,15 @@ impl HttpBody for Tee {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+impl Drop for Tee {
+    /// A server may drop a body once it has sent Content-Length bytes, without
+    /// polling for its end: the copy is complete then too.
+    fn drop(&mut self) {
+        if self.pending.is_some() && self.declared == Some(self.len) {
+            self.complete();
+        }
     }
 }

@@ -97,8 +97,15 @@ fn storable_needs_get_a_known_status_and_a_reason_to_keep() {
         store(&[], 206, &[("cache-control", "max-age=60")]),
         Err(NotStored::Status)
     );
+    // An error page may be stored when the origin says for how long...
+    assert_eq!(store(&[], 500, &[("cache-control", "max-age=60")]), Ok(()));
+    // ...never heuristically, and never a status this cache does not know.
     assert_eq!(
-        store(&[], 500, &[("cache-control", "max-age=60")]),
+        store(&[], 500, &[("last-modified", &date(NOW - 1000))]),
+        Err(NotStored::Status)
+    );
+    assert_eq!(
+        store(&[], 599, &[("cache-control", "max-age=60")]),
         Err(NotStored::Status)
     );
     // 302 is understood but not heuristically cacheable: explicit freshness only.
