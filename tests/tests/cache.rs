@@ -301,6 +301,27 @@ async fn expired_entry_is_revalidated_and_a_304_refreshes_it() -> anyhow::Result
     // The client's own validator is answered here.
     let not_modified = get(addr, "/r", &[("if-none-match", "\"v1\"")]).await?;
     assert_eq!(not_modified.status, 304);
+
+    // Stale again (seen without origin traffic: only-if-cached gets 504), then
+    // many clients at once: one conditional request between them.
+    eventually("the entry to go stale", DEADLINE, || async {
+        let g = get(addr, "/r", &[("cache-control", "only-if-cached")]).await?;
+        Ok((g.status == 504).then_some(()))
+    })
+    .await?;
+    let mut set = tokio::task::JoinSet::new();
+    for _ in 0..20 {
+        set.spawn(async move { get(addr, "/r", &[]).await });
+    }
+    while let Some(r) = set.join_next().await {
+        assert_eq!(r??.text(), "body v1");
+    }
+    let conditional = origin
+        .seen()
+        .iter()
+        .filter(|s| s.header("if-none-match").is_some())
+        .count();
+    assert_eq!(conditional, 2, "one revalidation per expiry");
     Ok(())
 }
 

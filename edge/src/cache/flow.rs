@@ -66,6 +66,8 @@ impl Cache {
             return Ok(with_status(send(pool, req).await?, "edge; fwd=bypass"));
         }
         let now = unix_now();
+        // A stored response that needs the origin is as good as none here.
+        let only_if_cached = CacheControl::parse(req.headers()).only_if_cached;
         let found = self.lookup(&key, req.headers()).await;
         if let Some((entry, layer)) = &found.entry {
             let judged = policy::decide(
@@ -91,16 +93,21 @@ impl Cache {
                     let status = "edge; hit; detail=stale-while-revalidate";
                     return Ok(respond(entry, req.headers(), &method, now, status));
                 }
-                Use::Revalidate if method == Method::GET => {
+                Use::Revalidate if method == Method::GET && !only_if_cached => {
+                    // One revalidation per key at a time; the others wait for it.
+                    let leader = match self.lead_or_wait(&key, &req).await {
+                        Ok(leader) => leader,
+                        Err(hit) => return Ok(hit),
+                    };
                     let entry = Arc::clone(entry);
                     return self
-                        .revalidate(pool, key, req, entry, found.vary, route)
+                        .revalidate(pool, key, req, entry, found.vary, route, leader)
                         .await;
                 }
                 Use::Revalidate => {}
             }
         }
-        if CacheControl::parse(req.headers()).only_if_cached {
+        if only_if_cached {
             self.metrics.outcome(Outcome::Miss);
             let mut resp = Response::new(Body::full("not in cache (only-if-cached)\n".into()));
             *resp.status_mut() = StatusCode::GATEWAY_TIMEOUT;
@@ -122,30 +129,9 @@ impl Cache {
         found: Lookup,
         route: RouteCache,
     ) -> Result<Response<Body>, ProxyError> {
-        let role = if self.uncacheable.contains_key(&key) {
-            None
-        } else {
-            Some(self.coalescer.join(&key))
-        };
-        let leader = match role {
-            None => None,
-            Some(Role::Leader(l)) => {
-                // A fetch that finished between our lookup and `join` has left
-                // its entry in L1 and its leadership behind: look once more.
-                if let Some(hit) = self.fresh_hit(&key, &req, false).await {
-                    return Ok(hit);
-                }
-                Some(l)
-            }
-            Some(Role::Follower(rx)) => {
-                self.metrics.coalesced();
-                if coalesce::wait(rx, self.coalesce_timeout).await {
-                    if let Some(hit) = self.fresh_hit(&key, &req, true).await {
-                        return Ok(hit);
-                    }
-                }
-                None
-            }
+        let leader = match self.lead_or_wait(&key, &req).await {
+            Ok(leader) => leader,
+            Err(hit) => return Ok(hit),
         };
         self.metrics.outcome(Outcome::Miss);
         let asked = Asked {
@@ -169,6 +155,39 @@ impl Cache {
             route,
             status,
         ))
+    }
+
+    /// Leadership of the origin request for `key`; or, when another request
+    /// is already on it, a wait for it and then its stored answer (`Err`). `None`
+    /// when the request must go alone: an uncacheable key, or nothing usable
+    /// stored after the wait.
+    async fn lead_or_wait(
+        &self,
+        key: &str,
+        req: &Request<Body>,
+    ) -> Result<Option<Leader>, Response<Body>> {
+        if self.uncacheable.contains_key(key) {
+            return Ok(None);
+        }
+        match self.coalescer.join(key) {
+            Role::Leader(l) => {
+                // A fetch that finished between our lookup and `join` has left
+                // its entry in L1 and its leadership behind: look once more.
+                match self.fresh_hit(key, req, false).await {
+                    Some(hit) => Err(hit),
+                    None => Ok(Some(l)),
+                }
+            }
+            Role::Follower(rx) => {
+                self.metrics.coalesced();
+                if coalesce::wait(rx, self.coalesce_timeout).await {
+                    if let Some(hit) = self.fresh_hit(key, req, true).await {
+                        return Err(hit);
+                    }
+                }
+                Ok(None)
+            }
+        }
     }
 
     /// A fresh stored answer for `req`, if there is one now.
@@ -273,6 +292,8 @@ impl Cache {
 
     /// Asks the origin whether a stale entry still holds (conditional request);
     /// a 304 refreshes it, an error may be answered with it (stale-if-error).
+    /// `leader` is released once the outcome is stored (or known not to be).
+    #[allow(clippy::too_many_arguments)]
     async fn revalidate(
         self: &Arc<Self>,
         pool: &Upstream,
@@ -281,6 +302,7 @@ impl Cache {
         entry: Arc<Entry>,
         vary: Option<Arc<VaryList>>,
         route: RouteCache,
+        leader: Option<Leader>,
     ) -> Result<Response<Body>, ProxyError> {
         let asked = Asked {
             method: req.method().clone(),
@@ -319,7 +341,7 @@ impl Cache {
                     now,
                     "edge; fwd=stale; fwd-status=304",
                 );
-                self.store(&key, merged, names, vary, None).await;
+                self.store(&key, merged, names, vary, leader).await;
                 Ok(out)
             }
             Ok(resp) if resp.status().is_server_error() && stale_ok() => {
@@ -330,7 +352,16 @@ impl Cache {
             Ok(resp) => {
                 self.metrics.outcome(Outcome::Miss);
                 let status = "edge; fwd=stale";
-                Ok(self.keep(&key, &asked, resp, request_time, vary, None, route, status))
+                Ok(self.keep(
+                    &key,
+                    &asked,
+                    resp,
+                    request_time,
+                    vary,
+                    leader,
+                    route,
+                    status,
+                ))
             }
             Err(_) if stale_ok() => {
                 self.metrics.outcome(Outcome::Stale);
@@ -366,7 +397,10 @@ impl Cache {
             Arc::clone(entry),
         );
         tokio::spawn(async move {
-            match this.revalidate(&pool, key, copy, entry, vary, route).await {
+            match this
+                .revalidate(&pool, key, copy, entry, vary, route, None)
+                .await
+            {
                 Ok(resp) => {
                     // Reading the body to its end is what stores a new copy.
                     let mut body = resp.into_body();

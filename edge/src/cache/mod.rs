@@ -105,7 +105,9 @@ impl moka::Expiry<String, Slot> for SlotExpiry {
 }
 
 pub struct Cache {
-    l1: moka::future::Cache<String, Slot>,
+    /// Synchronous, so a copy can be put in L1 inside the body's poll, before
+    /// the client sees the end of the response.
+    l1: moka::sync::Cache<String, Slot>,
     l1_max_entry: u64,
     l2: Option<Arc<L2>>,
     l2_max_entry: u64,
@@ -158,7 +160,7 @@ impl Cache {
             ),
             None => None,
         };
-        let l1 = moka::future::Cache::builder()
+        let l1 = moka::sync::Cache::builder()
             .max_capacity(c.l1_max_bytes)
             .weigher(|_: &String, s: &Slot| u32::try_from(s.record.weight()).unwrap_or(u32::MAX))
             .expire_after(SlotExpiry)
@@ -229,7 +231,7 @@ impl Cache {
 
     /// One key from L1, else (when `l2`) from L2, filling L1.
     async fn get(&self, key: &str, l2: bool) -> Option<(Record, Layer)> {
-        if let Some(slot) = self.l1.get(key).await {
+        if let Some(slot) = self.l1.get(key) {
             return Some((slot.record, Layer::L1));
         }
         if !l2 {
@@ -253,15 +255,11 @@ impl Cache {
         }
         let ttl = self.retention(&record);
         if record.weight() <= self.l1_max_entry {
-            self.l1
-                .insert(
-                    key.to_owned(),
-                    Slot {
-                        record: record.clone(),
-                        ttl,
-                    },
-                )
-                .await;
+            let slot = Slot {
+                record: record.clone(),
+                ttl,
+            };
+            self.l1.insert(key.to_owned(), slot);
         }
         Some((record, Layer::L2))
     }
@@ -302,6 +300,20 @@ impl Cache {
         seen: Option<Arc<VaryList>>,
         leader: Option<Leader>,
     ) {
+        let writes = self.store_l1(key, entry, names, seen);
+        drop(leader);
+        self.store_l2(writes).await;
+    }
+
+    /// Puts a response (and its Vary list) in L1 when it fits; returns the
+    /// records for [`Cache::store_l2`].
+    fn store_l1(
+        &self,
+        key: &str,
+        entry: Entry,
+        names: Vec<String>,
+        seen: Option<Arc<VaryList>>,
+    ) -> Vec<(String, Record)> {
         let entry = Arc::new(entry);
         let mut writes = Vec::with_capacity(2);
         if names.is_empty() {
@@ -327,11 +339,15 @@ impl Cache {
                     record: record.clone(),
                     ttl,
                 };
-                self.l1.insert(k.clone(), slot).await;
+                self.l1.insert(k.clone(), slot);
                 self.metrics.written("l1", weight as usize);
             }
         }
-        drop(leader);
+        writes
+    }
+
+    /// Writes records to Redis, those within the L2 size bound.
+    async fn store_l2(&self, writes: Vec<(String, Record)>) {
         let Some(l2) = &self.l2 else { return };
         for (k, record) in writes {
             let fits = match &record {
@@ -354,7 +370,7 @@ impl Cache {
     /// Drops what is stored for one primary key (and so all its variants) in
     /// both layers.
     pub async fn purge_key(&self, key: &str) {
-        self.l1.invalidate(key).await;
+        self.l1.invalidate(key);
         if let Some(l2) = &self.l2 {
             l2.del(&key::redis_key(key)).await;
         }

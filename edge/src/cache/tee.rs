@@ -1,7 +1,8 @@
 //! A backend body relayed to the client frame by frame while a copy is kept for
 //! the cache, up to a bound. The client never waits for the copy: a miss streams
 //! as fast as it would uncached. When the body ends cleanly (and matches its
-//! Content-Length), the copy is stored in the background; past the bound, on an
+//! Content-Length), the copy goes into L1 at once and to Redis in the
+//! background; past the bound, on an
 //! error or if the client goes away, the copy is dropped and nothing is stored.
 
 use std::pin::Pin;
@@ -56,9 +57,13 @@ impl Pending {
             leader,
         } = self;
         entry.body = body.freeze();
-        tokio::spawn(async move {
-            cache.store(&key, entry, names, seen, leader).await;
-        });
+        // In L1 before the client sees the end of the body, so its next request
+        // (or a waiting follower) finds it; Redis is written in the background.
+        let writes = cache.store_l1(&key, entry, names, seen);
+        drop(leader);
+        if cache.l2.is_some() {
+            tokio::spawn(async move { cache.store_l2(writes).await });
+        }
     }
 }
 
