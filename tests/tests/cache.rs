@@ -635,3 +635,23 @@ async fn a_large_object_streams_while_it_is_cached_and_stays_out_of_redis() -> a
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_store_survives_a_reload() -> anyhow::Result<()> {
+    let origin = Scripted::start(numbered(&[("cache-control", "max-age=60")])).await?;
+    let e = edge(&origin, None, &[]).await?;
+    let addr = e.http()?;
+    assert_eq!(get(addr, "/kept", &[]).await?.text(), "#1");
+    let status = std::process::Command::new("kill")
+        .args(["-HUP", &e.pid().to_string()])
+        .status()?;
+    ensure!(status.success(), "kill -HUP failed");
+    edge_tests::wait_until("reload logged", DEADLINE, || {
+        e.log().contains("config reloaded")
+    })
+    .await?;
+    let after = get(addr, "/kept", &[]).await?;
+    assert_eq!(after.cache_status(), "edge; hit; detail=l1");
+    assert_eq!(after.text(), "#1");
+    Ok(())
+}
