@@ -63,12 +63,18 @@ fn numbered(headers: &'static [(&'static str, &'static str)]) -> impl Fn(&script
     }
 }
 
-async fn redis_has_entries(redis: &Redis) -> anyhow::Result<Option<()>> {
+/// Cache entries in Redis (not locks, not purge records).
+async fn redis_entries(redis: &Redis) -> anyhow::Result<usize> {
     let keys = redis.keys().await?;
     Ok(keys
         .iter()
-        .any(|k| k.starts_with("edge:cache:") && k != "edge:cache:bans")
-        .then_some(()))
+        .filter(|k| !k.starts_with("edge:cache:lock:") && *k != "edge:cache:bans")
+        .filter(|k| k.starts_with("edge:cache:"))
+        .count())
+}
+
+async fn redis_has_entries(redis: &Redis) -> anyhow::Result<Option<()>> {
+    Ok((redis_entries(redis).await? > 0).then_some(()))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -150,6 +156,36 @@ type Case = (
     &'static [(&'static str, &'static str)],
     &'static [(&'static str, &'static str)],
 );
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_misses_on_two_edges_make_one_origin_request() -> anyhow::Result<()> {
+    let redis = Redis::start().await?;
+    let origin = Scripted::start(|_| {
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let _ = tx.send(Bytes::from_static(b"shared")).await;
+        });
+        Reply {
+            status: http::StatusCode::OK,
+            headers: vec![("cache-control".into(), "max-age=60".into())],
+            body: ReplyBody::Channel(rx),
+        }
+    })
+    .await?;
+    let a = edge(&origin, Some(&redis), &[]).await?;
+    let b = edge(&origin, Some(&redis), &[]).await?;
+    let mut set = tokio::task::JoinSet::new();
+    for i in 0..20 {
+        let addr = if i % 2 == 0 { a.http()? } else { b.http()? };
+        set.spawn(async move { get(addr, "/both", &[]).await });
+    }
+    while let Some(r) = set.join_next().await {
+        assert_eq!(r??.text(), "shared");
+    }
+    assert_eq!(origin.count("/both"), 1, "one fetch for both edges");
+    Ok(())
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn private_no_store_set_cookie_and_authorization_are_not_shared() -> anyhow::Result<()> {
@@ -474,7 +510,10 @@ async fn redis_killed_hung_or_garbage_costs_no_errors() -> anyhow::Result<()> {
     let a = edge(&origin, Some(&redis), &[]).await?;
     let warm: Vec<String> = (0..5).map(|i| format!("/warm/{i}")).collect();
     all_fast_and_ok(a.http()?, &warm, limit).await?;
-    eventually("entries in redis", DEADLINE, || redis_has_entries(&redis)).await?;
+    eventually("all entries in redis", DEADLINE, || async {
+        Ok((redis_entries(&redis).await? == warm.len()).then_some(()))
+    })
+    .await?;
 
     // Garbage in Redis: a fresh edge reads it, counts it, and asks the origin.
     ensure!(redis.overwrite("edge:cache:", b"garbage").await? > 0);

@@ -20,6 +20,20 @@ pub struct Leader {
     key: String,
     inflight: Inflight,
     _done: watch::Sender<()>,
+    /// Run when leadership ends (releases the cross-edge lock).
+    on_release: Option<Box<dyn FnOnce() + Send + Sync>>,
+}
+
+impl Leader {
+    pub fn on_release(&mut self, f: impl FnOnce() + Send + Sync + 'static) {
+        self.on_release = Some(Box::new(f));
+    }
+
+    /// Takes the release hook out, to run it later than the local release
+    /// (after the entry reached Redis, for the other edges).
+    pub fn take_release(&mut self) -> Option<Box<dyn FnOnce() + Send + Sync>> {
+        self.on_release.take()
+    }
 }
 
 impl Drop for Leader {
@@ -28,6 +42,9 @@ impl Drop for Leader {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .remove(&self.key);
+        if let Some(f) = self.on_release.take() {
+            f();
+        }
     }
 }
 
@@ -48,6 +65,7 @@ impl Coalescer {
             key: key.to_owned(),
             inflight: Arc::clone(&self.inflight),
             _done: tx,
+            on_release: None,
         })
     }
 

@@ -2,6 +2,7 @@
 //! layer, revalidate, or fetch (coalesced) and store while streaming.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use http::header::{
     HeaderValue, AGE, CONTENT_LENGTH, ETAG, IF_MODIFIED_SINCE, IF_NONE_MATCH, LAST_MODIFIED, RANGE,
@@ -13,6 +14,8 @@ use upstream::Pool;
 
 use super::coalesce::{self, Leader, Role};
 use super::entry::{Entry, VaryList};
+use super::key;
+use super::l2::L2;
 use super::metrics::Outcome;
 use super::policy::{self, CacheControl, Times, Use};
 use super::tee::{Pending, Tee};
@@ -21,6 +24,11 @@ use crate::body::Body;
 use crate::error::ProxyError;
 
 pub const CACHE_STATUS: http::HeaderName = http::HeaderName::from_static("cache-status");
+
+/// The cross-edge fetch lock lives at most this long (less if `coalesce_timeout` is).
+const EDGE_LOCK_MAX: Duration = Duration::from_secs(2);
+/// How often an edge waiting on another edge's fetch looks in L2.
+const EDGE_POLL: Duration = Duration::from_millis(20);
 
 type Upstream = Arc<Pool<Body>>;
 
@@ -170,13 +178,18 @@ impl Cache {
             return Ok(None);
         }
         match self.coalescer.join(key) {
-            Role::Leader(l) => {
+            Role::Leader(mut l) => {
                 // A fetch that finished between our lookup and `join` has left
                 // its entry in L1 and its leadership behind: look once more.
-                match self.fresh_hit(key, req, false).await {
-                    Some(hit) => Err(hit),
-                    None => Ok(Some(l)),
+                if let Some(hit) = self.fresh_hit(key, req, false).await {
+                    return Err(hit);
                 }
+                if let Some(l2) = &self.l2 {
+                    if let Some(hit) = self.across_edges(l2, key, req, &mut l).await {
+                        return Err(hit);
+                    }
+                }
+                Ok(Some(l))
             }
             Role::Follower(rx) => {
                 self.metrics.coalesced();
@@ -186,6 +199,46 @@ impl Cache {
                     }
                 }
                 Ok(None)
+            }
+        }
+    }
+
+    /// Coalescing across edges: a short Redis lock per key. The edge that takes
+    /// it fetches (and drops the lock when done); the others poll L2 for the
+    /// entry while the lock is held, up to its TTL. Redis trouble means no lock
+    /// and no wait.
+    async fn across_edges(
+        &self,
+        l2: &Arc<L2>,
+        key: &str,
+        req: &Request<Body>,
+        leader: &mut Leader,
+    ) -> Option<Response<Body>> {
+        let lock = key::lock_key(key);
+        let ttl = self.coalesce_timeout.min(EDGE_LOCK_MAX);
+        match l2.lock(&lock, ttl).await? {
+            true => {
+                let l2 = Arc::clone(l2);
+                leader.on_release(move || {
+                    if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                        rt.spawn(async move { l2.del(&lock).await });
+                    }
+                });
+                None
+            }
+            false => {
+                self.metrics.coalesced();
+                let end = tokio::time::Instant::now() + ttl;
+                while tokio::time::Instant::now() < end {
+                    tokio::time::sleep(EDGE_POLL).await;
+                    if let Some(hit) = self.fresh_hit(key, req, true).await {
+                        return Some(hit);
+                    }
+                    if l2.locked(&lock).await != Some(true) {
+                        return None;
+                    }
+                }
+                None
             }
         }
     }

@@ -80,6 +80,13 @@ pub fn redis_key(key: &str) -> String {
     out
 }
 
+/// The Redis key of the cross-edge fetch lock for a cache key.
+pub fn lock_key(key: &str) -> String {
+    let mut k = redis_key(key);
+    k.insert_str(REDIS_PREFIX.len(), "lock:");
+    k
+}
+
 /// The key of one variant of a response that varies on request headers.
 /// `generation` is chosen when the variant list is first stored, so dropping the
 /// list (purge, invalidation) orphans every variant at once.

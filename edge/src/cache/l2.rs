@@ -229,6 +229,37 @@ impl L2 {
         .is_some()
     }
 
+    /// Takes the cross-edge fetch lock `lock_key` for `ttl`: `Some(true)` taken,
+    /// `Some(false)` another edge holds it, `None` Redis did not answer.
+    pub async fn lock(self: &Arc<Self>, lock_key: &str, ttl: Duration) -> Option<bool> {
+        let lock_key = lock_key.to_owned();
+        let ms = ttl.as_millis().clamp(1, u64::MAX as u128) as u64;
+        self.call("lock", |mut c| async move {
+            let set: Option<String> = redis::cmd("SET")
+                .arg(&lock_key)
+                .arg(1)
+                .arg("NX")
+                .arg("PX")
+                .arg(ms)
+                .query_async(&mut c)
+                .await?;
+            Ok(set.is_some())
+        })
+        .await
+    }
+
+    /// Whether `lock_key` is still held.
+    pub async fn locked(self: &Arc<Self>, lock_key: &str) -> Option<bool> {
+        let lock_key = lock_key.to_owned();
+        self.call("locked", |mut c| async move {
+            redis::cmd("EXISTS")
+                .arg(&lock_key)
+                .query_async::<bool>(&mut c)
+                .await
+        })
+        .await
+    }
+
     /// Records a prefix purge at `at_ms`; the list of purges lives as long as the
     /// longest entry could, so it stays bounded by the purges of that window.
     pub async fn ban(self: &Arc<Self>, prefix: &str, at_ms: u64, keep: Duration) -> bool {

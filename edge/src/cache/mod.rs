@@ -300,9 +300,15 @@ impl Cache {
         seen: Option<Arc<VaryList>>,
         leader: Option<Leader>,
     ) {
+        let mut leader = leader;
+        let release = leader.as_mut().and_then(Leader::take_release);
         let writes = self.store_l1(key, entry, names, seen);
         drop(leader);
         self.store_l2(writes).await;
+        // Other edges wait on the lock until the entry is in Redis.
+        if let Some(release) = release {
+            release();
+        }
     }
 
     /// Puts a response (and its Vary list) in L1 when it fits; returns the

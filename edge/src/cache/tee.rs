@@ -59,10 +59,18 @@ impl Pending {
         entry.body = body.freeze();
         // In L1 before the client sees the end of the body, so its next request
         // (or a waiting follower) finds it; Redis is written in the background.
+        let mut leader = leader;
+        let release = leader.as_mut().and_then(Leader::take_release);
         let writes = cache.store_l1(&key, entry, names, seen);
         drop(leader);
         if cache.l2.is_some() {
-            tokio::spawn(async move { cache.store_l2(writes).await });
+            tokio::spawn(async move {
+                cache.store_l2(writes).await;
+                // Other edges wait on the lock until the entry is in Redis.
+                if let Some(release) = release {
+                    release();
+                }
+            });
         }
     }
 }
