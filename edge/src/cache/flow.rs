@@ -45,6 +45,14 @@ fn with_status(mut resp: Response<Body>, status: &'static str) -> Response<Body>
     resp
 }
 
+/// What the store did with a request.
+enum Stored {
+    /// Answered (from the store, or after revalidating with the origin).
+    Answered(Result<Response<Body>, ProxyError>),
+    /// Nothing usable: the request, back for the origin.
+    Miss(Request<Body>),
+}
+
 /// What the client asked, kept after the request itself went upstream.
 struct Asked {
     method: Method,
@@ -61,60 +69,19 @@ impl Cache {
         route: RouteCache,
     ) -> Result<Response<Body>, ProxyError> {
         let method = req.method().clone();
-        if policy::invalidates(&method) {
-            self.metrics.outcome(Outcome::Bypass);
-            let resp = send(pool, req).await?;
-            if resp.status().is_success() || resp.status().is_redirection() {
-                self.invalidate(&key, resp.headers()).await;
-            }
-            return Ok(with_status(resp, "edge; fwd=method"));
-        }
         if !(method == Method::GET || method == Method::HEAD) || req.headers().contains_key(RANGE) {
-            self.metrics.outcome(Outcome::Bypass);
-            return Ok(with_status(send(pool, req).await?, "edge; fwd=bypass"));
+            return self.pass(pool, &key, req).await;
         }
-        let now = unix_now();
+        let found = self.lookup(&key, req.headers()).await;
         // A stored response that needs the origin is as good as none here.
         let only_if_cached = CacheControl::parse(req.headers()).only_if_cached;
-        let found = self.lookup(&key, req.headers()).await;
-        if let Some((entry, layer)) = &found.entry {
-            let judged = policy::decide(
-                entry.status.as_u16(),
-                &entry.headers,
-                entry.times,
-                req.headers(),
-                now,
-            );
-            match judged {
-                Use::Fresh | Use::Stale => {
-                    let (outcome, status) = match (judged, layer) {
-                        (Use::Stale, _) => (Outcome::Stale, "edge; hit; detail=stale"),
-                        (_, Layer::L1) => (Outcome::HitL1, "edge; hit; detail=l1"),
-                        (_, Layer::L2) => (Outcome::HitL2, "edge; hit; detail=l2"),
-                    };
-                    self.metrics.outcome(outcome);
-                    return Ok(respond(entry, req.headers(), &method, now, status));
-                }
-                Use::StaleWhileRevalidate => {
-                    self.metrics.outcome(Outcome::Stale);
-                    self.refresh_in_background(pool, &key, &req, entry, found.vary.clone(), route);
-                    let status = "edge; hit; detail=stale-while-revalidate";
-                    return Ok(respond(entry, req.headers(), &method, now, status));
-                }
-                Use::Revalidate if method == Method::GET && !only_if_cached => {
-                    // One revalidation per key at a time; the others wait for it.
-                    let leader = match self.lead_or_wait(&key, &req).await {
-                        Ok(leader) => leader,
-                        Err(hit) => return Ok(hit),
-                    };
-                    let entry = Arc::clone(entry);
-                    return self
-                        .revalidate(pool, key, req, entry, found.vary, route, leader)
-                        .await;
-                }
-                Use::Revalidate => {}
-            }
-        }
+        let req = match self
+            .from_store(pool, &key, req, &found, route, only_if_cached)
+            .await
+        {
+            Stored::Answered(answer) => return answer,
+            Stored::Miss(req) => req,
+        };
         if only_if_cached {
             self.metrics.outcome(Outcome::Miss);
             let mut resp = Response::new(Body::full("not in cache (only-if-cached)\n".into()));
@@ -126,6 +93,75 @@ impl Cache {
             return Ok(with_status(send(pool, req).await?, "edge; fwd=miss"));
         }
         self.fetch(pool, key, req, found, route).await
+    }
+
+    /// Methods the cache does not answer: unsafe ones invalidate their target
+    /// when they succeed; others (and Range requests) just go through.
+    async fn pass(
+        &self,
+        pool: &Upstream,
+        key: &str,
+        req: Request<Body>,
+    ) -> Result<Response<Body>, ProxyError> {
+        self.metrics.outcome(Outcome::Bypass);
+        if !policy::invalidates(req.method()) {
+            return Ok(with_status(send(pool, req).await?, "edge; fwd=bypass"));
+        }
+        let resp = send(pool, req).await?;
+        if resp.status().is_success() || resp.status().is_redirection() {
+            self.invalidate(key, resp.headers()).await;
+        }
+        Ok(with_status(resp, "edge; fwd=method"))
+    }
+
+    /// Answers from the stored entry when the rules allow: fresh, acceptably
+    /// stale, stale-while-revalidate, or after revalidating it.
+    async fn from_store(
+        self: &Arc<Self>,
+        pool: &Upstream,
+        key: &str,
+        req: Request<Body>,
+        found: &Lookup,
+        route: RouteCache,
+        only_if_cached: bool,
+    ) -> Stored {
+        let Some((entry, layer)) = &found.entry else {
+            return Stored::Miss(req);
+        };
+        let now = unix_now();
+        let method = req.method().clone();
+        let judged = policy::decide(
+            entry.status.as_u16(),
+            &entry.headers,
+            entry.times,
+            req.headers(),
+            now,
+        );
+        let (outcome, status) = match (judged, layer) {
+            (Use::Fresh, Layer::L1) => (Outcome::HitL1, "edge; hit; detail=l1"),
+            (Use::Fresh, Layer::L2) => (Outcome::HitL2, "edge; hit; detail=l2"),
+            (Use::Stale, _) => (Outcome::Stale, "edge; hit; detail=stale"),
+            (Use::StaleWhileRevalidate, _) => {
+                self.refresh_in_background(pool, key, &req, entry, found.vary.clone(), route);
+                (Outcome::Stale, "edge; hit; detail=stale-while-revalidate")
+            }
+            (Use::Revalidate, _) if method == Method::GET && !only_if_cached => {
+                // One revalidation per key at a time; the others wait for it.
+                let leader = match self.lead_or_wait(key, &req).await {
+                    Ok(leader) => leader,
+                    Err(hit) => return Stored::Answered(Ok(hit)),
+                };
+                let (entry, vary) = (Arc::clone(entry), found.vary.clone());
+                let key = key.to_owned();
+                let answer = self
+                    .revalidate(pool, key, req, entry, vary, route, leader)
+                    .await;
+                return Stored::Answered(answer);
+            }
+            (Use::Revalidate, _) => return Stored::Miss(req),
+        };
+        self.metrics.outcome(outcome);
+        Stored::Answered(Ok(respond(entry, req.headers(), &method, now, status)))
     }
 
     /// A miss: one request per key goes to the origin, the others wait for it.
