@@ -694,3 +694,26 @@ async fn the_store_survives_a_reload() -> anyhow::Result<()> {
     assert_eq!(after.text(), "#1");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2_and_h1_over_tls_share_an_entry_that_plain_http_does_not() -> anyhow::Result<()> {
+    let origin = Scripted::start(numbered(&[("cache-control", "max-age=60")])).await?;
+    let e = edge(&origin, None, &[]).await?;
+    let url = format!("{}/tls", e.https_origin());
+    let mut h2 = edge_tests::tls_args(&e);
+    h2.extend(["--http2".to_owned(), url.clone()]);
+    let first = edge_tests::curl(&h2).await?;
+    assert_eq!(
+        (first.http_version.as_str(), first.text().as_str()),
+        ("2", "#1")
+    );
+    let mut h1 = edge_tests::tls_args(&e);
+    h1.extend(["--http1.1".to_owned(), url]);
+    let second = edge_tests::curl(&h1).await?;
+    assert_eq!(second.text(), "#1");
+    assert_eq!(second.header("cache-status"), Some("edge; hit; detail=l1"));
+    // The same path over plain HTTP is another URL (scheme is in the key).
+    let plain = get(e.http()?, "/tls", &[]).await?;
+    assert_eq!(plain.text(), "#2");
+    Ok(())
+}
