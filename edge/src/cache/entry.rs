@@ -2,13 +2,13 @@
 //! length checked, and a digest over the whole, so a truncated, foreign or
 //! overwritten value decodes to an error (a miss), never to a wrong response.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use sha2::{Digest, Sha256};
 
-use super::policy::Times;
+use super::policy::{Freshness, Times};
 
 const MAGIC: &[u8; 4] = b"EDGC";
 const VERSION: u8 = 1;
@@ -29,6 +29,21 @@ pub struct Entry {
     pub stored_at_ms: u64,
     /// The request's values of the headers named by Vary (`None`: absent).
     pub vary: Vec<(String, Option<String>)>,
+    /// `headers` parsed for freshness, on first use (reset when they change).
+    pub fresh: OnceLock<Freshness>,
+}
+
+impl Entry {
+    /// What the stored headers say about freshness, parsed once.
+    pub fn freshness(&self) -> &Freshness {
+        self.fresh.get_or_init(|| {
+            Freshness::of(
+                self.status.as_u16(),
+                &self.headers,
+                self.times.response_time,
+            )
+        })
+    }
 }
 
 /// The list of headers a URL's responses vary on, stored at its primary key.
@@ -196,6 +211,7 @@ fn read_entry(r: &mut Reader) -> Result<Entry, DecodeError> {
         times,
         stored_at_ms,
         vary,
+        fresh: OnceLock::new(),
     })
 }
 
@@ -257,6 +273,7 @@ mod tests {
                 ("accept-encoding".to_owned(), Some("gzip".to_owned())),
                 ("x-absent".to_owned(), None),
             ],
+            fresh: OnceLock::new(),
         }))
     }
 

@@ -130,13 +130,10 @@ impl Cache {
         };
         let now = unix_now();
         let method = req.method().clone();
-        let judged = policy::decide(
-            entry.status.as_u16(),
-            &entry.headers,
-            entry.times,
-            req.headers(),
-            now,
-        );
+        let judged =
+            entry
+                .freshness()
+                .decide(entry.times, &CacheControl::parse(req.headers()), now);
         let (outcome, status) = match (judged, layer) {
             (Use::Fresh, Layer::L1) => (Outcome::HitL1, "edge; hit; detail=l1"),
             (Use::Fresh, Layer::L2) => (Outcome::HitL2, "edge; hit; detail=l2"),
@@ -284,13 +281,10 @@ impl Cache {
         let found = self.lookup_in(key, req.headers(), l2).await;
         let (entry, layer) = found.entry?;
         let now = unix_now();
-        let judged = policy::decide(
-            entry.status.as_u16(),
-            &entry.headers,
-            entry.times,
-            req.headers(),
-            now,
-        );
+        let judged =
+            entry
+                .freshness()
+                .decide(entry.times, &CacheControl::parse(req.headers()), now);
         if judged != Use::Fresh {
             return None;
         }
@@ -358,6 +352,7 @@ impl Cache {
             },
             stored_at_ms: unix_now_ms(),
             vary: vary_values(&names, &asked.headers),
+            fresh: Default::default(),
         };
         let pending = Pending {
             cache: Arc::clone(self),
@@ -525,6 +520,7 @@ fn merge_304(entry: &Entry, fresh: &HeaderMap, request_time: u64, response_time:
         request_time,
         response_time,
     };
+    merged.fresh = Default::default();
     merged.stored_at_ms = unix_now_ms();
     merged
 }
@@ -538,7 +534,7 @@ fn respond(
     now: u64,
     status: &'static str,
 ) -> Response<Body> {
-    let age = policy::current_age(&entry.headers, entry.times, now);
+    let age = entry.freshness().current_age(entry.times, now);
     let not_modified = entry.status == StatusCode::OK && client_validator_matches(entry, req);
     let mut resp = if not_modified || *method == Method::HEAD {
         Response::new(Body::Empty)

@@ -4,6 +4,8 @@ use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registr
 
 pub struct CacheMetrics {
     requests: IntCounterVec,
+    /// `requests` resolved per outcome, indexed by `Outcome as usize`.
+    outcomes: Vec<IntCounter>,
     coalesced: IntCounter,
     stored_bytes: IntGaugeVec,
     written_bytes: IntCounterVec,
@@ -37,7 +39,8 @@ impl Outcome {
 
 impl CacheMetrics {
     pub fn new(registry: &Registry) -> Result<Self, prometheus::Error> {
-        let m = Self {
+        let mut m = Self {
+            outcomes: Vec::new(),
             requests: IntCounterVec::new(
                 Opts::new(
                     "proxy_cache_requests_total",
@@ -78,21 +81,24 @@ impl CacheMetrics {
         registry.register(Box::new(m.written_bytes.clone()))?;
         registry.register(Box::new(m.redis_errors.clone()))?;
         registry.register(Box::new(m.breaker.clone()))?;
-        for o in [
+        m.outcomes = [
             Outcome::HitL1,
             Outcome::HitL2,
             Outcome::Miss,
             Outcome::Stale,
             Outcome::Revalidated,
             Outcome::Bypass,
-        ] {
-            m.requests.with_label_values(&[o.as_str()]);
-        }
+        ]
+        .iter()
+        .map(|o| m.requests.with_label_values(&[o.as_str()]))
+        .collect();
         Ok(m)
     }
 
     pub fn outcome(&self, o: Outcome) {
-        self.requests.with_label_values(&[o.as_str()]).inc();
+        if let Some(c) = self.outcomes.get(o as usize) {
+            c.inc();
+        }
     }
 
     pub fn coalesced(&self) {
@@ -117,5 +123,33 @@ impl CacheMetrics {
 
     pub fn breaker_open(&self, open: bool) {
         self.breaker.set(i64::from(open));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_outcome_counts_under_its_own_label() {
+        let registry = Registry::new();
+        let m = CacheMetrics::new(&registry).expect("registers");
+        let all = [
+            Outcome::HitL1,
+            Outcome::HitL2,
+            Outcome::Miss,
+            Outcome::Stale,
+            Outcome::Revalidated,
+            Outcome::Bypass,
+        ];
+        for (i, o) in all.iter().enumerate() {
+            for _ in 0..=i {
+                m.outcome(*o);
+            }
+        }
+        for (i, o) in all.iter().enumerate() {
+            let n = m.requests.with_label_values(&[o.as_str()]).get();
+            assert_eq!(n, i as u64 + 1, "{}", o.as_str());
+        }
     }
 }

@@ -307,17 +307,44 @@ pub struct Times {
 
 /// current_age (RFC 9111 4.2.3).
 pub fn current_age(resp: &HeaderMap, t: Times, now: u64) -> u64 {
-    let date = first_date(resp, DATE).flatten().unwrap_or(t.response_time);
-    let age_value = resp
-        .get(AGE)
-        .and_then(|v| v.to_str().ok())
-        .map_or(0, delta_seconds);
-    let apparent_age = t.response_time.saturating_sub(date);
-    let response_delay = t.response_time.saturating_sub(t.request_time);
-    let corrected_age_value = age_value.saturating_add(response_delay);
-    let corrected_initial_age = apparent_age.max(corrected_age_value);
-    let resident_time = now.saturating_sub(t.response_time);
-    corrected_initial_age.saturating_add(resident_time)
+    Freshness::of(0, resp, t.response_time).current_age(t, now)
+}
+
+/// What a stored response's own headers say about its age and freshness,
+/// parsed once per entry rather than on every hit.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Freshness {
+    pub cc: CacheControl,
+    /// Freshness lifetime in seconds.
+    pub lifetime: u64,
+    /// Date, or the response time when it has none.
+    date: u64,
+    /// The Age it arrived with.
+    age_value: u64,
+}
+
+impl Freshness {
+    pub fn of(status: u16, resp: &HeaderMap, response_time: u64) -> Self {
+        Self {
+            cc: CacheControl::parse(resp),
+            lifetime: freshness_lifetime(status, resp, response_time),
+            date: first_date(resp, DATE).flatten().unwrap_or(response_time),
+            age_value: resp
+                .get(AGE)
+                .and_then(|v| v.to_str().ok())
+                .map_or(0, delta_seconds),
+        }
+    }
+
+    /// current_age (RFC 9111 4.2.3).
+    pub fn current_age(&self, t: Times, now: u64) -> u64 {
+        let apparent_age = t.response_time.saturating_sub(self.date);
+        let response_delay = t.response_time.saturating_sub(t.request_time);
+        let corrected_age_value = self.age_value.saturating_add(response_delay);
+        let corrected_initial_age = apparent_age.max(corrected_age_value);
+        let resident_time = now.saturating_sub(t.response_time);
+        corrected_initial_age.saturating_add(resident_time)
+    }
 }
 
 /// How a stored response may answer a request.
@@ -336,38 +363,45 @@ pub enum Use {
 /// The judgement of RFC 9111 4 (and 4.2.4, 5.2.1, RFC 5861) for one stored
 /// response and one request.
 pub fn decide(status: u16, resp: &HeaderMap, t: Times, req: &HeaderMap, now: u64) -> Use {
-    let rcc = CacheControl::parse(resp);
-    let qcc = CacheControl::parse(req);
-    if rcc.no_cache || qcc.no_cache {
-        return Use::Revalidate;
+    Freshness::of(status, resp, t.response_time).decide(t, &CacheControl::parse(req), now)
+}
+
+impl Freshness {
+    /// [`decide`] with the stored side parsed already and the request's
+    /// Cache-Control `qcc`.
+    pub fn decide(&self, t: Times, qcc: &CacheControl, now: u64) -> Use {
+        let rcc = &self.cc;
+        if rcc.no_cache || qcc.no_cache {
+            return Use::Revalidate;
+        }
+        let age = self.current_age(t, now);
+        let lifetime = self.lifetime;
+        if qcc.max_age.is_some_and(|m| age > m) {
+            return Use::Revalidate;
+        }
+        if qcc
+            .min_fresh
+            .is_some_and(|m| lifetime.saturating_sub(age) < m || age >= lifetime)
+        {
+            return Use::Revalidate;
+        }
+        if lifetime > age {
+            return Use::Fresh;
+        }
+        if rcc.no_stale() {
+            return Use::Revalidate;
+        }
+        let staleness = age - lifetime;
+        match qcc.max_stale {
+            Some(None) => return Use::Stale,
+            Some(Some(n)) if staleness <= n => return Use::Stale,
+            _ => {}
+        }
+        if rcc.stale_while_revalidate.is_some_and(|s| staleness <= s) {
+            return Use::StaleWhileRevalidate;
+        }
+        Use::Revalidate
     }
-    let age = current_age(resp, t, now);
-    let lifetime = freshness_lifetime(status, resp, t.response_time);
-    if qcc.max_age.is_some_and(|m| age > m) {
-        return Use::Revalidate;
-    }
-    if qcc
-        .min_fresh
-        .is_some_and(|m| lifetime.saturating_sub(age) < m || age >= lifetime)
-    {
-        return Use::Revalidate;
-    }
-    if lifetime > age {
-        return Use::Fresh;
-    }
-    if rcc.no_stale() {
-        return Use::Revalidate;
-    }
-    let staleness = age - lifetime;
-    match qcc.max_stale {
-        Some(None) => return Use::Stale,
-        Some(Some(n)) if staleness <= n => return Use::Stale,
-        _ => {}
-    }
-    if rcc.stale_while_revalidate.is_some_and(|s| staleness <= s) {
-        return Use::StaleWhileRevalidate;
-    }
-    Use::Revalidate
 }
 
 /// Whether a stale response may stand in for an origin error (RFC 5861 4).
