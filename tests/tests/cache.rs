@@ -292,6 +292,7 @@ async fn unkeyed_headers_do_not_reach_the_origin() -> anyhow::Result<()> {
         &[
             ("x-original-url", "/admin"),
             ("x-forwarded-scheme", "nothttps"),
+            ("x-forwarded-host", "evil.example"),
         ],
     )
     .await?;
@@ -299,6 +300,7 @@ async fn unkeyed_headers_do_not_reach_the_origin() -> anyhow::Result<()> {
     assert_eq!(seen.len(), 1);
     assert_eq!(seen[0].header("x-original-url"), None);
     assert_eq!(seen[0].header("x-forwarded-scheme"), None);
+    assert_eq!(seen[0].header("x-forwarded-host"), Some("localhost"));
     Ok(())
 }
 

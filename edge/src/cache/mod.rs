@@ -39,7 +39,11 @@ use l2::L2;
 
 /// Request headers that change what many origins answer but are not part of the
 /// key: stripped from cacheable requests so nobody can poison an entry with them.
-pub const UNKEYED: [HeaderName; 9] = [
+/// X-Forwarded-Host and -Proto are then set by the pipeline from the keyed Host
+/// and the listener's scheme, even behind a trusted proxy.
+pub const UNKEYED: [HeaderName; 11] = [
+    HeaderName::from_static("x-forwarded-host"),
+    HeaderName::from_static("x-forwarded-proto"),
     HeaderName::from_static("x-original-url"),
     HeaderName::from_static("x-rewrite-url"),
     HeaderName::from_static("x-http-method-override"),
@@ -51,8 +55,7 @@ pub const UNKEYED: [HeaderName; 9] = [
     HeaderName::from_static("x-host"),
 ];
 
-/// Removes [`UNKEYED`] headers (X-Forwarded-Host is set by the pipeline from the
-/// keyed Host).
+/// Removes [`UNKEYED`] headers.
 pub fn strip_unkeyed(headers: &mut HeaderMap) {
     for name in &UNKEYED {
         headers.remove(name);
