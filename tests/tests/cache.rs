@@ -364,6 +364,47 @@ async fn expired_entry_is_revalidated_and_a_304_refreshes_it() -> anyhow::Result
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_304_for_another_representation_is_not_merged() -> anyhow::Result<()> {
+    let n = AtomicUsize::new(0);
+    let origin = Scripted::start(move |s| {
+        let first = n.fetch_add(1, Ordering::SeqCst) == 0;
+        if first {
+            Reply::ok(&[("cache-control", "max-age=1"), ("etag", "\"v1\"")], "one")
+        } else if s.header("if-none-match").is_some() {
+            Reply::new(
+                304,
+                &[("cache-control", "max-age=60"), ("etag", "\"v2\"")],
+                Bytes::new(),
+            )
+        } else {
+            Reply::ok(
+                &[("cache-control", "max-age=60"), ("etag", "\"v2\"")],
+                "two",
+            )
+        }
+    })
+    .await?;
+    let e = edge(&origin, None, &[]).await?;
+    let addr = e.http()?;
+    assert_eq!(get(addr, "/rep", &[]).await?.text(), "one");
+    eventually("the new representation", DEADLINE, || async {
+        let g = get(addr, "/rep", &[]).await?;
+        ensure!(
+            g.text() == "one" || g.text() == "two",
+            "body {:?}",
+            g.text()
+        );
+        Ok((g.text() == "two").then_some(()))
+    })
+    .await?;
+    assert_eq!(
+        get(addr, "/rep", &[]).await?.cache_status(),
+        "edge; hit; detail=l1"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stale_while_revalidate_serves_stale_while_one_refresh_runs() -> anyhow::Result<()> {
     let origin = Scripted::start(numbered(&[(
         "cache-control",

@@ -401,6 +401,7 @@ impl Cache {
         if let Some(lm) = entry.headers.get(LAST_MODIFIED) {
             h.insert(IF_MODIFIED_SINCE, lm.clone());
         }
+        let (uri, version) = (req.uri().clone(), req.version());
         let request_time = unix_now();
         let sent = send(pool, req).await;
         let now = unix_now();
@@ -414,6 +415,32 @@ impl Cache {
             )
         };
         match sent {
+            Ok(resp)
+                if resp.status() == StatusCode::NOT_MODIFIED
+                    && !selects(&entry.headers, resp.headers()) =>
+            {
+                // The 304 names another representation (RFC 9111 4.3.4):
+                // nothing stored can be freshened, so fetch it whole.
+                let mut again = Request::new(Body::Empty);
+                *again.uri_mut() = uri;
+                *again.version_mut() = version;
+                *again.headers_mut() = asked.headers.clone();
+                again.headers_mut().remove(IF_NONE_MATCH);
+                again.headers_mut().remove(IF_MODIFIED_SINCE);
+                self.metrics.outcome(Outcome::Miss);
+                let resp = send(pool, again).await?;
+                let status = "edge; fwd=stale";
+                Ok(self.keep(
+                    &key,
+                    &asked,
+                    resp,
+                    request_time,
+                    vary,
+                    leader,
+                    route,
+                    status,
+                ))
+            }
             Ok(resp) if resp.status() == StatusCode::NOT_MODIFIED => {
                 self.metrics.outcome(Outcome::Revalidated);
                 let merged = merge_304(&entry, resp.headers(), request_time, now);
@@ -501,6 +528,17 @@ impl Cache {
     }
 }
 
+/// Whether a 304 is about the stored response: a strong ETag in it must be the
+/// stored one (RFC 9111 4.3.4); without one, it is taken as ours.
+fn selects(stored: &HeaderMap, fresh: &HeaderMap) -> bool {
+    match (fresh.get(ETAG), stored.get(ETAG)) {
+        (Some(new), _) if new.as_bytes().starts_with(b"W/") => true,
+        (Some(new), Some(old)) => new == old,
+        (Some(_), None) => false,
+        (None, _) => true,
+    }
+}
+
 /// The stored entry updated with a 304's header fields (RFC 9111 3.2, 4.3.4).
 fn merge_304(entry: &Entry, fresh: &HeaderMap, request_time: u64, response_time: u64) -> Entry {
     let mut merged = entry.clone();
@@ -577,4 +615,26 @@ fn client_validator_matches(entry: &Entry, req: &HeaderMap) -> bool {
     let since = req.get(IF_MODIFIED_SINCE).and_then(policy::http_date);
     let modified = entry.headers.get(LAST_MODIFIED).and_then(policy::http_date);
     matches!((since, modified), (Some(s), Some(m)) if m <= s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn etag(v: Option<&'static str>) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        if let Some(v) = v {
+            h.insert(ETAG, HeaderValue::from_static(v));
+        }
+        h
+    }
+
+    #[test]
+    fn a_304_selects_the_stored_response_by_its_strong_etag() {
+        assert!(selects(&etag(Some("\"a\"")), &etag(Some("\"a\""))));
+        assert!(!selects(&etag(Some("\"a\"")), &etag(Some("\"b\""))));
+        assert!(!selects(&etag(None), &etag(Some("\"b\""))));
+        assert!(selects(&etag(Some("\"a\"")), &etag(None)));
+        assert!(selects(&etag(Some("\"a\"")), &etag(Some("W/\"b\""))));
+    }
 }
