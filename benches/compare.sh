@@ -11,7 +11,7 @@
 #
 # Knobs (environment): QUICK, REPS, DURATION (seconds per load run), CONNS,
 # H2_STREAMS, IDLE_N1/IDLE_N2 (idle TCP and TLS connections), QUIC_N1/QUIC_N2,
-# SCENARIOS (any of: h1 h2 h3 1m idle), RESULTS (markdown output file),
+# SCENARIOS (any of: h1 h2 h3 1m cache idle), RESULTS (markdown output file),
 # EDGE_BIN (an edge binary to test instead of building the work tree).
 set -euo pipefail
 
@@ -38,7 +38,7 @@ IDLE_N1=${IDLE_N1:-5000}
 IDLE_N2=${IDLE_N2:-15000}
 QUIC_N1=${QUIC_N1:-2000}
 QUIC_N2=${QUIC_N2:-6000}
-SCENARIOS=${SCENARIOS:-h1 h2 h3 1m idle}
+SCENARIOS=${SCENARIOS:-h1 h2 h3 1m cache idle}
 STAMP=$(date -u +%Y%m%dT%H%M%SZ)
 RESULTS=${RESULTS:-$TARGET_DIR/compare/results-$STAMP.md}
 # Per-process connection limit given to every proxy (the hard open-file limit
@@ -222,8 +222,9 @@ start() { # name
         ;;
     edge)
         render "$CONF/edge.toml" "$dir/edge.toml" "${HTTP_PORT[$name]}" "${TLS_PORT[$name]}"
+        # The pool and routes come from the file: only /cached goes through the
+        # cache, so the other scenarios measure the same pass-through as before.
         taskset -c 0 "$WORK/bin/edge" run -c "$dir/edge.toml" \
-            --upstream "http://127.0.0.1:$ORIGIN_PORT" --upstream-protocol h1 \
             --listen "127.0.0.1:${TLS_PORT[$name]}" --http-listen "127.0.0.1:${HTTP_PORT[$name]}" \
             --admin "127.0.0.1:$EDGE_ADMIN_PORT" --workers 1 \
             --cert "$WORK/cert.pem" --key "$WORK/key.pem" >"$dir/out.log" 2>&1 &
@@ -274,9 +275,10 @@ run_load() { # scenario row repetition
         cpu0=$(tree_cpu "$pid")
     fi
     case $scen in
-    h1 | 1m)
+    h1 | 1m | cache)
         local path=/
         [[ $scen == 1m ]] && path=/1m
+        [[ $scen == cache ]] && path=/cached
         timeout -k 5 $((DURATION + 60)) taskset -c 1 \
             wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency "http://127.0.0.1:$(port_for "$row" http)$path" \
             >"$out.txt" 2>&1 || rc=$?
@@ -324,7 +326,14 @@ run_load() { # scenario row repetition
 # Rows of a scenario, rotated by the repetition so no row always goes first.
 rows_for() { # scenario repetition
     local rows i n
-    if [[ $1 == h3 ]]; then rows=(caddy edge); else rows=(direct "${PROXIES[@]}"); fi
+    if [[ $1 == h3 ]]; then
+        rows=(caddy edge)
+    elif [[ $1 == cache ]]; then
+        # Cache hits: the two proxies with a response cache configured.
+        rows=(direct nginx edge)
+    else
+        rows=(direct "${PROXIES[@]}")
+    fi
     n=${#rows[@]}
     for ((i = 0; i < n; i++)); do
         echo "${rows[$(((i + $2 - 1) % n))]}"
@@ -435,7 +444,7 @@ main() {
 
     local rep scen row
     for ((rep = 1; rep <= REPS; rep++)); do
-        for scen in h1 h2 h3 1m; do
+        for scen in h1 h2 h3 1m cache; do
             has "$scen" || continue
             for row in $(rows_for "$scen" "$rep"); do
                 run_load "$scen" "$row" "$rep"
@@ -813,6 +822,7 @@ SCENARIOS = [
     ("h2", "HTTP/2 over TLS, 2-byte body (h2load)", "nginx"),
     ("h3", "HTTP/3, 2-byte body (oha --http-version 3)", "caddy"),
     ("1m", "HTTP/1.1 keep-alive, 1 MiB body (wrk, plain HTTP)", "nginx"),
+    ("cache", "Cache hits: HTTP/1.1 keep-alive, 2-byte body from the proxy's cache (nginx proxy_cache, edge L1)", "nginx"),
 ]
 ROW_ORDER = ["direct", "nginx", "haproxy", "caddy", "edge"]
 

@@ -15,6 +15,8 @@ command -v curl >/dev/null 2>&1 || apt_missing+=(curl)
 command -v gtlsclient >/dev/null 2>&1 || apt_missing+=(ngtcp2-client)
 # dnsmasq (dnsmasq-base) is the real DNS server of the discovery tests.
 command -v dnsmasq >/dev/null 2>&1 || apt_missing+=(dnsmasq-base)
+# redis-server is the shared L2 of the cache tests (started per test on a free port).
+command -v redis-server >/dev/null 2>&1 || apt_missing+=(redis-server)
 if ((${#apt_missing[@]} > 0)); then
   apt-get update </dev/null
   apt-get install -y "${apt_missing[@]}" </dev/null

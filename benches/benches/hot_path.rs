@@ -35,6 +35,8 @@ fn route_match(c: &mut Criterion) {
             host: Some(format!("host{i}.example")),
             path_prefix: format!("/svc{i}"),
             pool: "p".to_owned(),
+            cache: true,
+            cache_set_cookie: false,
         })
         .collect();
     let table = Routes::new(&routes, |_| Some(0));

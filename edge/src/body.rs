@@ -25,6 +25,8 @@ pub enum Body {
     H3(H3Body),
     /// A response body from a backend.
     Upstream(UpstreamBody),
+    /// A response body from a backend, copied into the cache as it streams.
+    Tee(Box<crate::cache::Tee>),
 }
 
 impl Body {
@@ -47,6 +49,7 @@ impl HttpBody for Body {
             Body::Incoming(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
             Body::H3(b) => Pin::new(b).poll_frame(cx),
             Body::Upstream(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            Body::Tee(b) => Pin::new(b.as_mut()).poll_frame(cx),
         }
     }
 
@@ -57,6 +60,7 @@ impl HttpBody for Body {
             Body::Incoming(b) => b.is_end_stream(),
             Body::H3(b) => b.is_end_stream(),
             Body::Upstream(b) => b.is_end_stream(),
+            Body::Tee(b) => b.is_end_stream(),
         }
     }
 
@@ -67,6 +71,7 @@ impl HttpBody for Body {
             Body::Incoming(b) => b.size_hint(),
             Body::H3(b) => b.size_hint(),
             Body::Upstream(b) => b.size_hint(),
+            Body::Tee(b) => b.size_hint(),
         }
     }
 }

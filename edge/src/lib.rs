@@ -5,6 +5,7 @@
 //! place failures become responses; `config` is the only code that knows TOML.
 
 pub mod body;
+pub mod cache;
 pub mod config;
 pub mod error;
 pub mod listener;

@@ -181,11 +181,7 @@ fn apply_flags(mut config: Config, args: &RunArgs) -> Config {
             ProtocolArg::H2 => Protocol::H2,
         };
         config.pools = vec![pool];
-        config.routes = vec![Route {
-            host: None,
-            path_prefix: "/".to_owned(),
-            pool: DEFAULT_POOL.to_owned(),
-        }];
+        config.routes = vec![Route::catch_all(DEFAULT_POOL)];
     }
     if let Some(a) = args.listen {
         config.listen = a;

@@ -354,6 +354,11 @@ impl Metrics {
     }
 
     /// The text exposition format.
+    /// The registry, for components that register their own series (the cache).
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::new();
         if let Err(e) = prometheus::TextEncoder::new().encode(&self.registry.gather(), &mut out) {

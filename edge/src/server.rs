@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::body::Body;
+use crate::cache::Cache;
 use crate::config::{self, Config};
 use crate::listener::{self, admin, quic, tcp::TcpServer, BindError, Shared};
 use crate::metrics::Metrics;
@@ -32,6 +33,23 @@ pub fn build_pool(p: &config::Pool) -> Result<upstream::Pool<Body>, Error> {
         pool: p.name().to_owned(),
         source,
     })
+}
+
+/// The cache store, built once at start and kept across reloads (a reload must
+/// not empty L1 or drop the Redis connection); `[cache]` changes need a restart.
+fn build_cache(config: &Config, metrics: &Metrics) -> Result<Option<Arc<Cache>>, Error> {
+    if !config.cache.enabled {
+        return Ok(None);
+    }
+    let cache = Cache::new(&config.cache, metrics.registry())
+        .map_err(|e| Error::Setup(format!("cache: {e}")))?;
+    let layers = if config.cache.redis.is_some() {
+        "L1 + redis L2"
+    } else {
+        "L1 only"
+    };
+    tracing::info!("cache enabled: {layers}");
+    Ok(Some(cache))
 }
 
 /// Produces a fresh config on SIGHUP: the file read again, with the same flags
@@ -55,9 +73,12 @@ pub async fn run(config: Config, reload: Option<Reloader>) -> Result<(), Error> 
     let admin_listener = config.admin.map(listener::bind_tcp).transpose()?;
     let tls_addr = local(&tls_tcp)?;
 
+    let metrics = Metrics::new().map_err(|e| Error::Setup(format!("metrics: {e}")))?;
+    let cache = build_cache(&config, &metrics)?;
     let shared = Arc::new(Shared {
-        proxy: ArcSwap::from_pointee(proxy),
-        metrics: Metrics::new().map_err(|e| Error::Setup(format!("metrics: {e}")))?,
+        proxy: ArcSwap::from_pointee(proxy.with_cache(cache.clone())),
+        metrics,
+        cache,
         draining: CancellationToken::new(),
         tasks: TaskTracker::new(),
         config,
@@ -171,7 +192,7 @@ async fn apply_reload(shared: &Shared, reload: &Reloader) {
         }
     };
     let proxy = match Proxy::build(&config).await {
-        Ok(p) => p,
+        Ok(p) => p.with_cache(shared.cache.clone()),
         Err(e) => {
             shared.metrics.reload(false);
             let chain = crate::pipeline::error_chain(&e);
@@ -205,6 +226,9 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
     }
     if old.workers != new.workers {
         changed.push("workers");
+    }
+    if old.cache != new.cache {
+        changed.push("cache");
     }
     changed
 }

@@ -133,6 +133,8 @@ pub struct EdgeConfig {
     /// `[[tls.certificates]]`, in order; empty serves the `localhost` leaf of the
     /// [`Pki`] the config is rendered with.
     pub certificates: Vec<LeafFiles>,
+    /// `[cache]` keys with TOML values; empty leaves the section out.
+    pub cache: Vec<(String, String)>,
 }
 
 impl EdgeConfig {
@@ -150,7 +152,14 @@ impl EdgeConfig {
                 settings: Vec::new(),
             }],
             certificates: Vec::new(),
+            cache: Vec::new(),
         }
+    }
+
+    /// Sets `key = value` (value written as TOML) in `[cache]`.
+    pub fn cache_setting(mut self, key: &str, toml_value: &str) -> Self {
+        self.cache.push((key.to_owned(), toml_value.to_owned()));
+        self
     }
 
     /// Adds a `[[tls.certificates]]` entry (the first one added is edge's default).
@@ -212,6 +221,12 @@ impl EdgeConfig {
         if !self.client.is_empty() {
             out.push_str("\n[client]\n");
             for (key, value) in &self.client {
+                out.push_str(&format!("{key} = {value}\n"));
+            }
+        }
+        if !self.cache.is_empty() {
+            out.push_str("\n[cache]\n");
+            for (key, value) in &self.cache {
                 out.push_str(&format!("{key} = {value}\n"));
             }
         }

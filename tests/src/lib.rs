@@ -13,6 +13,8 @@ pub mod origin;
 pub mod origin_process;
 pub mod pki;
 pub mod process;
+pub mod redis;
+pub mod scripted;
 
 pub use clients::{
     curl, curl_timeout, curl_transfer, gtlsclient, h3_requests, h3_requests_sni, python_json,

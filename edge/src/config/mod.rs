@@ -5,8 +5,11 @@
 //! key path and line. Only this module knows TOML; the library crates take their
 //! own plain config structs.
 
+mod cache;
 mod pools;
 mod regions;
+use cache::read_cache;
+pub use cache::Cache;
 use pools::read_pools;
 pub use regions::{Geo, GeoRegion, Prefer};
 mod walk;
@@ -43,6 +46,7 @@ pub struct Config {
     pub pools: Vec<Pool>,
     /// Regions, client placement and spillover; `None` without a `[geo]` table.
     pub geo: Option<Geo>,
+    pub cache: Cache,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -82,6 +86,10 @@ pub struct Route {
     pub host: Option<String>,
     pub path_prefix: String,
     pub pool: String,
+    /// Responses on this route go through the cache (when `[cache]` is enabled).
+    pub cache: bool,
+    /// Responses with Set-Cookie may be stored (without the cookie).
+    pub cache_set_cookie: bool,
 }
 
 /// A pool: the upstream crate's own settings, plus what only a file names.
@@ -109,6 +117,19 @@ impl Default for Client {
             max_headers: 100,
             max_concurrent_streams: 100,
             max_connections: None,
+        }
+    }
+}
+
+impl Route {
+    /// Every host and path to `pool`, cached when the cache is on.
+    pub fn catch_all(pool: &str) -> Self {
+        Self {
+            host: None,
+            path_prefix: "/".to_owned(),
+            pool: pool.to_owned(),
+            cache: true,
+            cache_set_cookie: false,
         }
     }
 }
@@ -147,13 +168,10 @@ impl Config {
                 certificates: Vec::new(),
             },
             client: Client::default(),
-            routes: vec![Route {
-                host: None,
-                path_prefix: "/".to_owned(),
-                pool: DEFAULT_POOL.to_owned(),
-            }],
+            routes: vec![Route::catch_all(DEFAULT_POOL)],
             pools: vec![Pool::new(DEFAULT_POOL, endpoints)],
             geo: None,
+            cache: Cache::default(),
         }
     }
 
@@ -237,6 +255,7 @@ fn read(cx: &mut Cx<'_>, doc: &toml_edit::Table, base: &Path) -> Config {
     let geo = regions::read_geo(cx, &mut root, base);
     let pools = read_pools(cx, &mut root, base, geo.as_ref());
     let routes = read_routes(cx, &mut root, &pools);
+    let cache = read_cache(cx, &mut root);
     root.finish(cx);
     Config {
         listen,
@@ -250,6 +269,7 @@ fn read(cx: &mut Cx<'_>, doc: &toml_edit::Table, base: &Path) -> Config {
         routes,
         pools,
         geo,
+        cache,
     }
 }
 
@@ -384,11 +404,7 @@ fn read_routes(cx: &mut Cx<'_>, root: &mut Table<'_>, pools: &[Pool]) -> Vec<Rou
     let tables = root.tables(cx, "routes");
     if tables.is_empty() {
         return match pools {
-            [only] => vec![Route {
-                host: None,
-                path_prefix: "/".to_owned(),
-                pool: only.name().to_owned(),
-            }],
+            [only] => vec![Route::catch_all(only.name())],
             [] => {
                 if !cx.pools_from_flags {
                     cx.error(line, "pools", "at least one pool is needed");
@@ -413,11 +429,15 @@ fn read_routes(cx: &mut Cx<'_>, root: &mut Table<'_>, pools: &[Pool]) -> Vec<Rou
             let line = t.line_of(cx, "path_prefix");
             cx.error(line, &t.path("path_prefix"), "must start with /");
         }
+        let cache = t.or(cx, "cache", true);
+        let cache_set_cookie = t.or(cx, "cache_set_cookie", false);
         match t.opt::<String>(cx, "pool") {
             Some(pool) if pools.iter().any(|p| p.name() == pool) => routes.push(Route {
                 host,
                 path_prefix,
                 pool,
+                cache,
+                cache_set_cookie,
             }),
             Some(pool) => {
                 let line = t.line_of(cx, "pool");

@@ -485,3 +485,84 @@ fn a_corrupt_mmdb_is_a_config_error_naming_the_file() {
         e.reason
     );
 }
+
+#[test]
+fn cache_is_off_by_default_and_reads_every_key() {
+    let c = parse("[pools.web]\nendpoints = [\"http://127.0.0.1:8080\"]\n").expect("valid");
+    assert!(!c.cache.enabled);
+    assert!(c.routes[0].cache);
+    let c = parse(
+        r#"
+[cache]
+enabled = true
+l1_max_bytes = 1000000
+l1_max_entry_bytes = 1000
+redis = "redis://127.0.0.1:6379/2"
+redis_timeout = "20ms"
+redis_breaker_failures = 3
+redis_breaker_cooldown = "1s"
+l2_max_entry_bytes = 500
+coalesce_timeout = "2s"
+max_ttl = "1h"
+keep_stale = "10m"
+
+[[routes]]
+path_prefix = "/private"
+pool = "web"
+cache = false
+
+[[routes]]
+pool = "web"
+cache_set_cookie = true
+
+[pools.web]
+endpoints = ["http://127.0.0.1:8080"]
+"#,
+    )
+    .expect("valid");
+    let k = &c.cache;
+    assert!(k.enabled);
+    assert_eq!(k.l1_max_bytes, 1_000_000);
+    assert_eq!(k.l1_max_entry_bytes, 1000);
+    assert_eq!(k.redis.as_deref(), Some("redis://127.0.0.1:6379/2"));
+    assert_eq!(k.redis_timeout, Duration::from_millis(20));
+    assert_eq!(k.redis_breaker_failures, 3);
+    assert_eq!(k.redis_breaker_cooldown, Duration::from_secs(1));
+    assert_eq!(k.l2_max_entry_bytes, 500);
+    assert_eq!(k.coalesce_timeout, Duration::from_secs(2));
+    assert_eq!(k.max_ttl, Duration::from_secs(3600));
+    assert_eq!(k.keep_stale, Duration::from_secs(600));
+    assert!(!c.routes[0].cache);
+    assert!(c.routes[1].cache && c.routes[1].cache_set_cookie);
+}
+
+#[test]
+fn cache_errors_name_key_and_line() {
+    let e = errors(
+        r#"[pools.web]
+endpoints = ["http://127.0.0.1:8080"]
+
+[cache]
+redis = "localhost:6379"
+redis_timeout = "0s"
+redis_breaker_failures = 0
+l1_max_bytes = "big"
+colour = "blue"
+
+[[routes]]
+pool = "web"
+cache = "yes"
+"#,
+    );
+    assert_eq!(
+        e,
+        vec![
+            (5, "cache.redis".to_owned()),
+            (6, "cache.redis_timeout".to_owned()),
+            (7, "cache.redis_breaker_failures".to_owned()),
+            (8, "cache.l1_max_bytes".to_owned()),
+            (9, "cache.colour".to_owned()),
+            (13, "routes[0].cache".to_owned()),
+        ]
+    );
+}

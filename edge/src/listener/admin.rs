@@ -1,5 +1,6 @@
-//! The admin listener: `/healthz` and `/metrics` over plain HTTP/1.1. Bind it to
-//! loopback or a management network; it has no authentication.
+//! The admin listener: `/healthz`, `/metrics` and `POST /cache/purge` over plain
+//! HTTP/1.1. Bind it to loopback or a management network; it has no
+//! authentication.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -34,7 +35,12 @@ pub async fn run(listener: TcpListener, shared: Arc<Shared>) {
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req: Request<Incoming>| {
                 let shared = shared.clone();
-                async move { Ok::<_, Infallible>(route(&shared, &req)) }
+                async move {
+                    if req.uri().path() == "/cache/purge" {
+                        return Ok::<_, Infallible>(purge(&shared, &req).await);
+                    }
+                    Ok::<_, Infallible>(route(&shared, &req))
+                }
             });
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -59,6 +65,9 @@ fn route(shared: &Shared, req: &Request<Incoming>) -> Response<Body> {
             let proxy = shared.proxy.load();
             shared.metrics.refresh_pools(proxy.pool_statuses());
             shared.metrics.refresh_regions(&proxy.region_statuses());
+            if let Some(cache) = &shared.cache {
+                cache.refresh_metrics();
+            }
             Bytes::from(shared.metrics.encode())
         }),
         _ => (
@@ -67,10 +76,99 @@ fn route(shared: &Shared, req: &Request<Incoming>) -> Response<Body> {
             Bytes::from_static(b"not found; try /healthz or /metrics\n"),
         ),
     };
+    text(status, content_type, body)
+}
+
+fn text(status: StatusCode, content_type: &str, body: Bytes) -> Response<Body> {
     let mut resp = Response::new(Body::full(body));
     *resp.status_mut() = status;
     if let Ok(v) = content_type.parse() {
         resp.headers_mut().insert(CONTENT_TYPE, v);
     }
     resp
+}
+
+/// `POST /cache/purge?url=URL` drops one URL (all its variants) from L1 and L2;
+/// `POST /cache/purge?prefix=URL-PREFIX` every URL starting with the prefix.
+/// URLs are absolute (`https://host/path?query`) and percent-encoded in the query.
+async fn purge(shared: &Shared, req: &Request<Incoming>) -> Response<Body> {
+    let reply = |status, msg: String| text(status, "text/plain", Bytes::from(msg + "\n"));
+    if req.method() != http::Method::POST {
+        return reply(StatusCode::METHOD_NOT_ALLOWED, "use POST".into());
+    }
+    let Some(cache) = &shared.cache else {
+        return reply(StatusCode::NOT_FOUND, "the cache is not enabled".into());
+    };
+    let query = req.uri().query().unwrap_or("");
+    let param = |name: &str| {
+        query
+            .split('&')
+            .filter_map(|kv| kv.split_once('='))
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| percent_decode(v))
+    };
+    if let Some(url) = param("url") {
+        let Some(key) = crate::cache::key::from_url(&url) else {
+            return reply(
+                StatusCode::BAD_REQUEST,
+                format!("not an absolute http(s) URL: {url:?}"),
+            );
+        };
+        cache.purge_key(&key).await;
+        tracing::info!(key, "cache purge by URL");
+        return reply(StatusCode::OK, format!("purged {key}"));
+    }
+    if let Some(prefix) = param("prefix") {
+        let Some(key) = crate::cache::key::prefix_from_url(&prefix) else {
+            return reply(
+                StatusCode::BAD_REQUEST,
+                format!("not an absolute http(s) URL prefix: {prefix:?}"),
+            );
+        };
+        tracing::info!(prefix = key, "cache purge by prefix");
+        return match cache.purge_prefix(&key).await {
+            Ok(()) => reply(StatusCode::OK, format!("purged prefix {key}")),
+            Err(e) => reply(StatusCode::BAD_GATEWAY, format!("prefix {key}: {e}")),
+        };
+    }
+    reply(
+        StatusCode::BAD_REQUEST,
+        "give url=URL or prefix=URL-PREFIX".into(),
+    )
+}
+
+/// `%XX` and `+` decoding of one query value; invalid escapes are kept as typed.
+fn percent_decode(v: &str) -> String {
+    let b = v.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        match b[i] {
+            b'%' if i + 2 < b.len() => match (hex(b[i + 1]), hex(b[i + 2])) {
+                (Some(h), Some(l)) => {
+                    out.push((h * 16 + l) as u8);
+                    i += 3;
+                    continue;
+                }
+                _ => out.push(b'%'),
+            },
+            b'+' => out.push(b' '),
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn percent_decoding() {
+        assert_eq!(
+            super::percent_decode("https%3A%2F%2Fa%2Fb%3Fc%3D1"),
+            "https://a/b?c=1"
+        );
+        assert_eq!(super::percent_decode("%zz%4"), "%zz%4");
+    }
 }

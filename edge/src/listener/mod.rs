@@ -26,6 +26,8 @@ pub struct Shared {
     pub proxy: ArcSwap<Proxy>,
     pub metrics: Metrics,
     pub config: Config,
+    /// The HTTP cache, kept across reloads; `None` when `[cache]` is off.
+    pub cache: Option<std::sync::Arc<crate::cache::Cache>>,
     /// Cancelled when the edge starts draining.
     pub draining: CancellationToken,
     /// Every connection task, so shutdown can wait for them.

@@ -19,6 +19,7 @@ pub use headers::{request_id, strip_hop_by_hop, to_upstream, Peer, REQUEST_ID};
 pub use route::Routes;
 
 use crate::body::Body;
+use crate::cache::Cache;
 use crate::config::Config;
 use crate::error::{ErrorKind, ProxyError, Side};
 use crate::locality::Geo;
@@ -35,6 +36,8 @@ pub struct Proxy {
     max_header_bytes: usize,
     /// Regions and client placement, with `[geo]`.
     geo: Option<Arc<Geo>>,
+    /// The cache store; it outlives reloads, so it is handed in, not built here.
+    cache: Option<Arc<Cache>>,
 }
 
 /// The debug header naming the client's region, the chosen region and endpoint.
@@ -89,7 +92,14 @@ impl Proxy {
             max_headers: config.client.max_headers,
             max_header_bytes: config.client.max_header_bytes,
             geo,
+            cache: None,
         })
+    }
+
+    /// Serves cacheable routes through `cache` (when `Some`).
+    pub fn with_cache(mut self, cache: Option<Arc<Cache>>) -> Self {
+        self.cache = cache;
+        self
     }
 }
 
@@ -151,10 +161,9 @@ async fn forward<'p>(
     headers::within_limits(req.headers(), proxy.max_headers, proxy.max_header_bytes)
         .map_err(|e| (e, NO_BACKEND))?;
     let (host, host_key) = headers::host(&req).map_err(|e| (e, NO_BACKEND))?;
-    let pool = proxy
-        .routes
-        .find(&host_key, req.uri().path())
-        .and_then(|i| proxy.pools.get(i))
+    let matched = proxy.routes.find_route(&host_key, req.uri().path());
+    let pool = matched
+        .and_then(|m| proxy.pools.get(m.pool))
         .ok_or_else(|| {
             (
                 ProxyError::new(ErrorKind::NoRoute, "no route for this host and path"),
@@ -164,6 +173,8 @@ async fn forward<'p>(
     // Where the client is, for hashing and geo: the peer, or the address a
     // trusted proxy in front of us names; never what an untrusted peer claims.
     let client = headers::client_ip(req.headers(), peer, &proxy.trusted);
+    let cache = proxy.cache.as_ref().zip(matched.and_then(|m| m.cache));
+    let key = cache.map(|_| cache_key(&mut req, peer, &host));
     headers::to_upstream(&mut req, peer, &proxy.trusted, id, host);
     if pool.wants_hash_key() {
         let ip = match client {
@@ -181,6 +192,17 @@ async fn forward<'p>(
         }
         _ => None,
     };
+    if let (Some((cache, route)), Some(key)) = (cache, key) {
+        return match cache.serve(pool, key, req, route).await {
+            Ok(mut resp) => {
+                if let Some((geo, placed)) = &placed {
+                    note_region(geo, placed, metrics, pool.name(), &mut resp);
+                }
+                Ok((resp, pool.name()))
+            }
+            Err(e) => Err((e, pool.name())),
+        };
+    }
     match pool.send(req).await {
         Ok(mut resp) => {
             if let Some((geo, placed)) = placed {
@@ -216,6 +238,14 @@ fn note_region<B>(
             resp.headers_mut().insert(X_EDGE_GEO, v);
         }
     }
+}
+
+/// The request's cache key; headers that would change the answer without being
+/// in the key are removed first (no unkeyed-header poisoning).
+fn cache_key(req: &mut Request<Body>, peer: Peer, host: &HeaderValue) -> String {
+    crate::cache::strip_unkeyed(req.headers_mut());
+    let target = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
+    crate::cache::key::primary(peer.tls, host.to_str().unwrap_or_default(), target)
 }
 
 fn log_error(e: &ProxyError, id: &HeaderValue, backend: &str) {

@@ -1,5 +1,6 @@
 //! Route table: host and path prefix to pool. First match in config order wins.
 
+use crate::cache::RouteCache;
 use crate::config;
 
 pub struct Routes {
@@ -10,6 +11,15 @@ struct Entry {
     host: Option<String>,
     path_prefix: String,
     pool: usize,
+    /// `Some` when the route's responses go through the cache.
+    cache: Option<RouteCache>,
+}
+
+/// What a request matched: the pool's slot and the route's cache settings.
+#[derive(Clone, Copy, Debug)]
+pub struct Matched {
+    pub pool: usize,
+    pub cache: Option<RouteCache>,
 }
 
 impl Routes {
@@ -22,6 +32,9 @@ impl Routes {
                     host: r.host.clone(),
                     path_prefix: r.path_prefix.clone(),
                     pool: pool_index(&r.pool)?,
+                    cache: r.cache.then_some(RouteCache {
+                        set_cookie: r.cache_set_cookie,
+                    }),
                 })
             })
             .collect();
@@ -30,12 +43,20 @@ impl Routes {
 
     /// The pool for a request; `host` is already lower-case without port.
     pub fn find(&self, host: &str, path: &str) -> Option<usize> {
+        self.find_route(host, path).map(|m| m.pool)
+    }
+
+    /// The route for a request, with its cache settings.
+    pub fn find_route(&self, host: &str, path: &str) -> Option<Matched> {
         self.routes
             .iter()
             .find(|r| {
                 r.host.as_deref().is_none_or(|h| h == host) && prefix_matches(&r.path_prefix, path)
             })
-            .map(|r| r.pool)
+            .map(|r| Matched {
+                pool: r.pool,
+                cache: r.cache,
+            })
     }
 }
 
@@ -56,6 +77,8 @@ mod tests {
             host: host.map(str::to_owned),
             path_prefix: prefix.to_owned(),
             pool: pool.to_owned(),
+            cache: true,
+            cache_set_cookie: false,
         }
     }
 
