@@ -29,7 +29,13 @@ pub struct CacheControl {
     /// `Some(None)`: any staleness is accepted.
     pub max_stale: Option<Option<u64>>,
     pub min_fresh: Option<u64>,
+    /// Read from `CDN-Cache-Control` (RFC 9213), which then alone governs this
+    /// cache: `Cache-Control` and `Expires` are ignored for storing and freshness.
+    pub targeted: bool,
 }
+
+/// `CDN-Cache-Control` (RFC 9213): cache directives for CDNs and reverse proxies.
+pub const CDN_CACHE_CONTROL: http::HeaderName = http::HeaderName::from_static("cdn-cache-control");
 
 impl CacheControl {
     /// Every Cache-Control line of `headers`; for a request without Cache-Control,
@@ -62,6 +68,55 @@ impl CacheControl {
             cc.no_cache |= pragma_no_cache;
         }
         cc
+    }
+
+    /// The directives that govern this cache for a response: a valid
+    /// `CDN-Cache-Control` alone when there is one, else `Cache-Control`.
+    pub fn response(resp: &HeaderMap) -> Self {
+        Self::targeted(resp).unwrap_or_else(|| Self::parse(resp))
+    }
+
+    /// `CDN-Cache-Control` when present and a valid Structured Fields dictionary
+    /// whose known directives have the right types; `None` otherwise (an invalid
+    /// field is ignored whole, RFC 9213 2.1).
+    fn targeted(resp: &HeaderMap) -> Option<Self> {
+        let mut lines = Vec::new();
+        for line in resp.get_all(CDN_CACHE_CONTROL) {
+            lines.push(line.to_str().ok()?);
+        }
+        if lines.is_empty() {
+            return None;
+        }
+        let joined = lines.join(", ");
+        let dict: sfv::Dictionary = sfv::Parser::new(&joined).parse().ok()?;
+        let mut cc = CacheControl {
+            targeted: true,
+            ..CacheControl::default()
+        };
+        for (key, entry) in &dict {
+            let sfv::ListEntry::Item(item) = entry else {
+                continue;
+            };
+            let flag = || item.bare_item.as_boolean();
+            let secs = || {
+                let n = i64::from(item.bare_item.as_integer()?);
+                Some(n.clamp(0, 1 << 31).unsigned_abs())
+            };
+            match key.as_str() {
+                "no-store" => cc.no_store = flag()?,
+                "no-cache" => cc.no_cache = flag()?,
+                "private" => cc.private = flag()?,
+                "public" => cc.public = flag()?,
+                "must-revalidate" => cc.must_revalidate = flag()?,
+                "proxy-revalidate" => cc.proxy_revalidate = flag()?,
+                "max-age" => cc.max_age = Some(secs()?),
+                "s-maxage" => cc.s_maxage = Some(secs()?),
+                "stale-while-revalidate" => cc.stale_while_revalidate = Some(secs()?),
+                "stale-if-error" => cc.stale_if_error = Some(secs()?),
+                _ => {}
+            }
+        }
+        Some(cc)
     }
 
     fn apply(&mut self, name: &str, value: Option<&str>) {
@@ -193,7 +248,7 @@ pub fn storable(
     if !understood(s) {
         return Err(NotStored::Status);
     }
-    let rcc = CacheControl::parse(resp);
+    let rcc = CacheControl::response(resp);
     let qcc = CacheControl::parse(req);
     // must-understand overrides no-store for statuses the cache understands.
     if (rcc.no_store && !rcc.must_understand) || qcc.no_store {
@@ -213,7 +268,8 @@ pub fn storable(
     if vary_names(resp).is_none() {
         return Err(NotStored::VaryStar);
     }
-    let has_freshness = rcc.public || rcc.explicit() || resp.contains_key(EXPIRES);
+    let has_freshness =
+        rcc.public || rcc.explicit() || (!rcc.targeted && resp.contains_key(EXPIRES));
     if !has_freshness && !heuristically_cacheable(s) {
         return Err(NotStored::Status);
     }
@@ -274,14 +330,22 @@ fn first_date(h: &HeaderMap, name: http::header::HeaderName) -> Option<Option<u6
 /// Freshness lifetime in seconds (RFC 9111 4.2.1), heuristic where 4.2.2 allows.
 /// `response_time` stands in for a missing Date.
 pub fn freshness_lifetime(status: u16, resp: &HeaderMap, response_time: u64) -> u64 {
-    let cc = CacheControl::parse(resp);
+    let cc = CacheControl::response(resp);
     if let Some(s) = cc.s_maxage {
         return s;
     }
     if let Some(m) = cc.max_age {
         return m;
     }
+    if cc.targeted {
+        // CDN-Cache-Control without a lifetime: nothing else counts.
+        return 0;
+    }
     let date = first_date(resp, DATE).flatten().unwrap_or(response_time);
+    if resp.get_all(EXPIRES).iter().nth(1).is_some() {
+        // Two Expires fields contradict each other: treat as already expired.
+        return 0;
+    }
     if let Some(expires) = first_date(resp, EXPIRES) {
         // An invalid Expires (e.g. "0") means already expired.
         return expires.map_or(0, |e| e.saturating_sub(date));
@@ -326,7 +390,7 @@ pub struct Freshness {
 impl Freshness {
     pub fn of(status: u16, resp: &HeaderMap, response_time: u64) -> Self {
         Self {
-            cc: CacheControl::parse(resp),
+            cc: CacheControl::response(resp),
             lifetime: freshness_lifetime(status, resp, response_time),
             date: first_date(resp, DATE).flatten().unwrap_or(response_time),
             age_value: resp
@@ -406,7 +470,7 @@ impl Freshness {
 
 /// Whether a stale response may stand in for an origin error (RFC 5861 4).
 pub fn stale_if_error(status: u16, resp: &HeaderMap, t: Times, req: &HeaderMap, now: u64) -> bool {
-    let rcc = CacheControl::parse(resp);
+    let rcc = CacheControl::response(resp);
     if rcc.no_stale() || rcc.no_cache {
         return false;
     }
@@ -430,7 +494,7 @@ pub fn retention(
     keep_stale: u64,
     max: u64,
 ) -> u64 {
-    let rcc = CacheControl::parse(resp);
+    let rcc = CacheControl::response(resp);
     let age = current_age(resp, t, now);
     let fresh_left = freshness_lifetime(status, resp, t.response_time).saturating_sub(age);
     let stale = rcc

@@ -436,3 +436,115 @@ fn unsafe_methods_invalidate() {
         assert!(!invalidates(&m));
     }
 }
+
+#[test]
+fn cdn_cache_control_alone_governs_when_valid() {
+    let d = date(NOW);
+    let far = date(NOW + 10_000);
+    let fresh = |resp: &[(&str, &str)]| freshness_lifetime(200, &h(resp), NOW);
+    // It overrides Cache-Control and Expires both ways.
+    assert_eq!(
+        fresh(&[
+            ("date", &d),
+            ("cache-control", "max-age=1"),
+            ("cdn-cache-control", "max-age=3600")
+        ]),
+        3600
+    );
+    assert_eq!(
+        fresh(&[
+            ("date", &d),
+            ("cache-control", "max-age=3600"),
+            ("cdn-cache-control", "max-age=1")
+        ]),
+        1
+    );
+    assert_eq!(
+        fresh(&[
+            ("date", &d),
+            ("expires", &far),
+            ("cdn-cache-control", "max-age=0")
+        ]),
+        0
+    );
+    // Unknown members are ignored; huge values are capped, not overflowed.
+    assert_eq!(
+        fresh(&[("cdn-cache-control", "foobar, max-age=3600")]),
+        3600
+    );
+    assert_eq!(
+        fresh(&[("cdn-cache-control", "max-age=99999999999")]),
+        1 << 31
+    );
+    // Its own no-store, private and no-cache apply; Cache-Control's no-store does not.
+    let stored = |resp: &[(&str, &str)]| store(&[], 200, resp);
+    assert_eq!(
+        stored(&[
+            ("cache-control", "max-age=10000"),
+            ("cdn-cache-control", "no-store")
+        ]),
+        Err(NotStored::NoStore)
+    );
+    assert_eq!(
+        stored(&[
+            ("cache-control", "max-age=10000"),
+            ("cdn-cache-control", "private")
+        ]),
+        Err(NotStored::Private)
+    );
+    assert_eq!(
+        stored(&[
+            ("cache-control", "no-store"),
+            ("cdn-cache-control", "max-age=10000")
+        ]),
+        Ok(())
+    );
+    let no_cache = Freshness::of(
+        200,
+        &h(&[("cdn-cache-control", "no-cache, max-age=100")]),
+        NOW,
+    );
+    assert_eq!(
+        no_cache.decide(at(NOW), &CacheControl::default(), NOW),
+        Use::Revalidate
+    );
+}
+
+#[test]
+fn an_invalid_cdn_cache_control_is_ignored_whole() {
+    let fresh = |resp: &[(&str, &str)]| freshness_lifetime(200, &h(resp), NOW);
+    for bad in [
+        "max-age=10000, &&&&&",
+        "max-age=\"10000\"",
+        "max-age =100",
+        "MaX-aGe=3600",
+        "no-store=1",
+    ] {
+        assert_eq!(
+            fresh(&[("cache-control", "max-age=5"), ("cdn-cache-control", bad)]),
+            5,
+            "{bad:?} must be ignored"
+        );
+    }
+    assert_eq!(
+        store(
+            &[],
+            200,
+            &[
+                ("cache-control", "no-store"),
+                ("cdn-cache-control", "max-age=10000, &&&&&")
+            ]
+        ),
+        Err(NotStored::NoStore)
+    );
+}
+
+#[test]
+fn two_expires_fields_mean_already_expired() {
+    let d = date(NOW);
+    let far = date(NOW + 10_000);
+    let resp = h(&[("date", &d), ("expires", &far), ("expires", &far)]);
+    assert_eq!(freshness_lifetime(200, &resp, NOW), 0);
+    let one = h(&[("date", &d), ("expires", &far)]);
+    assert_eq!(freshness_lifetime(200, &one, NOW), 10_000);
+}
