@@ -613,7 +613,12 @@ fn client_validator_matches(entry: &Entry, req: &HeaderMap) -> bool {
             .any(|t| t.trim() == "*" || weak(t) == weak(etag));
     }
     let since = req.get(IF_MODIFIED_SINCE).and_then(policy::http_date);
-    let modified = entry.headers.get(LAST_MODIFIED).and_then(policy::http_date);
+    // Without Last-Modified, the stored response's Date stands in (RFC 9111 4.3.2).
+    let modified = entry
+        .headers
+        .get(LAST_MODIFIED)
+        .or_else(|| entry.headers.get(http::header::DATE))
+        .and_then(policy::http_date);
     matches!((since, modified), (Some(s), Some(m)) if m <= s)
 }
 

@@ -245,11 +245,15 @@ pub fn storable(
         return Err(NotStored::Method);
     }
     let s = status.as_u16();
-    if !understood(s) {
-        return Err(NotStored::Status);
-    }
     let rcc = CacheControl::response(resp);
     let qcc = CacheControl::parse(req);
+    // Final statuses only; 206 and 304 need understanding this cache lacks
+    // (range merging, validation), and `must-understand` limits storing to
+    // statuses it knows. Other unknown statuses may be stored when the origin
+    // gave explicit freshness (heuristics never apply to them; below).
+    if s < 200 || s == 206 || s == 304 || (rcc.must_understand && !understood(s)) {
+        return Err(NotStored::Status);
+    }
     // must-understand overrides no-store for statuses the cache understands.
     if (rcc.no_store && !rcc.must_understand) || qcc.no_store {
         return Err(NotStored::NoStore);

@@ -99,13 +99,27 @@ fn storable_needs_get_a_known_status_and_a_reason_to_keep() {
     );
     // An error page may be stored when the origin says for how long...
     assert_eq!(store(&[], 500, &[("cache-control", "max-age=60")]), Ok(()));
-    // ...never heuristically, and never a status this cache does not know.
+    // ...never heuristically. A status this cache does not know is stored with
+    // explicit freshness (RFC 9111 3), unless must-understand asks otherwise.
     assert_eq!(
         store(&[], 500, &[("last-modified", &date(NOW - 1000))]),
         Err(NotStored::Status)
     );
+    assert_eq!(store(&[], 599, &[("cache-control", "max-age=60")]), Ok(()));
     assert_eq!(
-        store(&[], 599, &[("cache-control", "max-age=60")]),
+        store(&[], 599, &[("last-modified", &date(NOW - 1000))]),
+        Err(NotStored::Status)
+    );
+    assert_eq!(
+        store(
+            &[],
+            599,
+            &[("cache-control", "max-age=60, must-understand")]
+        ),
+        Err(NotStored::Status)
+    );
+    assert_eq!(
+        store(&[], 304, &[("cache-control", "max-age=60")]),
         Err(NotStored::Status)
     );
     // 302 is understood but not heuristically cacheable: explicit freshness only.
