@@ -29,6 +29,21 @@ if ! python3 -c 'import aioquic, niquests, mmdb_writer' >/dev/null 2>&1; then
     aioquic niquests mmdb-writer </dev/null
 fi
 
+# The independent HTTP cache conformance suite (npm http-cache-tests, the suite
+# behind cache-tests.fyi), run against edge by tests/tests/cache_conformance.rs.
+# Node.js runs it; the package goes to target/ (ignored), fetched once.
+if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+  apt-get update </dev/null
+  apt-get install -y nodejs npm </dev/null
+fi
+cache_tests=target/cache-tests
+if [[ ! -f $cache_tests/package/node_modules/node-fetch/package.json ]]; then
+  rm -rf "$cache_tests" && mkdir -p "$cache_tests"
+  (cd "$cache_tests" && npm pack --silent http-cache-tests@0.4.5 >/dev/null \
+    && tar xzf http-cache-tests-0.4.5.tgz \
+    && cd package && npm install --silent --no-save --no-audit --no-fund node-fetch@2 </dev/null)
+fi
+
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 # The integration tests run this binary; cargo test does not build it for them.

@@ -62,6 +62,20 @@ pub fn strip_unkeyed(headers: &mut HeaderMap) {
     }
 }
 
+/// The device token this cache announces in `Surrogate-Capability`, and whose
+/// `Surrogate-Control` directives (`max-age=60;edge`) it takes as its own.
+pub const SURROGATE_TOKEN: &str = "edge";
+
+/// Tells the origin a surrogate cache is on the way (Edge Architecture 1.0):
+/// `Surrogate-Capability: edge="Surrogate/1.0"`, after any a surrogate in front
+/// of this edge announced.
+pub fn announce_surrogate(headers: &mut HeaderMap) {
+    headers.append(
+        HeaderName::from_static("surrogate-capability"),
+        http::HeaderValue::from_static("edge=\"Surrogate/1.0\""),
+    );
+}
+
 /// How many keys are remembered as uncacheable, and for how long.
 const UNCACHEABLE_KEYS: u64 = 100_000;
 const UNCACHEABLE_FOR: Duration = Duration::from_secs(30);

@@ -34,6 +34,10 @@ pub struct CacheControl {
     pub targeted: bool,
 }
 
+/// `Surrogate-Control` (W3C Edge Architecture): what CDN-Cache-Control replaced;
+/// directives with a `;target` count only when the target is this cache's token.
+pub const SURROGATE_CONTROL: http::HeaderName = http::HeaderName::from_static("surrogate-control");
+
 /// `CDN-Cache-Control` (RFC 9213): cache directives for CDNs and reverse proxies.
 pub const CDN_CACHE_CONTROL: http::HeaderName = http::HeaderName::from_static("cdn-cache-control");
 
@@ -41,23 +45,7 @@ impl CacheControl {
     /// Every Cache-Control line of `headers`; for a request without Cache-Control,
     /// `Pragma: no-cache` counts as `no-cache` (RFC 9111 5.4).
     pub fn parse(headers: &HeaderMap) -> Self {
-        let mut cc = CacheControl::default();
-        let mut seen: Vec<String> = Vec::new();
-        for line in headers.get_all(CACHE_CONTROL) {
-            let Ok(text) = line.to_str() else { continue };
-            for part in split_list(text) {
-                let (name, value) = match part.split_once('=') {
-                    Some((n, v)) => (n.trim(), Some(v.trim().trim_matches('"'))),
-                    None => (part.trim(), None),
-                };
-                let name = name.to_ascii_lowercase();
-                if seen.contains(&name) {
-                    continue;
-                }
-                cc.apply(&name, value);
-                seen.push(name);
-            }
-        }
+        let mut cc = Self::parse_field(headers, &CACHE_CONTROL, None);
         if !headers.contains_key(CACHE_CONTROL) {
             let pragma_no_cache = headers
                 .get_all(PRAGMA)
@@ -70,10 +58,49 @@ impl CacheControl {
         cc
     }
 
+    /// The directives of every line of one Cache-Control-like field.
+    /// With `target`, a directive may name the device it is for after a `;`:
+    /// those for another device are skipped (Surrogate-Control).
+    fn parse_field(headers: &HeaderMap, field: &http::HeaderName, target: Option<&str>) -> Self {
+        let mut cc = CacheControl::default();
+        let mut seen: Vec<String> = Vec::new();
+        for line in headers.get_all(field) {
+            let Ok(text) = line.to_str() else { continue };
+            for mut part in split_list(text) {
+                if let Some(ours) = target {
+                    match part.rsplit_once(';') {
+                        Some((directive, device)) if device.trim() == ours => part = directive,
+                        Some(_) => continue,
+                        None => {}
+                    }
+                }
+                let (name, value) = match part.split_once('=') {
+                    Some((n, v)) => (n.trim(), Some(v.trim().trim_matches('"'))),
+                    None => (part.trim(), None),
+                };
+                let name = name.to_ascii_lowercase();
+                if seen.contains(&name) {
+                    continue;
+                }
+                cc.apply(&name, value);
+                seen.push(name);
+            }
+        }
+        cc
+    }
+
     /// The directives that govern this cache for a response: a valid
-    /// `CDN-Cache-Control` alone when there is one, else `Cache-Control`.
+    /// `CDN-Cache-Control` alone when there is one, else `Surrogate-Control`
+    /// (the older, Cache-Control-syntax field for surrogates), else `Cache-Control`.
     pub fn response(resp: &HeaderMap) -> Self {
-        Self::targeted(resp).unwrap_or_else(|| Self::parse(resp))
+        Self::targeted(resp)
+            .or_else(|| {
+                resp.contains_key(&SURROGATE_CONTROL).then(|| Self {
+                    targeted: true,
+                    ..Self::parse_field(resp, &SURROGATE_CONTROL, Some(super::SURROGATE_TOKEN))
+                })
+            })
+            .unwrap_or_else(|| Self::parse(resp))
     }
 
     /// `CDN-Cache-Control` when present and a valid Structured Fields dictionary

@@ -244,6 +244,7 @@ fn note_region<B>(
 /// in the key are removed first (no unkeyed-header poisoning).
 fn cache_key(req: &mut Request<Body>, peer: Peer, host: &HeaderValue) -> String {
     crate::cache::strip_unkeyed(req.headers_mut());
+    crate::cache::announce_surrogate(req.headers_mut());
     let target = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
     crate::cache::key::primary(peer.tls, host.to_str().unwrap_or_default(), target)
 }

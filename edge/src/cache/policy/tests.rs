@@ -562,3 +562,47 @@ fn two_expires_fields_mean_already_expired() {
     let one = h(&[("date", &d), ("expires", &far)]);
     assert_eq!(freshness_lifetime(200, &one, NOW), 10_000);
 }
+
+#[test]
+fn surrogate_control_governs_without_cdn_cache_control() {
+    let d = date(NOW);
+    let far = date(NOW + 10_000);
+    let fresh = |resp: &[(&str, &str)]| freshness_lifetime(200, &h(resp), NOW);
+    assert_eq!(
+        fresh(&[
+            ("cache-control", "max-age=3600"),
+            ("surrogate-control", "max-age=1")
+        ]),
+        1
+    );
+    assert_eq!(
+        fresh(&[
+            ("date", &d),
+            ("expires", &far),
+            ("surrogate-control", "max-age=0")
+        ]),
+        0
+    );
+    // Aimed at another surrogate: not ours; aimed at us: ours.
+    assert_eq!(fresh(&[("surrogate-control", "max-age=3600;other")]), 0);
+    assert_eq!(fresh(&[("surrogate-control", "max-age=3600;edge")]), 3600);
+    // CDN-Cache-Control, when valid, wins.
+    assert_eq!(
+        fresh(&[
+            ("surrogate-control", "max-age=1"),
+            ("cdn-cache-control", "max-age=60")
+        ]),
+        60
+    );
+    assert_eq!(
+        store(
+            &[],
+            200,
+            &[
+                ("cache-control", "max-age=10000"),
+                ("surrogate-control", "no-store")
+            ]
+        ),
+        Err(NotStored::NoStore)
+    );
+}
