@@ -1,6 +1,9 @@
-// Preloaded with `node --import` before a third-party server: every listen()
-// that names no host binds 127.0.0.1, so the server stays on loopback.
+// Runs a third-party server script on loopback only: every listen() that names
+// no host binds 127.0.0.1. Usage: node loopback.mjs SCRIPT [ARGS...]
+// (a dynamic import rather than `node --import`, which older Node lacks).
 import net from 'node:net'
+import path from 'node:path'
+import { pathToFileURL } from 'node:url'
 
 const listen = net.Server.prototype.listen
 net.Server.prototype.listen = function (...args) {
@@ -13,3 +16,7 @@ net.Server.prototype.listen = function (...args) {
   }
   return listen.apply(this, args)
 }
+
+const script = process.argv[2]
+process.argv.splice(1, 1)
+await import(pathToFileURL(path.resolve(script)).href)

@@ -81,10 +81,9 @@ async fn the_http_cache_tests_suite_passes_every_required_test() -> anyhow::Resu
     let js = workspace_root().join("tests/js");
     let tmp = tempfile::tempdir()?;
 
-    // The suite's origin, kept on loopback by our preload.
+    // The suite's origin, kept on loopback by our wrapper.
     let port = free_port()?;
     let mut origin = Command::new("node")
-        .arg("--import")
         .arg(js.join("loopback.mjs"))
         .arg("server/server.mjs")
         .current_dir(&dir)
