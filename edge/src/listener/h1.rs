@@ -182,11 +182,15 @@ async fn burst<I: Parkable>(
     }
     let parts = conn.into_parts();
     let io = parts.io.into_inner();
-    // A copy, so the parked connection does not pin hyper's 8 KiB read buffer.
+    // What hyper read but did not parse comes first, then what it never read. A
+    // copy, so the parked connection does not pin hyper's 8 KiB read buffer.
     let ahead = if parts.read_buf.is_empty() {
         io.ahead
     } else {
-        Bytes::copy_from_slice(&parts.read_buf)
+        let mut both = Vec::with_capacity(parts.read_buf.len() + io.ahead.len());
+        both.extend_from_slice(&parts.read_buf);
+        both.extend_from_slice(&io.ahead);
+        Bytes::from(both)
     };
     let served = state.served.load(Ordering::Relaxed);
     Burst::Parked(Parked { io: io.io, ahead }, served)
