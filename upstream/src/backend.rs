@@ -243,7 +243,7 @@ impl<B: ReqBody> Backend<B> {
         mut req: Request<B>,
         timeout: Duration,
     ) -> Result<Response<UpstreamBody>, Failed<B>> {
-        let lease = Lease::new(co.state.clone(), self.load.clone());
+        let mut lease = Lease::new(co.state.clone(), self.load.clone());
         let reused = co.reused;
         let failed = |source| Error::Request {
             endpoint: self.addr.to_string(),
@@ -262,7 +262,7 @@ impl<B: ReqBody> Backend<B> {
                 set_h1_target(&mut req, &self.addr);
                 let sent = tokio::time::timeout(timeout, send.try_send_request(req)).await;
                 if matches!(sent, Ok(Ok(_))) {
-                    self.park_h1_when_ready(send, co.state);
+                    lease.set_reuse(self.reuse_h1(send, co.state));
                 }
                 sent
             }
@@ -366,18 +366,29 @@ impl<B: ReqBody> Backend<B> {
         })
     }
 
+    /// The most recently parked ready connection. One that is not ready yet (its
+    /// response ended but hyper has not finished with it, e.g. a request body still
+    /// uploading) is set aside to come back when it is.
     fn pop_idle_h1(&self) -> Option<H1Idle<B>> {
-        let mut idle = self.h1_idle.lock().unwrap_or_else(|p| p.into_inner());
-        while let Some(conn) = idle.pop() {
-            if conn.send.is_ready() {
-                return Some(conn);
+        let mut busy = Vec::new();
+        let found = {
+            let mut idle = self.h1_idle.lock().unwrap_or_else(|p| p.into_inner());
+            loop {
+                match idle.pop() {
+                    Some(conn) if conn.send.is_ready() => break Some(conn),
+                    Some(conn) if !conn.send.is_closed() => busy.push(conn),
+                    Some(_) => {}
+                    None => break None,
+                }
             }
+        };
+        for conn in busy {
+            self.park_h1_when_ready(conn.send, conn.state);
         }
-        None
+        found
     }
 
-    /// Returns an HTTP/1.1 connection to the idle stack once its response has been
-    /// read to the end (hyper reports it ready again only then).
+    /// Returns an HTTP/1.1 connection to the idle stack once hyper reports it ready.
     fn park_h1_when_ready(&self, mut send: http1::SendRequest<B>, state: Arc<ConnState>)
     where
         B: ReqBody,
@@ -391,6 +402,22 @@ impl<B: ReqBody> Backend<B> {
                 }
             }
         });
+    }
+
+    /// Returns an HTTP/1.1 connection to the idle stack once its response has been
+    /// read to the end: run by the response body, instead of a task per request
+    /// waiting for hyper to report the connection ready.
+    fn reuse_h1(&self, send: http1::SendRequest<B>, state: Arc<ConnState>) -> crate::body::Reuse
+    where
+        B: ReqBody,
+    {
+        let stack = self.h1_idle.clone();
+        Box::new(move || {
+            let mut idle = stack.lock().unwrap_or_else(|p| p.into_inner());
+            if idle.len() < MAX_IDLE_H1 {
+                idle.push(H1Idle { send, state });
+            }
+        })
     }
 }
 

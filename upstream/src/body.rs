@@ -13,10 +13,15 @@ use crate::conn::ConnState;
 
 /// A response body from a backend. While it is alive the connection it arrived on
 /// counts it as in flight, so an idle sweep never closes a connection mid-response.
+/// An HTTP/1.1 connection goes back to its idle stack once the body was read to
+/// the end (not when it is dropped early: hyper cannot reuse that connection).
 pub struct UpstreamBody {
     inner: Incoming,
     lease: Option<Lease>,
 }
+
+/// Puts an HTTP/1.1 connection back on its endpoint's idle stack.
+pub(crate) type Reuse = Box<dyn FnOnce() + Send + Sync>;
 
 impl UpstreamBody {
     pub(crate) fn new(inner: Incoming, lease: Lease) -> Self {
@@ -37,7 +42,9 @@ impl Body for UpstreamBody {
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
         if let Poll::Ready(None) = polled {
-            self.lease = None;
+            if let Some(lease) = self.lease.take() {
+                lease.reuse();
+            }
         }
         polled
     }
@@ -51,18 +58,48 @@ impl Body for UpstreamBody {
     }
 }
 
+impl Drop for UpstreamBody {
+    fn drop(&mut self) {
+        // A body hyper knew to be empty is never polled to its end.
+        if self.inner.is_end_stream() {
+            if let Some(lease) = self.lease.take() {
+                lease.reuse();
+            }
+        }
+    }
+}
+
 /// One request's claim on a pooled connection and on its endpoint's load;
 /// released when the response ends (or the request fails).
 pub(crate) struct Lease {
     conn: Arc<ConnState>,
     load: Arc<Load>,
+    reuse: Option<Reuse>,
 }
 
 impl Lease {
     pub(crate) fn new(conn: Arc<ConnState>, load: Arc<Load>) -> Self {
         conn.in_flight.fetch_add(1, Ordering::AcqRel);
         load.in_flight.fetch_add(1, Ordering::Relaxed);
-        Self { conn, load }
+        Self {
+            conn,
+            load,
+            reuse: None,
+        }
+    }
+
+    /// What to run when the response was read to its end.
+    pub(crate) fn set_reuse(&mut self, reuse: Reuse) {
+        self.reuse = Some(reuse);
+    }
+
+    /// The response ended cleanly: release, then offer the connection again.
+    fn reuse(mut self) {
+        let reuse = self.reuse.take();
+        drop(self);
+        if let Some(reuse) = reuse {
+            reuse();
+        }
     }
 }
 

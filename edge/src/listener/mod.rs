@@ -6,6 +6,7 @@
 //! the configured cap; on EMFILE they back off instead of spinning.
 
 pub mod admin;
+mod h1;
 pub mod quic;
 pub mod tcp;
 

@@ -19,6 +19,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 
+use super::h1::Parkable;
 use super::{accept_backoff, Shared};
 use crate::body::Body;
 use crate::metrics::Proto;
@@ -30,7 +31,7 @@ pub struct TcpServer {
     pub tls: Option<TlsAcceptor>,
     /// `h3=":PORT"; ma=N`, when HTTP/3 is advertised.
     pub alt_svc: Option<HeaderValue>,
-    h1: auto::Builder<TokioExecutor>,
+    pub(super) h1: hyper::server::conn::http1::Builder,
     h2: auto::Builder<TokioExecutor>,
 }
 
@@ -41,17 +42,15 @@ impl TcpServer {
         alt_svc: Option<HeaderValue>,
     ) -> Self {
         let c = &shared.config.client;
+        // hyper's header timer only runs with a timer set. The max_* are backstops
+        // only: the pipeline enforces the configured limits with a proper 431 page;
+        // these stop what is far past them before it is parsed.
+        let h1 = super::h1::builder(
+            c.header_read_timeout,
+            c.max_headers.saturating_mul(2),
+            backstop(c.max_header_bytes).max(8192),
+        );
         let mut builder = auto::Builder::new(TokioExecutor::new());
-        builder
-            .http1()
-            .timer(TokioTimer::new())
-            // hyper's header timer only runs with a timer set; it also bounds how long
-            // an idle keep-alive connection waits for its next request.
-            .header_read_timeout(c.header_read_timeout)
-            // Backstops only: the pipeline enforces the configured limits with a
-            // proper 431 page; these stop what is far past them before it is parsed.
-            .max_headers(c.max_headers.saturating_mul(2))
-            .max_buf_size(backstop(c.max_header_bytes).max(8192));
         builder
             .http2()
             .timer(TokioTimer::new())
@@ -60,7 +59,7 @@ impl TcpServer {
             .adaptive_window(true)
             .initial_connection_window_size(1024 * 1024);
         Self {
-            h1: builder.clone().http1_only(),
+            h1,
             h2: builder.http2_only(),
             shared,
             tls,
@@ -86,10 +85,11 @@ impl TcpServer {
             match accepted {
                 Ok((stream, peer)) => {
                     let server = self.clone();
-                    self.shared.tasks.spawn(async move {
+                    let fut = async move {
                         server.serve(stream, peer).await;
                         drop(permit);
-                    });
+                    };
+                    self.shared.tasks.spawn(fut);
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "accept failed");
@@ -105,17 +105,23 @@ impl TcpServer {
         if let Err(e) = stream.set_nodelay(true) {
             tracing::debug!(error = %e, "TCP_NODELAY not set");
         }
+        if let Some(tls) = self.tls.clone() {
+            // Boxed: a plaintext connection's task stays the size of its own state,
+            // not of a TLS handshake's (about 7 KiB when inline).
+            return Box::pin(self.serve_tls(tls, stream, peer)).await;
+        }
         let client = &self.shared.config.client;
-        let Some(tls) = self.tls.clone() else {
-            let proto = match sniff_h2c(&stream, client.header_read_timeout).await {
-                Some(p) => p,
-                None => return,
-            };
-            return self.serve_http(stream, peer, proto).await;
+        let Some(proto) = sniff_h2c(&stream, client.header_read_timeout).await else {
+            return;
         };
+        self.serve_http(stream, peer, proto).await
+    }
+
+    async fn serve_tls(self: Arc<Self>, tls: TlsAcceptor, stream: TcpStream, peer: SocketAddr) {
+        // Boxed too: the handshake's state is dropped once it is done.
+        let accept = Box::pin(tls.accept(stream));
         let handshake =
-            tokio::time::timeout(self.shared.config.tls.handshake_timeout, tls.accept(stream))
-                .await;
+            tokio::time::timeout(self.shared.config.tls.handshake_timeout, accept).await;
         let stream = match handshake {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => return tracing::debug!(%peer, error = %e, "TLS handshake failed"),
@@ -128,31 +134,31 @@ impl TcpServer {
         self.serve_http(stream, peer, proto).await;
     }
 
-    async fn serve_http<I>(self: Arc<Self>, io: I, peer: SocketAddr, proto: Proto)
-    where
-        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    {
+    async fn serve_http<I: Parkable>(self: Arc<Self>, io: I, peer: SocketAddr, proto: Proto) {
         let _open = self.shared.metrics.connection(proto);
+        let peer = Peer {
+            ip: peer.ip(),
+            tls: self.tls.is_some(),
+        };
+        if proto == Proto::H1 {
+            return super::h1::serve(self, io, peer).await;
+        }
+        // Boxed: the HTTP/2 state stays out of the (small) parked HTTP/1.1 task.
+        Box::pin(self.serve_h2(io, peer)).await;
+    }
+
+    async fn serve_h2<I: Parkable>(self: Arc<Self>, io: I, peer: Peer) {
         let active = Arc::new(AtomicBool::new(true));
         let io = TokioIo::new(Tracked {
             io,
             active: active.clone(),
         });
-        let peer = Peer {
-            ip: peer.ip(),
-            tls: self.tls.is_some(),
-        };
         let server = self.clone();
         let service = hyper::service::service_fn(move |req: Request<Incoming>| {
             let server = server.clone();
             async move { Ok::<_, Infallible>(server.respond(peer, req).await) }
         });
-        let builder = if proto == Proto::H2 {
-            &self.h2
-        } else {
-            &self.h1
-        };
-        let conn = builder.serve_connection(io, service);
+        let conn = self.h2.serve_connection(io, service);
         tokio::pin!(conn);
         let idle = self.shared.config.client.idle_timeout;
         let mut watch = IdleWatch::new(idle, active);
@@ -177,7 +183,7 @@ impl TcpServer {
         }
     }
 
-    async fn respond(&self, peer: Peer, req: Request<Incoming>) -> Response<Body> {
+    pub(super) async fn respond(&self, peer: Peer, req: Request<Incoming>) -> Response<Body> {
         let proxy = self.shared.proxy.load();
         let mut resp =
             pipeline::handle(&proxy, &self.shared.metrics, peer, req.map(Body::Incoming)).await;

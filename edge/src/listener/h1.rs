@@ -1,0 +1,422 @@
+//! HTTP/1.1 client connections that hold no hyper state while idle.
+//!
+//! hyper keeps an 8 KiB read buffer, an 8 KiB write buffer and its dispatcher
+//! alive for a connection's whole life, which made an idle keep-alive connection
+//! cost about 33 KiB. Here a connection alternates between two phases:
+//!
+//! - **parked**: only the socket (plus any bytes a client sent ahead) and a small
+//!   task. It waits for readability, the header/idle deadline or draining.
+//! - **burst**: a hyper HTTP/1.1 connection serves requests as usual. As soon as
+//!   hyper is provably idle — no request in flight, every response byte flushed,
+//!   the last request had no body left to read, keep-alive intact — it is taken
+//!   apart with `into_parts` (which hands back the socket and any read-ahead, so
+//!   pipelined bytes survive) and the connection parks again.
+//!
+//! hyper never sees the parking: it never sends `Connection: close` for it, and a
+//! request that closes the connection (HTTP/1.0, `Connection: close`, an error)
+//! is finished by hyper itself exactly as before.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::CONNECTION;
+use http::{HeaderMap, Request, Version};
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+use super::tcp::TcpServer;
+use crate::body::Body;
+use crate::pipeline::Peer;
+
+/// A client transport that can wait for the next request without a read buffer.
+pub(crate) trait Parkable: AsyncRead + AsyncWrite + Unpin + Send + 'static {
+    /// The TCP socket underneath, to wait on its readability.
+    fn tcp(&self) -> &TcpStream;
+    /// Bytes already decoded in user space (TLS plaintext) that a read returns at once.
+    fn has_buffered(&self) -> bool;
+}
+
+impl Parkable for TcpStream {
+    fn tcp(&self) -> &TcpStream {
+        self
+    }
+
+    fn has_buffered(&self) -> bool {
+        false
+    }
+}
+
+impl Parkable for tokio_rustls::server::TlsStream<TcpStream> {
+    fn tcp(&self) -> &TcpStream {
+        self.get_ref().0
+    }
+
+    fn has_buffered(&self) -> bool {
+        // rustls wants more TLS records unless plaintext (or a close) is waiting.
+        !self.get_ref().1.wants_read()
+    }
+}
+
+/// The socket between bursts, with what the client sent ahead of the last one.
+pub(crate) struct Parked<I> {
+    io: I,
+    ahead: Bytes,
+}
+
+/// How a burst ended.
+enum Burst<I> {
+    /// hyper finished the connection (close, error, drain or idle timeout).
+    Ended,
+    /// hyper was idle and handed the socket back; `served` requests in this burst.
+    Parked(Parked<I>, usize),
+}
+
+/// Serves one HTTP/1.1 connection until it closes.
+pub(crate) async fn serve<I: Parkable>(server: Arc<TcpServer>, io: I, peer: Peer) {
+    let client = &server.shared.config.client;
+    let wait = client.header_read_timeout.min(client.idle_timeout);
+    let mut parked = Parked {
+        io,
+        ahead: Bytes::new(),
+    };
+    // A burst that ends with part of a request head read and nothing served made no
+    // progress: wait for more bytes, within the deadline the head began under.
+    let mut deadline = Instant::now() + wait;
+    let mut must_wait = false;
+    // When the last burst parked; None before the first request.
+    let mut parked_at: Option<Instant> = None;
+    loop {
+        // Park as soon as hyper is idle, unless the client came back quickly last time.
+        let mut eager = false;
+        if must_wait || (parked.ahead.is_empty() && !parked.io.has_buffered()) {
+            tokio::select! {
+                ready = parked.io.tcp().readable() => if ready.is_err() { return },
+                () = tokio::time::sleep_until(deadline) => return,
+                () = server.shared.draining.cancelled() => return,
+            }
+            eager = parked_at.is_none_or(|at| at.elapsed() >= PARK_AFTER);
+        }
+        // Boxed so the parked task holds only the socket, not the burst's state.
+        match Box::pin(burst(&server, parked, peer, eager)).await {
+            Burst::Ended => return,
+            Burst::Parked(p, served) => {
+                // Part of a head and nothing served: hyper read all there was.
+                must_wait = !p.ahead.is_empty() && served == 0;
+                if !must_wait {
+                    deadline = Instant::now() + wait;
+                }
+                parked = p;
+                parked_at = Some(Instant::now());
+            }
+        }
+    }
+}
+
+/// Runs hyper on the connection until it ends or is idle: at once when `eager`,
+/// else once it has been quiet for a tick of the watch.
+async fn burst<I: Parkable>(
+    server: &Arc<TcpServer>,
+    parked: Parked<I>,
+    peer: Peer,
+    eager: bool,
+) -> Burst<I> {
+    let state = Arc::new(BurstState::default());
+    let io = TokioIo::new(BurstIo {
+        io: parked.io,
+        ahead: parked.ahead,
+        state: state.clone(),
+    });
+    let svc_state = state.clone();
+    let svc_server = server.clone();
+    let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+        svc_state.begin(&req);
+        let server = svc_server.clone();
+        let state = svc_state.clone();
+        async move {
+            let resp = server.respond(peer, req).await;
+            state.respond(resp.headers());
+            Ok::<_, Infallible>(resp.map(|body| Tracked { body, state }))
+        }
+    });
+    let mut conn = server.h1.serve_connection(io, service);
+    let watch = watch(&state, server.shared.config.client.idle_timeout);
+    let draining = server.shared.draining.cancelled();
+    tokio::pin!(watch, draining);
+    let mut closing = false;
+    let ended = std::future::poll_fn(|cx| {
+        if !closing {
+            match watch.as_mut().poll(cx) {
+                Poll::Ready(Watch::Park) => return Poll::Ready(None),
+                Poll::Ready(Watch::Idle) => closing = true,
+                Poll::Pending => closing = draining.as_mut().poll(cx).is_ready(),
+            }
+            if closing {
+                Pin::new(&mut conn).graceful_shutdown();
+            }
+        }
+        if let Poll::Ready(done) = Pin::new(&mut conn).poll(cx) {
+            return Poll::Ready(Some(done));
+        }
+        if eager && !closing && state.idle() {
+            return Poll::Ready(None);
+        }
+        Poll::Pending
+    })
+    .await;
+    if let Some(done) = ended {
+        if let Err(e) = done {
+            tracing::debug!(peer = %peer.ip, error = %e, "client connection ended with an error");
+        }
+        return Burst::Ended;
+    }
+    let parts = conn.into_parts();
+    let io = parts.io.into_inner();
+    // What hyper read but did not parse comes first, then what it never read. A
+    // copy, so the parked connection does not pin hyper's 8 KiB read buffer.
+    let ahead = if parts.read_buf.is_empty() {
+        io.ahead
+    } else {
+        let mut both = Vec::with_capacity(parts.read_buf.len() + io.ahead.len());
+        both.extend_from_slice(&parts.read_buf);
+        both.extend_from_slice(&io.ahead);
+        Bytes::from(both)
+    };
+    let served = state.served.load(Ordering::Relaxed);
+    Burst::Parked(Parked { io: io.io, ahead }, served)
+}
+
+/// A client that sends its next request sooner than this after a park is busy: its
+/// next burst parks only after a quiet tick of this length. Parking after every
+/// response would rebuild hyper's state (buffers, dispatcher, about 20k
+/// instructions) for every request of a busy keep-alive connection.
+const PARK_AFTER: Duration = Duration::from_millis(250);
+
+/// What the burst's watch saw.
+enum Watch {
+    /// hyper is idle and no bytes moved for a whole tick: take the socket back.
+    Park,
+    /// No bytes moved for the idle timeout (a stalled exchange): close.
+    Idle,
+}
+
+/// Ticks every `PARK_AFTER` (or a quarter of the idle timeout, if shorter); a
+/// periodic timer rather than one reset per request keeps this off the hot path.
+async fn watch(state: &BurstState, idle: Duration) -> Watch {
+    let tick = PARK_AFTER.min(idle / 4).max(Duration::from_millis(10));
+    let mut quiet = Duration::ZERO;
+    loop {
+        tokio::time::sleep(tick).await;
+        if state.active.swap(false, Ordering::Relaxed) {
+            quiet = Duration::ZERO;
+            continue;
+        }
+        if state.idle() {
+            return Watch::Park;
+        }
+        quiet += tick;
+        if quiet >= idle {
+            return Watch::Idle;
+        }
+    }
+}
+
+/// What the service, the response bodies and the IO tell the burst about hyper's state.
+#[derive(Default)]
+pub(crate) struct BurstState {
+    /// Bytes moved since the watch last looked.
+    pub(crate) active: AtomicBool,
+    /// Requests whose response body hyper still holds.
+    in_flight: AtomicUsize,
+    /// Requests started in this burst.
+    served: AtomicUsize,
+    /// The last request had a body hyper may still be reading.
+    body_pending: AtomicBool,
+    /// hyper will close the connection after the current exchange.
+    closing: AtomicBool,
+    /// Bytes were written since the IO was last flushed.
+    unflushed: AtomicBool,
+}
+
+impl BurstState {
+    fn begin(&self, req: &Request<Incoming>) {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.served.fetch_add(1, Ordering::Relaxed);
+        self.body_pending
+            .store(!req.body().is_end_stream(), Ordering::Relaxed);
+        if req.version() != Version::HTTP_11 || wants_close(req.headers()) {
+            self.closing.store(true, Ordering::Relaxed);
+        }
+    }
+
+    fn respond(&self, headers: &HeaderMap) {
+        if wants_close(headers) {
+            self.closing.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// hyper waits for the next request head and has nothing left to write.
+    fn idle(&self) -> bool {
+        self.in_flight.load(Ordering::Relaxed) == 0
+            && !self.body_pending.load(Ordering::Relaxed)
+            && !self.closing.load(Ordering::Relaxed)
+            && !self.unflushed.load(Ordering::Relaxed)
+    }
+}
+
+/// `Connection: close` (any token `close`, case-insensitive).
+fn wants_close(headers: &HeaderMap) -> bool {
+    headers.get_all(CONNECTION).iter().any(|v| {
+        v.as_bytes()
+            .split(|&b| b == b',')
+            .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"))
+    })
+}
+
+/// A response body that tells the burst when hyper is done with it.
+struct Tracked {
+    body: Body,
+    state: Arc<BurstState>,
+}
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        self.state.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl HttpBody for Tracked {
+    type Data = <Body as HttpBody>::Data;
+    type Error = <Body as HttpBody>::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// The socket during a burst: replays bytes read ahead, records activity for the
+/// watch and whether everything written has been flushed.
+struct BurstIo<I> {
+    io: I,
+    ahead: Bytes,
+    state: Arc<BurstState>,
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for BurstIo<I> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        if !self.ahead.is_empty() {
+            let n = self.ahead.len().min(buf.remaining());
+            buf.put_slice(&self.ahead.split_to(n));
+            return Poll::Ready(Ok(()));
+        }
+        let polled = Pin::new(&mut self.io).poll_read(cx, buf);
+        if polled.is_ready() {
+            self.state.active.store(true, Ordering::Relaxed);
+        }
+        polled
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for BurstIo<I> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let polled = Pin::new(&mut self.io).poll_write(cx, buf);
+        self.wrote(&polled);
+        polled
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let polled = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
+        self.wrote(&polled);
+        polled
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let polled = Pin::new(&mut self.io).poll_flush(cx);
+        // hyper flushes the IO only once its own write buffer is empty.
+        if let Poll::Ready(Ok(())) = polled {
+            self.state.unflushed.store(false, Ordering::Relaxed);
+        }
+        polled
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+impl<I> BurstIo<I> {
+    fn wrote(&self, polled: &Poll<std::io::Result<usize>>) {
+        if let Poll::Ready(Ok(n)) = polled {
+            self.state.active.store(true, Ordering::Relaxed);
+            if *n > 0 {
+                self.state.unflushed.store(true, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// hyper's HTTP/1.1 server settings for client connections.
+pub(crate) fn builder(
+    header_read_timeout: Duration,
+    max_headers: usize,
+    max_buf_size: usize,
+) -> http1::Builder {
+    let mut b = http1::Builder::new();
+    b.timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(header_read_timeout)
+        .max_headers(max_headers)
+        .max_buf_size(max_buf_size);
+    b
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connection_close_tokens() {
+        let mut h = HeaderMap::new();
+        assert!(!wants_close(&h));
+        h.insert(CONNECTION, http::HeaderValue::from_static("keep-alive"));
+        assert!(!wants_close(&h));
+        h.insert(CONNECTION, http::HeaderValue::from_static("Upgrade, Close"));
+        assert!(wants_close(&h));
+    }
+}
