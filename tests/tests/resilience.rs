@@ -279,7 +279,9 @@ async fn active_health_checks_take_an_unhealthy_origin_out_and_back() -> anyhow:
     std::fs::write(&health, "ok")?;
     let a = origin(0).await?;
     let b = OriginProcess::start_with_health(TEST_ORIGIN, "127.0.0.1:0", 0, Some(&health)).await?;
-    let check = "{ path = \"/healthz\", interval = \"100ms\", timeout = \"500ms\", healthy = 2, unhealthy = 2 }";
+    // A generous probe timeout: on a loaded machine a slow probe of a would
+    // leave no healthy endpoint (panic mode), and b would get traffic again.
+    let check = "{ path = \"/healthz\", interval = \"100ms\", timeout = \"2s\", healthy = 2, unhealthy = 2 }";
     let edge = edge_over(&[&a, &b], &[("health_check", check)]).await?;
     let start = Instant::now();
     let load = tokio::spawn(paced_load(edge.http()?, 2, start + Duration::from_secs(12)));
