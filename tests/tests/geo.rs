@@ -81,6 +81,16 @@ fn config(regions: &[RegionSpec<'_>], top: &str, geo: &str, pool: &str) -> Strin
     out
 }
 
+/// A region with no more keys than its CIDR.
+fn region<'a>(id: &'static str, net: u8, origins: &'a [OriginProcess]) -> RegionSpec<'a> {
+    RegionSpec {
+        id,
+        net,
+        origins,
+        geo: "",
+    }
+}
+
 async fn start(toml: &str) -> anyhow::Result<Edge> {
     let dir = tempfile::tempdir()?;
     let pki = Pki::generate(dir.path())?;
@@ -114,26 +124,7 @@ async fn clients_are_served_by_their_own_regions_backends() -> anyhow::Result<()
         origins(2, 2, 0).await?,
         origins(3, 2, 0).await?,
     );
-    let regions = [
-        RegionSpec {
-            id: "a",
-            net: 1,
-            origins: &a,
-            geo: "",
-        },
-        RegionSpec {
-            id: "b",
-            net: 2,
-            origins: &b,
-            geo: "",
-        },
-        RegionSpec {
-            id: "c",
-            net: 3,
-            origins: &c,
-            geo: "",
-        },
-    ];
+    let regions = [region("a", 1, &a), region("b", 2, &b), region("c", 3, &c)];
     let edge = start(&config(&regions, "", "", "")).await?;
 
     for net in [1, 2, 3] {
@@ -165,20 +156,7 @@ async fn clients_are_served_by_their_own_regions_backends() -> anyhow::Result<()
 async fn spoofed_forwarded_for_from_an_untrusted_peer_does_not_move_the_client(
 ) -> anyhow::Result<()> {
     let (a, b) = (origins(1, 1, 0).await?, origins(2, 1, 0).await?);
-    let regions = [
-        RegionSpec {
-            id: "a",
-            net: 1,
-            origins: &a,
-            geo: "",
-        },
-        RegionSpec {
-            id: "b",
-            net: 2,
-            origins: &b,
-            geo: "",
-        },
-    ];
+    let regions = [region("a", 1, &a), region("b", 2, &b)];
     // 127.9.0.0/16 is a trusted proxy in front of the edge; 127.1.0.1 is not.
     let edge = start(&config(
         &regions,
@@ -328,18 +306,8 @@ async fn a_dead_region_fails_over_to_the_measured_nearest_and_comes_back() -> an
             origins: &a,
             geo: "latency = { b = \"10ms\", c = \"200ms\" }",
         },
-        RegionSpec {
-            id: "b",
-            net: 2,
-            origins: &b,
-            geo: "",
-        },
-        RegionSpec {
-            id: "c",
-            net: 3,
-            origins: &c,
-            geo: "",
-        },
+        region("b", 2, &b),
+        region("c", 3, &c),
     ];
     let edge = start(&config(&regions, "", "measure_min_samples = 3", "")).await?;
 
@@ -439,12 +407,7 @@ async fn half_a_region_down_spills_the_configured_share() -> anyhow::Result<()> 
             origins: &a,
             geo: "latency = { b = \"30ms\" }",
         },
-        RegionSpec {
-            id: "b",
-            net: 2,
-            origins: &b,
-            geo: "",
-        },
+        region("b", 2, &b),
     ];
     let edge = start(&config(&regions, "", "spillover_threshold = 0.7", "")).await?;
     // Two of a's four endpoints go down, and the health checks see it.
