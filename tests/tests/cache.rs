@@ -120,22 +120,24 @@ async fn miss_then_l1_hit_then_l2_hit_on_another_edge() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `shared`, fresh for a minute, sent 300 ms after the request arrives.
+fn slow_shared_answer() -> Reply {
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let _ = tx.send(Bytes::from_static(b"shared")).await;
+    });
+    Reply {
+        status: http::StatusCode::OK,
+        headers: vec![("cache-control".into(), "max-age=60".into())],
+        body: ReplyBody::Channel(rx),
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hundred_concurrent_misses_make_one_origin_request() -> anyhow::Result<()> {
-    let origin = Scripted::start(|_| {
-        // The answer takes a while, so the other 99 arrive while it is in flight.
-        let (tx, rx) = tokio::sync::mpsc::channel(1);
-        tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_millis(300)).await;
-            let _ = tx.send(Bytes::from_static(b"shared")).await;
-        });
-        Reply {
-            status: http::StatusCode::OK,
-            headers: vec![("cache-control".into(), "max-age=60".into())],
-            body: ReplyBody::Channel(rx),
-        }
-    })
-    .await?;
+    // The answer takes a while, so the other 99 arrive while it is in flight.
+    let origin = Scripted::start(|_| slow_shared_answer()).await?;
     let e = edge(&origin, None, &[]).await?;
     let addr = e.http()?;
     let mut set = tokio::task::JoinSet::new();
@@ -160,19 +162,7 @@ type Case = (
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_misses_on_two_edges_make_one_origin_request() -> anyhow::Result<()> {
     let redis = Redis::start().await?;
-    let origin = Scripted::start(|_| {
-        let (tx, rx) = tokio::sync::mpsc::channel(1);
-        tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_millis(300)).await;
-            let _ = tx.send(Bytes::from_static(b"shared")).await;
-        });
-        Reply {
-            status: http::StatusCode::OK,
-            headers: vec![("cache-control".into(), "max-age=60".into())],
-            body: ReplyBody::Channel(rx),
-        }
-    })
-    .await?;
+    let origin = Scripted::start(|_| slow_shared_answer()).await?;
     let a = edge(&origin, Some(&redis), &[]).await?;
     let b = edge(&origin, Some(&redis), &[]).await?;
     let mut set = tokio::task::JoinSet::new();
