@@ -29,7 +29,7 @@ pub use load::{errors, served_by, Answers, KeepAlive, Load, Reply};
 pub use origin::{echo_header, echo_headers, Origin, OriginOptions, OriginTls};
 pub use origin_process::{OriginLog, OriginProcess};
 pub use pki::{LeafFiles, Pki};
-pub use process::{poll_until, wait_for, wait_until};
+pub use process::{eventually, poll_until, wait_for, wait_until};
 
 /// An origin with `options`, and edge in front of it with the config `configure`
 /// makes from the default one (all listeners, pool `default` → the origin).

@@ -99,11 +99,25 @@ where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
+    let mut check = || {
+        let polled = condition();
+        async move { anyhow::Ok(polled.await.then_some(())) }
+    };
+    eventually(what, deadline, &mut check).await
+}
+
+/// As [`wait_for`], for a condition that must await and may fail (an error ends
+/// the wait at once).
+pub async fn eventually<T, F, Fut>(what: &str, deadline: Duration, mut f: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<Option<T>>>,
+{
     let interval = Duration::from_millis(20);
     let end = tokio::time::Instant::now() + deadline;
     loop {
-        if condition().await {
-            return Ok(());
+        if let Some(value) = f().await? {
+            return Ok(value);
         }
         if tokio::time::Instant::now() >= end {
             bail!("timed out after {deadline:?} waiting for {what}");

@@ -2,16 +2,15 @@
 //! `redis-server`, and a programmable origin that counts what reaches it.
 //! Every wait is a condition with a deadline.
 
-use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, ensure};
+use anyhow::ensure;
 use bytes::Bytes;
 use edge_tests::redis::Redis;
 use edge_tests::scripted::{self, fetch, get, Got, Reply, ReplyBody, Scripted};
-use edge_tests::{toml_str, Edge, EdgeConfig};
+use edge_tests::{eventually, toml_str, Edge, EdgeConfig};
 use http_body_util::BodyExt as _;
 
 const DEADLINE: Duration = Duration::from_secs(10);
@@ -34,24 +33,6 @@ async fn edge(
         config = config.cache_setting(k, v);
     }
     Edge::start(&config).await
-}
-
-/// Polls an async condition every 20 ms until it gives a value or `deadline` passes.
-async fn eventually<T, F, Fut>(what: &str, deadline: Duration, mut f: F) -> anyhow::Result<T>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = anyhow::Result<Option<T>>>,
-{
-    let end = Instant::now() + deadline;
-    loop {
-        if let Some(v) = f().await? {
-            return Ok(v);
-        }
-        if Instant::now() >= end {
-            bail!("timed out after {deadline:?} waiting for {what}");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 /// A counter whose value each origin answer carries (`#1`, `#2`, ...).

@@ -216,14 +216,12 @@ async fn sigterm_finishes_in_flight_request_refuses_new_connections_and_exits_0(
 
     edge.terminate().await?;
     let addr = edge.https_addr;
-    let end = tokio::time::Instant::now() + Duration::from_secs(10);
-    while !refused(addr).await {
-        assert!(
-            tokio::time::Instant::now() < end,
-            "{addr} still accepted connections 10 s after SIGTERM"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    edge_tests::poll_until(
+        &format!("{addr} to refuse connections after SIGTERM"),
+        Duration::from_secs(10),
+        || refused(addr),
+    )
+    .await?;
     assert!(
         !in_flight.is_finished(),
         "the slow request ended before new connections were refused"

@@ -43,14 +43,10 @@ async fn connects_past_the_limit_fail_at_once_instead_of_queueing() -> anyhow::R
         let pool = pool.clone();
         tokio::spawn(async move { pool.send(http::Request::new(Empty::new())).await })
     };
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while accepted.load(Ordering::SeqCst) == 0 {
-        anyhow::ensure!(
-            tokio::time::Instant::now() < deadline,
-            "the first connect never arrived"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await; // poll interval of the wait above
-    }
+    edge_tests::wait_until("the first connect", Duration::from_secs(10), || {
+        accepted.load(Ordering::SeqCst) > 0
+    })
+    .await?;
     // The first request holds the only connect slot, stuck in its handshake.
     let second = pool.send(http::Request::new(Empty::new())).await;
     match second {
