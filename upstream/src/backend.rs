@@ -26,6 +26,8 @@ const MAX_IDLE_H1: usize = 512;
 
 pub(crate) struct Backend<B> {
     pub(crate) addr: EndpointAddr,
+    /// `addr` as text, made once (metrics, the `Served` extension).
+    pub(crate) label: Arc<str>,
     pub(crate) load: Arc<Load>,
     pub(crate) breaker: Mutex<Breaker>,
     /// Active health: read on every pick, written by the health checker.
@@ -113,6 +115,7 @@ impl Replay {
 impl<B: ReqBody> Backend<B> {
     pub(crate) fn new(addr: EndpointAddr, protocol: Protocol, breaker: BreakerConfig) -> Self {
         Self {
+            label: addr.to_string().into(),
             addr,
             load: Arc::new(Load::new(now_ms())),
             breaker: Mutex::new(Breaker::new(breaker)),

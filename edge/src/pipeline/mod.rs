@@ -170,13 +170,16 @@ async fn forward<'p>(
                 NO_BACKEND,
             )
         })?;
-    // Where the client is, for hashing and geo: the peer, or the address a
-    // trusted proxy in front of us names; never what an untrusted peer claims.
-    let client = headers::client_ip(req.headers(), peer, &proxy.trusted);
+    // Where the client is, for hashing and geo (only when one needs it): the
+    // peer, or the address a trusted proxy in front of us names; never what an
+    // untrusted peer claims. Read before `to_upstream` rewrites X-Forwarded-For.
+    let geo = proxy.geo.as_ref().filter(|_| pool.is_regional());
+    let client = (pool.wants_hash_key() || geo.is_some())
+        .then(|| headers::client_ip(req.headers(), peer, &proxy.trusted));
     let cache = proxy.cache.as_ref().zip(matched.and_then(|m| m.cache));
     let key = cache.map(|_| cache_key(&mut req, peer, &host));
     headers::to_upstream(&mut req, peer, &proxy.trusted, id, host);
-    if pool.wants_hash_key() {
+    if let Some(client) = client.filter(|_| pool.wants_hash_key()) {
         let ip = match client {
             std::net::IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
             std::net::IpAddr::V6(v6) => v6.octets(),
@@ -184,14 +187,11 @@ async fn forward<'p>(
         req.extensions_mut()
             .insert(upstream::HashKey(upstream::hash_ring::key(&ip)));
     }
-    let placed = match &proxy.geo {
-        Some(geo) if pool.is_regional() => {
-            let placed = geo.place(client);
-            req.extensions_mut().insert(placed.locality.clone());
-            Some((geo, placed))
-        }
-        _ => None,
-    };
+    let placed = geo.zip(client).map(|(geo, client)| {
+        let placed = geo.place(client);
+        req.extensions_mut().insert(placed.locality.clone());
+        (geo, placed)
+    });
     if let (Some((cache, route)), Some(key)) = (cache, key) {
         return match cache.serve(pool, key, req, route).await {
             Ok(mut resp) => {

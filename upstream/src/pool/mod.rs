@@ -401,7 +401,7 @@ impl<B: ReqBody> Pool<B> {
                 Ok(mut resp) => {
                     if let Some(&region) = members.region.get(i) {
                         resp.extensions_mut().insert(Served {
-                            endpoint: backend.addr.to_string().into(),
+                            endpoint: backend.label.clone(),
                             region,
                         });
                     }
@@ -634,7 +634,7 @@ impl<B: ReqBody> Pool<B> {
                 .backends
                 .iter()
                 .map(|b| EndpointStatus {
-                    endpoint: b.addr.to_string(),
+                    endpoint: b.label.to_string(),
                     healthy: b.healthy.load(Ordering::Relaxed),
                     ejections: b.ejections.load(Ordering::Relaxed),
                     breaker: b.breaker().state(now),
