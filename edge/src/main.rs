@@ -162,11 +162,18 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         Box::new(move || load(&path).map(|c| apply_flags(c, &args))) as edge::server::Reloader
     });
     init_logging();
-    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    // One worker is a current-thread runtime: the same tasks without the
+    // work-stealing scheduler's bookkeeping, which a lone worker never uses.
+    let mut runtime = match config.workers {
+        Some(n) if n.get() == 1 => tokio::runtime::Builder::new_current_thread(),
+        Some(n) => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(n.get());
+            b
+        }
+        None => tokio::runtime::Builder::new_multi_thread(),
+    };
     runtime.enable_all();
-    if let Some(n) = config.workers {
-        runtime.worker_threads(n.get());
-    }
     let runtime = runtime.build().context("starting the runtime")?;
     runtime.block_on(edge::server::run(config, reload))?;
     Ok(())
