@@ -193,7 +193,7 @@ async fn forward<'p>(
         (geo, placed)
     });
     if let (Some((cache, route)), Some(key)) = (cache, key) {
-        return match cache.serve(pool, key, req, route).await {
+        return match Box::pin(cache.serve(pool, key, req, route)).await {
             Ok(mut resp) => {
                 if let Some((geo, placed)) = &placed {
                     note_region(geo, placed, metrics, pool.name(), &mut resp);
@@ -203,7 +203,7 @@ async fn forward<'p>(
             Err(e) => Err((e, pool.name())),
         };
     }
-    match pool.send(req).await {
+    match Box::pin(pool.send(req)).await {
         Ok(mut resp) => {
             if let Some((geo, placed)) = placed {
                 note_region(geo, &placed, metrics, pool.name(), &mut resp);
