@@ -10,6 +10,9 @@ use clap::{Parser, Subcommand, ValueEnum};
 use edge::config::{CertFiles, Config, ConfigErrors, Pool, Route, DEFAULT_POOL};
 use upstream::{EndpointAddr, Protocol};
 
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(name = "edge", version, about = "HTTP/3-first edge reverse proxy")]
 struct Cli {
