@@ -385,3 +385,51 @@ async fn x_forwarded_for_from_trusted_peer_is_appended_to() -> anyhow::Result<()
     assert_eq!(hops, ["203.0.113.9", "127.0.0.1"]);
     Ok(())
 }
+
+/// A raw HTTP/1.1 request carrying `fields` extra header fields.
+fn with_fields(fields: usize) -> String {
+    let mut request =
+        String::from("GET /echo HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n");
+    for i in 0..fields {
+        request.push_str(&format!("x-field-{i}: {i}\r\n"));
+    }
+    request.push_str("\r\n");
+    request
+}
+
+/// The header-count limit (`client.max_headers`): within it the request is
+/// forwarded; past it, edge's own 431 page with the request id, up to the 100
+/// fields hyper parses on the stack; far past it (over 100), a bare 431 from
+/// hyper. None of the refused requests reaches the origin.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn too_many_header_fields_is_431() -> anyhow::Result<()> {
+    let (origin, edge) = start_pair(OriginOptions::default(), |config| {
+        config.client_setting("max_headers", "20")
+    })
+    .await?;
+    let addr = edge.http()?;
+    // Host and Connection count too: 18 more make 20.
+    let within = raw_http(addr, &with_fields(18)).await?;
+    assert!(within.starts_with("HTTP/1.1 200"), "{within}");
+    let forwarded = origin.requests();
+
+    let over = raw_http(addr, &with_fields(30)).await?;
+    assert!(over.starts_with("HTTP/1.1 431"), "{over}");
+    let id = over
+        .lines()
+        .find_map(|l| l.strip_prefix("x-request-id: "))
+        .unwrap_or_default()
+        .trim()
+        .to_owned();
+    assert!(well_formed_id(&id), "431 page with a request id:\n{over}");
+    assert!(over.contains(&id), "{over}");
+
+    let far_over = raw_http(addr, &with_fields(150)).await?;
+    assert!(far_over.starts_with("HTTP/1.1 431"), "{far_over}");
+    assert_eq!(
+        origin.requests(),
+        forwarded,
+        "a refused request reached the origin"
+    );
+    Ok(())
+}

@@ -292,9 +292,9 @@ async fn active_health_checks_take_an_unhealthy_origin_out_and_back() -> anyhow:
     wait_until_logged(&edge, "health check failing").await?;
     let out = Instant::now();
     tokio::time::sleep_until(start + Duration::from_secs(8)).await; // workload timing
-    // b cannot be healthy before its health file says so; the log line that
-    // says it is back is only seen a poll interval after the flip, and
-    // requests b takes in between are rightly its own.
+                                                                    // b cannot be healthy before its health file says so; the log line that
+                                                                    // says it is back is only seen a poll interval after the flip, and
+                                                                    // requests b takes in between are rightly its own.
     let restored = Instant::now();
     std::fs::write(&health, "ok")?;
     wait_until_logged(&edge, "health check passing").await?;

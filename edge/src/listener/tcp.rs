@@ -47,7 +47,7 @@ impl TcpServer {
         // these stop what is far past them before it is parsed.
         let h1 = super::h1::builder(
             c.header_read_timeout,
-            c.max_headers.saturating_mul(2),
+            super::h1::header_backstop(c.max_headers),
             backstop(c.max_header_bytes).max(8192),
         );
         let mut builder = auto::Builder::new(TokioExecutor::new());
