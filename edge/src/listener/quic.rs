@@ -109,10 +109,13 @@ async fn serve_conn(conn: quinn::Connection, peer: SocketAddr, shared: Arc<Share
         tls: true,
     };
     let mut draining = false;
+    // Made once, not per accepted request.
+    let drain = shared.draining.cancelled();
+    tokio::pin!(drain);
     loop {
         let next = tokio::select! {
             n = h3.accept() => n,
-            () = shared.draining.cancelled(), if !draining => {
+            () = &mut drain, if !draining => {
                 draining = true;
                 if let Err(e) = h3.shutdown(0).await {
                     tracing::debug!(error = %e, "HTTP/3 GOAWAY failed");
