@@ -9,8 +9,11 @@ export DEBIAN_FRONTEND=noninteractive
 # Tests start daemons (dnsmasq) that Debian installs under sbin.
 export PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
 
-# curl drives h1/h2/h2c, gtlsclient (ngtcp2-client) drives h3.
+# make and a C compiler build jemalloc (edge's allocator, tikv-jemalloc-sys).
 apt_missing=()
+command -v make >/dev/null 2>&1 || apt_missing+=(make)
+command -v cc >/dev/null 2>&1 || apt_missing+=(gcc)
+# curl drives h1/h2/h2c, gtlsclient (ngtcp2-client) drives h3.
 command -v curl >/dev/null 2>&1 || apt_missing+=(curl)
 command -v gtlsclient >/dev/null 2>&1 || apt_missing+=(ngtcp2-client)
 # dnsmasq (dnsmasq-base) is the real DNS server of the discovery tests.

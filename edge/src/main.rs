@@ -11,7 +11,7 @@ use edge::config::{CertFiles, Config, ConfigErrors, Pool, Route, DEFAULT_POOL};
 use upstream::{EndpointAddr, Protocol};
 
 #[global_allocator]
-static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 #[derive(Parser)]
 #[command(name = "edge", version, about = "HTTP/3-first edge reverse proxy")]
