@@ -57,7 +57,7 @@ struct RunArgs {
     /// Private key (PEM); needs --cert.
     #[arg(long, value_name = "PEM", requires = "cert")]
     key: Option<PathBuf>,
-    /// Runtime worker threads [default: one per core].
+    /// Runtime worker threads [default: one per core]; 1 runs everything on one thread.
     #[arg(long, value_name = "N")]
     workers: Option<NonZeroUsize>,
 }
@@ -162,7 +162,8 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     };
     let config = apply_flags(config, &args);
     let reload: Option<edge::server::Reloader> = args.config.clone().map(|path| {
-        Box::new(move || load(&path).map(|c| apply_flags(c, &args))) as edge::server::Reloader
+        std::sync::Arc::new(move || load(&path).map(|c| apply_flags(c, &args)))
+            as edge::server::Reloader
     });
     init_logging();
     // One worker is a current-thread runtime: the same tasks without the

@@ -54,7 +54,7 @@ fn build_cache(config: &Config, metrics: &Metrics) -> Result<Option<Arc<Cache>>,
 
 /// Produces a fresh config on SIGHUP: the file read again, with the same flags
 /// applied on top.
-pub type Reloader = Box<dyn Fn() -> Result<Config, config::ConfigErrors> + Send + Sync>;
+pub type Reloader = Arc<dyn Fn() -> Result<Config, config::ConfigErrors> + Send + Sync>;
 
 /// Runs the edge until SIGTERM or SIGINT, then drains. SIGHUP reloads through
 /// `reload` (when the edge was started from a file).
@@ -171,7 +171,7 @@ async fn wait_for_signals(shared: &Shared, reload: Option<&Reloader>) {
             _ = term.recv() => return,
             _ = int.recv() => return,
             _ = hup.recv() => match reload {
-                                Some(reload) => apply_reload(shared, reload).await,
+                Some(reload) => apply_reload(shared, reload).await,
                 None => tracing::warn!("SIGHUP: started without a config file, nothing to reload"),
             },
         }
@@ -181,9 +181,18 @@ async fn wait_for_signals(shared: &Shared, reload: Option<&Reloader>) {
 /// Validates the new config whole, then swaps the pipeline; on any error the
 /// running config keeps serving. Listener settings take effect on restart only.
 async fn apply_reload(shared: &Shared, reload: &Reloader) {
-    let config = match reload() {
-        Ok(c) => c,
-        Err(errors) => {
+    // Reading and checking the files (an .mmdb among them) is blocking work:
+    // off the runtime, which may be a single thread serving traffic.
+    let read = reload.clone();
+    let config = match tokio::task::spawn_blocking(move || read()).await {
+        Ok(Ok(c)) => c,
+        Err(e) => {
+            shared.metrics.reload(false);
+            return tracing::error!(
+                "reload refused: reading the config failed: {e}; the running config keeps serving"
+            );
+        }
+        Ok(Err(errors)) => {
             shared.metrics.reload(false);
             for line in errors.to_string().lines() {
                 tracing::error!("reload refused: {line}");

@@ -192,6 +192,8 @@ async fn forward<'p>(
         req.extensions_mut().insert(placed.locality.clone());
         (geo, placed)
     });
+    // Both futures are boxed: inline, the cache's made every request's future
+    // 13.8 KB, copied whole by hyper and by each layer above (2.9 KB boxed).
     if let (Some((cache, route)), Some(key)) = (cache, key) {
         return match Box::pin(cache.serve(pool, key, req, route)).await {
             Ok(mut resp) => {
