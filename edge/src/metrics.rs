@@ -33,6 +33,7 @@ pub struct Metrics {
     requests: IntCounterVec,
     duration: HistogramVec,
     connections: IntGaugeVec,
+    parked: IntGauge,
     reloads: IntCounterVec,
     endpoints: EndpointMetrics,
     regions: RegionMetrics,
@@ -230,8 +231,13 @@ impl Metrics {
             ),
             &["protocol"],
         )?;
+        let parked = IntGauge::new(
+            "proxy_parked_connections",
+            "Idle HTTP/1.1 client connections parked outside hyper (socket only).",
+        )?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(duration.clone()))?;
+        registry.register(Box::new(parked.clone()))?;
         let reloads = IntCounterVec::new(
             Opts::new(
                 "proxy_config_reloads_total",
@@ -251,6 +257,7 @@ impl Metrics {
             requests,
             duration,
             connections,
+            parked,
             reloads,
             endpoints,
             regions,
@@ -305,6 +312,14 @@ impl Metrics {
         let gauge = self.connections.with_label_values(&[proto.as_str()]);
         gauge.inc();
         ConnGuard { gauge }
+    }
+
+    /// Counts an HTTP/1.1 connection as parked until the guard drops.
+    pub fn parked(&self) -> ConnGuard {
+        self.parked.inc();
+        ConnGuard {
+            gauge: self.parked.clone(),
+        }
     }
 
     /// Copies pools' state into the endpoint series (endpoints that left are dropped).

@@ -4,14 +4,24 @@
 
 use std::time::Duration;
 
-use edge_tests::start_default;
+use edge_tests::{poll_until, start_default, Edge};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 const GET: &[u8] = b"GET / HTTP/1.1\r\nHost: example.test\r\n\r\n";
 
-/// Longer than edge's park grace (250 ms): the connection has parked by then.
-const PARKED: Duration = Duration::from_millis(700);
+/// Waits until edge reports the test's one client connection parked.
+async fn until_parked(edge: &Edge) -> anyhow::Result<()> {
+    poll_until(
+        "the connection to park",
+        Duration::from_secs(10),
+        || async {
+            let parked = edge.metric("proxy_parked_connections").await;
+            parked.is_ok_and(|(value, _)| value == Some(1.0))
+        },
+    )
+    .await
+}
 
 /// Reads until `n` complete responses (head and Content-Length body) arrived;
 /// returns their heads.
@@ -66,7 +76,7 @@ async fn a_parked_connection_serves_its_next_request() -> anyhow::Result<()> {
     for _ in 0..3 {
         conn.write_all(GET).await?;
         assert_kept_alive(&read_responses(&mut conn, 1).await?);
-        tokio::time::sleep(PARKED).await; // workload timing: let it park
+        until_parked(&edge).await?;
     }
     assert_eq!(origin.requests(), 3);
     Ok(())
@@ -76,12 +86,12 @@ async fn a_parked_connection_serves_its_next_request() -> anyhow::Result<()> {
 async fn pipelined_bytes_survive_a_park() -> anyhow::Result<()> {
     let (origin, edge) = start_default().await?;
     let mut conn = TcpStream::connect(edge.http()?).await?;
-    // A whole request and the first part of the next, then a pause long enough
-    // to park with those bytes read ahead, then the rest of the second.
+    // A whole request and the first part of the next, then a wait until the
+    // connection parks with those bytes read ahead, then the rest of the second.
     let (first, rest) = GET.split_at(17);
     conn.write_all(&[GET, first].concat()).await?;
     assert_kept_alive(&read_responses(&mut conn, 1).await?);
-    tokio::time::sleep(PARKED).await; // workload timing: let it park mid-head
+    until_parked(&edge).await?; // mid-head
     conn.write_all(rest).await?;
     // Two more in one write: pipelined after the park.
     conn.write_all(&GET.repeat(2)).await?;

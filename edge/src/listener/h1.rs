@@ -100,6 +100,7 @@ pub(crate) async fn serve<I: Parkable>(server: Arc<TcpServer>, io: I, peer: Peer
         // Park as soon as hyper is idle, unless the client came back quickly last time.
         let mut eager = false;
         if must_wait || (parked.ahead.is_empty() && !parked.io.has_buffered()) {
+            let _parked = server.shared.metrics.parked();
             tokio::select! {
                 ready = parked.io.tcp().readable() => if ready.is_err() { return },
                 () = tokio::time::sleep_until(deadline) => return,
