@@ -69,7 +69,8 @@ idle)
         wait_ready
         port=$HTTP_PORT
         [[ $kind == tls ]] && port=$TLS_PORT
-        python3 "$ROOT/benches/profile/idle.py" 127.0.0.1 "$port" "$kind" "$N1" "$N2" "$pid"
+        python3 "$ROOT/benches/profile/idle.py" 127.0.0.1 "$port" "$kind" "$N1" "$N2" "$pid" \
+            "127.0.0.1:$ADMIN_PORT"
         kill "$pid"
         wait "$pid" 2>/dev/null || true
     done
@@ -87,11 +88,16 @@ cg)
     callgrind_control -i off "$pid" >/dev/null
     rm -f "$OUT".*
     callgrind_control -d "$pid" >/dev/null
-    for _ in $(seq 50); do ls "$OUT".* >/dev/null 2>&1 && break; sleep 0.2; done
-    sleep 1
+    # The dump is complete once callgrind_annotate can read its totals.
+    total=
+    for _ in $(seq 100); do
+        total=$(callgrind_annotate "$OUT".* 2>/dev/null | awk '/PROGRAM TOTALS/ { gsub(",", "", $1); print $1 }')
+        [[ -n $total ]] && break
+        sleep 0.1
+    done
+    [[ -n $total ]] || { echo "no callgrind dump in 10 s" >&2; exit 1; }
     requests=$(awk '/requests in/ { print $1 }' "$D/wrk.out")
     grep -E 'Non-2xx|Socket errors' "$D/wrk.out" || true
-    total=$(callgrind_annotate "$OUT".* 2>/dev/null | awk '/PROGRAM TOTALS/ { gsub(",", "", $1); print $1 }')
     echo "requests=$requests instructions=$total per_request=$((total / requests)) profile=$(ls "$OUT".*)"
     ;;
 *)
