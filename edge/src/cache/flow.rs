@@ -414,7 +414,7 @@ impl Cache {
                 now,
             )
         };
-        match sent {
+        let resp = match sent {
             Ok(resp)
                 if resp.status() == StatusCode::NOT_MODIFIED
                     && !selects(&entry.headers, resp.headers()) =>
@@ -427,19 +427,7 @@ impl Cache {
                 *again.headers_mut() = asked.headers.clone();
                 again.headers_mut().remove(IF_NONE_MATCH);
                 again.headers_mut().remove(IF_MODIFIED_SINCE);
-                self.metrics.outcome(Outcome::Miss);
-                let resp = send(pool, again).await?;
-                let status = "edge; fwd=stale";
-                Ok(self.keep(
-                    &key,
-                    &asked,
-                    resp,
-                    request_time,
-                    vary,
-                    leader,
-                    route,
-                    status,
-                ))
+                send(pool, again).await?
             }
             Ok(resp) if resp.status() == StatusCode::NOT_MODIFIED => {
                 self.metrics.outcome(Outcome::Revalidated);
@@ -453,34 +441,30 @@ impl Cache {
                     "edge; fwd=stale; fwd-status=304",
                 );
                 self.store(&key, merged, names, vary, leader).await;
-                Ok(out)
+                return Ok(out);
             }
-            Ok(resp) if resp.status().is_server_error() && stale_ok() => {
+            Ok(resp) if !(resp.status().is_server_error() && stale_ok()) => resp,
+            Err(e) if !stale_ok() => return Err(e),
+            // A 5xx or a failure, and the entry may stand in for it.
+            Ok(_) | Err(_) => {
                 self.metrics.outcome(Outcome::Stale);
                 let status = "edge; hit; fwd=stale; detail=stale-if-error";
-                Ok(respond(&entry, &asked.headers, &asked.method, now, status))
+                return Ok(respond(&entry, &asked.headers, &asked.method, now, status));
             }
-            Ok(resp) => {
-                self.metrics.outcome(Outcome::Miss);
-                let status = "edge; fwd=stale";
-                Ok(self.keep(
-                    &key,
-                    &asked,
-                    resp,
-                    request_time,
-                    vary,
-                    leader,
-                    route,
-                    status,
-                ))
-            }
-            Err(_) if stale_ok() => {
-                self.metrics.outcome(Outcome::Stale);
-                let status = "edge; hit; fwd=stale; detail=stale-if-error";
-                Ok(respond(&entry, &asked.headers, &asked.method, now, status))
-            }
-            Err(e) => Err(e),
-        }
+        };
+        // A new response, not a freshened one: stored (or not) as on a miss.
+        self.metrics.outcome(Outcome::Miss);
+        let status = "edge; fwd=stale";
+        Ok(self.keep(
+            &key,
+            &asked,
+            resp,
+            request_time,
+            vary,
+            leader,
+            route,
+            status,
+        ))
     }
 
     /// stale-while-revalidate: one background revalidation per key at a time.

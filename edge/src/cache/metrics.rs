@@ -25,6 +25,16 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    /// Every outcome, in declaration order (`outcome as usize` indexes it).
+    pub const ALL: [Outcome; 6] = [
+        Outcome::HitL1,
+        Outcome::HitL2,
+        Outcome::Miss,
+        Outcome::Stale,
+        Outcome::Revalidated,
+        Outcome::Bypass,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Outcome::HitL1 => "hit_l1",
@@ -81,17 +91,10 @@ impl CacheMetrics {
         registry.register(Box::new(m.written_bytes.clone()))?;
         registry.register(Box::new(m.redis_errors.clone()))?;
         registry.register(Box::new(m.breaker.clone()))?;
-        m.outcomes = [
-            Outcome::HitL1,
-            Outcome::HitL2,
-            Outcome::Miss,
-            Outcome::Stale,
-            Outcome::Revalidated,
-            Outcome::Bypass,
-        ]
-        .iter()
-        .map(|o| m.requests.with_label_values(&[o.as_str()]))
-        .collect();
+        m.outcomes = Outcome::ALL
+            .iter()
+            .map(|o| m.requests.with_label_values(&[o.as_str()]))
+            .collect();
         Ok(m)
     }
 
@@ -134,20 +137,12 @@ mod tests {
     fn each_outcome_counts_under_its_own_label() {
         let registry = Registry::new();
         let m = CacheMetrics::new(&registry).expect("registers");
-        let all = [
-            Outcome::HitL1,
-            Outcome::HitL2,
-            Outcome::Miss,
-            Outcome::Stale,
-            Outcome::Revalidated,
-            Outcome::Bypass,
-        ];
-        for (i, o) in all.iter().enumerate() {
+        for (i, o) in Outcome::ALL.iter().enumerate() {
             for _ in 0..=i {
                 m.outcome(*o);
             }
         }
-        for (i, o) in all.iter().enumerate() {
+        for (i, o) in Outcome::ALL.iter().enumerate() {
             let n = m.requests.with_label_values(&[o.as_str()]).get();
             assert_eq!(n, i as u64 + 1, "{}", o.as_str());
         }
