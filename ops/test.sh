@@ -25,12 +25,24 @@ if ((${#apt_missing[@]} > 0)); then
   apt-get install -y "${apt_missing[@]}" </dev/null
 fi
 
-# aioquic and niquests are the Python HTTP/3 clients of tests/py/; mmdb-writer
-# builds the geo tests' MaxMind databases.
-if ! python3 -c 'import aioquic, niquests, mmdb_writer' >/dev/null 2>&1; then
-  python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore \
-    aioquic niquests mmdb-writer </dev/null
+# The Python clients of tests/py/ go into a virtualenv in the workspace (Debian's
+# system pip refuses installs): aioquic and niquests (HTTP/3), h2 (hostile HTTP/2
+# clients), mmdb-writer (the geo tests' MaxMind databases). The tests find it as
+# $EDGE_TEST_PYTHON.
+venv=.venv
+py_packages=(aioquic niquests mmdb-writer h2)
+if ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
+  apt-get update </dev/null
+  apt-get install -y python3-venv </dev/null
 fi
+if [[ ! -x $venv/bin/python3 ]]; then
+  rm -rf "$venv"
+  python3 -m venv "$venv"
+fi
+if ! "$venv/bin/python3" -c 'import aioquic, niquests, mmdb_writer, h2' >/dev/null 2>&1; then
+  "$venv/bin/python3" -m pip install --quiet --disable-pip-version-check "${py_packages[@]}" </dev/null
+fi
+export EDGE_TEST_PYTHON="$PWD/$venv/bin/python3"
 
 # The independent HTTP cache conformance suite (npm http-cache-tests, the suite
 # behind cache-tests.fyi), run against edge by tests/tests/cache_conformance.rs.
@@ -45,6 +57,11 @@ if [[ ! -f $cache_tests/package/node_modules/node-fetch/package.json ]]; then
   (cd "$cache_tests" && npm pack --silent http-cache-tests@0.4.5 >/dev/null \
     && tar xzf http-cache-tests-0.4.5.tgz \
     && cd package && npm install --silent --no-save --no-audit --no-fund node-fetch@2 </dev/null)
+fi
+
+# rustfmt and clippy are rustup components a minimal toolchain lacks.
+if ! cargo fmt --version >/dev/null 2>&1 || ! cargo clippy --version >/dev/null 2>&1; then
+  rustup component add rustfmt clippy </dev/null
 fi
 
 cargo fmt --all -- --check

@@ -200,7 +200,12 @@ fn test_database(dir: &Path) -> Result<PathBuf, String> {
         })
         .collect();
     let out = dir.join("bench.mmdb");
-    let mut child = Command::new("python3")
+    // The test command's virtualenv when it exists (Debian's own python3 has no mmdb-writer).
+    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python3");
+    let python = std::env::var_os("EDGE_TEST_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| if venv.exists() { venv } else { PathBuf::from("python3") });
+    let mut child = Command::new(python)
         .arg(&script)
         .arg(&out)
         .stdin(Stdio::piped())

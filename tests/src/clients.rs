@@ -296,7 +296,8 @@ pub async fn python_json<S: AsRef<str>>(
 ) -> anyhow::Result<serde_json::Value> {
     let mut full = vec![py_script(name).to_string_lossy().into_owned()];
     full.extend(args.iter().map(|a| a.as_ref().to_owned()));
-    let out = process::run("python3", &full, timeout).await?;
+    let python = process::python();
+    let out = process::run(&python.to_string_lossy(), &full, timeout).await?;
     out.ensure_success(&format!("python3 {name}"))?;
     let last = out.stdout.lines().last().unwrap_or("");
     serde_json::from_str(last).with_context(|| {

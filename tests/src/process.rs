@@ -73,6 +73,20 @@ pub async fn run_command(mut command: Command, timeout: Duration) -> anyhow::Res
 }
 
 /// The last 4 KiB of a possibly long log, for error messages.
+/// The Python that runs the test scripts: `$EDGE_TEST_PYTHON` (the test command
+/// points it at the virtualenv it fills), else `.venv/bin/python3` in the
+/// workspace when it exists, else `python3` on the PATH.
+pub fn python() -> std::path::PathBuf {
+    if let Some(p) = std::env::var_os("EDGE_TEST_PYTHON") {
+        return p.into();
+    }
+    let venv = crate::edge::workspace_root().join(".venv/bin/python3");
+    if venv.exists() {
+        return venv;
+    }
+    "python3".into()
+}
+
 pub fn tail(text: &str) -> &str {
     let mut start = text.len().saturating_sub(4096);
     while !text.is_char_boundary(start) {

@@ -484,7 +484,7 @@ fn count(nets: &[u8]) -> HashMap<u8, usize> {
 async fn make_mmdb(out: &std::path::Path, networks: &serde_json::Value) -> anyhow::Result<()> {
     use tokio::io::AsyncWriteExt as _;
     let script = edge_tests::edge::workspace_root().join("geo/testdata/make_mmdb.py");
-    let mut child = tokio::process::Command::new("python3")
+    let mut child = tokio::process::Command::new(edge_tests::process::python())
         .arg(script)
         .arg(out)
         .stdin(std::process::Stdio::piped())
