@@ -18,6 +18,7 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 CONF=$ROOT/benches/conf
 TOOLS=$ROOT/benches/.tools
+PY=$ROOT/.venv/bin/python3
 OHA=$TOOLS/bin/oha
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 
@@ -155,9 +156,15 @@ install_deps() {
         DEBIAN_FRONTEND=noninteractive apt-get update -qq
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
     fi
-    if ! python3 -c 'import aioquic' 2>/dev/null; then
+    # aioquic goes into the workspace virtualenv the test command also uses
+    # (Debian's system pip refuses installs).
+    if [[ ! -x $PY ]]; then
+        python3 -c 'import venv, ensurepip' 2>/dev/null || apt-get install -y -qq python3-venv >/dev/null
+        python3 -m venv "$ROOT/.venv"
+    fi
+    if ! "$PY" -c 'import aioquic' 2>/dev/null; then
         log "installing aioquic"
-        python3 -m pip install -q aioquic
+        "$PY" -m pip install -q aioquic
     fi
     if [[ ! -x $OHA ]]; then
         log "building oha (http3) into $TOOLS"
@@ -237,7 +244,7 @@ start() { # name
     local i
     for ((i = 0; i < 100; i++)); do
         alive "$pid" || break
-        if python3 "$WORK/bench.py" ready "${HTTP_PORT[$name]}" "${TLS_PORT[$name]}" 0 >"$dir/ready.log" 2>&1; then
+        if "$PY" "$WORK/bench.py" ready "${HTTP_PORT[$name]}" "${TLS_PORT[$name]}" 0 >"$dir/ready.log" 2>&1; then
             return 0
         fi
         sleep 0.2
@@ -282,13 +289,13 @@ run_load() { # scenario row repetition
         timeout -k 5 $((DURATION + 60)) taskset -c 1 \
             wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency "http://127.0.0.1:$(port_for "$row" http)$path" \
             >"$out.txt" 2>&1 || rc=$?
-        res=$(python3 "$WORK/bench.py" parse-wrk "$out.txt") || rc=$?
+        res=$("$PY" "$WORK/bench.py" parse-wrk "$out.txt") || rc=$?
         ;;
     h2)
         timeout -k 5 $((DURATION + 60)) taskset -c 1 \
             h2load -t1 -c"$CONNS" -m"$H2_STREAMS" -D"$DURATION" --log-file="$out.log" \
             "https://127.0.0.1:$(port_for "$row" tls)/" >"$out.txt" 2>&1 || rc=$?
-        res=$(python3 "$WORK/bench.py" parse-h2load "$out.txt" "$out.log") || rc=$?
+        res=$("$PY" "$WORK/bench.py" parse-h2load "$out.txt" "$out.log") || rc=$?
         rm -f "$out.log"
         ;;
     h3)
@@ -299,7 +306,7 @@ run_load() { # scenario row repetition
             "$OHA" -n "$n" -c "$CONNS" --http-version 3 --insecure --no-tui --worker-threads 1 \
             --output-format json -o "$out.json" --db-url "$out.db" \
             "https://127.0.0.1:$(port_for "$row" tls)/" >"$out.txt" 2>&1 || rc=$?
-        res=$(python3 "$WORK/bench.py" parse-oha "$out.json" "$out.db") || rc=$?
+        res=$("$PY" "$WORK/bench.py" parse-oha "$out.json" "$out.db") || rc=$?
         rm -f "$out.db"
         ;;
     esac
@@ -314,7 +321,7 @@ run_load() { # scenario row repetition
     fi
     read -r ok window p50 p99 errors <<<"$res"
     if [[ $scen == h3 ]]; then
-        H3_N[$row]=$(python3 -c "print(max(1000, int($ok / max($window, 0.001) * $DURATION)))")
+        H3_N[$row]=$("$PY" -c "print(max(1000, int($ok / max($window, 0.001) * $DURATION)))")
     fi
     printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' \
         "$scen" "$rep" "$row" "$ok" "$window" "$p50" "$p99" "$errors" "$cpu" "$rss" "$HZ" >>"$RUNS"
@@ -372,10 +379,10 @@ idle_measure() { # row kind(plain|tls|quic)
     mkfifo "$ctl"
     if [[ $kind == quic ]]; then
         port=$(port_for "$row" tls)
-        taskset -c 1 python3 "$WORK/bench.py" hold-quic "$port" <"$ctl" >"$out" 2>"$out.err" &
+        taskset -c 1 "$PY" "$WORK/bench.py" hold-quic "$port" <"$ctl" >"$out" 2>"$out.err" &
     else
         if [[ $kind == tls ]]; then port=$(port_for "$row" tls); else port=$(port_for "$row" http); fi
-        taskset -c 1 python3 "$WORK/bench.py" hold-tcp "$port" "$kind" <"$ctl" >"$out" 2>"$out.err" &
+        taskset -c 1 "$PY" "$WORK/bench.py" hold-tcp "$port" "$kind" <"$ctl" >"$out" 2>"$out.err" &
     fi
     hpid=$!
     RUNNING[$hpid]=holder
@@ -417,7 +424,7 @@ main() {
     head -c 1048576 /dev/urandom >"$WORK/www/1m"
 
     local ports
-    read -ra ports <<<"$(python3 "$WORK/bench.py" ports 11)"
+    read -ra ports <<<"$("$PY" "$WORK/bench.py" ports 11)"
     ORIGIN_PORT=${ports[0]}
     ORIGIN_TLS_PORT=${ports[1]}
     EDGE_ADMIN_PORT=${ports[2]}
@@ -472,7 +479,7 @@ main() {
         echo "- Load: wrk $(wrk -v 2>&1 | awk 'NR == 1 { print $2 }'), h2load $(h2load --version | awk '{ print $2 }'), oha $("$OHA" --version | awk '{ print $2 }')"
         echo "- Settings: REPS=$REPS DURATION=${DURATION}s CONNS=$CONNS H2_STREAMS=$H2_STREAMS IDLE=$IDLE_N1→$IDLE_N2 QUIC=$QUIC_N1→$QUIC_N2"
         echo
-        python3 "$WORK/bench.py" report "$RUNS" "$IDLE"
+        "$PY" "$WORK/bench.py" report "$RUNS" "$IDLE"
     } >"$RESULTS"
     cp "$RUNS" "${RESULTS%.md}.runs.tsv"
     [[ -s $IDLE ]] && cp "$IDLE" "${RESULTS%.md}.idle.tsv"
