@@ -59,8 +59,16 @@ impl Canary {
         Ok(Self { stop, seen, task })
     }
 
-    /// Stops the canary; fails unless every answer was 200. Returns how many.
+    /// Stops the canary once it got one more answer (one after the attack, when
+    /// an opened breaker would show); fails unless every answer was 200.
+    /// Returns how many.
     async fn finish(self) -> anyhow::Result<usize> {
+        let count = || self.seen.lock().unwrap_or_else(|p| p.into_inner()).len();
+        let before = count();
+        wait_until("a canary answer after the attack", ANSWER, || {
+            count() > before
+        })
+        .await?;
         self.stop.store(true, Ordering::SeqCst);
         self.task.await?;
         let seen = self.seen.lock().unwrap_or_else(|p| p.into_inner()).clone();
@@ -175,6 +183,7 @@ async fn slow_uploads_get_408_and_leave_the_breaker_closed() -> anyhow::Result<(
     let addr = edge.http()?;
     let canary = Canary::start(addr).await?;
     // Seven POSTs that send one byte every 5 s, all at once.
+    let started = std::time::Instant::now();
     let slow: Vec<_> = (0..7)
         .map(|_| tokio::spawn(trickle(addr, Duration::from_secs(5))))
         .collect();
@@ -184,7 +193,10 @@ async fn slow_uploads_get_408_and_leave_the_breaker_closed() -> anyhow::Result<(
     let canary = canary.finish().await?;
     assert_breaker_closed(&edge, "default").await?;
     assert!(origin.requests() >= 7, "the uploads did reach the origin");
-    eprintln!("canary answers: {canary}");
+    eprintln!(
+        "canary answers: {canary}; 408 after {:?}",
+        started.elapsed()
+    );
     Ok(())
 }
 
@@ -202,13 +214,16 @@ async fn uploads_below_the_minimum_rate_get_408() -> anyhow::Result<()> {
     let addr = edge.http()?;
     let canary = Canary::start(addr).await?;
     // One byte every 100 ms each: never idle for long, but about 10 B/s.
+    let started = std::time::Instant::now();
     let trickles: Vec<_> = (0..6)
         .map(|_| tokio::spawn(trickle(addr, Duration::from_millis(100))))
         .collect();
     for t in trickles {
         assert_eq!(t.await??, Some(408), "an upload below the minimum rate");
     }
-    canary.finish().await?;
+    eprintln!("408 after {:?}", started.elapsed());
+    let canary = canary.finish().await?;
+    eprintln!("canary answers: {canary}");
     assert_breaker_closed(&edge, "default").await?;
     Ok(())
 }
@@ -226,7 +241,8 @@ async fn aborted_uploads_count_as_499_and_leave_the_breaker_closed() -> anyhow::
         drop(s);
     }
     wait_until_answered(&edge, "default", 499, 7.0).await?;
-    canary.finish().await?;
+    let canary = canary.finish().await?;
+    eprintln!("canary answers: {canary}");
     assert_breaker_closed(&edge, "default").await?;
     Ok(())
 }
@@ -260,7 +276,8 @@ async fn overflowing_chunk_sizes_get_400_and_leave_the_breaker_closed() -> anyho
             "an overflowing chunk size"
         );
     }
-    canary.finish().await?;
+    let canary = canary.finish().await?;
+    eprintln!("canary answers: {canary}");
     assert_breaker_closed(&edge, "default").await?;
     Ok(())
 }
@@ -376,7 +393,8 @@ async fn a_chunked_body_crossing_the_limit_is_cut_with_413() -> anyhow::Result<(
             "1200 bytes past a 1000 limit"
         );
     }
-    canary.finish().await?;
+    let canary = canary.finish().await?;
+    eprintln!("canary answers: {canary}");
     assert_breaker_closed(&edge, "default").await?;
     Ok(())
 }
