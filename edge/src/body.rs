@@ -330,3 +330,70 @@ impl HttpBody for Limited {
         self.inner.size_hint()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt as _;
+
+    fn limits(max_bytes: u64) -> BodyLimits {
+        BodyLimits {
+            max_bytes,
+            idle: Duration::from_secs(10),
+            min_rate: 0,
+            grace: Duration::from_secs(20),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_body_past_the_limit_ends_with_too_large() {
+        let body = Body::full(Bytes::from(vec![0u8; 1001]));
+        let mut limited = Limited::new(body, limits(1000));
+        let err = limited
+            .frame()
+            .await
+            .and_then(Result::err)
+            .expect("an error frame");
+        assert!(matches!(
+            err.downcast_ref::<BodyError>(),
+            Some(BodyError::TooLarge { limit: 1000 })
+        ));
+        assert!(limited.frame().await.is_none(), "nothing after the error");
+    }
+
+    #[tokio::test]
+    async fn a_body_at_the_limit_passes() {
+        let body = Body::full(Bytes::from(vec![0u8; 1000]));
+        let got = Limited::new(body, limits(1000))
+            .collect()
+            .await
+            .expect("within the limit")
+            .to_bytes();
+        assert_eq!(got.len(), 1000);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_rate_deadline_grows_with_what_was_received() {
+        let body = Limited::new(
+            Body::Empty,
+            BodyLimits {
+                min_rate: 100,
+                ..limits(1 << 20)
+            },
+        );
+        // Nothing yet: the idle deadline (10 s) comes before the grace (20 s).
+        assert_eq!(body.deadline() - body.started, Duration::from_secs(10));
+        let mut body = body;
+        body.limits.idle = Duration::from_secs(60);
+        // With 500 bytes in, the rate deadline is the grace plus five seconds.
+        body.received = 500;
+        assert_eq!(body.deadline() - body.started, Duration::from_secs(25));
+        assert!(body
+            .violation(body.started + Duration::from_secs(24))
+            .is_none());
+        assert!(matches!(
+            body.violation(body.started + Duration::from_secs(25)),
+            Some(BodyError::TooSlow { rate: 100 })
+        ));
+    }
+}

@@ -12,7 +12,7 @@ use http::{HeaderMap, Method, Request, Response, Uri, Version};
 use hyper::client::conn::{http1, http2};
 
 use crate::balance::Load;
-use crate::body::{BodyWatch, Lease, Outgoing, UpstreamBody};
+use crate::body::{head_within, BodyWatch, Lease, Outgoing, UpstreamBody};
 use crate::breaker::{Breaker, BreakerConfig};
 use crate::clock::now_ms;
 use crate::conn::{ConnState, Connector, Sender};
@@ -548,34 +548,6 @@ fn park<B>(stack: &Mutex<Vec<H1Idle<B>>>, freed: &tokio::sync::Notify, conn: H1I
         }
     }
     freed.notify_one();
-}
-
-/// Waits for the response head. `timeout` is the endpoint's time to answer: for
-/// a request with a body it counts from the body's last progress (so from its
-/// end once it is sent), never while the body waits for the client; the
-/// client's own body limits bound that. `None` when the time ran out.
-async fn head_within<F: std::future::Future>(
-    head: F,
-    watch: Option<&BodyWatch>,
-    timeout: Duration,
-) -> Option<F::Output> {
-    let Some(watch) = watch else {
-        return tokio::time::timeout(timeout, head).await.ok();
-    };
-    tokio::pin!(head);
-    let mut wake = tokio::time::Instant::now() + timeout;
-    loop {
-        tokio::select! {
-            out = &mut head => return Some(out),
-            () = tokio::time::sleep_until(wake) => {
-                let waited = watch.upstream_wait();
-                if waited >= timeout {
-                    return None;
-                }
-                wake = tokio::time::Instant::now() + (timeout - waited);
-            }
-        }
-    }
 }
 
 /// HTTP/2 carries the target in `:scheme` and `:authority`: the client's Host

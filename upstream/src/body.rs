@@ -2,6 +2,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
@@ -162,17 +163,45 @@ impl BodyWatch {
     /// How long the endpoint has kept the exchange waiting: zero while the body
     /// waits for the client (the client's own limits bound that), else the time
     /// since the body last moved.
-    pub(crate) fn upstream_wait(&self) -> std::time::Duration {
+    pub(crate) fn upstream_wait(&self) -> Duration {
         if self.on_client.load(Ordering::Relaxed) {
-            return std::time::Duration::ZERO;
+            return Duration::ZERO;
         }
         let since = now_ms().saturating_sub(self.progress_ms.load(Ordering::Relaxed));
-        std::time::Duration::from_millis(since)
+        Duration::from_millis(since)
     }
 
     fn moved(&self, on_client: bool) {
         self.on_client.store(on_client, Ordering::Relaxed);
         self.progress_ms.store(now_ms(), Ordering::Relaxed);
+    }
+}
+
+/// Waits for the response head. `timeout` is the endpoint's time to answer: for
+/// a request with a body it counts from the body's last progress (so from its
+/// end once it is sent), never while the body waits for the client; the
+/// client's own body limits bound that. `None` when the time ran out.
+pub(crate) async fn head_within<F: std::future::Future>(
+    head: F,
+    watch: Option<&BodyWatch>,
+    timeout: Duration,
+) -> Option<F::Output> {
+    let Some(watch) = watch else {
+        return tokio::time::timeout(timeout, head).await.ok();
+    };
+    tokio::pin!(head);
+    let mut wake = tokio::time::Instant::now() + timeout;
+    loop {
+        tokio::select! {
+            out = &mut head => return Some(out),
+            () = tokio::time::sleep_until(wake) => {
+                let waited = watch.upstream_wait();
+                if waited >= timeout {
+                    return None;
+                }
+                wake = tokio::time::Instant::now() + (timeout - waited);
+            }
+        }
     }
 }
 
@@ -222,5 +251,46 @@ where
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A request body whose client went away: pending once, then an error.
+    struct Vanishing(bool);
+
+    impl Body for Vanishing {
+        type Data = Bytes;
+        type Error = std::io::Error;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+            if !self.0 {
+                self.0 = true;
+                return Poll::Pending;
+            }
+            Poll::Ready(Some(Err(std::io::Error::other("client gone"))))
+        }
+    }
+
+    #[test]
+    fn the_watch_keeps_the_clients_error_and_never_blames_a_wait_on_the_client() {
+        let watch = BodyWatch::new();
+        let mut body = Outgoing::new(Vanishing(false), Some(watch.clone()));
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        assert!(Pin::new(&mut body).poll_frame(&mut cx).is_pending());
+        // Waiting on the client is never the endpoint's time.
+        assert_eq!(watch.upstream_wait(), Duration::ZERO);
+        let Poll::Ready(Some(Err(e))) = Pin::new(&mut body).poll_frame(&mut cx) else {
+            panic!("the body fails");
+        };
+        assert!(e.is::<ClientBodyFailed>(), "hyper gets the stand-in: {e}");
+        let kept = watch.take_failure().expect("the client's error is kept");
+        assert_eq!(kept.to_string(), "client gone");
+        assert!(watch.take_failure().is_none(), "taken once");
     }
 }
