@@ -54,6 +54,17 @@ pub enum Side {
     Internal,
 }
 
+impl Side {
+    /// Label for metrics and logs: `client`, `upstream` or `local` (edge's own).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Side::Client => "client",
+            Side::Upstream => "upstream",
+            Side::Internal => "local",
+        }
+    }
+}
+
 impl ErrorKind {
     /// The status a client receives. Exhaustive on purpose: a new kind must choose.
     pub fn status(self) -> StatusCode {

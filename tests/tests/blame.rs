@@ -241,6 +241,12 @@ async fn aborted_uploads_count_as_499_and_leave_the_breaker_closed() -> anyhow::
         drop(s);
     }
     wait_until_answered(&edge, "default", 499, 7.0).await?;
+    let series = "proxy_errors_total{kind=\"client_closed\",side=\"client\"}";
+    assert_eq!(
+        edge.metric(series).await?.0,
+        Some(7.0),
+        "counted as the client's"
+    );
     let canary = canary.finish().await?;
     eprintln!("canary answers: {canary}");
     assert_breaker_closed(&edge, "default").await?;
@@ -352,6 +358,12 @@ async fn emfile_on_upstream_connect_is_edges_own_503_not_the_backends() -> anyho
         .map_err(anyhow::Error::msg)?;
     assert_eq!(got.status, 200, "{}", got.body);
     assert_breaker_closed(&edge, "guilty").await?;
+    let series = "proxy_errors_total{kind=\"overloaded\",side=\"local\"}";
+    assert_eq!(
+        edge.metric(series).await?.0,
+        Some(7.0),
+        "counted as edge's own"
+    );
     assert!(
         edge.log().contains("side=\"local\"") || edge.log().contains("side=local"),
         "the 503s are logged as edge's own"

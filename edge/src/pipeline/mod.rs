@@ -147,6 +147,7 @@ pub async fn handle(
         }
         Err((e, backend)) => {
             log_error(&e, &id, backend);
+            metrics.error(e.kind.as_str(), e.side().as_str());
             (e.to_response(&id), backend)
         }
     };
@@ -309,11 +310,7 @@ fn log_error(e: &ProxyError, id: &HeaderValue, backend: &str) {
         }
         Side::Upstream | Side::Internal => {
             let cause = error_chain(e);
-            let side = if e.side() == Side::Upstream {
-                "upstream"
-            } else {
-                "local"
-            };
+            let side = e.side().as_str();
             tracing::warn!(request_id = %id, backend, side, kind = e.kind.as_str(), "{e}{cause}");
         }
     }
