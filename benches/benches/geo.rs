@@ -204,7 +204,13 @@ fn test_database(dir: &Path) -> Result<PathBuf, String> {
     let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python3");
     let python = std::env::var_os("EDGE_TEST_PYTHON")
         .map(PathBuf::from)
-        .unwrap_or_else(|| if venv.exists() { venv } else { PathBuf::from("python3") });
+        .unwrap_or_else(|| {
+            if venv.exists() {
+                venv
+            } else {
+                PathBuf::from("python3")
+            }
+        });
     let mut child = Command::new(python)
         .arg(&script)
         .arg(&out)

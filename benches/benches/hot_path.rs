@@ -37,6 +37,7 @@ fn route_match(c: &mut Criterion) {
             pool: "p".to_owned(),
             cache: true,
             cache_set_cookie: false,
+            max_body_bytes: None,
         })
         .collect();
     let table = Routes::new(&routes, |_| Some(0));
@@ -62,6 +63,7 @@ fn upstream_rewrite(c: &mut Criterion) {
     let peer = Peer {
         ip: "192.0.2.10".parse().expect("ip"),
         tls: true,
+        sni: None,
     };
     let trusted = ["10.0.0.0/8".parse().expect("net")];
     let id = HeaderValue::from_static("0b9e6c1e-4a8f-4a51-9b5e-2f1f8f0d2c11");

@@ -4,7 +4,7 @@ use bytes::Bytes;
 use http::header::{CONTENT_TYPE, RETRY_AFTER};
 use http::{HeaderValue, Response, StatusCode};
 
-use crate::body::Body;
+use crate::body::{Body, BodyError};
 use crate::pipeline::REQUEST_ID;
 
 /// What went wrong, as far as the client's answer is concerned.
@@ -30,7 +30,21 @@ pub enum ErrorKind {
     NoHealthyEndpoint,
     /// A bug or resource failure inside the edge.
     Internal,
+    /// The client stopped sending its request body (idle, or below the minimum rate).
+    RequestTimeout,
+    /// The client went away (or reset its stream) before its request was done;
+    /// the answer is never seen, the status is for logs and metrics (nginx's 499).
+    ClientClosed,
+    /// Edge itself is out of resources or shedding load (file descriptors,
+    /// connection caps, requests in flight): no backend is at fault.
+    Overloaded,
 }
+
+/// nginx's "client closed request": logged and counted, never sent.
+const CLIENT_CLOSED_REQUEST: StatusCode = match StatusCode::from_u16(499) {
+    Ok(s) => s,
+    Err(_) => StatusCode::BAD_REQUEST,
+};
 
 /// Whose fault an error is: for logs, metrics and alerting.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -38,6 +52,17 @@ pub enum Side {
     Client,
     Upstream,
     Internal,
+}
+
+impl Side {
+    /// Label for metrics and logs: `client`, `upstream` or `local` (edge's own).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Side::Client => "client",
+            Side::Upstream => "upstream",
+            Side::Internal => "local",
+        }
+    }
 }
 
 impl ErrorKind {
@@ -54,6 +79,9 @@ impl ErrorKind {
             ErrorKind::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             ErrorKind::NoHealthyEndpoint => StatusCode::SERVICE_UNAVAILABLE,
             ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorKind::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
+            ErrorKind::ClientClosed => CLIENT_CLOSED_REQUEST,
+            ErrorKind::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -63,12 +91,14 @@ impl ErrorKind {
             | ErrorKind::MisdirectedRequest
             | ErrorKind::NoRoute
             | ErrorKind::BodyTooLarge
-            | ErrorKind::HeadersTooLarge => Side::Client,
+            | ErrorKind::HeadersTooLarge
+            | ErrorKind::RequestTimeout
+            | ErrorKind::ClientClosed => Side::Client,
             ErrorKind::UpstreamConnect
             | ErrorKind::UpstreamFailed
             | ErrorKind::UpstreamTimeout
             | ErrorKind::NoHealthyEndpoint => Side::Upstream,
-            ErrorKind::Internal => Side::Internal,
+            ErrorKind::Internal | ErrorKind::Overloaded => Side::Internal,
         }
     }
 
@@ -85,6 +115,9 @@ impl ErrorKind {
             ErrorKind::UpstreamTimeout => "the backend did not answer in time",
             ErrorKind::NoHealthyEndpoint => "no backend available",
             ErrorKind::Internal => "internal error",
+            ErrorKind::RequestTimeout => "request body not received in time",
+            ErrorKind::ClientClosed => "client closed the request",
+            ErrorKind::Overloaded => "edge is overloaded",
         }
     }
 
@@ -101,6 +134,9 @@ impl ErrorKind {
             ErrorKind::UpstreamTimeout => "upstream_timeout",
             ErrorKind::NoHealthyEndpoint => "no_healthy_endpoint",
             ErrorKind::Internal => "internal",
+            ErrorKind::RequestTimeout => "request_timeout",
+            ErrorKind::ClientClosed => "client_closed",
+            ErrorKind::Overloaded => "overloaded",
         }
     }
 }
@@ -177,9 +213,13 @@ impl From<upstream::Error> for ProxyError {
             upstream::Error::Request { .. } | upstream::Error::Status { .. } => {
                 ErrorKind::UpstreamFailed
             }
-            upstream::Error::NoEndpoints { .. }
-            | upstream::Error::Overloaded { .. }
-            | upstream::Error::TooManyConnects { .. } => ErrorKind::NoHealthyEndpoint,
+            upstream::Error::NoEndpoints { .. } => ErrorKind::NoHealthyEndpoint,
+            upstream::Error::Overloaded { .. }
+            | upstream::Error::TooManyConnects { .. }
+            | upstream::Error::LocalResource { .. }
+            | upstream::Error::QueueTimeout { .. }
+            | upstream::Error::QueueFull { .. } => ErrorKind::Overloaded,
+            upstream::Error::ClientBody { source, .. } => client_body_kind(source.as_ref()),
         };
         // The message is the kind's; the upstream error, kept as the source, says
         // which endpoint and why (logs print the chain).
@@ -190,6 +230,31 @@ impl From<upstream::Error> for ProxyError {
             source: Some(Box::new(e)),
         }
     }
+}
+
+/// What a failed request body says about the client: a limit edge enforces, bad
+/// framing (a malformed chunk: hyper reports invalid input), or else the client
+/// went away (EOF before the end, a reset stream).
+fn client_body_kind(e: &(dyn std::error::Error + 'static)) -> ErrorKind {
+    let mut next = Some(e);
+    while let Some(e) = next {
+        if let Some(limit) = e.downcast_ref::<BodyError>() {
+            return match limit {
+                BodyError::TooLarge { .. } => ErrorKind::BodyTooLarge,
+                BodyError::Idle { .. } | BodyError::TooSlow { .. } => ErrorKind::RequestTimeout,
+            };
+        }
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            if matches!(
+                io.kind(),
+                std::io::ErrorKind::InvalidInput | std::io::ErrorKind::InvalidData
+            ) {
+                return ErrorKind::BadRequest;
+            }
+        }
+        next = e.source();
+    }
+    ErrorKind::ClientClosed
 }
 
 #[cfg(test)]
@@ -210,6 +275,9 @@ mod tests {
             (ErrorKind::UpstreamTimeout, 504, Side::Upstream),
             (ErrorKind::NoHealthyEndpoint, 503, Side::Upstream),
             (ErrorKind::Internal, 500, Side::Internal),
+            (ErrorKind::RequestTimeout, 408, Side::Client),
+            (ErrorKind::ClientClosed, 499, Side::Client),
+            (ErrorKind::Overloaded, 503, Side::Internal),
         ];
         for (kind, status, side) in table {
             assert_eq!(kind.status().as_u16(), status, "{kind:?}");
@@ -233,6 +301,57 @@ mod tests {
         let text = std::str::from_utf8(text).expect("utf-8");
         assert!(text.contains("abc-123"), "{text}");
         assert!(!text.contains("10.1.2.3"), "{text}");
+    }
+
+    #[test]
+    fn body_failures_are_the_clients() {
+        let body = |source: upstream::BoxError| {
+            ProxyError::from(upstream::Error::ClientBody {
+                endpoint: "http://10.0.0.1:80".to_owned(),
+                source,
+            })
+        };
+        let cases: [(upstream::BoxError, ErrorKind); 5] = [
+            (
+                Box::new(BodyError::TooLarge { limit: 1 }),
+                ErrorKind::BodyTooLarge,
+            ),
+            (
+                Box::new(BodyError::Idle {
+                    after: std::time::Duration::from_secs(1),
+                }),
+                ErrorKind::RequestTimeout,
+            ),
+            (
+                Box::new(BodyError::TooSlow { rate: 1 }),
+                ErrorKind::RequestTimeout,
+            ),
+            (
+                Box::new(std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    "invalid chunk size: overflow",
+                )),
+                ErrorKind::BadRequest,
+            ),
+            (
+                Box::new(std::io::Error::from(std::io::ErrorKind::UnexpectedEof)),
+                ErrorKind::ClientClosed,
+            ),
+        ];
+        for (source, kind) in cases {
+            let e = body(source);
+            assert_eq!(e.kind, kind);
+            assert_eq!(e.side(), Side::Client);
+            assert!(!e.retryable);
+        }
+        let emfile = ProxyError::from(upstream::Error::LocalResource {
+            endpoint: "http://10.0.0.1:80".to_owned(),
+            source: std::io::Error::from_raw_os_error(24),
+        });
+        assert_eq!(
+            (emfile.kind, emfile.side()),
+            (ErrorKind::Overloaded, Side::Internal)
+        );
     }
 
     #[test]

@@ -31,6 +31,7 @@ impl Proto {
 pub struct Metrics {
     registry: Registry,
     requests: IntCounterVec,
+    errors: IntCounterVec,
     duration: HistogramVec,
     connections: IntGaugeVec,
     parked: IntGauge,
@@ -235,7 +236,16 @@ impl Metrics {
             "proxy_parked_connections",
             "Idle HTTP/1.1 client connections parked outside hyper (socket only).",
         )?;
+        // Kinds are a fixed enum and each has one side: a bounded label set.
+        let errors = IntCounterVec::new(
+            Opts::new(
+                "proxy_errors_total",
+                "Requests edge answered with its own error, by kind and whose fault (client, upstream, local).",
+            ),
+            &["kind", "side"],
+        )?;
         registry.register(Box::new(requests.clone()))?;
+        registry.register(Box::new(errors.clone()))?;
         registry.register(Box::new(duration.clone()))?;
         registry.register(Box::new(parked.clone()))?;
         let reloads = IntCounterVec::new(
@@ -255,6 +265,7 @@ impl Metrics {
         Ok(Self {
             registry,
             requests,
+            errors,
             duration,
             connections,
             parked,
@@ -271,6 +282,11 @@ impl Metrics {
         self.duration
             .with_label_values(&[proto.as_str(), backend])
             .observe(elapsed.as_secs_f64());
+    }
+
+    /// Counts an error answer by its kind and side.
+    pub fn error(&self, kind: &str, side: &str) {
+        self.errors.with_label_values(&[kind, side]).inc();
     }
 
     /// Counts a regional pool's answer by client region and serving region.

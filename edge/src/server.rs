@@ -60,12 +60,17 @@ pub type Reloader = Arc<dyn Fn() -> Result<Config, config::ConfigErrors> + Send 
 /// `reload` (when the edge was started from a file).
 pub async fn run(config: Config, reload: Option<Reloader>) -> Result<(), Error> {
     let proxy = Proxy::build(&config).await?;
-    let resolver = Arc::new(if config.tls.certificates.is_empty() {
-        tracing::info!("no certificate configured: generated a self-signed certificate for localhost, 127.0.0.1 and ::1");
-        CertResolver::self_signed()?
-    } else {
-        CertResolver::load(&config.tls.certificates)?
-    });
+    // The certificates live as long as the process (a reload never replaces
+    // them): the Arc is leaked so each TLS connection's SNI can refer to them
+    // without a count (see `tls::Sni`).
+    let resolver: &'static Arc<CertResolver> = Box::leak(Box::new(Arc::new(
+        if config.tls.certificates.is_empty() {
+            tracing::info!("no certificate configured: generated a self-signed certificate for localhost, 127.0.0.1 and ::1");
+            CertResolver::self_signed()?
+        } else {
+            CertResolver::load(&config.tls.certificates)?
+        },
+    )));
 
     // Bind everything before serving anything, so a port in use fails cleanly.
     let (tls_tcp, udp) = listener::bind_tcp_udp(config.listen)?;
@@ -82,11 +87,12 @@ pub async fn run(config: Config, reload: Option<Reloader>) -> Result<(), Error> 
         draining: CancellationToken::new(),
         tasks: TaskTracker::new(),
         config,
+        certs: Some(resolver.as_ref()),
     });
     let alt_svc = alt_svc(&shared.config, tls_addr.port());
     let cap = Arc::new(Semaphore::new(listener::connection_cap(&shared.config)));
     let endpoint = quic::endpoint(udp, resolver.clone(), &shared)?;
-    let acceptor = tokio_rustls::TlsAcceptor::from(tls::tcp_config(resolver)?);
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls::tcp_config(resolver.clone())?);
 
     let tls_server = Arc::new(TcpServer::new(
         shared.clone(),

@@ -75,20 +75,90 @@ impl CertResolver {
     }
 }
 
+impl CertResolver {
+    /// The certificate answering `sni`: the first valid for the name, else the first.
+    fn select(&self, sni: &str) -> Option<usize> {
+        let name = DnsName::try_from(sni).ok()?.to_owned();
+        let name = rustls::pki_types::ServerName::DnsName(name);
+        self.certs.iter().position(|c| valid_for(c, &name))
+    }
+
+    /// Whether certificate `cert` is valid for `host` (a DNS name or an IP address).
+    fn covers(&self, cert: usize, host: &str) -> bool {
+        let Some(c) = self.certs.get(cert) else {
+            return false;
+        };
+        match rustls::pki_types::ServerName::try_from(host) {
+            Ok(name) => valid_for(c, &name),
+            Err(_) => false,
+        }
+    }
+}
+
+fn valid_for(c: &CertifiedKey, name: &rustls::pki_types::ServerName<'_>) -> bool {
+    c.end_entity_cert()
+        .ok()
+        .and_then(|der| webpki::EndEntityCert::try_from(der).ok())
+        .is_some_and(|ee| ee.verify_is_valid_for_subject_name(name).is_ok())
+}
+
 impl ResolvesServerCert for CertResolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        let by_name = hello.server_name().and_then(|sni| {
-            let name = DnsName::try_from(sni).ok()?.to_owned();
-            let name = rustls::pki_types::ServerName::DnsName(name);
-            self.certs.iter().find(|c| {
-                c.end_entity_cert()
-                    .ok()
-                    .and_then(|der| webpki::EndEntityCert::try_from(der).ok())
-                    .is_some_and(|ee| ee.verify_is_valid_for_subject_name(&name).is_ok())
-            })
-        });
-        by_name.or_else(|| self.certs.first()).cloned()
+        let by_name = hello.server_name().and_then(|sni| self.select(sni));
+        self.certs.get(by_name.unwrap_or(0)).cloned()
     }
+}
+
+/// The server name (SNI) a TLS connection asked for, as the pipeline needs it:
+/// which certificate answered it, to tell whether a request's Host belongs on
+/// this connection (RFC 9110 7.4: otherwise 421). Copy-sized: the certificates
+/// live as long as the process (a reload never changes them).
+#[derive(Clone, Copy)]
+pub struct Sni {
+    certs: &'static CertResolver,
+    /// The certificate the handshake served (the default one when none is
+    /// valid for the name).
+    cert: u16,
+    /// FNV-1a of the lower-case name: a Host equal to it is always in place.
+    name: u64,
+}
+
+impl fmt::Debug for Sni {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Sni(cert {:?})", self.cert)
+    }
+}
+
+impl Sni {
+    pub fn new(certs: &'static CertResolver, sni: &str) -> Self {
+        Self {
+            certs,
+            cert: certs
+                .select(sni)
+                .and_then(|i| u16::try_from(i).ok())
+                .unwrap_or(0),
+            name: fnv1a(sni),
+        }
+    }
+
+    /// Whether a request for `host` (lower case, no port) may be served on this
+    /// connection: the host is the name asked for, or the certificate that
+    /// answered that name is valid for it too (connection reuse, RFC 9110 4.3.3).
+    pub fn admits(&self, host: &str) -> bool {
+        if fnv1a(host) == self.name {
+            return true;
+        }
+        self.certs.covers(usize::from(self.cert), host)
+    }
+}
+
+/// Lower-cases as it hashes: SNI and Host compare without case.
+fn fnv1a(s: &str) -> u64 {
+    s.bytes()
+        .map(|b| b.to_ascii_lowercase())
+        .fold(0xcbf2_9ce4_8422_2325, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        })
 }
 
 fn load_pair(cert: &Path, key: &Path) -> Result<CertifiedKey, TlsError> {

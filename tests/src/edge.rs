@@ -333,9 +333,39 @@ impl Edge {
 
     /// Starts edge on a config given as TOML text, written into `dir`.
     pub async fn start_with_toml(dir: TempDir, pki: Pki, toml: &str) -> anyhow::Result<Self> {
+        Self::spawn(dir, pki, toml, None).await
+    }
+
+    /// Starts edge on `config` with its open-file limit (RLIMIT_NOFILE) set to
+    /// `nofile`, through `sh -c 'ulimit -n N; exec edge ...'` (same pid), for
+    /// tests that exhaust its file descriptors.
+    pub async fn start_with_nofile(config: &EdgeConfig, nofile: u64) -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir().context("creating tempdir")?;
+        let pki = Pki::generate(dir.path())?;
+        let toml = config.to_toml(&pki);
+        Self::spawn(dir, pki, &toml, Some(nofile)).await
+    }
+
+    async fn spawn(
+        dir: TempDir,
+        pki: Pki,
+        toml: &str,
+        nofile: Option<u64>,
+    ) -> anyhow::Result<Self> {
         let config_path = dir.path().join("edge.toml");
         std::fs::write(&config_path, toml).context("writing edge.toml")?;
-        let mut child = Command::new(edge_bin()?)
+        let mut command = match nofile {
+            None => Command::new(edge_bin()?),
+            Some(n) => {
+                let mut sh = Command::new("sh");
+                sh.arg("-c")
+                    .arg("ulimit -n \"$0\" && exec \"$@\"")
+                    .arg(n.to_string())
+                    .arg(edge_bin()?);
+                sh
+            }
+        };
+        let mut child = command
             .arg("run")
             .arg("-c")
             .arg(&config_path)

@@ -79,6 +79,9 @@ impl OriginTls {
 struct Counters {
     requests: AtomicU64,
     connections: AtomicU64,
+    /// Connections open now, and the most ever open at once.
+    open: AtomicU64,
+    peak: AtomicU64,
 }
 
 /// A running origin on 127.0.0.1; stops accepting when dropped.
@@ -156,6 +159,11 @@ impl Origin {
     pub fn connections(&self) -> u64 {
         self.counters.connections.load(Ordering::SeqCst)
     }
+
+    /// The most connections that were ever open at the same time.
+    pub fn peak_connections(&self) -> u64 {
+        self.counters.peak.load(Ordering::SeqCst)
+    }
 }
 
 impl Drop for Origin {
@@ -193,10 +201,13 @@ async fn accept_loop(
             }
         };
         counters.connections.fetch_add(1, Ordering::SeqCst);
+        let open = counters.open.fetch_add(1, Ordering::SeqCst) + 1;
+        counters.peak.fetch_max(open, Ordering::SeqCst);
         let builder = builder.clone();
         let counters = Arc::clone(&counters);
         let tls = tls.clone();
         tokio::spawn(async move {
+            let _open = OpenConn(Arc::clone(&counters));
             let Some(tls) = tls else {
                 serve(stream, builder, options, counters).await;
                 return;
@@ -216,6 +227,15 @@ async fn accept_loop(
             };
             serve(stream, builder, options, counters).await;
         });
+    }
+}
+
+/// Counts a connection open until dropped.
+struct OpenConn(Arc<Counters>);
+
+impl Drop for OpenConn {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::SeqCst);
     }
 }
 

@@ -1,7 +1,7 @@
 //! One endpoint at run time: its pooled connections (a shared HTTP/2 one or a stack
 //! of idle HTTP/1.1 ones), its breaker and load, and one exchange on it.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -12,12 +12,12 @@ use http::{HeaderMap, Method, Request, Response, Uri, Version};
 use hyper::client::conn::{http1, http2};
 
 use crate::balance::Load;
-use crate::body::{Lease, UpstreamBody};
+use crate::body::{head_within, BodyWatch, Lease, Outgoing, UpstreamBody};
 use crate::breaker::{Breaker, BreakerConfig};
 use crate::clock::now_ms;
 use crate::conn::{ConnState, Connector, Sender};
 use crate::endpoint::EndpointAddr;
-use crate::error::Error;
+use crate::error::{Blame, Error};
 use crate::health::{Health, HealthCheck};
 use crate::pool::{Protocol, ReqBody};
 
@@ -45,20 +45,43 @@ pub(crate) struct Backend<B> {
     /// Held while opening the shared HTTP/2 connection, so concurrent misses share one connect.
     h2_connecting: tokio::sync::Mutex<()>,
     h1_idle: Arc<Mutex<Vec<H1Idle<B>>>>,
+    /// The endpoint's HTTP/1.1 connection cap: each open connection holds a
+    /// permit, so cancelled requests cannot make it open connections without end.
+    h1_slots: Arc<tokio::sync::Semaphore>,
+    h1_limit: usize,
+    /// Requests waiting for a slot or an idle connection.
+    h1_waiting: AtomicUsize,
+    /// Told whenever a connection goes back on the idle stack.
+    h1_freed: Arc<tokio::sync::Notify>,
+}
+
+/// What a request waiting at the connection cap got.
+enum Waited<B> {
+    Idle(H1Idle<B>),
+    Slot(tokio::sync::OwnedSemaphorePermit),
+}
+
+/// A request counted in `h1_waiting` until dropped.
+struct Queued<'a>(&'a AtomicUsize);
+
+impl Drop for Queued<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 struct H2Conn<B> {
-    send: http2::SendRequest<B>,
+    send: http2::SendRequest<Outgoing<B>>,
     state: Arc<ConnState>,
 }
 
 struct H1Idle<B> {
-    send: http1::SendRequest<B>,
+    send: http1::SendRequest<Outgoing<B>>,
     state: Arc<ConnState>,
 }
 
 struct Checkout<B> {
-    sender: Sender<B>,
+    sender: Sender<Outgoing<B>>,
     state: Arc<ConnState>,
     reused: bool,
 }
@@ -113,7 +136,12 @@ impl Replay {
 }
 
 impl<B: ReqBody> Backend<B> {
-    pub(crate) fn new(addr: EndpointAddr, protocol: Protocol, breaker: BreakerConfig) -> Self {
+    pub(crate) fn new(
+        addr: EndpointAddr,
+        protocol: Protocol,
+        breaker: BreakerConfig,
+        max_connections: usize,
+    ) -> Self {
         Self {
             label: addr.to_string().into(),
             addr,
@@ -127,6 +155,10 @@ impl<B: ReqBody> Backend<B> {
             h2: ArcSwapOption::empty(),
             h2_connecting: tokio::sync::Mutex::new(()),
             h1_idle: Arc::default(),
+            h1_slots: Arc::new(tokio::sync::Semaphore::new(max_connections)),
+            h1_limit: max_connections,
+            h1_waiting: AtomicUsize::new(0),
+            h1_freed: Arc::default(),
         }
     }
 
@@ -146,6 +178,13 @@ impl<B: ReqBody> Backend<B> {
             .await
         {
             Ok(resp) => resp.status().is_success() || resp.status().is_redirection(),
+            // Out of descriptors here says nothing about the endpoint's health.
+            Err(Failed::Unsent(_, e) | Failed::Sent { error: e, .. })
+                if e.blame() != Blame::Upstream =>
+            {
+                tracing::debug!(endpoint = %self.addr, error = %e, "health probe not sent");
+                return false;
+            }
             Err(_) => false,
         };
         let flipped = self
@@ -219,7 +258,8 @@ impl<B: ReqBody> Backend<B> {
             error: h2_error,
             reused: false,
         };
-        let Ok((sender, state)) = connector.connect(&self.addr, Protocol::H1).await else {
+        let slot = self.h1_slots.clone().try_acquire_owned().ok();
+        let Ok((sender, state)) = connector.connect(&self.addr, Protocol::H1, slot).await else {
             return Err(unproven());
         };
         let co = Checkout {
@@ -243,49 +283,71 @@ impl<B: ReqBody> Backend<B> {
     async fn send_on(
         &self,
         co: Checkout<B>,
-        mut req: Request<B>,
+        req: Request<B>,
         timeout: Duration,
     ) -> Result<Response<UpstreamBody>, Failed<B>> {
         let mut lease = Lease::new(co.state.clone(), self.load.clone());
         let reused = co.reused;
-        let failed = |source| Error::Request {
-            endpoint: self.addr.to_string(),
-            source,
-        };
+        // Only a body still to come is watched: a body-less request stays cheap.
+        let watch = (!req.body().is_end_stream()).then(BodyWatch::new);
+        let mut req = req.map(|body| Outgoing::new(body, watch.clone()));
         let sent = match co.sender {
             Sender::H2(mut send) => {
                 set_h2_target(&mut req, &self.addr);
-                let sent = tokio::time::timeout(timeout, send.try_send_request(req)).await;
-                if matches!(sent, Ok(Ok(_))) {
+                let sent = head_within(send.try_send_request(req), watch.as_deref(), timeout).await;
+                if matches!(sent, Some(Ok(_))) {
                     self.h2_confirmed.store(true, Ordering::Relaxed);
                 }
                 sent
             }
             Sender::H1(mut send) => {
                 set_h1_target(&mut req, &self.addr);
-                let sent = tokio::time::timeout(timeout, send.try_send_request(req)).await;
-                if matches!(sent, Ok(Ok(_))) {
+                let sent = head_within(send.try_send_request(req), watch.as_deref(), timeout).await;
+                if matches!(sent, Some(Ok(_))) {
                     lease.set_reuse(self.reuse_h1(send, co.state));
                 }
                 sent
             }
         };
+        let endpoint = || self.addr.to_string();
+        // Whatever hyper made of it, an exchange whose request body failed is the
+        // client's failure (and the body is gone: it is never sent again).
+        if let Some(source) = watch
+            .as_ref()
+            .filter(|_| !matches!(sent, Some(Ok(_))))
+            .and_then(|w| w.take_failure())
+        {
+            let error = Error::ClientBody {
+                endpoint: endpoint(),
+                source,
+            };
+            return Err(Failed::Sent { error, reused });
+        }
         match sent {
-            Err(_) => Err(Failed::Sent {
+            None => Err(Failed::Sent {
                 error: Error::Timeout {
-                    endpoint: self.addr.to_string(),
+                    endpoint: endpoint(),
                     after: timeout,
                 },
                 reused,
             }),
-            Ok(Ok(resp)) => Ok(resp.map(|body| UpstreamBody::new(body, lease))),
-            Ok(Err(mut e)) => match e.take_message() {
-                Some(req) => Err(Failed::Unsent(Box::new(req), failed(e.into_error()))),
-                None => Err(Failed::Sent {
-                    error: failed(e.into_error()),
-                    reused,
-                }),
-            },
+            Some(Ok(resp)) => Ok(resp.map(|body| UpstreamBody::new(body, lease))),
+            Some(Err(mut e)) => {
+                let failed = |source| Error::Request {
+                    endpoint: endpoint(),
+                    source,
+                };
+                match e.take_message() {
+                    Some(req) => Err(Failed::Unsent(
+                        Box::new(req.map(|b| b.inner)),
+                        failed(e.into_error()),
+                    )),
+                    None => Err(Failed::Sent {
+                        error: failed(e.into_error()),
+                        reused,
+                    }),
+                }
+            }
         }
     }
 
@@ -313,7 +375,10 @@ impl<B: ReqBody> Backend<B> {
                 return Ok(c);
             }
         }
-        let (sender, state) = connector.connect(&self.addr, self.protocol()).await?;
+        // ALPN may still choose HTTP/1.1: such a connection counts against the cap
+        // when a slot is free (an h2 one holds it for its life, one of many).
+        let slot = self.h1_slots.clone().try_acquire_owned().ok();
+        let (sender, state) = connector.connect(&self.addr, self.protocol(), slot).await?;
         match sender {
             Sender::H2(send) => {
                 self.h2.store(Some(Arc::new(H2Conn {
@@ -352,21 +417,72 @@ impl<B: ReqBody> Backend<B> {
     }
 
     async fn checkout_h1(&self, connector: &Connector, fresh: bool) -> Result<Checkout<B>, Error> {
+        let reused = |idle: H1Idle<B>| Checkout {
+            sender: Sender::H1(idle.send),
+            state: idle.state,
+            reused: true,
+        };
         if !fresh {
             if let Some(idle) = self.pop_idle_h1() {
-                return Ok(Checkout {
-                    sender: Sender::H1(idle.send),
-                    state: idle.state,
-                    reused: true,
-                });
+                return Ok(reused(idle));
             }
         }
-        let (sender, state) = connector.connect(&self.addr, self.protocol()).await?;
+        let slot = match self.h1_slots.clone().try_acquire_owned() {
+            Ok(slot) => slot,
+            Err(_) => match self.wait_h1(connector, fresh).await? {
+                Waited::Idle(idle) => return Ok(reused(idle)),
+                Waited::Slot(slot) => slot,
+            },
+        };
+        let (sender, state) = connector
+            .connect(&self.addr, self.protocol(), Some(slot))
+            .await?;
         Ok(Checkout {
             sender,
             state,
             reused: false,
         })
+    }
+
+    /// At the connection cap: waits, in a bounded queue and for a bounded time,
+    /// for a connection to go idle (unless `fresh`) or to close.
+    async fn wait_h1(&self, connector: &Connector, fresh: bool) -> Result<Waited<B>, Error> {
+        let queued = self.h1_waiting.fetch_add(1, Ordering::AcqRel);
+        let _queued = Queued(&self.h1_waiting);
+        if queued >= connector.queue {
+            return Err(Error::QueueFull {
+                endpoint: self.addr.to_string(),
+                limit: self.h1_limit,
+                queued,
+            });
+        }
+        let wait = async {
+            loop {
+                // Registered before looking, so a connection parked in between
+                // is not missed.
+                let freed = self.h1_freed.notified();
+                tokio::pin!(freed);
+                freed.as_mut().enable();
+                if !fresh {
+                    if let Some(idle) = self.pop_idle_h1() {
+                        return Some(Waited::Idle(idle));
+                    }
+                }
+                tokio::select! {
+                    slot = self.h1_slots.clone().acquire_owned() => return slot.ok().map(Waited::Slot),
+                    () = freed => {}
+                }
+            }
+        };
+        match tokio::time::timeout(connector.queue_timeout, wait).await {
+            Ok(Some(waited)) => Ok(waited),
+            // The semaphore is never closed; treated as a full queue if it were.
+            Ok(None) | Err(_) => Err(Error::QueueTimeout {
+                endpoint: self.addr.to_string(),
+                limit: self.h1_limit,
+                after: connector.queue_timeout,
+            }),
+        }
     }
 
     /// The most recently parked ready connection. One that is not ready yet (its
@@ -392,17 +508,15 @@ impl<B: ReqBody> Backend<B> {
     }
 
     /// Returns an HTTP/1.1 connection to the idle stack once hyper reports it ready.
-    fn park_h1_when_ready(&self, mut send: http1::SendRequest<B>, state: Arc<ConnState>)
+    fn park_h1_when_ready(&self, mut send: http1::SendRequest<Outgoing<B>>, state: Arc<ConnState>)
     where
         B: ReqBody,
     {
         let stack = self.h1_idle.clone();
+        let freed = self.h1_freed.clone();
         tokio::spawn(async move {
             if send.ready().await.is_ok() {
-                let mut idle = stack.lock().unwrap_or_else(|p| p.into_inner());
-                if idle.len() < MAX_IDLE_H1 {
-                    idle.push(H1Idle { send, state });
-                }
+                park(&stack, &freed, H1Idle { send, state });
             }
         });
     }
@@ -410,18 +524,30 @@ impl<B: ReqBody> Backend<B> {
     /// Returns an HTTP/1.1 connection to the idle stack once its response has been
     /// read to the end: run by the response body, instead of a task per request
     /// waiting for hyper to report the connection ready.
-    fn reuse_h1(&self, send: http1::SendRequest<B>, state: Arc<ConnState>) -> crate::body::Reuse
+    fn reuse_h1(
+        &self,
+        send: http1::SendRequest<Outgoing<B>>,
+        state: Arc<ConnState>,
+    ) -> crate::body::Reuse
     where
         B: ReqBody,
     {
         let stack = self.h1_idle.clone();
-        Box::new(move || {
-            let mut idle = stack.lock().unwrap_or_else(|p| p.into_inner());
-            if idle.len() < MAX_IDLE_H1 {
-                idle.push(H1Idle { send, state });
-            }
-        })
+        let freed = self.h1_freed.clone();
+        Box::new(move || park(&stack, &freed, H1Idle { send, state }))
     }
+}
+
+/// Puts a connection on the idle stack (closing it when the stack is full) and
+/// wakes one request waiting at the connection cap.
+fn park<B>(stack: &Mutex<Vec<H1Idle<B>>>, freed: &tokio::sync::Notify, conn: H1Idle<B>) {
+    {
+        let mut idle = stack.lock().unwrap_or_else(|p| p.into_inner());
+        if idle.len() < MAX_IDLE_H1 {
+            idle.push(conn);
+        }
+    }
+    freed.notify_one();
 }
 
 /// HTTP/2 carries the target in `:scheme` and `:authority`: the client's Host

@@ -14,7 +14,7 @@ use tokio_rustls::TlsConnector;
 
 use crate::clock::now_ms;
 use crate::endpoint::EndpointAddr;
-use crate::error::Error;
+use crate::error::{is_local_resource, Error};
 use crate::pool::{PoolConfig, Protocol, ReqBody};
 
 /// What every pooled connection shares with the responses it carries.
@@ -52,7 +52,15 @@ pub(crate) struct Connector {
     /// Connects under way at most; past it a connect fails at once instead of piling up.
     pub(crate) max_pending: usize,
     pub(crate) pending: AtomicUsize,
+    /// Requests that may wait for one of an endpoint's HTTP/1.1 connections when
+    /// it is at its cap, and for how long.
+    pub(crate) queue: usize,
+    pub(crate) queue_timeout: Duration,
 }
+
+/// One of an endpoint's HTTP/1.1 connection slots, held by the connection's task
+/// until the connection closes.
+pub(crate) type Slot = Option<tokio::sync::OwnedSemaphorePermit>;
 
 /// A connect counted against `max_pending` until it ends.
 struct Pending<'a>(&'a AtomicUsize);
@@ -69,6 +77,7 @@ impl Connector {
         &self,
         addr: &EndpointAddr,
         protocol: Protocol,
+        slot: Slot,
     ) -> Result<(Sender<B>, Arc<ConnState>), Error> {
         let endpoint = || addr.to_string();
         let _pending = Pending(&self.pending);
@@ -85,13 +94,13 @@ impl Connector {
                 after: self.connect_timeout,
             }),
             Ok(Err(e)) => Err(e),
-            Ok(Ok(Io::Plain(tcp))) => self.handshake(tcp, protocol, addr).await,
+            Ok(Ok(Io::Plain(tcp))) => self.handshake(tcp, protocol, addr, slot).await,
             Ok(Ok(Io::Tls(tls))) => {
                 let negotiated = match tls.get_ref().1.alpn_protocol() {
                     Some(b"h2") => Protocol::H2,
                     _ => Protocol::H1,
                 };
-                self.handshake(tls, negotiated, addr).await
+                self.handshake(tls, negotiated, addr, slot).await
             }
         }
     }
@@ -99,9 +108,20 @@ impl Connector {
     async fn open(&self, addr: &EndpointAddr) -> Result<Io, Error> {
         let tcp = TcpStream::connect((addr.host.as_str(), addr.port))
             .await
-            .map_err(|source| Error::Connect {
-                endpoint: addr.to_string(),
-                source,
+            .map_err(|source| {
+                // Out of descriptors or buffers here is this process's state,
+                // not a sign the endpoint is down.
+                if is_local_resource(&source) {
+                    Error::LocalResource {
+                        endpoint: addr.to_string(),
+                        source,
+                    }
+                } else {
+                    Error::Connect {
+                        endpoint: addr.to_string(),
+                        source,
+                    }
+                }
             })?;
         if let Err(e) = tcp.set_nodelay(true) {
             tracing::debug!(endpoint = %addr, error = %e, "TCP_NODELAY not set");
@@ -125,6 +145,7 @@ impl Connector {
         io: I,
         protocol: Protocol,
         addr: &EndpointAddr,
+        slot: Slot,
     ) -> Result<(Sender<B>, Arc<ConnState>), Error>
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -143,12 +164,24 @@ impl Connector {
                     .handshake(io)
                     .await
                     .map_err(failed)?;
-                tokio::spawn(drive(conn, state.clone(), self.idle_timeout, addr.clone()));
+                tokio::spawn(drive(
+                    conn,
+                    state.clone(),
+                    self.idle_timeout,
+                    addr.clone(),
+                    slot,
+                ));
                 Sender::H2(send)
             }
             Protocol::H1 => {
                 let (send, conn) = http1::Builder::new().handshake(io).await.map_err(failed)?;
-                tokio::spawn(drive(conn, state.clone(), self.idle_timeout, addr.clone()));
+                tokio::spawn(drive(
+                    conn,
+                    state.clone(),
+                    self.idle_timeout,
+                    addr.clone(),
+                    slot,
+                ));
                 Sender::H1(send)
             }
         };
@@ -163,10 +196,12 @@ enum Io {
 
 /// Runs a connection until it ends or has been idle for `idle`; dropping it closes
 /// the socket, so a pooled connection never outlives the backend's keep-alive.
-async fn drive<F>(conn: F, state: Arc<ConnState>, idle: Duration, addr: EndpointAddr)
+async fn drive<F>(conn: F, state: Arc<ConnState>, idle: Duration, addr: EndpointAddr, slot: Slot)
 where
     F: Future<Output = Result<(), hyper::Error>>,
 {
+    // Released when the connection is gone, whichever way it ends.
+    let _slot = slot;
     let tick = (idle / 4).max(Duration::from_millis(25));
     let idle_out = async {
         loop {

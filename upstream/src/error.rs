@@ -1,5 +1,7 @@
 use std::time::Duration;
 
+use crate::BoxError;
+
 /// Why a request to a pool failed. Each variant names the endpoint it concerns.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -56,6 +58,51 @@ pub enum Error {
         endpoint: String,
         status: http::StatusCode,
     },
+    /// Reading the request body from the client failed while it was sent to the
+    /// endpoint (client gone, bad framing, a body limit): the client's fault.
+    #[error("the client's request body to {endpoint} failed")]
+    ClientBody {
+        endpoint: String,
+        #[source]
+        source: BoxError,
+    },
+    /// This process ran out of a resource (file descriptors, socket buffers,
+    /// memory, local ports) while connecting: neither the endpoint's fault nor
+    /// the client's.
+    #[error("no local resources to connect to {endpoint}")]
+    LocalResource {
+        endpoint: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The endpoint is at its HTTP/1.1 connection cap and none came free in time.
+    #[error("{endpoint} is at its limit of {limit} connections; none came free within {after:?}")]
+    QueueTimeout {
+        endpoint: String,
+        limit: usize,
+        after: Duration,
+    },
+    /// The endpoint is at its HTTP/1.1 connection cap and its wait queue is full.
+    #[error(
+        "{endpoint} is at its limit of {limit} connections and {queued} requests wait already"
+    )]
+    QueueFull {
+        endpoint: String,
+        limit: usize,
+        queued: usize,
+    },
+}
+
+/// Whose fault a failure is. Only [`Blame::Upstream`] failures feed breakers,
+/// outlier ejection and the retry budget, and only they are tried again elsewhere.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Blame {
+    /// The client: its request body broke off, was malformed or broke a limit.
+    Client,
+    /// The endpoint (or the network to it).
+    Upstream,
+    /// This process: out of file descriptors or memory, or shedding load.
+    Local,
 }
 
 impl Error {
@@ -68,5 +115,59 @@ impl Error {
                 | Error::Tls { .. }
                 | Error::Handshake { .. }
         )
+    }
+
+    /// Whose fault the failure is.
+    pub fn blame(&self) -> Blame {
+        match self {
+            Error::ClientBody { .. } => Blame::Client,
+            Error::LocalResource { .. }
+            | Error::TooManyConnects { .. }
+            | Error::Overloaded { .. }
+            | Error::QueueTimeout { .. }
+            | Error::QueueFull { .. } => Blame::Local,
+            Error::Connect { .. }
+            | Error::ConnectTimeout { .. }
+            | Error::Tls { .. }
+            | Error::Handshake { .. }
+            | Error::Timeout { .. }
+            | Error::Request { .. }
+            | Error::NoEndpoints { .. }
+            | Error::Deadline { .. }
+            | Error::Status { .. } => Blame::Upstream,
+        }
+    }
+}
+
+/// Errors of the local machine rather than the peer: out of file descriptors
+/// (EMFILE, ENFILE), socket buffers (ENOBUFS), memory (ENOMEM) or local ports
+/// (EADDRNOTAVAIL).
+pub(crate) fn is_local_resource(e: &std::io::Error) -> bool {
+    const ENOMEM: i32 = 12;
+    const ENFILE: i32 = 23;
+    const EMFILE: i32 = 24;
+    const EADDRNOTAVAIL: i32 = 99;
+    const ENOBUFS: i32 = 105;
+    matches!(
+        e.raw_os_error(),
+        Some(ENOMEM | ENFILE | EMFILE | EADDRNOTAVAIL | ENOBUFS)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resource_exhaustion_is_local() {
+        for errno in [12, 23, 24, 99, 105] {
+            assert!(is_local_resource(&std::io::Error::from_raw_os_error(errno)));
+        }
+        // Refused or unreachable: the endpoint (or its network).
+        for errno in [111, 113, 110] {
+            assert!(!is_local_resource(&std::io::Error::from_raw_os_error(
+                errno
+            )));
+        }
     }
 }

@@ -35,7 +35,7 @@ pub use balance::Policy;
 pub use body::UpstreamBody;
 pub use breaker::BreakerConfig;
 pub use endpoint::{EndpointAddr, ParseEndpointError};
-pub use error::Error;
+pub use error::{Blame, Error};
 pub use health::HealthCheck;
 pub use locality::{Locality, RegionId, RttObserver, Served};
 pub use pool::{DnsStatus, EndpointStatus, HashKey, Pool, PoolConfig, PoolStatus, Protocol};

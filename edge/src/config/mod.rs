@@ -78,6 +78,14 @@ pub struct Client {
     pub max_concurrent_streams: u32,
     /// Open TCP client connections at most; `None` is 70% of the open-file limit.
     pub max_connections: Option<usize>,
+    /// Request body bytes at most (a route may set its own).
+    pub max_body_bytes: u64,
+    /// No request body bytes for this long: 408 (or a reset once the response started).
+    pub body_idle_timeout: Duration,
+    /// Request body bytes a second a client must average once the grace has
+    /// passed (Apache's mod_reqtimeout MinRate); 0 turns it off.
+    pub min_body_rate: u64,
+    pub body_rate_grace: Duration,
 }
 
 #[derive(Clone, Debug)]
@@ -90,6 +98,8 @@ pub struct Route {
     pub cache: bool,
     /// Responses with Set-Cookie may be stored (without the cookie).
     pub cache_set_cookie: bool,
+    /// This route's request body limit, instead of `client.max_body_bytes`.
+    pub max_body_bytes: Option<u64>,
 }
 
 /// A pool: the upstream crate's own settings, plus what only a file names.
@@ -117,6 +127,10 @@ impl Default for Client {
             max_headers: 100,
             max_concurrent_streams: 100,
             max_connections: None,
+            max_body_bytes: 1 << 30,
+            body_idle_timeout: Duration::from_secs(10),
+            min_body_rate: 500,
+            body_rate_grace: Duration::from_secs(20),
         }
     }
 }
@@ -130,6 +144,7 @@ impl Route {
             pool: pool.to_owned(),
             cache: true,
             cache_set_cookie: false,
+            max_body_bytes: None,
         }
     }
 }
@@ -362,6 +377,10 @@ fn read_client(cx: &mut Cx<'_>, root: &mut Table<'_>) -> Client {
             1,
         ),
         max_connections: t.opt(cx, "max_connections"),
+        max_body_bytes: t.or(cx, "max_body_bytes", d.max_body_bytes),
+        body_idle_timeout: positive(cx, &mut t, "body_idle_timeout", d.body_idle_timeout),
+        min_body_rate: t.or(cx, "min_body_rate", d.min_body_rate),
+        body_rate_grace: t.or(cx, "body_rate_grace", d.body_rate_grace),
     };
     t.finish(cx);
     out
@@ -431,6 +450,7 @@ fn read_routes(cx: &mut Cx<'_>, root: &mut Table<'_>, pools: &[Pool]) -> Vec<Rou
         }
         let cache = t.or(cx, "cache", true);
         let cache_set_cookie = t.or(cx, "cache_set_cookie", false);
+        let max_body_bytes = t.opt(cx, "max_body_bytes");
         match t.opt::<String>(cx, "pool") {
             Some(pool) if pools.iter().any(|p| p.name() == pool) => routes.push(Route {
                 host,
@@ -438,6 +458,7 @@ fn read_routes(cx: &mut Cx<'_>, root: &mut Table<'_>, pools: &[Pool]) -> Vec<Rou
                 pool,
                 cache,
                 cache_set_cookie,
+                max_body_bytes,
             }),
             Some(pool) => {
                 let line = t.line_of(cx, "pool");

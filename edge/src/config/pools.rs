@@ -325,6 +325,20 @@ fn read_resilience(cx: &mut Cx<'_>, t: &mut Table<'_>, pool: &mut PoolConfig) {
             );
         }
     }
+    pool.max_connections_per_endpoint = at_least(
+        cx,
+        t,
+        "max_connections_per_endpoint",
+        pool.max_connections_per_endpoint,
+        1,
+    );
+    pool.connection_queue = t.or(cx, "connection_queue", pool.connection_queue);
+    pool.connection_queue_timeout = positive(
+        cx,
+        t,
+        "connection_queue_timeout",
+        pool.connection_queue_timeout,
+    );
     pool.request_timeout = t.opt::<Duration>(cx, "request_timeout");
     if pool.request_timeout.is_some_and(|d| d.is_zero()) {
         let line = t.line_of(cx, "request_timeout");

@@ -566,3 +566,59 @@ cache = "yes"
         ]
     );
 }
+
+#[test]
+fn body_limits_and_connection_caps_have_defaults_and_are_read() {
+    let d = parse("[pools.web]\nendpoints = [\"http://127.0.0.1:8080\"]\n").expect("valid");
+    assert_eq!(d.client.max_body_bytes, 1 << 30);
+    assert_eq!(d.client.body_idle_timeout, Duration::from_secs(10));
+    assert_eq!(d.client.min_body_rate, 500);
+    assert_eq!(d.client.body_rate_grace, Duration::from_secs(20));
+    assert_eq!(d.routes[0].max_body_bytes, None);
+    assert_eq!(d.pools[0].settings.max_connections_per_endpoint, 1024);
+    assert_eq!(d.pools[0].settings.connection_queue, 1024);
+    assert_eq!(
+        d.pools[0].settings.connection_queue_timeout,
+        Duration::from_secs(1)
+    );
+    let c = parse(
+        r#"
+[client]
+max_body_bytes = 4096
+body_idle_timeout = "2s"
+min_body_rate = 0
+body_rate_grace = "5s"
+
+[[routes]]
+path_prefix = "/upload"
+pool = "web"
+max_body_bytes = 1048576
+
+[pools.web]
+endpoints = ["http://127.0.0.1:8080"]
+max_connections_per_endpoint = 64
+connection_queue = 8
+connection_queue_timeout = "250ms"
+"#,
+    )
+    .expect("valid");
+    assert_eq!(c.client.max_body_bytes, 4096);
+    assert_eq!(c.client.body_idle_timeout, Duration::from_secs(2));
+    assert_eq!(c.client.min_body_rate, 0);
+    assert_eq!(c.client.body_rate_grace, Duration::from_secs(5));
+    assert_eq!(c.routes[0].max_body_bytes, Some(1 << 20));
+    let p = &c.pools[0].settings;
+    assert_eq!(p.max_connections_per_endpoint, 64);
+    assert_eq!(p.connection_queue, 8);
+    assert_eq!(p.connection_queue_timeout, Duration::from_millis(250));
+    let bad = errors(
+        "[client]\nbody_idle_timeout = \"0s\"\n[pools.web]\nendpoints = [\"http://127.0.0.1:8080\"]\nmax_connections_per_endpoint = 0\n",
+    );
+    assert_eq!(
+        bad,
+        [
+            (2, "client.body_idle_timeout".to_owned()),
+            (5, "pools.web.max_connections_per_endpoint".to_owned())
+        ]
+    );
+}

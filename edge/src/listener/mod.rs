@@ -33,6 +33,8 @@ pub struct Shared {
     pub draining: CancellationToken,
     /// Every connection task, so shutdown can wait for them.
     pub tasks: TaskTracker,
+    /// The certificates, for the SNI each TLS connection asked for (421 checks).
+    pub certs: Option<&'static crate::tls::CertResolver>,
 }
 
 /// Why a listener could not start.

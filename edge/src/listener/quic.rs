@@ -20,7 +20,7 @@ use super::Shared;
 use crate::body::{Body, H3Body};
 use crate::metrics::Proto;
 use crate::pipeline::{self, Peer};
-use crate::tls::{self, CertResolver};
+use crate::tls::{self, CertResolver, Sni};
 
 type H3Conn = h3::server::Connection<h3_quinn::Connection, Bytes>;
 type H3Send = h3::server::RequestStream<h3_quinn::SendStream<Bytes>, Bytes>;
@@ -94,6 +94,10 @@ pub async fn run(endpoint: quinn::Endpoint, shared: Arc<Shared>) {
 
 async fn serve_conn(conn: quinn::Connection, peer: SocketAddr, shared: Arc<Shared>) {
     let _open = shared.metrics.connection(Proto::H3);
+    let sni = conn
+        .handshake_data()
+        .and_then(|d| d.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
+        .and_then(|d| d.server_name);
     let limit = super::tcp::backstop(shared.config.client.max_header_bytes);
     let max_field_section = u64::try_from(limit).unwrap_or(u64::MAX);
     let built = h3::server::builder()
@@ -107,6 +111,10 @@ async fn serve_conn(conn: quinn::Connection, peer: SocketAddr, shared: Arc<Share
     let peer = Peer {
         ip: peer.ip(),
         tls: true,
+        sni: shared
+            .certs
+            .zip(sni.as_deref())
+            .map(|(c, n)| Sni::new(c, n)),
     };
     let mut draining = false;
     // Made once, not per accepted request.

@@ -24,6 +24,7 @@ use super::{accept_backoff, Shared};
 use crate::body::Body;
 use crate::metrics::Proto;
 use crate::pipeline::{self, Peer};
+use crate::tls::Sni;
 
 /// One TCP listener's fixed settings.
 pub struct TcpServer {
@@ -114,7 +115,7 @@ impl TcpServer {
         let Some(proto) = sniff_h2c(&stream, client.header_read_timeout).await else {
             return;
         };
-        self.serve_http(stream, peer, proto).await
+        self.serve_http(stream, peer, proto, None).await
     }
 
     async fn serve_tls(self: Arc<Self>, tls: TlsAcceptor, stream: TcpStream, peer: SocketAddr) {
@@ -131,14 +132,23 @@ impl TcpServer {
             Some(b"h2") => Proto::H2,
             _ => Proto::H1,
         };
-        self.serve_http(stream, peer, proto).await;
+        let sni = stream.get_ref().1.server_name();
+        let sni = self.shared.certs.zip(sni).map(|(c, n)| Sni::new(c, n));
+        self.serve_http(stream, peer, proto, sni).await;
     }
 
-    async fn serve_http<I: Parkable>(self: Arc<Self>, io: I, peer: SocketAddr, proto: Proto) {
+    async fn serve_http<I: Parkable>(
+        self: Arc<Self>,
+        io: I,
+        peer: SocketAddr,
+        proto: Proto,
+        sni: Option<Sni>,
+    ) {
         let _open = self.shared.metrics.connection(proto);
         let peer = Peer {
             ip: peer.ip(),
             tls: self.tls.is_some(),
+            sni,
         };
         if proto == Proto::H1 {
             return super::h1::serve(self, io, peer).await;

@@ -136,6 +136,8 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 pub struct Peer {
     pub ip: IpAddr,
     pub tls: bool,
+    /// The TLS server name the connection asked for, when it named one.
+    pub sni: Option<crate::tls::Sni>,
 }
 
 /// The client's address: the peer's, unless the peer is a trusted proxy; then

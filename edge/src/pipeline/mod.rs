@@ -12,13 +12,14 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use http::{HeaderValue, Request, Response, Version};
+use http_body::Body as _;
 use ipnet::IpNet;
 use upstream::Pool;
 
 pub use headers::{request_id, strip_hop_by_hop, to_upstream, Peer, REQUEST_ID};
 pub use route::Routes;
 
-use crate::body::Body;
+use crate::body::{Body, BodyLimits, Limited};
 use crate::cache::Cache;
 use crate::config::Config;
 use crate::error::{ErrorKind, ProxyError, Side};
@@ -38,6 +39,8 @@ pub struct Proxy {
     geo: Option<Arc<Geo>>,
     /// The cache store; it outlives reloads, so it is handed in, not built here.
     cache: Option<Arc<Cache>>,
+    /// Request body limits (a route may lower or raise the size).
+    body: BodyLimits,
 }
 
 /// The debug header naming the client's region, the chosen region and endpoint.
@@ -93,6 +96,12 @@ impl Proxy {
             max_header_bytes: config.client.max_header_bytes,
             geo,
             cache: None,
+            body: BodyLimits {
+                max_bytes: config.client.max_body_bytes,
+                idle: config.client.body_idle_timeout,
+                min_rate: config.client.min_body_rate,
+                grace: config.client.body_rate_grace,
+            },
         })
     }
 
@@ -138,6 +147,7 @@ pub async fn handle(
         }
         Err((e, backend)) => {
             log_error(&e, &id, backend);
+            metrics.error(e.kind.as_str(), e.side().as_str());
             (e.to_response(&id), backend)
         }
     };
@@ -161,6 +171,17 @@ async fn forward<'p>(
     headers::within_limits(req.headers(), proxy.max_headers, proxy.max_header_bytes)
         .map_err(|e| (e, NO_BACKEND))?;
     let (host, host_key) = headers::host(&req).map_err(|e| (e, NO_BACKEND))?;
+    // A host the connection's certificate does not vouch for was sent here by
+    // mistake (a reused connection, a hostile SNI/Host split): RFC 9110 421.
+    if peer.sni.is_some_and(|sni| !sni.admits(&host_key)) {
+        return Err((
+            ProxyError::new(
+                ErrorKind::MisdirectedRequest,
+                "this host is not served on this connection",
+            ),
+            NO_BACKEND,
+        ));
+    }
     let matched = proxy.routes.find_route(&host_key, req.uri().path());
     let pool = matched
         .and_then(|m| proxy.pools.get(m.pool))
@@ -170,6 +191,8 @@ async fn forward<'p>(
                 NO_BACKEND,
             )
         })?;
+    let max_bytes = matched.and_then(|m| m.max_body_bytes);
+    limit_body(&mut req, proxy.body, max_bytes).map_err(|e| (e, pool.name()))?;
     // Where the client is, for hashing and geo (only when one needs it): the
     // peer, or the address a trusted proxy in front of us names; never what an
     // untrusted peer claims. Read before `to_upstream` rewrites X-Forwarded-For.
@@ -216,6 +239,33 @@ async fn forward<'p>(
     }
 }
 
+/// Puts a request body under the client limits (`max_bytes` is the route's own
+/// size limit, when it has one). A declared length past the limit is refused
+/// before a byte is read, so it never reaches the origin; a body-less request
+/// is left alone.
+fn limit_body(
+    req: &mut Request<Body>,
+    limits: BodyLimits,
+    max_bytes: Option<u64>,
+) -> Result<(), ProxyError> {
+    if req.body().is_end_stream() {
+        return Ok(());
+    }
+    let limits = BodyLimits {
+        max_bytes: max_bytes.unwrap_or(limits.max_bytes),
+        ..limits
+    };
+    if req.body().size_hint().lower() > limits.max_bytes {
+        return Err(ProxyError::new(
+            ErrorKind::BodyTooLarge,
+            "request body too large",
+        ));
+    }
+    let body = std::mem::take(req.body_mut());
+    *req.body_mut() = Body::Limited(Box::new(Limited::new(body, limits)));
+    Ok(())
+}
+
 /// Counts where a regional pool's request went, and names it in the debug
 /// header when that is on.
 fn note_region<B>(
@@ -254,10 +304,14 @@ fn cache_key(req: &mut Request<Body>, peer: Peer, host: &HeaderValue) -> String 
 fn log_error(e: &ProxyError, id: &HeaderValue, backend: &str) {
     let id = String::from_utf8_lossy(id.as_bytes());
     match e.side() {
-        Side::Client => tracing::debug!(request_id = %id, kind = e.kind.as_str(), "{e}"),
+        Side::Client => {
+            let cause = error_chain(e);
+            tracing::debug!(request_id = %id, backend, side = "client", kind = e.kind.as_str(), status = e.kind.status().as_u16(), "{e}{cause}");
+        }
         Side::Upstream | Side::Internal => {
             let cause = error_chain(e);
-            tracing::warn!(request_id = %id, backend, kind = e.kind.as_str(), "{e}{cause}");
+            let side = e.side().as_str();
+            tracing::warn!(request_id = %id, backend, side, kind = e.kind.as_str(), "{e}{cause}");
         }
     }
 }

@@ -13,6 +13,7 @@ struct Entry {
     pool: usize,
     /// `Some` when the route's responses go through the cache.
     cache: Option<RouteCache>,
+    max_body_bytes: Option<u64>,
 }
 
 /// What a request matched: the pool's slot and the route's cache settings.
@@ -20,6 +21,8 @@ struct Entry {
 pub struct Matched {
     pub pool: usize,
     pub cache: Option<RouteCache>,
+    /// The route's own request body limit, if it has one.
+    pub max_body_bytes: Option<u64>,
 }
 
 impl Routes {
@@ -35,6 +38,7 @@ impl Routes {
                     cache: r.cache.then_some(RouteCache {
                         set_cookie: r.cache_set_cookie,
                     }),
+                    max_body_bytes: r.max_body_bytes,
                 })
             })
             .collect();
@@ -56,6 +60,7 @@ impl Routes {
             .map(|r| Matched {
                 pool: r.pool,
                 cache: r.cache,
+                max_body_bytes: r.max_body_bytes,
             })
     }
 }
@@ -79,6 +84,7 @@ mod tests {
             pool: pool.to_owned(),
             cache: true,
             cache_set_cookie: false,
+            max_body_bytes: None,
         }
     }
 

@@ -57,12 +57,19 @@ pub struct PoolConfig {
     pub regions: Vec<RegionId>,
     /// How much of a region may fail before its traffic spills to the next.
     pub overprovisioning: Overprovisioning,
+    /// HTTP/1.1 connections open to one endpoint at most (idle and busy).
+    pub max_connections_per_endpoint: usize,
+    /// Requests that may wait for a connection of an endpoint at that cap...
+    pub connection_queue: usize,
+    /// ...each for at most this long; then 503 (local overload, not the endpoint's fault).
+    pub connection_queue_timeout: Duration,
 }
 
 impl PoolConfig {
     /// A pool with every setting at its default: h2, 1 s connect, 30 s response,
     /// 90 s idle, least-request balancing, 2 retries within a 20% budget, breakers
-    /// opening after 5 consecutive failures.
+    /// opening after 5 consecutive failures; at most 1024 HTTP/1.1 connections per
+    /// endpoint, with up to 1024 requests waiting at most 1 s for one.
     pub fn new(name: &str, endpoints: Vec<EndpointAddr>) -> Self {
         Self {
             name: name.to_owned(),
@@ -86,6 +93,9 @@ impl PoolConfig {
             request_timeout: None,
             regions: Vec::new(),
             overprovisioning: Overprovisioning::default(),
+            max_connections_per_endpoint: 1024,
+            connection_queue: 1024,
+            connection_queue_timeout: Duration::from_secs(1),
         }
     }
 }

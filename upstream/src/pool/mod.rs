@@ -19,7 +19,7 @@ use crate::clock::now_ms;
 use crate::conn::{tls_connector, Connector};
 use crate::discovery::Resolution;
 use crate::endpoint::EndpointAddr;
-use crate::error::Error;
+use crate::error::{Blame, Error};
 use crate::hash_ring::{self, Maglev};
 use crate::health::HealthCheck;
 use crate::locality::{self, Locality, RegionId, RttObserver, Served};
@@ -58,6 +58,8 @@ pub struct Pool<B> {
     members: ArcSwap<Members<B>>,
     protocol: Protocol,
     breaker: BreakerConfig,
+    /// HTTP/1.1 connections per endpoint at most.
+    max_connections: usize,
     /// The discovery feeds, when endpoints come from DNS (kept for their status):
     /// one for the whole pool, or one per region.
     dns: Mutex<Vec<tokio::sync::watch::Receiver<Resolution>>>,
@@ -146,7 +148,14 @@ impl<B: ReqBody> Pool<B> {
         let backends = cfg
             .endpoints
             .iter()
-            .map(|addr| Arc::new(Backend::new(addr.clone(), cfg.protocol, cfg.breaker)))
+            .map(|addr| {
+                Arc::new(Backend::new(
+                    addr.clone(),
+                    cfg.protocol,
+                    cfg.breaker,
+                    cfg.max_connections_per_endpoint,
+                ))
+            })
             .collect();
         let weights: Vec<u32> = (0..cfg.endpoints.len())
             .map(|i| cfg.weights.get(i).copied().unwrap_or(1))
@@ -167,6 +176,7 @@ impl<B: ReqBody> Pool<B> {
             members: ArcSwap::from_pointee(Members::new(backends, &weights, cfg.policy, regions)),
             protocol: cfg.protocol,
             breaker: cfg.breaker,
+            max_connections: cfg.max_connections_per_endpoint,
             dns: Mutex::new(Vec::new()),
             by_region: Mutex::new(by_region),
             overprovisioning: cfg.overprovisioning,
@@ -178,6 +188,8 @@ impl<B: ReqBody> Pool<B> {
                 tls,
                 max_pending: cfg.max_pending_connects,
                 pending: AtomicUsize::new(0),
+                queue: cfg.connection_queue,
+                queue_timeout: cfg.connection_queue_timeout,
             },
             request_timeout: cfg.request_timeout,
             min_available_share: cfg.min_available_share,
@@ -244,7 +256,12 @@ impl<B: ReqBody> Pool<B> {
                     .find(|b| b.addr == *addr)
                     .cloned()
                     .unwrap_or_else(|| {
-                        Arc::new(Backend::new(addr.clone(), self.protocol, self.breaker))
+                        Arc::new(Backend::new(
+                            addr.clone(),
+                            self.protocol,
+                            self.breaker,
+                            self.max_connections,
+                        ))
                     })
             })
             .collect();
@@ -425,6 +442,14 @@ impl<B: ReqBody> Pool<B> {
                         }
                         _ => return Ok(resp),
                     }
+                }
+                // Not the endpoint's fault, and no other endpoint would do better:
+                // no breaker, no budget, no retry.
+                Err(Failed::Unsent(_, error) | Failed::Sent { error, .. })
+                    if error.blame() != Blame::Upstream =>
+                {
+                    attempt.failed_if(false);
+                    return Err(error);
                 }
                 Err(Failed::Unsent(req, error)) => {
                     attempt.failed_if(error.is_connect());

@@ -93,6 +93,7 @@ fn forwarding_headers_trust_only_configured_proxies() {
     let peer = Peer {
         ip: "192.0.2.7".parse().expect("ip"),
         tls: true,
+        sni: None,
     };
     to_upstream(&mut untrusted, peer, &trusted, &id, host.clone());
     let h = untrusted.headers();
@@ -112,6 +113,7 @@ fn forwarding_headers_trust_only_configured_proxies() {
     let peer = Peer {
         ip: "10.1.1.1".parse().expect("ip"),
         tls: false,
+        sni: None,
     };
     to_upstream(&mut via_proxy, peer, &trusted, &id, host);
     assert_eq!(via_proxy.headers()["x-forwarded-for"], "1.2.3.4, 10.1.1.1");
@@ -138,6 +140,7 @@ fn client_ip_believes_only_trusted_proxies() {
     let peer = |ip: &str| Peer {
         ip: ip.parse().expect("ip"),
         tls: false,
+        sni: None,
     };
     let ip = |s: &str| s.parse::<std::net::IpAddr>().expect("ip");
     let spoofed = req(&[("x-forwarded-for", "127.2.0.1")]);
