@@ -731,3 +731,246 @@ async fn h2_and_h1_over_tls_share_an_entry_that_plain_http_does_not() -> anyhow:
     assert_eq!(plain.text(), "#2");
     Ok(())
 }
+
+/// An origin on a raw TCP socket, for what a well-behaved HTTP server library
+/// will not do: for the `n`th request (from 0, read up to its blank line),
+/// `answer(n)` gives the bytes to write before closing, or `None` to close
+/// without a word.
+struct RawOrigin {
+    addr: std::net::SocketAddr,
+    requests: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl RawOrigin {
+    async fn start(
+        answer: impl Fn(usize) -> Option<Vec<u8>> + Send + Sync + 'static,
+    ) -> anyhow::Result<Self> {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let requests = Arc::new(AtomicUsize::new(0));
+        let (count, answer) = (Arc::clone(&requests), Arc::new(answer));
+        let task = tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let (count, answer) = (Arc::clone(&count), Arc::clone(&answer));
+                tokio::spawn(async move {
+                    let mut head = Vec::new();
+                    let mut buf = [0u8; 4096];
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match stream.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => head.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let n = count.fetch_add(1, Ordering::SeqCst);
+                    if let Some(bytes) = answer(n) {
+                        let _ = stream.write_all(&bytes).await;
+                        let _ = stream.shutdown().await;
+                    }
+                });
+            }
+        });
+        Ok(Self {
+            addr,
+            requests,
+            task,
+        })
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    fn requests(&self) -> usize {
+        self.requests.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for RawOrigin {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn edge_over(url: String) -> anyhow::Result<Edge> {
+    let config = EdgeConfig::new(url)
+        .protocol("h1")
+        .cache_setting("enabled", "true");
+    Edge::start(&config).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_revalidation_is_answered_by_a_stale_if_error_response() -> anyhow::Result<()> {
+    // One answer, then every connection is closed without a response.
+    let origin = RawOrigin::start(|n| {
+        (n == 0).then(|| {
+            b"HTTP/1.1 200 OK\r\nCache-Control: max-age=1, stale-if-error=60\r\n\
+              Content-Length: 5\r\nConnection: close\r\n\r\nfirst"
+                .to_vec()
+        })
+    })
+    .await?;
+    let e = edge_over(origin.url()).await?;
+    let addr = e.http()?;
+    let first = get(addr, "/sc", &[]).await?;
+    assert_eq!((first.status, first.text().as_str()), (200, "first"));
+    // Fresh answers come from the store; once stale, edge must revalidate,
+    // the origin drops it, and the stored response stands in.
+    let stale = eventually("a stale-if-error answer", DEADLINE, || async {
+        let g = get(addr, "/sc", &[]).await?;
+        ensure!(
+            (g.status, g.text().as_str()) == (200, "first"),
+            "status {} body {:?} ({})",
+            g.status,
+            g.text(),
+            g.cache_status()
+        );
+        Ok(g.cache_status().contains("stale-if-error").then_some(g))
+    })
+    .await?;
+    let age: u64 = stale.header("age").unwrap_or("0").parse()?;
+    assert!(age >= 1, "served stale, Age {age}");
+    assert!(
+        origin.requests() >= 2,
+        "the revalidation reached the origin"
+    );
+    Ok(())
+}
+
+const EARLY_HINTS: &[u8] = b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\r\n\
+    HTTP/1.1 200 OK\r\nCache-Control: max-age=60\r\nContent-Length: 5\r\n\
+    Connection: close\r\n\r\nfinal";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_103_from_the_origin_is_never_cached_nor_mixed_into_the_answer() -> anyhow::Result<()> {
+    let origin = RawOrigin::start(|_| Some(EARLY_HINTS.to_vec())).await?;
+    let e = edge_over(origin.url()).await?;
+    // h1: the miss gets the final response only, and it is what is stored.
+    for round in 0..2 {
+        let g = get(e.http()?, "/eh1", &[]).await?;
+        assert_eq!((g.status, g.text().as_str()), (200, "final"), "h1 #{round}");
+        assert_eq!(g.header("link"), None, "the 103's fields stay out");
+    }
+    assert_eq!(
+        get(e.http()?, "/eh1", &[]).await?.cache_status(),
+        "edge; hit; detail=l1"
+    );
+    // h2 over TLS: a miss and a hit.
+    for round in 0..2 {
+        let mut args = edge_tests::tls_args(&e);
+        args.extend(["--http2".to_owned(), format!("{}/eh2", e.https_origin())]);
+        let r = edge_tests::curl(&args).await?;
+        assert_eq!(r.http_version, "2");
+        assert_eq!((r.status, r.text().as_str()), (200, "final"), "h2 #{round}");
+        assert_eq!(r.header("link"), None);
+    }
+    // h3: a miss and a hit on one connection.
+    let spec = serde_json::json!([
+        {"method": "GET", "path": "/eh3"},
+        {"method": "GET", "path": "/eh3"},
+    ]);
+    let results = edge_tests::h3_requests(&e, &spec).await?;
+    for r in results.as_array().into_iter().flatten() {
+        assert_eq!(r["status"], 200, "h3: {r}");
+        assert_eq!(r["body"], "final", "h3: {r}");
+        let link = r["headers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|h| h[0] == "link");
+        assert!(!link, "h3: {r}");
+    }
+    assert_eq!(origin.requests(), 3, "one origin request per path");
+    Ok(())
+}
+
+/// An 11-byte body with both validators, fresh for a minute.
+const LM: &str = "Tue, 01 Dec 2026 10:00:00 GMT";
+
+fn ranged_origin() -> impl Fn(&scripted::Seen) -> Reply {
+    move |s| {
+        let headers = [
+            ("cache-control", "max-age=60"),
+            ("etag", "\"v1\""),
+            ("last-modified", LM),
+        ];
+        match s.header("range") {
+            // What an origin does with a range: the part, as a 206.
+            Some("bytes=0-1") => Reply::new(
+                206,
+                &[headers[0], headers[1], ("content-range", "bytes 0-1/11")],
+                "ab",
+            ),
+            _ => Reply::ok(&headers, "abcdefghijk"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn single_ranges_are_cut_from_a_stored_complete_response() -> anyhow::Result<()> {
+    let origin = Scripted::start(ranged_origin()).await?;
+    let e = edge(&origin, None, &[]).await?;
+    let addr = e.http()?;
+    assert_eq!(get(addr, "/r", &[]).await?.text(), "abcdefghijk");
+    eventually("the entry in L1", DEADLINE, || async {
+        let g = get(addr, "/r", &[]).await?;
+        Ok((g.cache_status() == "edge; hit; detail=l1").then_some(()))
+    })
+    .await?;
+    for (range, part, content_range) in [
+        ("bytes=0-1", "ab", "bytes 0-1/11"),
+        ("bytes=4-", "efghijk", "bytes 4-10/11"),
+        ("bytes=-3", "ijk", "bytes 8-10/11"),
+        ("bytes=9-99", "jk", "bytes 9-10/11"),
+    ] {
+        let g = get(addr, "/r", &[("range", range)]).await?;
+        assert_eq!((g.status, g.text().as_str()), (206, part), "{range}");
+        assert_eq!(g.header("content-range"), Some(content_range), "{range}");
+        assert_eq!(g.header("content-length"), Some(&*part.len().to_string()));
+        assert_eq!(g.cache_status(), "edge; hit; detail=l1", "{range}");
+    }
+    let none = get(addr, "/r", &[("range", "bytes=11-")]).await?;
+    assert_eq!(none.status, 416);
+    assert_eq!(none.header("content-range"), Some("bytes */11"));
+    assert!(none.body.is_empty());
+    // If-Range: the stored validator lets the range apply; another gets the whole.
+    for (if_range, status, text) in [
+        ("\"v1\"", 206, "ab"),
+        (LM, 206, "ab"),
+        ("\"v0\"", 200, "abcdefghijk"),
+        ("W/\"v1\"", 200, "abcdefghijk"),
+    ] {
+        let g = get(
+            addr,
+            "/r",
+            &[("range", "bytes=0-1"), ("if-range", if_range)],
+        )
+        .await?;
+        assert_eq!((g.status, g.text().as_str()), (status, text), "{if_range}");
+    }
+    assert_eq!(origin.count("/r"), 1, "every range came from the store");
+    // Several ranges are the origin's to answer (a multipart body).
+    let several = get(addr, "/r", &[("range", "bytes=0-1,4-5")]).await?;
+    assert_eq!(several.cache_status(), "edge; fwd=bypass");
+    assert_eq!(origin.count("/r"), 2);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_range_miss_goes_upstream_and_its_206_is_never_stored() -> anyhow::Result<()> {
+    let origin = Scripted::start(ranged_origin()).await?;
+    let e = edge(&origin, None, &[]).await?;
+    let addr = e.http()?;
+    for _ in 0..2 {
+        let part = get(addr, "/p", &[("range", "bytes=0-1")]).await?;
+        assert_eq!((part.status, part.text().as_str()), (206, "ab"));
+        assert_eq!(part.cache_status(), "edge; fwd=bypass");
+    }
+    // The part is not taken for the whole: a plain GET is a miss.
+    let whole = get(addr, "/p", &[]).await?;
+    assert_eq!((whole.status, whole.text().as_str()), (200, "abcdefghijk"));
+    assert_eq!(whole.cache_status(), "edge; fwd=miss; stored");
+    assert_eq!(origin.count("/p"), 3);
+    Ok(())
+}

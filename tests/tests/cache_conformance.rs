@@ -16,7 +16,12 @@ use edge_tests::edge::workspace_root;
 use edge_tests::{process, Edge, Pki};
 use tokio::process::Command;
 
-/// Required tests edge does not pass, and why.
+/// Required tests edge does not pass, and why. Fixed ones are off this list, so
+/// the test fails if one regresses: `age-parse-suffix` (`Age: 7200,0` counts
+/// by its first member) and `partial-use-headers` (ranges cut from a stored 200).
+/// 0.4.5 is the only version of the package on the npm registry (checked with
+/// `npm view http-cache-tests versions`); the current suite is not published
+/// there, so this snapshot is what runs.
 const KNOWN: &[(&str, &str)] = &[
     // 0.4.5 wants an unparsable Age to make a response stale; the current suite
     // turned these into information-only checks that expect reuse, which is
@@ -24,7 +29,6 @@ const KNOWN: &[(&str, &str)] = &[
     ("age-parse-nonnumeric", "suite snapshot"),
     ("age-parse-negative", "suite snapshot"),
     ("age-parse-float", "suite snapshot"),
-    ("age-parse-suffix", "suite snapshot"),
     ("age-parse-prefix-twoline", "suite snapshot"),
     ("age-parse-dup-0", "suite snapshot"),
     ("age-parse-dup-0-twoline", "suite snapshot"),
@@ -52,8 +56,6 @@ const KNOWN: &[(&str, &str)] = &[
     // Responses with Set-Cookie are stored only on routes that allow it.
     ("headers-store-Set-Cookie", "by design"),
     ("304-etag-update-response-Set-Cookie", "by design"),
-    // Range requests are forwarded, never answered from a stored response.
-    ("partial-use-headers", "not implemented"),
 ];
 
 fn suite_dir() -> anyhow::Result<PathBuf> {

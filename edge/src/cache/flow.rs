@@ -69,6 +69,9 @@ impl Cache {
         route: RouteCache,
     ) -> Result<Response<Body>, ProxyError> {
         let method = req.method().clone();
+        if method == Method::GET && req.headers().contains_key(RANGE) {
+            return self.ranged(pool, &key, req).await;
+        }
         if !(method == Method::GET || method == Method::HEAD) || req.headers().contains_key(RANGE) {
             return self.pass(pool, &key, req).await;
         }
@@ -97,7 +100,7 @@ impl Cache {
 
     /// Methods the cache does not answer: unsafe ones invalidate their target
     /// when they succeed; others (and Range requests) just go through.
-    async fn pass(
+    pub(super) async fn pass(
         &self,
         pool: &Upstream,
         key: &str,
@@ -549,7 +552,7 @@ fn merge_304(entry: &Entry, fresh: &HeaderMap, request_time: u64, response_time:
 
 /// A response from a stored entry, with Age and Cache-Status; a 304 when the
 /// client's own conditional matches it.
-fn respond(
+pub(super) fn respond(
     entry: &Entry,
     req: &HeaderMap,
     method: &Method,

@@ -18,6 +18,7 @@ pub mod key;
 mod l2;
 mod metrics;
 pub mod policy;
+mod range;
 mod tee;
 
 use std::collections::HashMap;

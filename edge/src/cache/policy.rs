@@ -405,6 +405,17 @@ pub fn current_age(resp: &HeaderMap, t: Times, now: u64) -> u64 {
     Freshness::of(0, resp, t.response_time).current_age(t, now)
 }
 
+/// The Age a response arrived with: a list (`7200, 0`, or several Age lines,
+/// which are one list) counts by its first member (RFC 9111 5.1); an invalid
+/// value is ignored (0).
+fn age_value(resp: &HeaderMap) -> u64 {
+    let Some(first) = resp.get(AGE) else { return 0 };
+    let text = String::from_utf8_lossy(first.as_bytes());
+    text.split(',')
+        .next()
+        .map_or(0, |m| delta_seconds(m.trim()))
+}
+
 /// What a stored response's own headers say about its age and freshness,
 /// parsed once per entry rather than on every hit.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -424,10 +435,7 @@ impl Freshness {
             cc: CacheControl::response(resp),
             lifetime: freshness_lifetime(status, resp, response_time),
             date: first_date(resp, DATE).flatten().unwrap_or(response_time),
-            age_value: resp
-                .get(AGE)
-                .and_then(|v| v.to_str().ok())
-                .map_or(0, delta_seconds),
+            age_value: age_value(resp),
         }
     }
 

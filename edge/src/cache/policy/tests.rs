@@ -262,6 +262,22 @@ fn current_age_follows_rfc_9111_4_2_3() {
     assert_eq!(current_age(&resp, at(NOW), NOW + 1), 1);
 }
 
+#[test]
+fn an_age_list_counts_by_its_first_member() {
+    let age = |pairs: &[(&str, &str)]| current_age(&h(pairs), at(NOW), NOW);
+    // One line holding a list: the first member (RFC 9111 5.1).
+    assert_eq!(age(&[("age", "7200, 0")]), 7200);
+    assert_eq!(age(&[("age", "7200,0")]), 7200);
+    assert_eq!(age(&[("age", "0, 7200")]), 0);
+    // Several lines are one list: the first line's value.
+    assert_eq!(age(&[("age", "7200"), ("age", "0")]), 7200);
+    assert_eq!(age(&[("age", "0"), ("age", "7200")]), 0);
+    // An invalid first member is ignored, not read as old.
+    assert_eq!(age(&[("age", "abc, 7200")]), 0);
+    assert_eq!(age(&[("age", "-5")]), 0);
+    assert_eq!(age(&[("age", "  30 ")]), 30);
+}
+
 fn judge(resp: &[(&str, &str)], req: &[(&str, &str)], later: u64) -> Use {
     let mut r = h(resp);
     r.insert("date", HeaderValue::from_str(&date(NOW)).expect("date"));
