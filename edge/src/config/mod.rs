@@ -9,7 +9,7 @@ mod cache;
 mod pools;
 mod regions;
 use cache::read_cache;
-pub use cache::Cache;
+pub use cache::{Cache, CacheStatuses};
 use pools::read_pools;
 pub use regions::{Geo, GeoRegion, Prefer};
 mod walk;
@@ -78,6 +78,28 @@ pub struct Client {
     pub max_concurrent_streams: u32,
     /// Open TCP client connections at most; `None` is 70% of the open-file limit.
     pub max_connections: Option<usize>,
+    /// Normalise request paths before routing (dot segments, repeated slashes).
+    pub normalize_path: bool,
+    /// What normalising does with `%2F`, `%5C` and `%00` in a path.
+    pub path_encoded_separators: EncodedSeparators,
+}
+
+/// `client.path_encoded_separators`: an encoded `/`, `\` or NUL in a path is
+/// refused with 400, or kept as an escape (never decoded into a separator).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EncodedSeparators {
+    Reject,
+    Keep,
+}
+
+impl walk::FromToml for EncodedSeparators {
+    fn from_toml(v: &toml_edit::Value) -> Result<Self, String> {
+        match <String as walk::FromToml>::from_toml(v)?.as_str() {
+            "reject" => Ok(Self::Reject),
+            "keep" => Ok(Self::Keep),
+            other => Err(format!("{other:?} is not \"reject\" or \"keep\"")),
+        }
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -90,6 +112,8 @@ pub struct Route {
     pub cache: bool,
     /// Responses with Set-Cookie may be stored (without the cookie).
     pub cache_set_cookie: bool,
+    /// The statuses this route's cache may store.
+    pub cache_statuses: CacheStatuses,
 }
 
 /// A pool: the upstream crate's own settings, plus what only a file names.
@@ -117,6 +141,8 @@ impl Default for Client {
             max_headers: 100,
             max_concurrent_streams: 100,
             max_connections: None,
+            normalize_path: true,
+            path_encoded_separators: EncodedSeparators::Reject,
         }
     }
 }
@@ -130,6 +156,7 @@ impl Route {
             pool: pool.to_owned(),
             cache: true,
             cache_set_cookie: false,
+            cache_statuses: CacheStatuses::default(),
         }
     }
 }
@@ -362,6 +389,8 @@ fn read_client(cx: &mut Cx<'_>, root: &mut Table<'_>) -> Client {
             1,
         ),
         max_connections: t.opt(cx, "max_connections"),
+        normalize_path: t.or(cx, "normalize_path", d.normalize_path),
+        path_encoded_separators: t.or(cx, "path_encoded_separators", d.path_encoded_separators),
     };
     t.finish(cx);
     out
@@ -431,6 +460,7 @@ fn read_routes(cx: &mut Cx<'_>, root: &mut Table<'_>, pools: &[Pool]) -> Vec<Rou
         }
         let cache = t.or(cx, "cache", true);
         let cache_set_cookie = t.or(cx, "cache_set_cookie", false);
+        let cache_statuses = t.or(cx, "cache_statuses", CacheStatuses::default());
         match t.opt::<String>(cx, "pool") {
             Some(pool) if pools.iter().any(|p| p.name() == pool) => routes.push(Route {
                 host,
@@ -438,6 +468,7 @@ fn read_routes(cx: &mut Cx<'_>, root: &mut Table<'_>, pools: &[Pool]) -> Vec<Rou
                 pool,
                 cache,
                 cache_set_cookie,
+                cache_statuses,
             }),
             Some(pool) => {
                 let line = t.line_of(cx, "pool");

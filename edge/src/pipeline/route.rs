@@ -34,6 +34,7 @@ impl Routes {
                     pool: pool_index(&r.pool)?,
                     cache: r.cache.then_some(RouteCache {
                         set_cookie: r.cache_set_cookie,
+                        statuses: r.cache_statuses,
                     }),
                 })
             })
@@ -79,6 +80,7 @@ mod tests {
             pool: pool.to_owned(),
             cache: true,
             cache_set_cookie: false,
+            cache_statuses: config::CacheStatuses::default(),
         }
     }
 
