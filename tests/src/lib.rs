@@ -13,6 +13,7 @@ pub mod origin;
 pub mod origin_process;
 pub mod pki;
 pub mod process;
+pub mod raw_origin;
 pub mod redis;
 pub mod scripted;
 
@@ -30,6 +31,7 @@ pub use origin::{echo_header, echo_headers, Origin, OriginOptions, OriginTls};
 pub use origin_process::{OriginLog, OriginProcess};
 pub use pki::{LeafFiles, Pki};
 pub use process::{eventually, poll_until, wait_for, wait_until};
+pub use raw_origin::RawOrigin;
 
 /// An origin with `options`, and edge in front of it with the config `configure`
 /// makes from the default one (all listeners, pool `default` → the origin).

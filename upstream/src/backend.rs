@@ -592,4 +592,12 @@ fn set_h1_target<B>(req: &mut Request<B>, addr: &EndpointAddr) {
         .unwrap_or_else(|| PathAndQuery::from_static("/"));
     *req.uri_mut() = Uri::from(pq);
     *req.version_mut() = Version::HTTP_11;
+    // TE is hop-by-hop in HTTP/1.1: it must be named in Connection (RFC 9110
+    // 10.1.4). The pipeline has already removed any client Connection header.
+    if req.headers().contains_key(http::header::TE) {
+        req.headers_mut().insert(
+            http::header::CONNECTION,
+            http::HeaderValue::from_static("te"),
+        );
+    }
 }

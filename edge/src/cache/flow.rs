@@ -319,7 +319,16 @@ impl Cache {
             resp.status(),
             resp.headers(),
             route.set_cookie,
-        );
+        )
+        .and_then(|()| {
+            // The operator's allow-list narrows what RFC 9111 would store.
+            let listed = route.statuses.contains(resp.status().as_u16());
+            if listed {
+                Ok(())
+            } else {
+                Err(policy::NotStored::Status)
+            }
+        });
         let names = policy::vary_names(resp.headers()).unwrap_or_default();
         let declared = resp
             .headers()

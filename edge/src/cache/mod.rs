@@ -86,6 +86,8 @@ const UNCACHEABLE_FOR: Duration = Duration::from_secs(30);
 pub struct RouteCache {
     /// Store responses carrying Set-Cookie (the cookie itself is never stored).
     pub set_cookie: bool,
+    /// The statuses that may be stored (`cache_statuses`).
+    pub statuses: crate::config::CacheStatuses,
 }
 
 /// Which layer answered.

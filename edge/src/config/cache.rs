@@ -104,3 +104,81 @@ fn valid_redis_url(url: &str) -> bool {
     let host = authority.rsplit('@').next().unwrap_or("");
     !host.is_empty() && redis::Client::open(url).is_ok()
 }
+
+/// The final statuses a route's cache may store (`cache_statuses` on a
+/// route), as a set over 200..=599. The default is RFC 9110 15.1's
+/// heuristically cacheable statuses without the errors: an error page with
+/// `max-age` (CPDoS) is passed on but not stored unless the operator lists it.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct CacheStatuses([u64; 7]);
+
+impl CacheStatuses {
+    const FIRST: u16 = 200;
+    const LAST: u16 = 599;
+    pub const DEFAULT: [u16; 7] = [200, 203, 204, 206, 300, 301, 308];
+
+    /// The set of `list`; `Err` names the first status outside 200..=599.
+    pub fn of(list: &[u16]) -> Result<Self, u16> {
+        let mut bits = [0u64; 7];
+        for &s in list {
+            if !(Self::FIRST..=Self::LAST).contains(&s) {
+                return Err(s);
+            }
+            let i = usize::from(s - Self::FIRST);
+            bits[i / 64] |= 1 << (i % 64);
+        }
+        Ok(Self(bits))
+    }
+
+    pub fn contains(self, status: u16) -> bool {
+        let Some(i) = status.checked_sub(Self::FIRST).map(usize::from) else {
+            return false;
+        };
+        status <= Self::LAST && self.0[i / 64] & (1 << (i % 64)) != 0
+    }
+}
+
+impl Default for CacheStatuses {
+    fn default() -> Self {
+        let mut bits = [0u64; 7];
+        for s in Self::DEFAULT {
+            let i = usize::from(s - Self::FIRST);
+            bits[i / 64] |= 1 << (i % 64);
+        }
+        Self(bits)
+    }
+}
+
+impl std::fmt::Debug for CacheStatuses {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let set = (Self::FIRST..=Self::LAST).filter(|s| self.contains(*s));
+        f.debug_set().entries(set).finish()
+    }
+}
+
+impl super::walk::FromToml for CacheStatuses {
+    fn from_toml(v: &toml_edit::Value) -> Result<Self, String> {
+        let list = <Vec<u16> as super::walk::FromToml>::from_toml(v)?;
+        Self::of(&list).map_err(|s| format!("{s} is not a final status (200-599)"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::CacheStatuses;
+
+    #[test]
+    fn statuses_default_to_the_heuristic_set_without_errors() {
+        let d = CacheStatuses::default();
+        for s in CacheStatuses::DEFAULT {
+            assert!(d.contains(s), "{s}");
+        }
+        for s in [100, 199, 302, 404, 410, 500, 501, 503, 600, 0, u16::MAX] {
+            assert!(!d.contains(s), "{s}");
+        }
+        let all = CacheStatuses::of(&(200..=599).collect::<Vec<_>>()).expect("in range");
+        assert!(all.contains(200) && all.contains(599) && all.contains(404));
+        assert_eq!(CacheStatuses::of(&[200, 600]), Err(600));
+        assert_eq!(CacheStatuses::of(&[199]), Err(199));
+    }
+}

@@ -9,7 +9,7 @@ mod cache;
 mod pools;
 mod regions;
 use cache::read_cache;
-pub use cache::Cache;
+pub use cache::{Cache, CacheStatuses};
 use pools::read_pools;
 pub use regions::{Geo, GeoRegion, Prefer};
 mod walk;
@@ -86,6 +86,28 @@ pub struct Client {
     /// passed (Apache's mod_reqtimeout MinRate); 0 turns it off.
     pub min_body_rate: u64,
     pub body_rate_grace: Duration,
+    /// Normalise request paths before routing (dot segments, repeated slashes).
+    pub normalize_path: bool,
+    /// What normalising does with `%2F`, `%5C` and `%00` in a path.
+    pub path_encoded_separators: EncodedSeparators,
+}
+
+/// `client.path_encoded_separators`: an encoded `/`, `\` or NUL in a path is
+/// refused with 400, or kept as an escape (never decoded into a separator).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EncodedSeparators {
+    Reject,
+    Keep,
+}
+
+impl walk::FromToml for EncodedSeparators {
+    fn from_toml(v: &toml_edit::Value) -> Result<Self, String> {
+        match <String as walk::FromToml>::from_toml(v)?.as_str() {
+            "reject" => Ok(Self::Reject),
+            "keep" => Ok(Self::Keep),
+            other => Err(format!("{other:?} is not \"reject\" or \"keep\"")),
+        }
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -100,6 +122,8 @@ pub struct Route {
     pub cache_set_cookie: bool,
     /// This route's request body limit, instead of `client.max_body_bytes`.
     pub max_body_bytes: Option<u64>,
+    /// The statuses this route's cache may store.
+    pub cache_statuses: CacheStatuses,
 }
 
 /// A pool: the upstream crate's own settings, plus what only a file names.
@@ -131,6 +155,8 @@ impl Default for Client {
             body_idle_timeout: Duration::from_secs(10),
             min_body_rate: 500,
             body_rate_grace: Duration::from_secs(20),
+            normalize_path: true,
+            path_encoded_separators: EncodedSeparators::Reject,
         }
     }
 }
@@ -145,6 +171,7 @@ impl Route {
             cache: true,
             cache_set_cookie: false,
             max_body_bytes: None,
+            cache_statuses: CacheStatuses::default(),
         }
     }
 }
@@ -381,6 +408,8 @@ fn read_client(cx: &mut Cx<'_>, root: &mut Table<'_>) -> Client {
         body_idle_timeout: positive(cx, &mut t, "body_idle_timeout", d.body_idle_timeout),
         min_body_rate: t.or(cx, "min_body_rate", d.min_body_rate),
         body_rate_grace: t.or(cx, "body_rate_grace", d.body_rate_grace),
+        normalize_path: t.or(cx, "normalize_path", d.normalize_path),
+        path_encoded_separators: t.or(cx, "path_encoded_separators", d.path_encoded_separators),
     };
     t.finish(cx);
     out
@@ -451,6 +480,7 @@ fn read_routes(cx: &mut Cx<'_>, root: &mut Table<'_>, pools: &[Pool]) -> Vec<Rou
         let cache = t.or(cx, "cache", true);
         let cache_set_cookie = t.or(cx, "cache_set_cookie", false);
         let max_body_bytes = t.opt(cx, "max_body_bytes");
+        let cache_statuses = t.or(cx, "cache_statuses", CacheStatuses::default());
         match t.opt::<String>(cx, "pool") {
             Some(pool) if pools.iter().any(|p| p.name() == pool) => routes.push(Route {
                 host,
@@ -459,6 +489,7 @@ fn read_routes(cx: &mut Cx<'_>, root: &mut Table<'_>, pools: &[Pool]) -> Vec<Rou
                 cache,
                 cache_set_cookie,
                 max_body_bytes,
+                cache_statuses,
             }),
             Some(pool) => {
                 let line = t.line_of(cx, "pool");

@@ -155,9 +155,15 @@ async fn serve_stream(
         Ok(r) => r,
         Err(e) => return tracing::debug!(peer = %peer.ip, error = %e, "HTTP/3 request refused"),
     };
-    let (mut send, recv) = stream.split();
+    let (mut send, mut recv) = stream.split();
     if shared.draining.is_cancelled() {
         send.stop_stream(Code::H3_REQUEST_REJECTED);
+        return;
+    }
+    if connection_specific(req.headers()) {
+        // Malformed (RFC 9114 4.2): reset both halves, as h2 does for its own.
+        recv.stop_sending(Code::H3_MESSAGE_ERROR);
+        send.stop_stream(Code::H3_MESSAGE_ERROR);
         return;
     }
     let len = req
@@ -171,6 +177,22 @@ async fn serve_stream(
     if let Err(e) = write_response(&mut send, resp).await {
         tracing::debug!(peer = %peer.ip, error = %e, "HTTP/3 response not completed");
     }
+}
+
+/// Fields HTTP/3 forbids in a request (RFC 9114 4.2): connection-specific
+/// ones, and `te` with anything but `trailers`.
+fn connection_specific(h: &http::HeaderMap) -> bool {
+    const BANNED: [&str; 5] = [
+        "connection",
+        "transfer-encoding",
+        "keep-alive",
+        "upgrade",
+        "proxy-connection",
+    ];
+    BANNED.iter().any(|n| h.contains_key(*n))
+        || h.get_all(http::header::TE)
+            .iter()
+            .any(|v| !v.as_bytes().eq_ignore_ascii_case(b"trailers"))
 }
 
 /// Streams a response onto an HTTP/3 stream; each write waits for QUIC flow

@@ -72,38 +72,32 @@ pub fn within_limits(
     Ok(())
 }
 
-/// The request's host as sent (for Host and X-Forwarded-Host) and normalised (for
-/// routing). Missing, repeated-and-different, or conflicting with the authority: 400.
-pub fn host(req: &Request<impl Sized>) -> Result<(HeaderValue, String), ProxyError> {
-    let bad = |why: &str| ProxyError::new(ErrorKind::BadRequest, why);
-    let mut hosts = req.headers().get_all(HOST).iter();
-    let header = hosts.next();
-    if let Some(first) = header {
-        if hosts.any(|other| other != first) {
-            return Err(bad("conflicting Host headers"));
+/// The request's framing as edge judges it, so the origin never sees a body
+/// framed differently from what edge read: `Transfer-Encoding` other than
+/// exactly `chunked` (`gzip, chunked`, `chunked, chunked`, `identity`), both
+/// `Transfer-Encoding` and `Content-Length`, or a repeated or non-numeric
+/// `Content-Length` is 400 (RFC 9112 6.1, 6.3).
+pub fn framing(headers: &HeaderMap) -> Result<(), ProxyError> {
+    let bad = |why| Err(ProxyError::new(ErrorKind::BadRequest, why));
+    let mut te = headers.get_all(header::TRANSFER_ENCODING).iter();
+    let mut cl = headers.get_all(header::CONTENT_LENGTH).iter();
+    let te_first = te.next();
+    let cl_first = cl.next();
+    if let Some(v) = te_first {
+        if te.next().is_some() || !v.as_bytes().eq_ignore_ascii_case(b"chunked") {
+            return bad("Transfer-Encoding other than chunked");
+        }
+        if cl_first.is_some() {
+            return bad("both Transfer-Encoding and Content-Length");
         }
     }
-    let authority = req.uri().authority();
-    let value = match (header, authority) {
-        (Some(h), Some(a)) => {
-            let h_str = h.to_str().map_err(|_| bad("Host is not valid text"))?;
-            if !h_str.eq_ignore_ascii_case(a.as_str()) {
-                return Err(bad("Host header and request authority differ"));
-            }
-            h.clone()
+    if let Some(v) = cl_first {
+        let digits = !v.is_empty() && v.as_bytes().iter().all(u8::is_ascii_digit);
+        if cl.next().is_some() || !digits {
+            return bad("invalid or repeated Content-Length");
         }
-        (Some(h), None) => h.clone(),
-        (None, Some(a)) => {
-            HeaderValue::from_str(a.as_str()).map_err(|_| bad("request authority is not valid"))?
-        }
-        (None, None) => return Err(bad("missing Host header")),
-    };
-    let text = value.to_str().map_err(|_| bad("Host is not valid text"))?;
-    if text.is_empty() || text.contains('@') {
-        return Err(bad("Host must be a host name"));
     }
-    let normalized = crate::config::normalize_host(text);
-    Ok((value, normalized))
+    Ok(())
 }
 
 /// Removes hop-by-hop headers: Connection, every header it names, the fixed list,
@@ -167,8 +161,27 @@ pub fn client_ip(h: &HeaderMap, peer: Peer, trusted: &[IpNet]) -> IpAddr {
     client
 }
 
+/// Forwarding headers edge owns: an untrusted peer's are removed, so neither
+/// the origin nor the cache ever sees (or reflects) what a client claims about
+/// where it came from. Every `x-forwarded-*` is in this set too (by prefix).
+const FORWARDING: [HeaderName; 7] = [
+    header::FORWARDED,
+    HeaderName::from_static("x-real-ip"),
+    HeaderName::from_static("x-original-host"),
+    HeaderName::from_static("x-original-url"),
+    HeaderName::from_static("x-rewrite-url"),
+    HeaderName::from_static("x-host"),
+    HeaderName::from_static("x-client-ip"),
+];
+
+fn is_forwarding(name: &HeaderName) -> bool {
+    name.as_str().starts_with("x-forwarded-") || FORWARDING.contains(name)
+}
+
 /// Turns a client request into the upstream request: hop-by-hop headers out,
-/// forwarding headers in, origin-form target, Host set to the client's host.
+/// forwarding headers owned by edge (an untrusted peer's removed, edge's own
+/// in; a trusted proxy's kept and appended to), origin-form target, Host set
+/// to the canonical authority. The one place for cached and uncached routes.
 pub fn to_upstream<B>(
     req: &mut Request<B>,
     peer: Peer,
@@ -186,9 +199,25 @@ pub fn to_upstream<B>(
     // is first read); the upstream client would not wait for a 100 of its own.
     h.remove(header::EXPECT);
     h.insert(REQUEST_ID, id.clone());
-    forwarded_for(h, peer.ip, trusted_peer);
+    let prior_for = trusted_peer.then(|| joined(h, &X_FORWARDED_FOR));
+    let prior_forwarded = trusted_peer.then(|| joined(h, &header::FORWARDED));
+    if !trusted_peer {
+        // Collects nothing (and allocates nothing) for a clean request.
+        let claimed: Vec<HeaderName> = h.keys().filter(|n| is_forwarding(n)).cloned().collect();
+        for name in claimed {
+            h.remove(name);
+        }
+    }
+    let proto = if peer.tls { "https" } else { "http" };
+    set_joined(
+        h,
+        X_FORWARDED_FOR,
+        prior_for.flatten(),
+        &peer.ip.to_string(),
+    );
+    let forwarded = forwarded_element(peer.ip, proto, &host);
+    set_joined(h, header::FORWARDED, prior_forwarded.flatten(), &forwarded);
     if !(trusted_peer && h.contains_key(&X_FORWARDED_PROTO)) {
-        let proto = if peer.tls { "https" } else { "http" };
         h.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
     }
     if !(trusted_peer && h.contains_key(&X_FORWARDED_HOST)) {
@@ -198,21 +227,48 @@ pub fn to_upstream<B>(
     append_via(h, version);
 }
 
-fn forwarded_for(h: &mut HeaderMap, ip: IpAddr, trusted_peer: bool) {
-    let mut value = String::new();
-    if trusted_peer {
-        for prior in h
-            .get_all(&X_FORWARDED_FOR)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-        {
-            value.push_str(prior);
-            value.push_str(", ");
+/// Every line of `name`, joined with `, `; `None` when there is none.
+fn joined(h: &HeaderMap, name: &HeaderName) -> Option<String> {
+    let mut out: Option<String> = None;
+    for line in h.get_all(name).iter().filter_map(|v| v.to_str().ok()) {
+        match &mut out {
+            Some(s) => {
+                s.push_str(", ");
+                s.push_str(line);
+            }
+            None => out = Some(line.to_owned()),
         }
     }
-    value.push_str(&ip.to_string());
+    out
+}
+
+/// Sets `name` to `prior, own` (or `own`).
+fn set_joined(h: &mut HeaderMap, name: HeaderName, prior: Option<String>, own: &str) {
+    let value = match prior {
+        Some(mut p) => {
+            p.push_str(", ");
+            p.push_str(own);
+            p
+        }
+        None => own.to_owned(),
+    };
     if let Ok(v) = HeaderValue::from_str(&value) {
-        h.insert(X_FORWARDED_FOR, v);
+        h.insert(name, v);
+    }
+}
+
+/// This hop's RFC 7239 element: `for=...;proto=...;host=...`, with the IPv6
+/// node and any host with a port quoted (`:` is not a token character).
+fn forwarded_element(ip: IpAddr, proto: &str, host: &HeaderValue) -> String {
+    let host = host.to_str().unwrap_or_default();
+    let node = match ip {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => format!("\"[{v6}]\""),
+    };
+    if host.contains(':') {
+        format!("for={node};proto={proto};host=\"{host}\"")
+    } else {
+        format!("for={node};proto={proto};host={host}")
     }
 }
 

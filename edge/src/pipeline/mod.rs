@@ -5,7 +5,9 @@
 //! with an `http::Request<Body>` and write back what it returns; it never fails:
 //! every error becomes a response here and nowhere else.
 
+mod authority;
 mod headers;
+mod path;
 mod route;
 
 use std::sync::Arc;
@@ -35,6 +37,8 @@ pub struct Proxy {
     max_headers: usize,
     /// Header section size a request may carry, counted as RFC 9113 does.
     max_header_bytes: usize,
+    /// Path normalisation before routing.
+    path: path::Policy,
     /// Regions and client placement, with `[geo]`.
     geo: Option<Arc<Geo>>,
     /// The cache store; it outlives reloads, so it is handed in, not built here.
@@ -94,6 +98,10 @@ impl Proxy {
             trusted: config.trusted_proxies.clone(),
             max_headers: config.client.max_headers,
             max_header_bytes: config.client.max_header_bytes,
+            path: path::Policy {
+                normalize: config.client.normalize_path,
+                separators: config.client.path_encoded_separators,
+            },
             geo,
             cache: None,
             body: BodyLimits {
@@ -170,10 +178,11 @@ async fn forward<'p>(
 ) -> Result<(Response<Body>, &'p str), (ProxyError, &'p str)> {
     headers::within_limits(req.headers(), proxy.max_headers, proxy.max_header_bytes)
         .map_err(|e| (e, NO_BACKEND))?;
-    let (host, host_key) = headers::host(&req).map_err(|e| (e, NO_BACKEND))?;
+    headers::framing(req.headers()).map_err(|e| (e, NO_BACKEND))?;
+    let host = authority::of(&req, peer.tls).map_err(|e| (e, NO_BACKEND))?;
     // A host the connection's certificate does not vouch for was sent here by
     // mistake (a reused connection, a hostile SNI/Host split): RFC 9110 421.
-    if peer.sni.is_some_and(|sni| !sni.admits(&host_key)) {
+    if peer.sni.is_some_and(|sni| !sni.admits(&host.host)) {
         return Err((
             ProxyError::new(
                 ErrorKind::MisdirectedRequest,
@@ -182,7 +191,8 @@ async fn forward<'p>(
             NO_BACKEND,
         ));
     }
-    let matched = proxy.routes.find_route(&host_key, req.uri().path());
+    path::normalize(&mut req, proxy.path).map_err(|e| (e, NO_BACKEND))?;
+    let matched = proxy.routes.find_route(&host.host, req.uri().path());
     let pool = matched
         .and_then(|m| proxy.pools.get(m.pool))
         .ok_or_else(|| {
@@ -200,8 +210,8 @@ async fn forward<'p>(
     let client = (pool.wants_hash_key() || geo.is_some())
         .then(|| headers::client_ip(req.headers(), peer, &proxy.trusted));
     let cache = proxy.cache.as_ref().zip(matched.and_then(|m| m.cache));
-    let key = cache.map(|_| cache_key(&mut req, peer, &host));
-    headers::to_upstream(&mut req, peer, &proxy.trusted, id, host);
+    let key = cache.map(|_| cache_key(&mut req, peer, &host.value));
+    headers::to_upstream(&mut req, peer, &proxy.trusted, id, host.value);
     if let Some(client) = client.filter(|_| pool.wants_hash_key()) {
         let ip = match client {
             std::net::IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),

@@ -37,6 +37,7 @@ impl Routes {
                     pool: pool_index(&r.pool)?,
                     cache: r.cache.then_some(RouteCache {
                         set_cookie: r.cache_set_cookie,
+                        statuses: r.cache_statuses,
                     }),
                     max_body_bytes: r.max_body_bytes,
                 })
@@ -85,6 +86,7 @@ mod tests {
             cache: true,
             cache_set_cookie: false,
             max_body_bytes: None,
+            cache_statuses: config::CacheStatuses::default(),
         }
     }
 

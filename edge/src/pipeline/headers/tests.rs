@@ -23,37 +23,6 @@ fn keeps_a_well_formed_request_id_and_replaces_others() {
 }
 
 #[test]
-fn host_from_header_or_authority_and_conflicts_are_bad_requests() {
-    let (v, n) = host(&req(&[("host", "Example.COM:8443")])).expect("host");
-    assert_eq!(
-        (v.to_str().expect("text"), n.as_str()),
-        ("Example.COM:8443", "example.com")
-    );
-
-    let h2 = Request::builder()
-        .uri("https://a.example/x")
-        .body(())
-        .expect("valid");
-    assert_eq!(host(&h2).expect("authority").1, "a.example");
-
-    let same = req(&[("host", "a"), ("host", "a")]);
-    assert!(host(&same).is_ok());
-    for bad in [req(&[]), req(&[("host", "a"), ("host", "b")])] {
-        let e = host(&bad).expect_err("must be refused");
-        assert_eq!(e.kind, ErrorKind::BadRequest);
-    }
-    let mismatch = Request::builder()
-        .uri("https://a.example/x")
-        .header("host", "b.example")
-        .body(())
-        .expect("valid");
-    assert_eq!(
-        host(&mismatch).expect_err("differ").kind,
-        ErrorKind::BadRequest
-    );
-}
-
-#[test]
 fn strips_every_hop_by_hop_header_and_the_ones_connection_names() {
     let mut h = req(&[
         ("connection", "close, X-Private"),
@@ -117,6 +86,108 @@ fn forwarding_headers_trust_only_configured_proxies() {
     };
     to_upstream(&mut via_proxy, peer, &trusted, &id, host);
     assert_eq!(via_proxy.headers()["x-forwarded-for"], "1.2.3.4, 10.1.1.1");
+}
+
+const CLAIMS: [(&str, &str); 11] = [
+    ("forwarded", "for=6.6.6.6;host=evil.test"),
+    ("x-forwarded-prefix", "/evil"),
+    ("x-forwarded-uri", "/admin"),
+    ("x-forwarded-server", "evil"),
+    ("x-forwarded-port", "1"),
+    ("x-real-ip", "6.6.6.6"),
+    ("x-original-host", "evil.test"),
+    ("x-original-url", "/admin"),
+    ("x-rewrite-url", "/admin"),
+    ("x-host", "evil.test"),
+    ("x-forwarded-host", "evil.test"),
+];
+
+#[test]
+fn an_untrusted_peers_forwarding_claims_are_replaced_by_edges_own() {
+    let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().expect("net")];
+    let id = HeaderValue::from_static("id-1");
+    let mut r = req(&CLAIMS);
+    let peer = Peer {
+        ip: "2001:db8::7".parse().expect("ip"),
+        tls: true,
+    };
+    to_upstream(
+        &mut r,
+        peer,
+        &trusted,
+        &id,
+        HeaderValue::from_static("a.example:8443"),
+    );
+    let h = r.headers();
+    for (name, _) in CLAIMS {
+        let kept = h.get_all(name).iter().any(|v| {
+            v.as_bytes()
+                .windows(4)
+                .any(|w| w == b"evil" || w == b"6.6." || w == b"/adm")
+        });
+        assert!(!kept, "{name} reached upstream: {:?}", h.get(name));
+    }
+    assert_eq!(
+        h["forwarded"],
+        "for=\"[2001:db8::7]\";proto=https;host=\"a.example:8443\""
+    );
+    assert_eq!(h["x-forwarded-host"], "a.example:8443");
+    assert!(!h.contains_key("x-real-ip") && !h.contains_key("x-forwarded-prefix"));
+}
+
+#[test]
+fn a_trusted_proxys_forwarding_headers_pass_and_forwarded_is_appended() {
+    let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().expect("net")];
+    let id = HeaderValue::from_static("id-1");
+    let mut r = req(&[("forwarded", "for=192.0.2.1"), ("x-real-ip", "192.0.2.1")]);
+    let peer = Peer {
+        ip: "10.0.0.9".parse().expect("ip"),
+        tls: false,
+    };
+    to_upstream(
+        &mut r,
+        peer,
+        &trusted,
+        &id,
+        HeaderValue::from_static("a.example"),
+    );
+    let h = r.headers();
+    assert_eq!(
+        h["forwarded"],
+        "for=192.0.2.1, for=10.0.0.9;proto=http;host=a.example"
+    );
+    assert_eq!(h["x-real-ip"], "192.0.2.1");
+}
+
+#[test]
+fn framing_other_than_one_chunked_or_one_length_is_refused() {
+    for ok in [
+        vec![],
+        vec![("transfer-encoding", "chunked")],
+        vec![("transfer-encoding", "Chunked")],
+        vec![("content-length", "0")],
+        vec![("content-length", "42")],
+    ] {
+        assert!(framing(req(&ok).headers()).is_ok(), "{ok:?}");
+    }
+    for bad in [
+        vec![("transfer-encoding", "gzip, chunked")],
+        vec![("transfer-encoding", "chunked, chunked")],
+        vec![("transfer-encoding", ",chunked")],
+        vec![("transfer-encoding", "identity")],
+        vec![
+            ("transfer-encoding", "gzip"),
+            ("transfer-encoding", "chunked"),
+        ],
+        vec![("transfer-encoding", "chunked"), ("content-length", "3")],
+        vec![("content-length", "3"), ("content-length", "3")],
+        vec![("content-length", "3, 3")],
+        vec![("content-length", "+3")],
+        vec![("content-length", "")],
+    ] {
+        let e = framing(req(&bad).headers()).expect_err("refused");
+        assert_eq!(e.kind, ErrorKind::BadRequest, "{bad:?}");
+    }
 }
 
 #[test]
