@@ -47,6 +47,15 @@ pub struct Config {
     /// Regions, client placement and spillover; `None` without a `[geo]` table.
     pub geo: Option<Geo>,
     pub cache: Cache,
+    pub limits: Limits,
+}
+
+/// Process-wide limits that protect the edge itself.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Limits {
+    /// Resident memory (bytes) past which the edge stops accepting connections
+    /// and sheds idle ones, oldest first; `None` is off.
+    pub memory_high: Option<u64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -77,7 +86,13 @@ pub struct Client {
     pub max_headers: usize,
     pub max_concurrent_streams: u32,
     /// Open TCP client connections at most; `None` is 70% of the open-file limit.
+    /// Either way the open-file limit keeps a reserve for upstream connections.
     pub max_connections: Option<usize>,
+    /// Open TCP client connections from one source (an IPv4 address or an IPv6 /64).
+    pub max_connections_per_ip: usize,
+    /// No response byte accepted by the client for this long: the exchange is
+    /// cut off (h1: the connection is closed) and its upstream request freed.
+    pub write_idle_timeout: Duration,
 }
 
 #[derive(Clone, Debug)]
@@ -117,6 +132,8 @@ impl Default for Client {
             max_headers: 100,
             max_concurrent_streams: 100,
             max_connections: None,
+            max_connections_per_ip: 256,
+            write_idle_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -172,6 +189,7 @@ impl Config {
             pools: vec![Pool::new(DEFAULT_POOL, endpoints)],
             geo: None,
             cache: Cache::default(),
+            limits: Limits::default(),
         }
     }
 
@@ -256,6 +274,7 @@ fn read(cx: &mut Cx<'_>, doc: &toml_edit::Table, base: &Path) -> Config {
     let pools = read_pools(cx, &mut root, base, geo.as_ref());
     let routes = read_routes(cx, &mut root, &pools);
     let cache = read_cache(cx, &mut root);
+    let limits = read_limits(cx, &mut root);
     root.finish(cx);
     Config {
         listen,
@@ -270,7 +289,28 @@ fn read(cx: &mut Cx<'_>, doc: &toml_edit::Table, base: &Path) -> Config {
         pools,
         geo,
         cache,
+        limits,
     }
+}
+
+fn read_limits(cx: &mut Cx<'_>, root: &mut Table<'_>) -> Limits {
+    // Below this the guard would trip on the edge's own idle footprint.
+    const MIN_MEMORY_HIGH: u64 = 16 << 20;
+    let Some(mut t) = root.table(cx, "limits") else {
+        return Limits::default();
+    };
+    let memory_high = t.opt::<u64>(cx, "memory_high");
+    if memory_high.is_some_and(|v| v < MIN_MEMORY_HIGH) {
+        let line = t.line_of(cx, "memory_high");
+        let path = t.path("memory_high");
+        cx.error(
+            line,
+            &path,
+            format!("must be at least {MIN_MEMORY_HIGH} (bytes)"),
+        );
+    }
+    t.finish(cx);
+    Limits { memory_high }
 }
 
 fn read_alt_svc(cx: &mut Cx<'_>, root: &mut Table<'_>, d: AltSvc) -> AltSvc {
@@ -362,6 +402,14 @@ fn read_client(cx: &mut Cx<'_>, root: &mut Table<'_>) -> Client {
             1,
         ),
         max_connections: t.opt(cx, "max_connections"),
+        max_connections_per_ip: at_least(
+            cx,
+            &mut t,
+            "max_connections_per_ip",
+            d.max_connections_per_ip,
+            1,
+        ),
+        write_idle_timeout: positive(cx, &mut t, "write_idle_timeout", d.write_idle_timeout),
     };
     t.finish(cx);
     out
