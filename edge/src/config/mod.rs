@@ -90,9 +90,12 @@ pub struct Client {
     pub max_connections: Option<usize>,
     /// Open TCP client connections from one source (an IPv4 address or an IPv6 /64).
     pub max_connections_per_ip: usize,
-    /// No response byte accepted by the client for this long: the exchange is
-    /// cut off (h1: the connection is closed) and its upstream request freed.
+    /// A response (h2: a stream; h1: the connection) that made no write progress
+    /// this long is cancelled, freeing its upstream.
     pub write_idle_timeout: Duration,
+    /// After an h2 GOAWAY (drain, idle, abuse) the connection is closed at most
+    /// this much later, whatever the peer does.
+    pub goaway_grace: Duration,
 }
 
 #[derive(Clone, Debug)]
@@ -134,6 +137,7 @@ impl Default for Client {
             max_connections: None,
             max_connections_per_ip: 256,
             write_idle_timeout: Duration::from_secs(30),
+            goaway_grace: Duration::from_secs(30),
         }
     }
 }
@@ -410,6 +414,7 @@ fn read_client(cx: &mut Cx<'_>, root: &mut Table<'_>) -> Client {
             1,
         ),
         write_idle_timeout: positive(cx, &mut t, "write_idle_timeout", d.write_idle_timeout),
+        goaway_grace: positive(cx, &mut t, "goaway_grace", d.goaway_grace),
     };
     t.finish(cx);
     out

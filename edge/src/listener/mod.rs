@@ -9,6 +9,7 @@
 
 pub mod admin;
 mod h1;
+pub mod idle;
 pub mod overload;
 pub mod quic;
 pub mod slots;
