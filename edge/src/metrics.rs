@@ -36,8 +36,71 @@ pub struct Metrics {
     connections: IntGaugeVec,
     parked: IntGauge,
     reloads: IntCounterVec,
+    slots: SlotMetrics,
     endpoints: EndpointMetrics,
     regions: RegionMetrics,
+}
+
+/// Connection slots, accept failures, write stalls and the overload guard.
+struct SlotMetrics {
+    accept_errors: IntCounterVec,
+    refused: IntCounterVec,
+    write_idle: IntCounterVec,
+    overload: IntGauge,
+    shed: prometheus::IntCounter,
+    rss: IntGauge,
+}
+
+impl SlotMetrics {
+    fn new(registry: &Registry) -> Result<Self, prometheus::Error> {
+        let accept_errors = IntCounterVec::new(
+            Opts::new(
+                "proxy_accept_errors_total",
+                "Failed accepts on the client listeners, by reason (emfile, enfile, enobufs, enomem, other).",
+            ),
+            &["reason"],
+        )?;
+        let refused = IntCounterVec::new(
+            Opts::new(
+                "proxy_connections_refused_total",
+                "Client connections closed at accept, by reason (per_ip: the source is at client.max_connections_per_ip).",
+            ),
+            &["reason"],
+        )?;
+        let write_idle = IntCounterVec::new(
+            Opts::new(
+                "proxy_write_idle_timeouts_total",
+                "Responses cut off because the client accepted no byte for client.write_idle_timeout, by protocol.",
+            ),
+            &["protocol"],
+        )?;
+        let overload = IntGauge::new(
+            "proxy_overload_active",
+            "1 while RSS is past limits.memory_high: accepting is paused and idle connections are shed.",
+        )?;
+        let shed = prometheus::IntCounter::new(
+            "proxy_overload_shed_total",
+            "Idle client connections closed by the overload guard.",
+        )?;
+        let rss = IntGauge::new(
+            "proxy_resident_memory_bytes",
+            "RSS as the overload guard last read it (only with limits.memory_high set).",
+        )?;
+        registry.register(Box::new(accept_errors.clone()))?;
+        registry.register(Box::new(refused.clone()))?;
+        registry.register(Box::new(write_idle.clone()))?;
+        registry.register(Box::new(overload.clone()))?;
+        registry.register(Box::new(shed.clone()))?;
+        registry.register(Box::new(rss.clone()))?;
+        Ok(Self {
+            accept_errors,
+            refused,
+            write_idle,
+            overload,
+            shed,
+            rss,
+        })
+    }
 }
 
 /// Where regional pools send requests, and how far regions are. Labels are
@@ -260,6 +323,7 @@ impl Metrics {
         for p in [Proto::H1, Proto::H2, Proto::H3] {
             connections.with_label_values(&[p.as_str()]).set(0);
         }
+        let slots = SlotMetrics::new(&registry)?;
         let endpoints = EndpointMetrics::new(&registry)?;
         let regions = RegionMetrics::new(&registry)?;
         Ok(Self {
@@ -270,6 +334,7 @@ impl Metrics {
             connections,
             parked,
             reloads,
+            slots,
             endpoints,
             regions,
         })
@@ -328,6 +393,36 @@ impl Metrics {
         let gauge = self.connections.with_label_values(&[proto.as_str()]);
         gauge.inc();
         ConnGuard { gauge }
+    }
+
+    /// Counts a failed accept (`reason` is one of a fixed few).
+    pub fn accept_error(&self, reason: &'static str) {
+        self.slots.accept_errors.with_label_values(&[reason]).inc();
+    }
+
+    /// Counts a client connection closed at accept.
+    pub fn connection_refused(&self, reason: &'static str) {
+        self.slots.refused.with_label_values(&[reason]).inc();
+    }
+
+    /// Counts a response cut off because the client stopped reading.
+    pub fn write_idle_timeout(&self, proto: Proto) {
+        self.slots
+            .write_idle
+            .with_label_values(&[proto.as_str()])
+            .inc();
+    }
+
+    pub fn set_overload(&self, active: bool) {
+        self.slots.overload.set(i64::from(active));
+    }
+
+    pub fn overload_shed(&self, n: u64) {
+        self.slots.shed.inc_by(n);
+    }
+
+    pub fn set_rss(&self, bytes: u64) {
+        self.slots.rss.set(i64::try_from(bytes).unwrap_or(i64::MAX));
     }
 
     /// Counts an HTTP/1.1 connection as parked until the guard drops.

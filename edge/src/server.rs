@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use http::HeaderValue;
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -86,11 +85,12 @@ pub async fn run(config: Config, reload: Option<Reloader>) -> Result<(), Error> 
         cache,
         draining: CancellationToken::new(),
         tasks: TaskTracker::new(),
+        slots: listener::slots::Slots::new(&config),
+        overload: listener::overload::Overload::new(config.limits.memory_high),
         config,
         certs: Some(resolver.as_ref()),
     });
     let alt_svc = alt_svc(&shared.config, tls_addr.port());
-    let cap = Arc::new(Semaphore::new(listener::connection_cap(&shared.config)));
     let endpoint = quic::endpoint(udp, resolver.clone(), &shared)?;
     let acceptor = tokio_rustls::TlsAcceptor::from(tls::tcp_config(resolver.clone())?);
 
@@ -100,14 +100,14 @@ pub async fn run(config: Config, reload: Option<Reloader>) -> Result<(), Error> 
         alt_svc.clone(),
     ));
     let mut loops = tokio::task::JoinSet::new();
-    loops.spawn(tls_server.run(tokio_listener(tls_tcp, tls_addr)?, cap.clone()));
+    loops.spawn(tls_server.run(tokio_listener(tls_tcp, tls_addr)?));
     tracing::info!("listening kind=https addr={tls_addr}");
     tracing::info!("listening kind=h3 addr={tls_addr}");
     loops.spawn(quic::run(endpoint, shared.clone()));
     if let Some(l) = http {
         let addr = local(&l)?;
         let server = Arc::new(TcpServer::new(shared.clone(), None, alt_svc));
-        loops.spawn(server.run(tokio_listener(l, addr)?, cap));
+        loops.spawn(server.run(tokio_listener(l, addr)?));
         tracing::info!("listening kind=http addr={addr}");
     }
     if let Some(l) = admin_listener {
@@ -115,6 +115,7 @@ pub async fn run(config: Config, reload: Option<Reloader>) -> Result<(), Error> 
         loops.spawn(admin::run(tokio_listener(l, addr)?, shared.clone()));
         tracing::info!("listening kind=admin addr={addr}");
     }
+    spawn_overload_guard(&shared);
     tracing::info!("edge ready");
 
     wait_for_signals(&shared, reload.as_ref()).await;
@@ -129,6 +130,18 @@ pub async fn run(config: Config, reload: Option<Reloader>) -> Result<(), Error> 
         tracing::warn!("drain grace over; closing the remaining connections");
     }
     Ok(())
+}
+
+/// Watches RSS against `limits.memory_high` until draining starts (when set).
+fn spawn_overload_guard(shared: &Arc<Shared>) {
+    if shared.config.limits.memory_high.is_none() {
+        return;
+    }
+    let shared = shared.clone();
+    tokio::spawn(async move {
+        let stop = shared.draining.clone();
+        shared.overload.run(&shared.metrics, stop).await;
+    });
 }
 
 fn alt_svc(config: &Config, port: u16) -> Option<HeaderValue> {
@@ -244,6 +257,9 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
     }
     if old.cache != new.cache {
         changed.push("cache");
+    }
+    if old.limits != new.limits {
+        changed.push("limits");
     }
     changed
 }

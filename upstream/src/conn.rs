@@ -174,7 +174,14 @@ impl Connector {
                 Sender::H2(send)
             }
             Protocol::H1 => {
-                let (send, conn) = http1::Builder::new().handshake(io).await.map_err(failed)?;
+                // hyper's default read buffer grows to ~400 KiB, and each body
+                // chunk cut from it pins it whole: a response waiting on a slow
+                // client held ~770 KiB. 64 KiB bounds that (and response heads).
+                let (send, conn) = http1::Builder::new()
+                    .max_buf_size(64 * 1024)
+                    .handshake(io)
+                    .await
+                    .map_err(failed)?;
                 tokio::spawn(drive(
                     conn,
                     state.clone(),

@@ -47,6 +47,15 @@ pub struct Config {
     /// Regions, client placement and spillover; `None` without a `[geo]` table.
     pub geo: Option<Geo>,
     pub cache: Cache,
+    pub limits: Limits,
+}
+
+/// Process-wide limits that protect the edge itself.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Limits {
+    /// Resident memory (bytes) past which the edge stops accepting connections
+    /// and sheds idle ones, oldest first; `None` is off.
+    pub memory_high: Option<u64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -77,6 +86,7 @@ pub struct Client {
     pub max_headers: usize,
     pub max_concurrent_streams: u32,
     /// Open TCP client connections at most; `None` is 70% of the open-file limit.
+    /// Either way the open-file limit keeps a reserve for upstream connections.
     pub max_connections: Option<usize>,
     /// Request body bytes at most (a route may set its own).
     pub max_body_bytes: u64,
@@ -90,6 +100,14 @@ pub struct Client {
     pub normalize_path: bool,
     /// What normalising does with `%2F`, `%5C` and `%00` in a path.
     pub path_encoded_separators: EncodedSeparators,
+    /// Open TCP client connections from one source (an IPv4 address or an IPv6 /64).
+    pub max_connections_per_ip: usize,
+    /// A response (h2: a stream; h1: the connection) that made no write progress
+    /// this long is cancelled, freeing its upstream.
+    pub write_idle_timeout: Duration,
+    /// After an h2 GOAWAY (drain, idle, abuse) the connection is closed at most
+    /// this much later, whatever the peer does.
+    pub goaway_grace: Duration,
 }
 
 /// `client.path_encoded_separators`: an encoded `/`, `\` or NUL in a path is
@@ -157,6 +175,9 @@ impl Default for Client {
             body_rate_grace: Duration::from_secs(20),
             normalize_path: true,
             path_encoded_separators: EncodedSeparators::Reject,
+            max_connections_per_ip: 256,
+            write_idle_timeout: Duration::from_secs(30),
+            goaway_grace: Duration::from_secs(30),
         }
     }
 }
@@ -214,6 +235,7 @@ impl Config {
             pools: vec![Pool::new(DEFAULT_POOL, endpoints)],
             geo: None,
             cache: Cache::default(),
+            limits: Limits::default(),
         }
     }
 
@@ -298,6 +320,7 @@ fn read(cx: &mut Cx<'_>, doc: &toml_edit::Table, base: &Path) -> Config {
     let pools = read_pools(cx, &mut root, base, geo.as_ref());
     let routes = read_routes(cx, &mut root, &pools);
     let cache = read_cache(cx, &mut root);
+    let limits = read_limits(cx, &mut root);
     root.finish(cx);
     Config {
         listen,
@@ -312,7 +335,28 @@ fn read(cx: &mut Cx<'_>, doc: &toml_edit::Table, base: &Path) -> Config {
         pools,
         geo,
         cache,
+        limits,
     }
+}
+
+fn read_limits(cx: &mut Cx<'_>, root: &mut Table<'_>) -> Limits {
+    // Below this the guard would trip on the edge's own idle footprint.
+    const MIN_MEMORY_HIGH: u64 = 16 << 20;
+    let Some(mut t) = root.table(cx, "limits") else {
+        return Limits::default();
+    };
+    let memory_high = t.opt::<u64>(cx, "memory_high");
+    if memory_high.is_some_and(|v| v < MIN_MEMORY_HIGH) {
+        let line = t.line_of(cx, "memory_high");
+        let path = t.path("memory_high");
+        cx.error(
+            line,
+            &path,
+            format!("must be at least {MIN_MEMORY_HIGH} (bytes)"),
+        );
+    }
+    t.finish(cx);
+    Limits { memory_high }
 }
 
 fn read_alt_svc(cx: &mut Cx<'_>, root: &mut Table<'_>, d: AltSvc) -> AltSvc {
@@ -410,6 +454,15 @@ fn read_client(cx: &mut Cx<'_>, root: &mut Table<'_>) -> Client {
         body_rate_grace: t.or(cx, "body_rate_grace", d.body_rate_grace),
         normalize_path: t.or(cx, "normalize_path", d.normalize_path),
         path_encoded_separators: t.or(cx, "path_encoded_separators", d.path_encoded_separators),
+        max_connections_per_ip: at_least(
+            cx,
+            &mut t,
+            "max_connections_per_ip",
+            d.max_connections_per_ip,
+            1,
+        ),
+        write_idle_timeout: positive(cx, &mut t, "write_idle_timeout", d.write_idle_timeout),
+        goaway_grace: positive(cx, &mut t, "goaway_grace", d.goaway_grace),
     };
     t.finish(cx);
     out

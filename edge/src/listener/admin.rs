@@ -24,7 +24,7 @@ pub async fn run(listener: TcpListener, shared: Arc<Shared>) {
         let stream = match accepted {
             Ok((s, _)) => s,
             Err(e) => {
-                tracing::warn!(error = %e, "admin accept failed");
+                shared.slots.accept_failed(&e, &shared.metrics, "admin");
                 if let Some(pause) = accept_backoff(&e) {
                     tokio::time::sleep(pause).await;
                 }

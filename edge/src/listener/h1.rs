@@ -15,6 +15,13 @@
 //! hyper never sees the parking: it never sends `Connection: close` for it, and a
 //! request that closes the connection (HTTP/1.0, `Connection: close`, an error)
 //! is finished by hyper itself exactly as before.
+//!
+//! A client that accepts no response byte for `client.write_idle_timeout` (a
+//! slow reader) has its connection reset, which drops the response body and
+//! with it the upstream request. What waits for such a client meanwhile is
+//! hyper's write buffer (`max_buf_size`, plus the body chunks it holds) and,
+//! upstream, the client connection's read buffer (HTTP/1.1) or the stream's
+//! flow-control window (h2).
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -37,6 +44,7 @@ use tokio::time::Instant;
 
 use super::tcp::TcpServer;
 use crate::body::Body;
+use crate::metrics::Proto;
 use crate::pipeline::Peer;
 
 /// A client transport that can wait for the next request without a read buffer.
@@ -101,10 +109,19 @@ pub(crate) async fn serve<I: Parkable>(server: Arc<TcpServer>, io: I, peer: Peer
         let mut eager = false;
         if must_wait || (parked.ahead.is_empty() && !parked.io.has_buffered()) {
             let _parked = server.shared.metrics.parked();
+            // Overload sheds parked connections first (oldest first).
+            let ticket = server.shared.overload.idle();
+            let shed = async {
+                match &ticket {
+                    Some(t) => t.shed().await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 ready = parked.io.tcp().readable() => if ready.is_err() { return },
                 () = tokio::time::sleep_until(deadline) => return,
                 () = server.shared.draining.cancelled() => return,
+                () = shed => return,
             }
             eager = parked_at.is_none_or(|at| at.elapsed() >= PARK_AFTER);
         }
@@ -151,35 +168,48 @@ async fn burst<I: Parkable>(
         }
     });
     let mut conn = server.h1.serve_connection(io, service);
-    let watch = watch(&state, server.shared.config.client.idle_timeout);
+    let client = &server.shared.config.client;
+    let watch = watch(&state, client.idle_timeout, client.write_idle_timeout);
     let draining = server.shared.draining.cancelled();
     tokio::pin!(watch, draining);
     let mut closing = false;
     let ended = std::future::poll_fn(|cx| {
-        if !closing {
-            match watch.as_mut().poll(cx) {
-                Poll::Ready(Watch::Park) => return Poll::Ready(None),
-                Poll::Ready(Watch::Idle) => closing = true,
-                Poll::Pending => closing = draining.as_mut().poll(cx).is_ready(),
-            }
-            if closing {
-                Pin::new(&mut conn).graceful_shutdown();
-            }
+        // A stalled writer is cut off even while closing: graceful shutdown
+        // waits for the response, which this client never takes. Once shut
+        // down, the watch only ever reports a stall.
+        match watch.as_mut().poll(cx) {
+            Poll::Ready(Watch::Park) => return Poll::Ready(Ended::Park),
+            Poll::Ready(Watch::Stalled) => return Poll::Ready(Ended::Stalled),
+            Poll::Ready(Watch::Idle) => closing = true,
+            Poll::Pending if !closing => closing = draining.as_mut().poll(cx).is_ready(),
+            Poll::Pending => {}
+        }
+        if closing && !state.shut_down.swap(true, Ordering::Relaxed) {
+            Pin::new(&mut conn).graceful_shutdown();
         }
         if let Poll::Ready(done) = Pin::new(&mut conn).poll(cx) {
-            return Poll::Ready(Some(done));
+            return Poll::Ready(Ended::Done(done));
         }
         if eager && !closing && state.idle() {
-            return Poll::Ready(None);
+            return Poll::Ready(Ended::Park);
         }
         Poll::Pending
     })
     .await;
-    if let Some(done) = ended {
-        if let Err(e) = done {
-            tracing::debug!(peer = %peer.ip, error = %e, "client connection ended with an error");
+    match ended {
+        Ended::Park => {}
+        Ended::Done(done) => {
+            if let Err(e) = done {
+                tracing::debug!(peer = %peer.ip, error = %e, "client connection ended with an error");
+            }
+            return Burst::Ended;
         }
-        return Burst::Ended;
+        Ended::Stalled => {
+            server.shared.metrics.write_idle_timeout(Proto::H1);
+            tracing::debug!(peer = %peer.ip, "client took no response byte for client.write_idle_timeout: reset");
+            reset(conn.into_parts().io.into_inner().io.tcp());
+            return Burst::Ended;
+        }
     }
     let parts = conn.into_parts();
     let io = parts.io.into_inner();
@@ -203,21 +233,57 @@ async fn burst<I: Parkable>(
 /// instructions) for every request of a busy keep-alive connection.
 const PARK_AFTER: Duration = Duration::from_millis(250);
 
+/// Why a burst's poll loop stopped.
+enum Ended {
+    /// hyper is idle: take the socket back.
+    Park,
+    /// hyper finished the connection.
+    Done(Result<(), hyper::Error>),
+    /// The client took no response byte for the write-idle timeout.
+    Stalled,
+}
+
+/// Closes with a reset: the unsent response is dropped at once, in the kernel too,
+/// instead of waiting in the send buffer for a client that does not read.
+fn reset(tcp: &TcpStream) {
+    if let Err(e) = socket2::SockRef::from(tcp).set_linger(Some(Duration::ZERO)) {
+        tracing::debug!(error = %e, "SO_LINGER not set");
+    }
+}
+
 /// What the burst's watch saw.
 enum Watch {
     /// hyper is idle and no bytes moved for a whole tick: take the socket back.
     Park,
     /// No bytes moved for the idle timeout (a stalled exchange): close.
     Idle,
+    /// Response bytes waited on the client for the write-idle timeout: reset.
+    Stalled,
 }
 
-/// Ticks every `PARK_AFTER` (or a quarter of the idle timeout, if shorter); a
+/// Ticks every `PARK_AFTER` (or a quarter of either timeout, if shorter); a
 /// periodic timer rather than one reset per request keeps this off the hot path.
-async fn watch(state: &BurstState, idle: Duration) -> Watch {
-    let tick = PARK_AFTER.min(idle / 4).max(Duration::from_millis(10));
+async fn watch(state: &BurstState, idle: Duration, write_idle: Duration) -> Watch {
+    let tick = PARK_AFTER
+        .min(idle / 4)
+        .min(write_idle / 4)
+        .max(Duration::from_millis(10));
     let mut quiet = Duration::ZERO;
+    let mut stalled = Duration::ZERO;
     loop {
         tokio::time::sleep(tick).await;
+        let wrote = state.wrote.swap(false, Ordering::Relaxed);
+        if wrote || !state.write_blocked.load(Ordering::Relaxed) {
+            stalled = Duration::ZERO;
+        } else {
+            stalled += tick;
+            if stalled >= write_idle {
+                return Watch::Stalled;
+            }
+        }
+        if state.shut_down.load(Ordering::Relaxed) {
+            continue;
+        }
         if state.active.swap(false, Ordering::Relaxed) {
             quiet = Duration::ZERO;
             continue;
@@ -247,6 +313,12 @@ pub(crate) struct BurstState {
     closing: AtomicBool,
     /// Bytes were written since the IO was last flushed.
     unflushed: AtomicBool,
+    /// Response bytes reached the socket since the watch last looked.
+    wrote: AtomicBool,
+    /// The last write or flush found the socket full: the client is not reading.
+    write_blocked: AtomicBool,
+    /// hyper was told to finish: from then on only a stall ends the burst early.
+    shut_down: AtomicBool,
 }
 
 impl BurstState {
@@ -371,8 +443,13 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for BurstIo<I> {
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         let polled = Pin::new(&mut self.io).poll_flush(cx);
         // hyper flushes the IO only once its own write buffer is empty.
-        if let Poll::Ready(Ok(())) = polled {
-            self.state.unflushed.store(false, Ordering::Relaxed);
+        match polled {
+            Poll::Ready(Ok(())) => {
+                self.state.unflushed.store(false, Ordering::Relaxed);
+                self.state.write_blocked.store(false, Ordering::Relaxed);
+            }
+            Poll::Pending => self.state.write_blocked.store(true, Ordering::Relaxed),
+            Poll::Ready(Err(_)) => {}
         }
         polled
     }
@@ -384,11 +461,17 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for BurstIo<I> {
 
 impl<I> BurstIo<I> {
     fn wrote(&self, polled: &Poll<std::io::Result<usize>>) {
-        if let Poll::Ready(Ok(n)) = polled {
-            self.state.active.store(true, Ordering::Relaxed);
-            if *n > 0 {
-                self.state.unflushed.store(true, Ordering::Relaxed);
+        match polled {
+            Poll::Ready(Ok(n)) => {
+                self.state.active.store(true, Ordering::Relaxed);
+                self.state.write_blocked.store(false, Ordering::Relaxed);
+                if *n > 0 {
+                    self.state.unflushed.store(true, Ordering::Relaxed);
+                    self.state.wrote.store(true, Ordering::Relaxed);
+                }
             }
+            Poll::Pending => self.state.write_blocked.store(true, Ordering::Relaxed),
+            Poll::Ready(Err(_)) => {}
         }
     }
 }

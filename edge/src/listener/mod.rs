@@ -3,11 +3,16 @@
 //!
 //! Accept loops spawn a task per connection before awaiting anything of it
 //! (handshakes happen in the task), and never hold more client connections than
-//! the configured cap; on EMFILE they back off instead of spinning.
+//! the cap, in all or from one source (`slots`); on EMFILE they back off instead
+//! of spinning, and log it at most once a second. Past `limits.memory_high` they
+//! stop accepting while idle connections are shed (`overload`).
 
 pub mod admin;
 mod h1;
+pub mod idle;
+pub mod overload;
 pub mod quic;
+pub mod slots;
 pub mod tcp;
 
 use std::net::{SocketAddr, TcpListener as StdTcpListener, UdpSocket};
@@ -35,6 +40,10 @@ pub struct Shared {
     pub tasks: TaskTracker,
     /// The certificates, for the SNI each TLS connection asked for (421 checks).
     pub certs: Option<&'static crate::tls::CertResolver>,
+    /// The TCP listeners' connection caps, in all and per source.
+    pub slots: slots::Slots,
+    /// Pauses accepting and sheds idle connections past `limits.memory_high`.
+    pub overload: overload::Overload,
 }
 
 /// Why a listener could not start.
@@ -108,20 +117,4 @@ pub(crate) fn accept_backoff(e: &std::io::Error) -> Option<Duration> {
         Some(ENOMEM | ENFILE | EMFILE | ENOBUFS) => Some(Duration::from_millis(100)),
         _ => None,
     }
-}
-
-/// Open client connections at most: the configured cap, or 70% of the open-file limit.
-pub fn connection_cap(config: &Config) -> usize {
-    config.client.max_connections.unwrap_or_else(|| {
-        let limit = rlimit_nofile().unwrap_or(1024);
-        usize::try_from(limit / 10 * 7)
-            .unwrap_or(usize::MAX)
-            .max(64)
-    })
-}
-
-fn rlimit_nofile() -> Option<u64> {
-    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
-    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
-    line.split_whitespace().nth(3)?.parse().ok()
 }

@@ -16,7 +16,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::OwnedSemaphorePermit;
 use tokio_rustls::TlsAcceptor;
 
 use super::h1::Parkable;
@@ -68,38 +68,55 @@ impl TcpServer {
         }
     }
 
-    /// Accepts until draining starts, holding at most `cap` connections.
-    pub async fn run(self: Arc<Self>, listener: TcpListener, cap: Arc<Semaphore>) {
-        let draining = self.shared.draining.clone();
+    /// Accepts until draining starts, within the connection slots and only while
+    /// the overload guard lets it.
+    pub async fn run(self: Arc<Self>, listener: TcpListener) {
+        let shared = &self.shared;
         loop {
+            let room = async {
+                shared.overload.accepting().await;
+                shared.slots.global().await
+            };
             let permit = tokio::select! {
-                p = cap.clone().acquire_owned() => match p {
-                    Ok(p) => p,
-                    Err(_) => return,
+                p = room => match p {
+                    Some(p) => p,
+                    None => return,
                 },
-                () = draining.cancelled() => return,
+                () = shared.draining.cancelled() => return,
             };
             let accepted = tokio::select! {
                 a = listener.accept() => a,
-                () = draining.cancelled() => return,
+                () = shared.draining.cancelled() => return,
             };
             match accepted {
-                Ok((stream, peer)) => {
-                    let server = self.clone();
-                    let fut = async move {
-                        server.serve(stream, peer).await;
-                        drop(permit);
-                    };
-                    self.shared.tasks.spawn(fut);
-                }
+                Ok((stream, peer)) => self.spawn(stream, peer, permit),
                 Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
+                    let name = if self.tls.is_some() { "https" } else { "http" };
+                    shared.slots.accept_failed(&e, &shared.metrics, name);
                     if let Some(pause) = accept_backoff(&e) {
                         tokio::time::sleep(pause).await;
                     }
                 }
             }
         }
+    }
+
+    /// Serves an accepted connection on a task of its own, or closes it at once
+    /// when its source already holds its share of the slots.
+    fn spawn(self: &Arc<Self>, stream: TcpStream, peer: SocketAddr, permit: OwnedSemaphorePermit) {
+        let metrics = &self.shared.metrics;
+        let Some(slot) = self.shared.slots.admit(permit, peer.ip(), metrics) else {
+            // A reset rather than a FIN: nothing for the peer to hold half-open.
+            if let Err(e) = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO)) {
+                tracing::debug!(error = %e, "SO_LINGER not set");
+            }
+            return;
+        };
+        let server = self.clone();
+        self.shared.tasks.spawn(async move {
+            server.serve(stream, peer).await;
+            drop(slot);
+        });
     }
 
     async fn serve(self: Arc<Self>, stream: TcpStream, peer: SocketAddr) {

@@ -1,0 +1,305 @@
+//! Connection slots: idle sockets from one source cannot take every slot, an
+//! accept that fails for lack of file descriptors is counted and logged at most
+//! once a second (and the edge recovers), and past `limits.memory_high` the edge
+//! stops accepting and sheds idle connections, oldest first.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use edge_tests::{
+    poll_until, process, start_default, Edge, EdgeConfig, KeepAlive, Load, Origin, Reply,
+};
+use http::Method;
+use tokio::io::AsyncReadExt as _;
+use tokio::net::{TcpSocket, TcpStream};
+
+fn ok(reply: Reply) -> Result<(), String> {
+    if reply.status == 200 {
+        Ok(())
+    } else {
+        Err(format!("{}: {}", reply.status, reply.body))
+    }
+}
+
+async fn connect_from(from: IpAddr, to: SocketAddr) -> anyhow::Result<TcpStream> {
+    let socket = TcpSocket::new_v4()?;
+    socket.bind(SocketAddr::new(from, 0))?;
+    Ok(socket.connect(to).await?)
+}
+
+/// Whether the peer has closed `stream` (EOF or reset), without waiting.
+fn closed(stream: &TcpStream) -> bool {
+    let mut buf = [0u8; 1];
+    match stream.try_read(&mut buf) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
+    }
+}
+
+async fn get_200(from: IpAddr, to: SocketAddr) -> anyhow::Result<()> {
+    let reply = KeepAlive::from(from, to)
+        .request(&Method::GET, "/", "canary")
+        .await
+        .map_err(anyhow::Error::msg)?;
+    anyhow::ensure!(reply.status == 200, "canary got {}", reply.status);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_source_cannot_take_every_slot() -> anyhow::Result<()> {
+    const LIMIT: usize = 8;
+    const OPENED: usize = 20;
+    let origin = Origin::start().await?;
+    // Without the per-source limit, the 20 idle sockets would fill the 12 slots
+    // for the whole minute the header timeout allows them.
+    let config = EdgeConfig::new(origin.url())
+        .client_setting("max_connections", "12")
+        .client_setting("max_connections_per_ip", &LIMIT.to_string())
+        .client_setting("header_read_timeout", "\"60s\"")
+        .client_setting("idle_timeout", "\"60s\"");
+    let edge = Edge::start(&config).await?;
+    let attacker: IpAddr = "127.0.0.1".parse()?;
+    // A connect the reset beat to completion counts as closed.
+    let mut idle = Vec::new();
+    for _ in 0..OPENED {
+        idle.push(connect_from(attacker, edge.http()?).await.ok());
+    }
+    let is_closed = |s: &Option<TcpStream>| s.as_ref().is_none_or(closed);
+    let extra = OPENED - LIMIT;
+    edge_tests::wait_until("the extra sockets closed", Duration::from_secs(5), || {
+        idle.iter().filter(|s| is_closed(s)).count() >= extra
+    })
+    .await?;
+    // Sockets past the limit on the TLS listener (never a ClientHello) are closed
+    // at accept too, well before the 10 s handshake timeout.
+    let mut tls = Vec::new();
+    for _ in 0..3 {
+        tls.push(connect_from(attacker, edge.https_addr).await.ok());
+    }
+    edge_tests::wait_until("the TLS extras closed", Duration::from_secs(5), || {
+        tls.iter().all(is_closed)
+    })
+    .await?;
+    let started = Instant::now();
+    get_200("127.0.0.2".parse()?, edge.http()?).await?;
+    let canary_took = started.elapsed();
+    let held = idle.iter().filter(|s| !is_closed(s)).count();
+    assert_eq!(held, LIMIT, "sockets the source keeps");
+    let (refused, page) = edge
+        .metric("proxy_connections_refused_total{reason=\"per_ip\"}")
+        .await?;
+    assert_eq!(refused, Some((extra + 3) as f64), "{page}");
+    eprintln!(
+        "per-source limit: {OPENED}+3 idle sockets from one source, {held} kept, {} reset at \
+         accept; a client from 127.0.0.2 got 200 in {canary_took:?}",
+        extra + 3
+    );
+    Ok(())
+}
+
+/// Lines of `log` reporting a failed accept.
+fn accept_failures(log: &str) -> Vec<&str> {
+    log.lines()
+        .filter(|l| l.contains("accept failed"))
+        .collect()
+}
+
+fn open_fds(pid: u32) -> anyhow::Result<usize> {
+    Ok(std::fs::read_dir(format!("/proc/{pid}/fd"))?.count())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn accept_failures_under_emfile_are_counted_and_rate_limited() -> anyhow::Result<()> {
+    let (_origin, edge) = start_default().await?;
+    let http = edge.http()?;
+    // A keep-alive client already connected keeps being served meanwhile.
+    let canary = Load::start(http, 1, Duration::from_millis(100), Method::GET, ok);
+    poll_until("a canary answer", Duration::from_secs(10), || async {
+        edge.metric("proxy_requests_total{backend=\"default\",status=\"200\"}")
+            .await
+            .is_ok_and(|(v, _)| v.is_some())
+    })
+    .await?;
+    // Room for 20 more descriptors, then EMFILE on every accept.
+    let limit = open_fds(edge.pid())? + 20;
+    let pid = edge.pid().to_string();
+    let nofile = format!("--nofile={limit}:{limit}");
+    process::run(
+        "prlimit",
+        ["--pid", pid.as_str(), nofile.as_str()],
+        Duration::from_secs(5),
+    )
+    .await?
+    .ensure_success("prlimit")?;
+    let flood_start = Instant::now();
+    let mut idle = Vec::new();
+    for _ in 0..60 {
+        idle.push(TcpStream::connect(http).await?);
+    }
+    // A few seconds of failing accepts, seen in the log (the admin listener
+    // cannot be scraped while there is no descriptor to accept it with).
+    edge_tests::wait_until("3 s of failing accepts", Duration::from_secs(20), || {
+        accept_failures(&edge.log()).len() >= 4
+    })
+    .await?;
+    let flood = flood_start.elapsed();
+    drop(idle);
+    get_200("127.0.0.1".parse()?, http).await?;
+    let log = edge.log();
+    let lines = accept_failures(&log);
+    let seconds = flood_start.elapsed().as_secs_f64();
+    assert!(
+        lines.len() as f64 <= seconds + 1.0,
+        "{} accept-failure lines in {seconds:.1} s:\n{}",
+        lines.len(),
+        lines.join("\n")
+    );
+    let (counted, page) = edge
+        .metric("proxy_accept_errors_total{reason=\"emfile\"}")
+        .await?;
+    let counted = counted.unwrap_or(0.0);
+    assert!(
+        counted > lines.len() as f64,
+        "{counted} counted for {} lines:\n{page}",
+        lines.len()
+    );
+    let answers = canary.finish().await?;
+    let failed: Vec<_> = answers.iter().filter(|(_, r)| r.is_err()).collect();
+    assert!(failed.is_empty(), "canary failures: {failed:?}");
+    eprintln!(
+        "EMFILE: {counted} failed accepts over {flood:?}+, {} log lines in {seconds:.1} s; \
+         a new client got 200 once the idle sockets closed; canary {} x 200",
+        lines.len(),
+        answers.len()
+    );
+    Ok(())
+}
+
+/// A client with a 4 KiB receive buffer that asks for `path` and reads nothing.
+async fn slow_reader(to: SocketAddr, path: &str) -> anyhow::Result<TcpStream> {
+    use tokio::io::AsyncWriteExt as _;
+    let socket = TcpSocket::new_v4()?;
+    socket.set_recv_buffer_size(4096)?;
+    let mut stream = socket.connect(to).await?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: edge.test\r\n\r\n");
+    stream.write_all(request.as_bytes()).await?;
+    Ok(stream)
+}
+
+async fn gauge(edge: &Edge, series: &str) -> f64 {
+    edge.metric(series)
+        .await
+        .ok()
+        .and_then(|(v, _)| v)
+        .unwrap_or(0.0)
+}
+
+/// Requests in flight to every endpoint.
+async fn in_flight(edge: &Edge) -> f64 {
+    let name = "proxy_endpoint_in_flight{";
+    let Ok((_, page)) = edge.metric(name).await else {
+        return 0.0;
+    };
+    page.lines()
+        .filter(|l| l.starts_with(name))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// The RSS of an idle edge that has served one request, in bytes.
+async fn idle_rss(origin: &Origin) -> anyhow::Result<u64> {
+    let edge = Edge::start(&EdgeConfig::new(origin.url())).await?;
+    get_200("127.0.0.1".parse()?, edge.http()?).await?;
+    Ok(edge.rss_kib()? * 1024)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overload_stops_accepting_and_sheds_idle_connections() -> anyhow::Result<()> {
+    use tokio::io::AsyncWriteExt as _;
+    const IDLE: usize = 30;
+    let origin = Origin::start().await?;
+    let high = idle_rss(&origin).await? + (24 << 20);
+    let config = EdgeConfig::new(origin.url())
+        .top_setting("limits", &format!("{{ memory_high = {high} }}"))
+        .client_setting("write_idle_timeout", "\"1h\"");
+    let edge = Edge::start(&config).await?;
+    let http = edge.http()?;
+    let canary = Load::start(http, 1, Duration::from_millis(100), Method::GET, ok);
+    // The oldest connections: one request each, then parked.
+    let mut idle = Vec::new();
+    for _ in 0..IDLE {
+        let mut conn = TcpStream::connect(http).await?;
+        conn.write_all(b"GET / HTTP/1.1\r\nHost: edge.test\r\n\r\n")
+            .await?;
+        let mut buf = [0u8; 1024];
+        let n = conn.read(&mut buf).await?;
+        anyhow::ensure!(
+            buf[..n].starts_with(b"HTTP/1.1 200"),
+            "idle client not served"
+        );
+        idle.push(conn);
+    }
+    poll_until(
+        "the idle connections parked",
+        Duration::from_secs(10),
+        || async { gauge(&edge, "proxy_parked_connections").await >= IDLE as f64 },
+    )
+    .await?;
+    // Memory goes up with slow readers (each holds buffered response bytes).
+    let mut readers = Vec::new();
+    let path = format!("/bytes/{}", 64 << 20);
+    while gauge(&edge, "proxy_overload_active").await < 1.0 {
+        anyhow::ensure!(readers.len() < 2000, "RSS never passed {high}");
+        for _ in 0..20 {
+            readers.push(slow_reader(http, &path).await?);
+        }
+        let opened = readers.len() as f64;
+        poll_until("the batch in flight", Duration::from_secs(20), || async {
+            gauge(&edge, "proxy_overload_active").await >= 1.0 || in_flight(&edge).await >= opened
+        })
+        .await?;
+    }
+    let peak = edge.rss_kib()?;
+    edge_tests::wait_until("the idle connections shed", Duration::from_secs(10), || {
+        idle.iter().all(closed)
+    })
+    .await?;
+    // A new client waits in the backlog while the guard holds.
+    let mut late = TcpStream::connect(http).await?;
+    late.write_all(b"GET / HTTP/1.1\r\nHost: edge.test\r\n\r\n")
+        .await?;
+    let shed = gauge(&edge, "proxy_overload_shed_total").await;
+    assert!(shed >= IDLE as f64, "{shed} shed");
+    let mut byte = [0u8; 1];
+    let early = late.try_read(&mut byte);
+    assert!(
+        gauge(&edge, "proxy_overload_active").await >= 1.0
+            && matches!(&early, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+        "answered while overloaded: {early:?}"
+    );
+    let readers_held = readers.len();
+    drop(readers);
+    poll_until("the overload to clear", Duration::from_secs(60), || async {
+        gauge(&edge, "proxy_overload_active").await < 1.0
+    })
+    .await?;
+    let mut answer = [0u8; 12];
+    tokio::time::timeout(Duration::from_secs(10), late.read_exact(&mut answer)).await??;
+    assert_eq!(&answer, b"HTTP/1.1 200", "the deferred client");
+    let log = edge.log();
+    assert!(
+        log.contains("overload: RSS") && log.contains("overload cleared"),
+        "{log}"
+    );
+    let answers = canary.finish().await?;
+    let failed: Vec<_> = answers.iter().filter(|(_, r)| r.is_err()).collect();
+    assert!(failed.is_empty(), "canary failures: {failed:?}");
+    eprintln!(
+        "overload: memory_high {high} B, peak RSS {peak} KiB with {readers_held} slow readers; \
+         {shed} idle shed; deferred client answered 200 after clearing, RSS {} KiB; canary {} x 200",
+        edge.rss_kib()?,
+        answers.len()
+    );
+    Ok(())
+}
