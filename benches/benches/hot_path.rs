@@ -37,6 +37,7 @@ fn route_match(c: &mut Criterion) {
             pool: "p".to_owned(),
             cache: true,
             cache_set_cookie: false,
+            cache_statuses: edge::config::CacheStatuses::default(),
         })
         .collect();
     let table = Routes::new(&routes, |_| Some(0));
