@@ -38,6 +38,7 @@ fn route_match(c: &mut Criterion) {
             cache: true,
             cache_set_cookie: false,
             max_body_bytes: None,
+            cache_statuses: edge::config::CacheStatuses::default(),
         })
         .collect();
     let table = Routes::new(&routes, |_| Some(0));
