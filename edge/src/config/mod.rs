@@ -7,10 +7,13 @@
 
 mod cache;
 mod pools;
+mod quic;
 mod regions;
 use cache::read_cache;
 pub use cache::Cache;
 use pools::read_pools;
+use quic::read_quic;
+pub use quic::{Quic, Retry};
 pub use regions::{Geo, GeoRegion, Prefer};
 mod walk;
 
@@ -47,6 +50,7 @@ pub struct Config {
     /// Regions, client placement and spillover; `None` without a `[geo]` table.
     pub geo: Option<Geo>,
     pub cache: Cache,
+    pub quic: Quic,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -172,6 +176,7 @@ impl Config {
             pools: vec![Pool::new(DEFAULT_POOL, endpoints)],
             geo: None,
             cache: Cache::default(),
+            quic: Quic::default(),
         }
     }
 
@@ -256,6 +261,7 @@ fn read(cx: &mut Cx<'_>, doc: &toml_edit::Table, base: &Path) -> Config {
     let pools = read_pools(cx, &mut root, base, geo.as_ref());
     let routes = read_routes(cx, &mut root, &pools);
     let cache = read_cache(cx, &mut root);
+    let quic = read_quic(cx, &mut root);
     root.finish(cx);
     Config {
         listen,
@@ -270,6 +276,7 @@ fn read(cx: &mut Cx<'_>, doc: &toml_edit::Table, base: &Path) -> Config {
         pools,
         geo,
         cache,
+        quic,
     }
 }
 

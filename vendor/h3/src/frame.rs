@@ -130,6 +130,12 @@ where
         self.stream.stop_sending(error_code.into());
     }
 
+    /// PATCH(edge): HEADERS frames longer than `max` are refused once their
+    /// length is read (see `Frame::decode_bounded`).
+    pub(crate) fn set_max_headers(&mut self, max: u64) {
+        self.decoder.max_headers = max;
+    }
+
     pub(crate) fn has_data(&self) -> bool {
         self.remaining_data != 0
     }
@@ -202,9 +208,20 @@ where
     }
 }
 
-#[derive(Default)]
 pub struct FrameDecoder {
     expected: Option<usize>,
+    // PATCH(edge): the longest HEADERS frame accepted.
+    max_headers: u64,
+}
+
+// PATCH(edge): was derived; `max_headers` defaults to no bound.
+impl Default for FrameDecoder {
+    fn default() -> Self {
+        Self {
+            expected: None,
+            max_headers: u64::MAX,
+        }
+    }
 }
 
 impl FrameDecoder {
@@ -227,7 +244,7 @@ impl FrameDecoder {
 
             let (pos, decoded) = {
                 let mut cur = src.cursor();
-                let decoded = Frame::decode(&mut cur);
+                let decoded = Frame::decode_bounded(&mut cur, self.max_headers);
                 (cur.position(), decoded)
             };
 
@@ -279,6 +296,13 @@ impl FrameDecoder {
                 Err(frame::FrameError::Malformed) => {
                     return Err(FrameStreamError::Proto(FrameProtocolError::Malformed));
                 }
+                // PATCH(edge)
+                Err(frame::FrameError::TooLarge { ty, len }) => {
+                    return Err(FrameStreamError::Proto(FrameProtocolError::TooLarge {
+                        ty,
+                        len,
+                    }));
+                }
             }
         }
     }
@@ -301,6 +325,8 @@ pub enum FrameProtocolError {
     Settings(SettingsError),
     InvalidStreamId(InvalidStreamId),
     InvalidPushId(InvalidPushId),
+    // PATCH(edge): see `frame::FrameError::TooLarge`.
+    TooLarge { ty: u64, len: u64 },
 }
 
 #[cfg(test)]

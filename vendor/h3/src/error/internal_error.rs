@@ -57,6 +57,12 @@ impl InternalConnectionError {
             //# after the identified fields or a frame payload that terminates before
             //# the end of the identified fields MUST be treated as a connection
             //# error of type H3_FRAME_ERROR.
+            // PATCH(edge): RFC 9114 §10.5 names H3_EXCESSIVE_LOAD for a peer
+            // that makes us commit more memory than it is worth.
+            FrameProtocolError::TooLarge { ty, len } => InternalConnectionError {
+                code: Code::H3_EXCESSIVE_LOAD,
+                message: format!("frame 0x{:x} of {} bytes is too large", ty, len),
+            },
             FrameProtocolError::InvalidFrameValue | FrameProtocolError::Malformed => InternalConnectionError {
                 code: Code::H3_FRAME_ERROR,
                 message: "frame payload that contains additional bytes after the identified fields or a frame payload that terminates before the end of the identified fields".to_string(),

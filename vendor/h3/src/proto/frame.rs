@@ -25,7 +25,14 @@ pub enum FrameError {
     Settings(SettingsError),
     InvalidStreamId(InvalidStreamId),
     InvalidPushId(InvalidPushId),
+    // PATCH(edge): a non-DATA frame whose declared length passes its bound.
+    TooLarge { ty: u64, len: u64 },
 }
+
+/// PATCH(edge): the largest non-DATA, non-HEADERS frame (SETTINGS, GOAWAY,
+/// reserved/unknown types) accepted; larger ones are refused once their
+/// length is read, instead of being buffered whole.
+pub const MAX_CONTROL_FRAME_LEN: u64 = 64 * 1024;
 
 impl std::error::Error for FrameError {}
 
@@ -40,6 +47,7 @@ impl fmt::Display for FrameError {
             FrameError::Settings(x) => write!(f, "invalid settings: {}", x),
             FrameError::InvalidStreamId(x) => write!(f, "{}", x),
             FrameError::InvalidPushId(x) => write!(f, "{}", x),
+            FrameError::TooLarge { ty, len } => write!(f, "frame 0x{:x} of {} bytes is too large", ty, len),
         }
     }
 }
@@ -80,6 +88,13 @@ impl Frame<PayloadLen> {
 
     /// Decodes a Frame from the stream according to <https://www.rfc-editor.org/rfc/rfc9114#section-7.1>
     pub fn decode<T: Buf>(buf: &mut T) -> Result<Self, FrameError> {
+        Self::decode_bounded(buf, u64::MAX)
+    }
+
+    /// PATCH(edge): `decode`, refusing a HEADERS frame longer than
+    /// `max_headers` and any other non-DATA frame longer than
+    /// `MAX_CONTROL_FRAME_LEN` as soon as the length is known.
+    pub fn decode_bounded<T: Buf>(buf: &mut T, max_headers: u64) -> Result<Self, FrameError> {
         let remaining = buf.remaining();
         let ty = FrameType::decode(buf).map_err(|_| FrameError::Incomplete(remaining + 1))?;
 
@@ -99,6 +114,16 @@ impl Frame<PayloadLen> {
 
         if ty == FrameType::DATA {
             return Ok(Frame::Data((len as usize).into()));
+        }
+
+        // PATCH(edge): bound the frame before waiting for (buffering) its payload.
+        let bound = if ty == FrameType::HEADERS {
+            max_headers
+        } else {
+            MAX_CONTROL_FRAME_LEN
+        };
+        if len > bound {
+            return Err(FrameError::TooLarge { ty: ty.0, len });
         }
 
         if buf.remaining() < len as usize {

@@ -123,7 +123,12 @@ where
     pub async fn accept(&mut self) -> Result<Option<RequestResolver<C, B>>, ConnectionError> {
         // Accept the incoming stream
         let stream = match poll_fn(|cx| self.poll_accept_request_stream_internal(cx)).await? {
-            Some(s) => FrameStream::new(BufRecvStream::new(s)),
+            Some(s) => {
+                let mut s = FrameStream::new(BufRecvStream::new(s));
+                // PATCH(edge): refuse an oversized HEADERS frame from its length.
+                s.set_max_headers(self.max_field_section_size);
+                s
+            }
             None => {
                 // We always send a last GoAway frame to the client, so it knows which was the last
                 // non-rejected request.

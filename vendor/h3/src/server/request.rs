@@ -14,7 +14,7 @@ use crate::{
         internal_error::InternalConnectionError,
         Code, StreamError,
     },
-    frame::{FrameStream, FrameStreamError},
+    frame::{FrameProtocolError, FrameStream, FrameStreamError},
     proto::{
         frame::{Frame, PayloadLen},
         headers::Header,
@@ -87,6 +87,15 @@ where
         let mut encoded = match frame {
             Ok(Some(Frame::Headers(h))) => h,
 
+            // PATCH(edge): a HEADERS frame longer than the field-section limit is
+            // answered 431 at once, and the rest of it is not read.
+            Err(FrameStreamError::Proto(FrameProtocolError::TooLarge { ty, len }))
+                if ty == 0x1 /* HEADERS */ =>
+            {
+                self.frame_stream.stop_sending(Code::H3_REQUEST_REJECTED);
+                return Ok(self.resolved(Err(len)));
+            }
+
             //= https://www.rfc-editor.org/rfc/rfc9114#section-4.1
             //# If a client-initiated
             //# stream terminates without enough of the HTTP message to provide a
@@ -141,6 +150,11 @@ where
             }
         };
 
+        Ok(self.resolved(decoded))
+    }
+
+    // PATCH(edge): split out of `accept_with_frame`, unchanged, so the 431 path can use it.
+    fn resolved(self, decoded: Result<qpack::Decoded, u64>) -> ResolvedRequest<C, B> {
         let request_stream = RequestStream {
             request_end: Arc::new(RequestEnd {
                 request_end: self.request_end_send.clone(),
@@ -154,11 +168,7 @@ where
             ),
         };
 
-        Ok(ResolvedRequest::new(
-            request_stream,
-            decoded,
-            self.max_field_section_size,
-        ))
+        ResolvedRequest::new(request_stream, decoded, self.max_field_section_size)
     }
 }
 
