@@ -74,3 +74,46 @@ pub(super) fn read_quic(cx: &mut Cx<'_>, root: &mut Table<'_>) -> Quic {
     t.finish(cx);
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::super::Config;
+    use super::*;
+
+    const POOL: &str = "[pools.web]\nendpoints = [\"http://127.0.0.1:8080\"]\n";
+
+    fn parse(quic: &str) -> Result<Config, super::super::ConfigErrors> {
+        Config::parse(
+            &format!("{quic}\n{POOL}"),
+            "edge.toml",
+            Some(Path::new("/")),
+        )
+    }
+
+    #[test]
+    fn defaults_and_every_key() {
+        let c = parse("").expect("valid");
+        assert_eq!(c.quic, Quic::default());
+        let text = "[quic]\nretry = \"always\"\nretry_threshold = 0\nmax_connections = 5\n\
+                    max_connections_per_source = 1\n";
+        let c = parse(text).expect("valid");
+        assert_eq!(
+            c.quic,
+            Quic {
+                retry: Retry::Always,
+                retry_threshold: 0,
+                max_connections: 5,
+                max_connections_per_source: 1,
+            }
+        );
+    }
+
+    #[test]
+    fn bad_values_name_key_and_line() {
+        let e = parse("[quic]\nretry = \"sometimes\"\nmax_connections = 0\n").expect_err("bad");
+        let keys: Vec<_> = e.errors.iter().map(|e| (e.line, e.key.as_str())).collect();
+        assert_eq!(keys, [(2, "quic.retry"), (3, "quic.max_connections")]);
+    }
+}
