@@ -7,10 +7,13 @@
 
 mod cache;
 mod pools;
+mod quic;
 mod regions;
 use cache::read_cache;
 pub use cache::{Cache, CacheStatuses};
 use pools::read_pools;
+use quic::read_quic;
+pub use quic::{Quic, Retry};
 pub use regions::{Geo, GeoRegion, Prefer};
 mod walk;
 
@@ -47,6 +50,7 @@ pub struct Config {
     /// Regions, client placement and spillover; `None` without a `[geo]` table.
     pub geo: Option<Geo>,
     pub cache: Cache,
+    pub quic: Quic,
     pub limits: Limits,
 }
 
@@ -236,6 +240,7 @@ impl Config {
             geo: None,
             cache: Cache::default(),
             limits: Limits::default(),
+            quic: Quic::default(),
         }
     }
 
@@ -321,6 +326,7 @@ fn read(cx: &mut Cx<'_>, doc: &toml_edit::Table, base: &Path) -> Config {
     let routes = read_routes(cx, &mut root, &pools);
     let cache = read_cache(cx, &mut root);
     let limits = read_limits(cx, &mut root);
+    let quic = read_quic(cx, &mut root);
     root.finish(cx);
     Config {
         listen,
@@ -336,6 +342,7 @@ fn read(cx: &mut Cx<'_>, doc: &toml_edit::Table, base: &Path) -> Config {
         geo,
         cache,
         limits,
+        quic,
     }
 }
 

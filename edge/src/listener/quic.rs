@@ -22,6 +22,17 @@ use crate::metrics::Proto;
 use crate::pipeline::{self, Peer};
 use crate::tls::{self, CertResolver, Sni};
 
+mod limits;
+
+use limits::{Admit, Limits};
+
+/// Bytes buffered for one connection attempt before the accept loop decides on
+/// it, and for all of them together: handshake memory has a ceiling.
+const INCOMING_BUFFER: u64 = 64 * 1024;
+const INCOMING_BUFFER_TOTAL: u64 = 16 * 1024 * 1024;
+/// Attempts waiting for the accept loop at most; later ones are refused by quinn.
+const MAX_INCOMING: usize = 4096;
+
 type H3Conn = h3::server::Connection<h3_quinn::Connection, Bytes>;
 type H3Send = h3::server::RequestStream<h3_quinn::SendStream<Bytes>, Bytes>;
 
@@ -47,6 +58,10 @@ pub fn endpoint(
                 .map_err(|e| crate::Error::Setup(e.to_string()))?,
         ));
     server.transport_config(Arc::new(transport));
+    server
+        .max_incoming(MAX_INCOMING)
+        .incoming_buffer_size(INCOMING_BUFFER)
+        .incoming_buffer_size_total(INCOMING_BUFFER_TOTAL);
     let addr = socket
         .local_addr()
         .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
@@ -68,6 +83,10 @@ pub fn endpoint(
 
 /// Accepts QUIC connections until draining starts.
 pub async fn run(endpoint: quinn::Endpoint, shared: Arc<Shared>) {
+    let limits = match Limits::new(shared.config.quic.clone(), shared.metrics.registry()) {
+        Ok(l) => l,
+        Err(e) => return tracing::error!(error = %e, "QUIC metrics not registered; not listening"),
+    };
     loop {
         let incoming = tokio::select! {
             i = endpoint.accept() => match i {
@@ -76,20 +95,41 @@ pub async fn run(endpoint: quinn::Endpoint, shared: Arc<Shared>) {
             },
             () = shared.draining.cancelled() => break,
         };
-        let shared2 = shared.clone();
-        shared.tasks.spawn(async move {
-            let peer = incoming.remote_address();
-            let timeout = shared2.config.tls.handshake_timeout;
-            let conn = match tokio::time::timeout(timeout, incoming).await {
-                Ok(Ok(c)) => c,
-                Ok(Err(e)) => return tracing::debug!(%peer, error = %e, "QUIC handshake failed"),
-                Err(_) => return tracing::debug!(%peer, "QUIC handshake timed out"),
-            };
-            serve_conn(conn, peer, shared2).await;
-        });
+        let peer = incoming.remote_address();
+        let validated = incoming.remote_address_validated();
+        let slot = match limits.admit(peer.ip(), validated, incoming.may_retry()) {
+            Admit::Accept(slot) => slot,
+            Admit::Retry => {
+                if let Err(e) = incoming.retry() {
+                    e.into_incoming().refuse();
+                }
+                continue;
+            }
+            Admit::Refuse => {
+                incoming.refuse();
+                continue;
+            }
+        };
+        shared
+            .tasks
+            .spawn(handshake(incoming, slot, shared.clone()));
     }
     // Draining: refuse new connections, let open ones finish (they got GOAWAY).
     endpoint.set_server_config(None);
+}
+
+async fn handshake(incoming: quinn::Incoming, mut slot: limits::Slot, shared: Arc<Shared>) {
+    let peer = incoming.remote_address();
+    let timeout = shared.config.tls.handshake_timeout;
+    let done = tokio::time::timeout(timeout, incoming).await;
+    slot.handshake_done();
+    let conn = match done {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => return tracing::debug!(%peer, error = %e, "QUIC handshake failed"),
+        Err(_) => return tracing::debug!(%peer, "QUIC handshake timed out"),
+    };
+    serve_conn(conn, peer, shared).await;
+    drop(slot);
 }
 
 async fn serve_conn(conn: quinn::Connection, peer: SocketAddr, shared: Arc<Shared>) {
