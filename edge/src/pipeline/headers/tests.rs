@@ -110,6 +110,7 @@ fn an_untrusted_peers_forwarding_claims_are_replaced_by_edges_own() {
     let peer = Peer {
         ip: "2001:db8::7".parse().expect("ip"),
         tls: true,
+        sni: None,
     };
     to_upstream(
         &mut r,
@@ -143,6 +144,7 @@ fn a_trusted_proxys_forwarding_headers_pass_and_forwarded_is_appended() {
     let peer = Peer {
         ip: "10.0.0.9".parse().expect("ip"),
         tls: false,
+        sni: None,
     };
     to_upstream(
         &mut r,
