@@ -25,11 +25,24 @@ pub fn write(dir: &Path, name: &str, entries: &[Entry<'_>]) -> PathBuf {
     write_json(dir, name, &serde_json::Value::Array(networks))
 }
 
+/// The test command's virtualenv (`$EDGE_TEST_PYTHON`, else the workspace's
+/// `.venv`), which has mmdb-writer; else `python3` on the PATH.
+fn python() -> std::path::PathBuf {
+    if let Some(p) = std::env::var_os("EDGE_TEST_PYTHON") {
+        return p.into();
+    }
+    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python3");
+    if venv.exists() {
+        return venv;
+    }
+    "python3".into()
+}
+
 /// Writes `dir/name` from `[[network, record], ...]`, records as they are.
 pub fn write_json(dir: &Path, name: &str, networks: &serde_json::Value) -> PathBuf {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/make_mmdb.py");
     let out = dir.join(name);
-    let mut child = Command::new("python3")
+    let mut child = Command::new(python())
         .arg(&script)
         .arg(&out)
         .stdin(Stdio::piped())
@@ -45,7 +58,7 @@ pub fn write_json(dir: &Path, name: &str, networks: &serde_json::Value) -> PathB
     let done = child.wait_with_output().expect("script finishes");
     assert!(
         done.status.success(),
-        "{} failed (needs `python3 -m pip install mmdb-writer`, which ops/test.sh does): {}",
+        "{} failed (needs mmdb-writer, which ops/test.sh installs into .venv): {}",
         script.display(),
         String::from_utf8_lossy(&done.stderr)
     );
