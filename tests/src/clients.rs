@@ -283,6 +283,17 @@ fn parse_gtlsclient_headers(log: &str) -> (Option<u16>, Vec<(String, String)>) {
     (status, headers)
 }
 
+/// A slow reader (`slowhttptest -X` style): a 4 KiB receive buffer, a GET of
+/// `path`, and nothing read after.
+pub async fn slow_reader(to: SocketAddr, path: &str) -> anyhow::Result<TcpStream> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.set_recv_buffer_size(4096)?;
+    let mut stream = socket.connect(to).await?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: edge.test\r\n\r\n");
+    stream.write_all(request.as_bytes()).await?;
+    Ok(stream)
+}
+
 /// Absolute path of a script in `tests/py/`.
 pub fn py_script(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("py").join(name)

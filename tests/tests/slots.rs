@@ -6,6 +6,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
+use edge_tests::clients::slow_reader;
 use edge_tests::{
     poll_until, process, start_default, Edge, EdgeConfig, KeepAlive, Load, Origin, Reply,
 };
@@ -174,17 +175,6 @@ async fn accept_failures_under_emfile_are_counted_and_rate_limited() -> anyhow::
         answers.len()
     );
     Ok(())
-}
-
-/// A client with a 4 KiB receive buffer that asks for `path` and reads nothing.
-async fn slow_reader(to: SocketAddr, path: &str) -> anyhow::Result<TcpStream> {
-    use tokio::io::AsyncWriteExt as _;
-    let socket = TcpSocket::new_v4()?;
-    socket.set_recv_buffer_size(4096)?;
-    let mut stream = socket.connect(to).await?;
-    let request = format!("GET {path} HTTP/1.1\r\nHost: edge.test\r\n\r\n");
-    stream.write_all(request.as_bytes()).await?;
-    Ok(stream)
 }
 
 async fn gauge(edge: &Edge, series: &str) -> f64 {

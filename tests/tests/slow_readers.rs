@@ -3,13 +3,13 @@
 //! `client.write_idle_timeout`, its upstream request is freed, and what the edge
 //! holds for it meanwhile is bounded.
 
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use edge_tests::clients::slow_reader;
 use edge_tests::{eventually, poll_until, Edge, EdgeConfig, Load, Origin, Reply};
 use http::Method;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpStream;
 
 const READERS: usize = 200;
 const BODY: usize = 8 << 20;
@@ -44,16 +44,6 @@ fn established_to(port: u16) -> anyhow::Result<usize> {
             f.len() > 3 && f[2].ends_with(&remote) && f[3] == "01"
         })
         .count())
-}
-
-/// A client with a 4 KiB receive buffer that asks for `path` and reads nothing.
-async fn slow_reader(to: SocketAddr, path: &str) -> anyhow::Result<TcpStream> {
-    let socket = TcpSocket::new_v4()?;
-    socket.set_recv_buffer_size(4096)?;
-    let mut stream = socket.connect(to).await?;
-    let request = format!("GET {path} HTTP/1.1\r\nHost: edge.test\r\n\r\n");
-    stream.write_all(request.as_bytes()).await?;
-    Ok(stream)
 }
 
 /// Reads until the peer closes (EOF or reset); fails after `deadline`.
