@@ -175,15 +175,27 @@ async def headers(args):
     jobs = [stream_until_stopped(proto, sid, head, args.header_len, start + args.deadline)
             for sid in sids]
     results = await asyncio.gather(*jobs)
-    # Give any 431 a moment to arrive after the stop.
-    await asyncio.sleep(0.5)
-    out = []
-    for sid, ((outcome, code), sent) in zip(sids, results):
-        status = None
+
+    def status_of(sid):
         for e in proto.events:
             if getattr(e, "stream_id", None) == sid and hasattr(e, "headers"):
-                status = dict(e.headers).get(b":status", b"").decode() or None
-        out.append({"outcome": outcome, "error_code": code, "sent": sent, "status": status})
+                return dict(e.headers).get(b":status", b"").decode() or None
+        return None
+
+    # The 431 may arrive just after the stop: wait for every stream's status, or
+    # for the connection to end, within a deadline.
+    end = time.monotonic() + 5.0
+    while (proto.terminated is None and time.monotonic() < end
+           and any(status_of(sid) is None for sid in sids)):
+        proto.changed.clear()
+        try:
+            await asyncio.wait_for(proto.changed.wait(), 0.1)
+        except asyncio.TimeoutError:
+            pass
+    out = []
+    for sid, ((outcome, code), sent) in zip(sids, results):
+        out.append({"outcome": outcome, "error_code": code, "sent": sent,
+                    "status": status_of(sid)})
     print(json.dumps({"streams": out, "secs": round(time.monotonic() - start, 3),
                       "terminated": None if proto.terminated is None
                       else proto.terminated.error_code}))
