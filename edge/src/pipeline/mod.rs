@@ -25,6 +25,7 @@ use http::{HeaderValue, Request, Response, Version};
 use ipnet::IpNet;
 use upstream::Pool;
 
+pub use crate::chain::error_chain;
 pub use headers::{request_id, strip_hop_by_hop, to_upstream, Peer, REQUEST_ID};
 pub use route::Routes;
 
@@ -33,6 +34,7 @@ use crate::cache::Cache;
 use crate::config::Config;
 use crate::locality::{Geo, Placed};
 use crate::metrics::{Metrics, Proto};
+use crate::start::StartError;
 
 /// Everything the pipeline needs, built from one config and swapped whole on reload.
 pub struct Proxy {
@@ -59,25 +61,25 @@ const NO_BACKEND: &str = "none";
 impl Proxy {
     /// Builds every pool; a DNS pool resolves once first, and a failure of that
     /// first lookup is an error (there is no last-known-good set yet).
-    pub async fn build(config: &Config) -> Result<Self, crate::Error> {
+    pub async fn build(config: &Config) -> Result<Self, StartError> {
         let geo = match &config.geo {
             Some(g) => Some(Arc::new(
-                Geo::new(g).map_err(|e| crate::Error::Setup(format!("geo: {e}")))?,
+                Geo::new(g).map_err(|e| StartError::Setup(format!("geo: {e}")))?,
             )),
             None => None,
         };
         let mut pools = Vec::with_capacity(config.pools.len());
         for p in &config.pools {
-            let pool = Arc::new(crate::server::build_pool(p)?);
+            let pool = Arc::new(build_pool(p)?);
             let discover = |dns: &upstream::discovery::DnsConfig| {
                 let dns = dns.clone();
                 async move {
-                    upstream::discovery::watch(dns).await.map_err(|source| {
-                        crate::Error::Discovery {
+                    upstream::discovery::watch(dns)
+                        .await
+                        .map_err(|source| StartError::Discovery {
                             pool: p.name().to_owned(),
                             source,
-                        }
-                    })
+                        })
                 }
             };
             if let Some(dns) = &p.dns {
@@ -121,6 +123,18 @@ impl Proxy {
         self.cache = cache;
         self
     }
+}
+
+/// Builds one upstream pool from its config, reading its CA file if any.
+pub fn build_pool(p: &crate::config::Pool) -> Result<Pool<Body>, StartError> {
+    let mut settings = p.settings.clone();
+    if let Some(path) = &p.ca {
+        settings.extra_roots = crate::tls::load_roots(path)?;
+    }
+    Pool::new(settings).map_err(|source| StartError::Pool {
+        pool: p.name().to_owned(),
+        source,
+    })
 }
 
 impl Proxy {
@@ -187,17 +201,6 @@ pub async fn handle(
     }
     .await;
     respond::respond(&cx, metrics, reply).await
-}
-
-/// `: cause: cause's cause ...` for a log line.
-pub fn error_chain(mut e: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = String::new();
-    while let Some(next) = e.source() {
-        out.push_str(": ");
-        out.push_str(&next.to_string());
-        e = next;
-    }
-    out
 }
 
 impl Proto {

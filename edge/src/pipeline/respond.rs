@@ -6,8 +6,9 @@
 use http::{HeaderValue, Response};
 
 use super::headers::{self, strip_hop_by_hop, REQUEST_ID};
-use super::{error_chain, Cx, Reply};
+use super::{Cx, Reply};
 use crate::body::Body;
+use crate::chain::error_chain;
 use crate::error::{ProxyError, Side};
 use crate::locality::{Geo, Placed};
 use crate::metrics::{Metrics, Proto};
