@@ -191,7 +191,7 @@ pub async fn handle(
     let reply = async {
         let admitted = admit::admit(proxy, &cx, &mut req).await?;
         let route = route::route(proxy, &mut cx, &admitted, &mut req).await?;
-        if let Flow::Answer(resp) = limit::limit(&cx, &admitted, &route, &req).await {
+        if let Flow::Answer(resp) = limit::limit(proxy, &cx, &admitted, &route, &req).await {
             return Ok(Reply::Answered(*resp));
         }
         let cached = cache::cache(proxy, &cx, &admitted, &route, &mut req).await;
