@@ -28,8 +28,9 @@ pub enum Body {
     H3(H3Body),
     /// A response body from a backend.
     Upstream(UpstreamBody),
-    /// A response body from a backend, copied into the cache as it streams.
-    Tee(Box<crate::cache::Tee>),
+    /// A body another part wraps without this module knowing it (the cache's
+    /// tee, copying a backend's response into the store as it streams).
+    Boxed(Pin<Box<dyn HttpBody<Data = Bytes, Error = BoxError> + Send + Sync>>),
     /// A client's request body read under the client limits (size, idle, rate).
     Limited(Box<Limited>),
 }
@@ -37,6 +38,12 @@ pub enum Body {
 impl Body {
     pub fn full(bytes: Bytes) -> Self {
         Body::Full(Some(bytes))
+    }
+
+    pub fn boxed(
+        body: impl HttpBody<Data = Bytes, Error = BoxError> + Send + Sync + 'static,
+    ) -> Self {
+        Body::Boxed(Box::pin(body))
     }
 }
 
@@ -54,7 +61,7 @@ impl HttpBody for Body {
             Body::Incoming(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
             Body::H3(b) => Pin::new(b).poll_frame(cx),
             Body::Upstream(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
-            Body::Tee(b) => Pin::new(b.as_mut()).poll_frame(cx),
+            Body::Boxed(b) => b.as_mut().poll_frame(cx),
             Body::Limited(b) => Pin::new(b.as_mut()).poll_frame(cx),
         }
     }
@@ -66,7 +73,7 @@ impl HttpBody for Body {
             Body::Incoming(b) => b.is_end_stream(),
             Body::H3(b) => b.is_end_stream(),
             Body::Upstream(b) => b.is_end_stream(),
-            Body::Tee(b) => b.is_end_stream(),
+            Body::Boxed(b) => b.is_end_stream(),
             Body::Limited(b) => b.inner.is_end_stream(),
         }
     }
@@ -78,7 +85,7 @@ impl HttpBody for Body {
             Body::Incoming(b) => b.size_hint(),
             Body::H3(b) => b.size_hint(),
             Body::Upstream(b) => b.size_hint(),
-            Body::Tee(b) => b.size_hint(),
+            Body::Boxed(b) => b.size_hint(),
             Body::Limited(b) => b.inner.size_hint(),
         }
     }

@@ -5,7 +5,7 @@ use http::header::{CONTENT_TYPE, RETRY_AFTER};
 use http::{HeaderValue, Response, StatusCode};
 
 use crate::body::{Body, BodyError};
-use crate::pipeline::REQUEST_ID;
+use crate::wire::REQUEST_ID;
 
 /// What went wrong, as far as the client's answer is concerned.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -6,6 +6,7 @@
 
 pub mod body;
 pub mod cache;
+pub mod chain;
 pub mod config;
 pub mod error;
 pub mod listener;
@@ -13,32 +14,11 @@ pub mod locality;
 pub mod metrics;
 pub mod pipeline;
 pub mod server;
+pub mod start;
 pub mod tls;
+pub mod wire;
 
-/// Why the edge could not start.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    /// A listener could not bind.
-    #[error(transparent)]
-    Bind(#[from] listener::BindError),
-    /// Certificates or TLS configuration.
-    #[error(transparent)]
-    Tls(#[from] tls::TlsError),
-    /// An upstream pool could not be built.
-    #[error("pool {pool}")]
-    Pool {
-        pool: String,
-        #[source]
-        source: rustls::Error,
-    },
-    /// A DNS pool's first lookup failed.
-    #[error("pool {pool}")]
-    Discovery {
-        pool: String,
-        #[source]
-        source: upstream::discovery::DiscoveryError,
-    },
-    /// Anything else that stops start-up, described.
-    #[error("{0}")]
-    Setup(String),
-}
+#[cfg(test)]
+mod layering;
+
+pub use start::StartError as Error;

@@ -122,7 +122,7 @@ fn check(path: &std::path::Path) -> ExitCode {
         ));
     }
     for pool in &config.pools {
-        if let Err(e) = edge::server::build_pool(pool) {
+        if let Err(e) = edge::pipeline::build_pool(pool) {
             late.push(("pools", e.to_string() + &edge::pipeline::error_chain(&e)));
         }
     }

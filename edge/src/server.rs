@@ -10,29 +10,16 @@ use http::HeaderValue;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::body::Body;
 use crate::cache::Cache;
 use crate::config::{self, Config};
 use crate::listener::{self, admin, quic, tcp::TcpServer, BindError, Shared};
 use crate::metrics::Metrics;
 use crate::pipeline::Proxy;
+use crate::start::StartError as Error;
 use crate::tls::{self, CertResolver};
-use crate::Error;
 
 /// How long open connections get to finish after SIGTERM.
 const DRAIN_GRACE: Duration = Duration::from_secs(30);
-
-/// Builds one upstream pool from its config, reading its CA file if any.
-pub fn build_pool(p: &config::Pool) -> Result<upstream::Pool<Body>, Error> {
-    let mut settings = p.settings.clone();
-    if let Some(path) = &p.ca {
-        settings.extra_roots = tls::load_roots(path)?;
-    }
-    upstream::Pool::new(settings).map_err(|source| Error::Pool {
-        pool: p.name().to_owned(),
-        source,
-    })
-}
 
 /// The cache store, built once at start and kept across reloads (a reload must
 /// not empty L1 or drop the Redis connection); `[cache]` changes need a restart.

@@ -350,7 +350,7 @@ impl Cache {
             return with_status(Response::from_parts(parts, body), status);
         };
         let mut headers = parts.headers.clone();
-        crate::pipeline::strip_hop_by_hop(&mut headers);
+        crate::wire::strip_hop_by_hop(&mut headers);
         headers.remove(SET_COOKIE);
         headers.remove(CACHE_STATUS);
         let entry = Entry {
@@ -383,7 +383,7 @@ impl Cache {
         parts
             .headers
             .insert(CACHE_STATUS, HeaderValue::from_static(stored));
-        Response::from_parts(parts, Body::Tee(Box::new(tee)))
+        Response::from_parts(parts, Body::boxed(tee))
     }
 
     /// Asks the origin whether a stale entry still holds (conditional request);
@@ -539,7 +539,7 @@ fn selects(stored: &HeaderMap, fresh: &HeaderMap) -> bool {
 fn merge_304(entry: &Entry, fresh: &HeaderMap, request_time: u64, response_time: u64) -> Entry {
     let mut merged = entry.clone();
     let mut headers = fresh.clone();
-    crate::pipeline::strip_hop_by_hop(&mut headers);
+    crate::wire::strip_hop_by_hop(&mut headers);
     for name in headers.keys() {
         if name != CONTENT_LENGTH && name != SET_COOKIE && name != CACHE_STATUS {
             merged.headers.remove(name);

@@ -106,7 +106,7 @@ pub(super) fn read_geo(cx: &mut Cx<'_>, root: &mut Table<'_>, base: &Path) -> Op
             Ok(db) => Some(Arc::new(db)),
             Err(e) => {
                 let line = t.line_of(cx, "mmdb");
-                let reason = format!("{e}{}", crate::pipeline::error_chain(&e));
+                let reason = format!("{e}{}", crate::chain::error_chain(&e));
                 cx.error(line, &t.path("mmdb"), reason);
                 None
             }

@@ -46,15 +46,7 @@ pub struct Shared {
     pub overload: overload::Overload,
 }
 
-/// Why a listener could not start.
-#[derive(Debug, thiserror::Error)]
-#[error("cannot listen on {addr} ({transport})")]
-pub struct BindError {
-    pub addr: SocketAddr,
-    pub transport: &'static str,
-    #[source]
-    pub source: std::io::Error,
-}
+pub use crate::start::BindError;
 
 /// Binds TCP and UDP on the same port. With port 0 the kernel picks the TCP port
 /// and UDP takes the same number; if that UDP port is taken, another pair is tried.

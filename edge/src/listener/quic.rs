@@ -41,10 +41,10 @@ pub fn endpoint(
     socket: UdpSocket,
     resolver: Arc<CertResolver>,
     shared: &Shared,
-) -> Result<quinn::Endpoint, crate::Error> {
+) -> Result<quinn::Endpoint, crate::start::StartError> {
     let client = &shared.config.client;
     let crypto = QuicServerConfig::try_from(tls::quic_config(resolver)?)
-        .map_err(|e| crate::Error::Setup(e.to_string()))?;
+        .map_err(|e| crate::start::StartError::Setup(e.to_string()))?;
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     let mut transport = quinn::TransportConfig::default();
     transport
@@ -55,7 +55,7 @@ pub fn endpoint(
         .send_window(16 * 1024 * 1024)
         .max_idle_timeout(Some(
             quinn::IdleTimeout::try_from(Duration::from_secs(30).min(client.idle_timeout))
-                .map_err(|e| crate::Error::Setup(e.to_string()))?,
+                .map_err(|e| crate::start::StartError::Setup(e.to_string()))?,
         ));
     server.transport_config(Arc::new(transport));
     server
@@ -73,7 +73,7 @@ pub fn endpoint(
         runtime,
     )
     .map_err(|source| {
-        crate::Error::Bind(super::BindError {
+        crate::start::StartError::Bind(super::BindError {
             addr,
             transport: "udp",
             source,

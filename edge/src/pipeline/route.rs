@@ -1,7 +1,74 @@
-//! Route table: host and path prefix to pool. First match in config order wins.
+//! Phase `route`: host and path prefix to a route and its pool (first match in
+//! config order wins), and the request body put under the route's limits.
 
+use std::sync::Arc;
+
+use http::Request;
+use http_body::Body as _;
+use upstream::Pool;
+
+use super::admit::Admitted;
+use super::{Cx, Proxy};
+use crate::body::{Body, BodyLimits, Limited};
 use crate::cache::RouteCache;
 use crate::config;
+use crate::error::{ErrorKind, ProxyError};
+
+/// The route a request took, for the phases after `route`.
+pub struct Route<'p> {
+    pub pool: &'p Arc<Pool<Body>>,
+    /// `Some` when the route's responses go through the cache.
+    pub cache: Option<RouteCache>,
+}
+
+/// Finds the request's route (404 without one) and limits its body (413 for a
+/// declared length past the limit); names the pool in `cx` for logs and metrics.
+pub async fn route<'p>(
+    proxy: &'p Proxy,
+    cx: &mut Cx<'p>,
+    admitted: &Admitted,
+    req: &mut Request<Body>,
+) -> Result<Route<'p>, ProxyError> {
+    let matched = proxy
+        .routes
+        .find_route(&admitted.host.host, req.uri().path());
+    let (matched, pool) = matched
+        .and_then(|m| Some((m, proxy.pools.get(m.pool)?)))
+        .ok_or_else(|| ProxyError::new(ErrorKind::NoRoute, "no route for this host and path"))?;
+    cx.backend = pool.name();
+    limit_body(req, proxy.body, matched.max_body_bytes)?;
+    Ok(Route {
+        pool,
+        cache: matched.cache,
+    })
+}
+
+/// Puts a request body under the client limits (`max_bytes` is the route's own
+/// size limit, when it has one). A declared length past the limit is refused
+/// before a byte is read, so it never reaches the origin; a body-less request
+/// is left alone.
+fn limit_body(
+    req: &mut Request<Body>,
+    limits: BodyLimits,
+    max_bytes: Option<u64>,
+) -> Result<(), ProxyError> {
+    if req.body().is_end_stream() {
+        return Ok(());
+    }
+    let limits = BodyLimits {
+        max_bytes: max_bytes.unwrap_or(limits.max_bytes),
+        ..limits
+    };
+    if req.body().size_hint().lower() > limits.max_bytes {
+        return Err(ProxyError::new(
+            ErrorKind::BodyTooLarge,
+            "request body too large",
+        ));
+    }
+    let body = std::mem::take(req.body_mut());
+    *req.body_mut() = Body::Limited(Box::new(Limited::new(body, limits)));
+    Ok(())
+}
 
 pub struct Routes {
     routes: Vec<Entry>,

@@ -1,0 +1,63 @@
+//! Phase `admit`: what every request must pass before it is routed — its id,
+//! the header limits and framing rules, one canonical authority the connection
+//! vouches for, a normalised path, and the client's address as edge trusts it.
+//! It reads and rewrites only the request; it never looks at routes or pools.
+
+use std::net::IpAddr;
+use std::time::Instant;
+
+use http::Request;
+
+use super::authority::{self, Authority};
+use super::headers::{self, Peer};
+use super::{path, Cx, Proxy, NO_BACKEND};
+use crate::body::Body;
+use crate::error::{ErrorKind, ProxyError};
+
+/// What `admit` established about a request, for the phases after it.
+pub struct Admitted {
+    /// The canonical authority (routing host, and the value sent upstream).
+    pub host: Authority,
+    /// The client: the peer, or the address a trusted proxy in front of us
+    /// names; never what an untrusted peer claims.
+    pub client: IpAddr,
+}
+
+impl Cx<'_> {
+    /// The context of a request that just arrived: its id comes first, so every
+    /// answer from here on (even a refusal by `admit`) carries it.
+    pub fn new(peer: Peer, req: &Request<Body>) -> Self {
+        Self {
+            started: Instant::now(),
+            version: req.version(),
+            id: headers::request_id(req.headers()),
+            peer,
+            backend: NO_BACKEND,
+            placed: None,
+        }
+    }
+}
+
+/// Header limits → framing → authority (421 when SNI does not cover it) →
+/// path normalisation → client address.
+pub async fn admit(
+    proxy: &Proxy,
+    cx: &Cx<'_>,
+    req: &mut Request<Body>,
+) -> Result<Admitted, ProxyError> {
+    headers::within_limits(req.headers(), proxy.max_headers, proxy.max_header_bytes)?;
+    headers::framing(req.headers())?;
+    let host = authority::of(req, cx.peer.tls)?;
+    // A host the connection's certificate does not vouch for was sent here by
+    // mistake (a reused connection, a hostile SNI/Host split): RFC 9110 421.
+    if cx.peer.sni.is_some_and(|sni| !sni.admits(&host.host)) {
+        return Err(ProxyError::new(
+            ErrorKind::MisdirectedRequest,
+            "this host is not served on this connection",
+        ));
+    }
+    path::normalize(req, proxy.path)?;
+    // Read before `forward` rewrites X-Forwarded-For.
+    let client = headers::client_ip(req.headers(), cx.peer, &proxy.trusted);
+    Ok(Admitted { host, client })
+}

@@ -1,0 +1,98 @@
+//! Phase `respond`: the client's answer — an upstream response with its
+//! hop-by-hop headers out and edge's own in (request id, Via, the client's
+//! version, the geo debug header), or an error page — then the log line and the
+//! request's metrics. Every request ends here, whatever phase it stopped in.
+
+use http::{HeaderValue, Response};
+
+use super::headers::{self, strip_hop_by_hop, REQUEST_ID};
+use super::{Cx, Reply};
+use crate::body::Body;
+use crate::chain::error_chain;
+use crate::error::{ProxyError, Side};
+use crate::locality::{Geo, Placed};
+use crate::metrics::{Metrics, Proto};
+
+/// The debug header naming the client's region, the chosen region and endpoint.
+const X_EDGE_GEO: http::HeaderName = http::HeaderName::from_static("x-edge-geo");
+
+/// Finishes the response and records the request.
+pub async fn respond(
+    cx: &Cx<'_>,
+    metrics: &Metrics,
+    reply: Result<Reply, ProxyError>,
+) -> Response<Body> {
+    let resp = match reply {
+        Ok(Reply::Forwarded(mut resp)) => {
+            if let Some((geo, placed)) = &cx.placed {
+                note_region(geo, placed, metrics, cx.backend, &mut resp);
+            }
+            let upstream_version = resp.version();
+            let h = resp.headers_mut();
+            strip_hop_by_hop(h);
+            h.insert(REQUEST_ID, cx.id.clone());
+            headers::append_via(h, upstream_version);
+            // The version is per hop: the client gets its own back.
+            *resp.version_mut() = cx.version;
+            resp
+        }
+        Ok(Reply::Answered(mut resp)) => {
+            resp.headers_mut().insert(REQUEST_ID, cx.id.clone());
+            *resp.version_mut() = cx.version;
+            resp
+        }
+        Err(e) => {
+            log_error(&e, &cx.id, cx.backend);
+            metrics.error(e.kind.as_str(), e.side().as_str());
+            e.to_response(&cx.id)
+        }
+    };
+    metrics.observe(
+        Proto::of(cx.version),
+        cx.backend,
+        resp.status(),
+        cx.started.elapsed(),
+    );
+    resp
+}
+
+/// Counts where a regional pool's request went, and names it in the debug
+/// header when that is on.
+fn note_region<B>(
+    geo: &Geo,
+    placed: &Placed,
+    metrics: &Metrics,
+    backend: &str,
+    resp: &mut Response<B>,
+) {
+    let Some(served) = resp.extensions().get::<upstream::Served>() else {
+        return;
+    };
+    let client = geo.name(placed.client);
+    let region = geo.name(served.region);
+    metrics.region_request(backend, client, region);
+    if geo.debug_header {
+        let value = format!(
+            "client-region={client}; by={}; region={region}; endpoint={}",
+            placed.by, served.endpoint
+        );
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            resp.headers_mut().insert(X_EDGE_GEO, v);
+        }
+    }
+}
+
+fn log_error(e: &ProxyError, id: &HeaderValue, backend: &str) {
+    let id = String::from_utf8_lossy(id.as_bytes());
+    match e.side() {
+        Side::Client => {
+            let cause = error_chain(e);
+            tracing::debug!(request_id = %id, backend, side = "client", kind = e.kind.as_str(), status = e.kind.status().as_u16(), "{e}{cause}");
+        }
+        Side::Upstream | Side::Internal => {
+            let cause = error_chain(e);
+            let side = e.side().as_str();
+            tracing::warn!(request_id = %id, backend, side, kind = e.kind.as_str(), "{e}{cause}");
+        }
+    }
+}
