@@ -13,6 +13,7 @@ pub mod locality;
 pub mod metrics;
 pub mod pipeline;
 pub mod server;
+pub mod shared;
 pub mod tls;
 
 /// Why the edge could not start.
