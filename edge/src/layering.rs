@@ -1,5 +1,5 @@
 //! The import direction inside `edge/src`, checked over the source text:
-//! leaves (`chain`, `wire`) ← `config` (plain types) ← shared parts (body, tls,
+//! leaves (`chain`, `wire`) ← `config` (plain types) ← shared parts (body, tls, the shared Redis,
 //! errors, metrics) ← `cache` ← `pipeline` ← `listener` ← `server` ← the crate
 //! root (`lib.rs`; `main.rs` is its own crate and uses `edge::`). A module may name (`crate::x`, or `super::x` out
 //! of its folder) only modules of a strictly lower layer, so no two top-level
@@ -17,6 +17,8 @@ const LAYERS: &[(&str, u8)] = &[
     ("body", 2),
     ("tls", 2),
     ("locality", 2),
+    // The Redis client every edge shares (cache L2, sticky, global limits).
+    ("shared", 2),
     ("error", 3),
     ("metrics", 3),
     ("start", 3),

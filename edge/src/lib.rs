@@ -14,6 +14,7 @@ pub mod locality;
 pub mod metrics;
 pub mod pipeline;
 pub mod server;
+pub mod shared;
 pub mod start;
 pub mod tls;
 pub mod wire;

@@ -15,25 +15,46 @@ use crate::config::{self, Config};
 use crate::listener::{self, admin, quic, tcp::TcpServer, BindError, Shared};
 use crate::metrics::Metrics;
 use crate::pipeline::Proxy;
+use crate::shared::Redis;
 use crate::start::StartError as Error;
 use crate::tls::{self, CertResolver};
 
 /// How long open connections get to finish after SIGTERM.
 const DRAIN_GRACE: Duration = Duration::from_secs(30);
 
+/// The shared Redis client, built once at start (a reload must not drop its
+/// connection) and only when a feature that uses it is on; `[redis]` changes
+/// need a restart.
+fn build_redis(config: &Config, metrics: &Metrics) -> Result<Option<Arc<Redis>>, Error> {
+    let Some(r) = &config.redis else {
+        return Ok(None);
+    };
+    if !(config.cache.enabled && config.cache.l2) {
+        tracing::info!(redis = %r.describe(), "redis configured but unused (no feature that shares state is on)");
+        return Ok(None);
+    }
+    let redis = Redis::new(r, metrics.registry())
+        .map_err(|e| Error::Setup(format!("redis {}: {e}", r.describe())))?;
+    Ok(Some(redis))
+}
+
 /// The cache store, built once at start and kept across reloads (a reload must
 /// not empty L1 or drop the Redis connection); `[cache]` changes need a restart.
-fn build_cache(config: &Config, metrics: &Metrics) -> Result<Option<Arc<Cache>>, Error> {
+fn build_cache(
+    config: &Config,
+    redis: Option<&Arc<Redis>>,
+    metrics: &Metrics,
+) -> Result<Option<Arc<Cache>>, Error> {
     if !config.cache.enabled {
         return Ok(None);
     }
-    let cache = Cache::new(&config.cache, metrics.registry())
-        .map_err(|e| Error::Setup(format!("cache: {e}")))?;
-    let layers = if config.cache.redis.is_some() {
-        "L1 + redis L2"
-    } else {
-        "L1 only"
+    let l2 = redis.filter(|_| config.cache.l2).cloned();
+    let layers = match &l2 {
+        Some(r) => format!("L1 + L2 on {}", r.name()),
+        None => "L1 only".to_owned(),
     };
+    let cache = Cache::new(&config.cache, l2, metrics.registry())
+        .map_err(|e| Error::Setup(format!("cache: {e}")))?;
     tracing::info!("cache enabled: {layers}");
     Ok(Some(cache))
 }
@@ -65,7 +86,8 @@ pub async fn run(config: Config, reload: Option<Reloader>) -> Result<(), Error> 
     let tls_addr = local(&tls_tcp)?;
 
     let metrics = Metrics::new().map_err(|e| Error::Setup(format!("metrics: {e}")))?;
-    let cache = build_cache(&config, &metrics)?;
+    let redis = build_redis(&config, &metrics)?;
+    let cache = build_cache(&config, redis.as_ref(), &metrics)?;
     let shared = Arc::new(Shared {
         proxy: ArcSwap::from_pointee(proxy.with_cache(cache.clone())),
         metrics,
@@ -244,6 +266,9 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
     }
     if old.cache != new.cache {
         changed.push("cache");
+    }
+    if old.redis != new.redis {
+        changed.push("redis");
     }
     if old.limits != new.limits {
         changed.push("limits");

@@ -135,6 +135,8 @@ pub struct EdgeConfig {
     pub certificates: Vec<LeafFiles>,
     /// `[cache]` keys with TOML values; empty leaves the section out.
     pub cache: Vec<(String, String)>,
+    /// Whole TOML sections appended as written (`[redis]\nurl = ...`).
+    pub sections: Vec<String>,
 }
 
 impl EdgeConfig {
@@ -153,7 +155,14 @@ impl EdgeConfig {
             }],
             certificates: Vec::new(),
             cache: Vec::new(),
+            sections: Vec::new(),
         }
+    }
+
+    /// Appends a whole TOML section, as written.
+    pub fn section(mut self, toml: &str) -> Self {
+        self.sections.push(toml.to_owned());
+        self
     }
 
     /// Sets `key = value` (value written as TOML) in `[cache]`.
@@ -255,6 +264,11 @@ impl EdgeConfig {
             for (key, value) in &pool.settings {
                 out.push_str(&format!("{key} = {value}\n"));
             }
+        }
+        for section in &self.sections {
+            out.push('\n');
+            out.push_str(section);
+            out.push('\n');
         }
         out
     }

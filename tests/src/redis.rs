@@ -153,3 +153,328 @@ impl Drop for Redis {
         self.kill();
     }
 }
+
+/// A free loopback TCP port.
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// One `redis-server` process of a cluster or a sentinel setup, killed on drop.
+struct Node {
+    child: Option<Child>,
+    port: u16,
+}
+
+impl Node {
+    /// `redis-server` on `port` with `args`, working in `dir`; waits for PING.
+    async fn start(dir: &std::path::Path, port: u16, args: &[String]) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        let child = Command::new("redis-server")
+            .args(args)
+            .current_dir(dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting redis-server (apt-get install redis-server)")?;
+        let node = Self {
+            child: Some(child),
+            port,
+        };
+        crate::poll_until(
+            &format!("redis on {port} answers PING"),
+            READY_DEADLINE,
+            || async { cli(port, &["PING"]).await.is_ok_and(|o| o.trim() == "PONG") },
+        )
+        .await?;
+        Ok(node)
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// `redis-cli -p PORT ARGS...`, its stdout.
+async fn cli(port: u16, args: &[&str]) -> anyhow::Result<String> {
+    let out = tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio::process::Command::new("redis-cli")
+            .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+            .args(args)
+            .stdin(Stdio::null())
+            .output(),
+    )
+    .await
+    .context("redis-cli timed out")?
+    .context("running redis-cli (apt-get install redis-tools)")?;
+    if !out.status.success() {
+        bail!(
+            "redis-cli {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// A real Redis Cluster on loopback: `masters` masters, each with one replica,
+/// made with `redis-cli --cluster create`, and a short node timeout so a
+/// killed master's replica takes over within a few seconds.
+pub struct RedisCluster {
+    nodes: Vec<Node>,
+    _dir: TempDir,
+}
+
+impl RedisCluster {
+    pub async fn start(masters: usize) -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let mut nodes = Vec::new();
+        for i in 0..masters * 2 {
+            let port = free_port()?;
+            let args: Vec<String> = [
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                "nodes.conf",
+                "--cluster-node-timeout",
+                "2000",
+                // Fail over whatever the replica's replication lag (loaded
+                // test machines delay pings).
+                "--cluster-replica-validity-factor",
+                "0",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ]
+            .iter()
+            .map(|s| (*s).to_owned())
+            .collect();
+            nodes.push(Node::start(&dir.path().join(i.to_string()), port, &args).await?);
+        }
+        let addrs: Vec<String> = nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
+        let mut args = vec!["--cluster", "create"];
+        args.extend(addrs.iter().map(String::as_str));
+        args.extend(["--cluster-replicas", "1", "--cluster-yes"]);
+        cli(nodes[0].port, &args).await?;
+        let cluster = Self { nodes, _dir: dir };
+        cluster.wait_ok().await?;
+        Ok(cluster)
+    }
+
+    /// Waits until every live node says `cluster_state:ok`.
+    pub async fn wait_ok(&self) -> anyhow::Result<()> {
+        let ports: Vec<u16> = self
+            .nodes
+            .iter()
+            .filter(|n| n.child.is_some())
+            .map(|n| n.port)
+            .collect();
+        crate::poll_until(
+            "every cluster node says cluster_state:ok",
+            Duration::from_secs(30),
+            || {
+                let ports = ports.clone();
+                async move {
+                    for p in ports {
+                        let info = cli(p, &["CLUSTER", "INFO"]).await.unwrap_or_default();
+                        if !info.contains("cluster_state:ok") {
+                            return false;
+                        }
+                    }
+                    true
+                }
+            },
+        )
+        .await
+    }
+
+    /// Seed URLs for edge's `[redis] cluster`: the first master alone (the rest
+    /// must be discovered).
+    pub fn seed(&self) -> String {
+        self.nodes[0].url()
+    }
+
+    /// Ports of the nodes that are masters now.
+    pub async fn masters(&self) -> anyhow::Result<Vec<u16>> {
+        let mut out = Vec::new();
+        for n in self.nodes.iter().filter(|n| n.child.is_some()) {
+            if cli(n.port, &["ROLE"]).await?.starts_with("master") {
+                out.push(n.port);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every live node's `ROLE` first line, for diagnostics.
+    pub async fn roles(&self) -> Vec<(u16, String)> {
+        let mut out = Vec::new();
+        for n in self.nodes.iter().filter(|n| n.child.is_some()) {
+            let role = cli(n.port, &["ROLE"])
+                .await
+                .unwrap_or_else(|e| e.to_string());
+            out.push((n.port, role.lines().next().unwrap_or("").to_owned()));
+        }
+        out
+    }
+
+    /// Kills (SIGKILL) the master on `port`; its replica takes over.
+    pub fn kill(&mut self, port: u16) {
+        if let Some(n) = self.nodes.iter_mut().find(|n| n.port == port) {
+            n.kill();
+        }
+    }
+
+    /// How many keys each live master holds (`DBSIZE`).
+    pub async fn keys_per_master(&self) -> anyhow::Result<Vec<usize>> {
+        let mut out = Vec::new();
+        for p in self.masters().await? {
+            out.push(cli(p, &["DBSIZE"]).await?.trim().parse()?);
+        }
+        Ok(out)
+    }
+}
+
+/// A master, one replica and three sentinels watching them (quorum 2), with
+/// short timeouts so a killed master is replaced within a few seconds.
+pub struct RedisSentinel {
+    master: Node,
+    replica: Node,
+    sentinels: Vec<Node>,
+    _dir: TempDir,
+}
+
+impl RedisSentinel {
+    /// The name the sentinels know the master by.
+    pub const MASTER: &'static str = "edge";
+
+    pub async fn start() -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let plain = |port: u16| -> Vec<String> {
+            [
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ]
+            .iter()
+            .map(|s| (*s).to_owned())
+            .collect()
+        };
+        let mp = free_port()?;
+        let master = Node::start(&dir.path().join("master"), mp, &plain(mp)).await?;
+        let rp = free_port()?;
+        let mut args = plain(rp);
+        args.extend([
+            "--replicaof".to_owned(),
+            "127.0.0.1".to_owned(),
+            mp.to_string(),
+        ]);
+        let replica = Node::start(&dir.path().join("replica"), rp, &args).await?;
+        let mut sentinels = Vec::new();
+        for i in 0..3 {
+            let sp = free_port()?;
+            let sdir = dir.path().join(format!("sentinel{i}"));
+            std::fs::create_dir_all(&sdir)?;
+            let conf = sdir.join("sentinel.conf");
+            std::fs::write(
+                &conf,
+                format!(
+                    "port {sp}\nbind 127.0.0.1\n\
+                     sentinel monitor {m} 127.0.0.1 {mp} 2\n\
+                     sentinel down-after-milliseconds {m} 1000\n\
+                     sentinel failover-timeout {m} 5000\n\
+                     sentinel parallel-syncs {m} 1\n",
+                    m = Self::MASTER
+                ),
+            )?;
+            let args = vec![conf.display().to_string(), "--sentinel".to_owned()];
+            sentinels.push(Node::start(&sdir, sp, &args).await?);
+        }
+        let setup = Self {
+            master,
+            replica,
+            sentinels,
+            _dir: dir,
+        };
+        // Ready when the replica is in sync and every sentinel knows it.
+        crate::poll_until("the replica is in sync", READY_DEADLINE, || async {
+            cli(setup.replica.port, &["INFO", "replication"])
+                .await
+                .is_ok_and(|info| info.contains("master_link_status:up"))
+        })
+        .await?;
+        for s in &setup.sentinels {
+            crate::poll_until(
+                "the sentinel sees the replica",
+                Duration::from_secs(20),
+                || async {
+                    cli(s.port, &["SENTINEL", "REPLICAS", Self::MASTER])
+                        .await
+                        .is_ok_and(|out| out.contains(&rp.to_string()))
+                },
+            )
+            .await?;
+        }
+        Ok(setup)
+    }
+
+    /// Sentinel URLs for edge's `[redis] sentinel.nodes`.
+    pub fn sentinel_urls(&self) -> Vec<String> {
+        self.sentinels.iter().map(Node::url).collect()
+    }
+
+    pub fn master_port(&self) -> u16 {
+        self.master.port
+    }
+
+    pub fn replica_port(&self) -> u16 {
+        self.replica.port
+    }
+
+    /// The master's port as the first sentinel names it now.
+    pub async fn current_master(&self) -> anyhow::Result<u16> {
+        let out = cli(
+            self.sentinels[0].port,
+            &["SENTINEL", "GET-MASTER-ADDR-BY-NAME", Self::MASTER],
+        )
+        .await?;
+        let port = out.lines().nth(1).context("no master address")?;
+        Ok(port.trim().parse()?)
+    }
+
+    /// Kills (SIGKILL) the master; the sentinels promote the replica.
+    pub fn kill_master(&mut self) {
+        self.master.kill();
+    }
+
+    /// Keys on the server at `port` (`DBSIZE`).
+    pub async fn dbsize(port: u16) -> anyhow::Result<usize> {
+        Ok(cli(port, &["DBSIZE"]).await?.trim().parse()?)
+    }
+}

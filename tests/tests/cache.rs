@@ -91,7 +91,7 @@ async fn miss_then_l1_hit_then_l2_hit_on_another_edge() -> anyhow::Result<()> {
     for series in [
         "proxy_cache_requests_total{result=\"hit_l1\"}",
         "proxy_cache_stored_bytes{layer=\"l1\"}",
-        "proxy_cache_redis_breaker_open 0",
+        "proxy_redis_breaker_open 0",
     ] {
         assert!(
             metrics.contains(series),

@@ -1,85 +1,17 @@
-//! L2: Redis shared by every edge. Every call has a short deadline and goes
-//! through a breaker, so Redis down, hung or slow costs a request at most one
-//! deadline, and after a few failures nothing at all until a probe succeeds.
-//! Errors are counted here and turned into "not available": the caller falls
-//! back to L1 and the origin.
+//! L2: the cache's entries in the Redis shared by every edge (`crate::shared`),
+//! which puts a deadline and a breaker on every call. Every problem is "not in
+//! L2": the caller falls back to L1 and the origin.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
-use redis::aio::ConnectionManager;
+use crate::shared::Redis;
 
 use super::key::BANS;
-use super::metrics::CacheMetrics;
-
-/// Consecutive failures open the breaker; while open, one probe per cool-down.
-#[derive(Debug)]
-pub struct Breaker {
-    threshold: u32,
-    cooldown: Duration,
-    failures: u32,
-    open_until: Option<Instant>,
-}
-
-impl Breaker {
-    pub fn new(threshold: u32, cooldown: Duration) -> Self {
-        Self {
-            threshold: threshold.max(1),
-            cooldown,
-            failures: 0,
-            open_until: None,
-        }
-    }
-
-    /// Whether a call may go out now. When open and the cool-down is over, one
-    /// call is let through as a probe and the next probe is a cool-down away
-    /// (so a probe that never reports back cannot wedge the breaker).
-    pub fn allow(&mut self, now: Instant) -> bool {
-        match self.open_until {
-            None => true,
-            Some(until) if now >= until => {
-                self.open_until = Some(now + self.cooldown);
-                true
-            }
-            Some(_) => false,
-        }
-    }
-
-    pub fn success(&mut self) {
-        self.failures = 0;
-        self.open_until = None;
-    }
-
-    pub fn failure(&mut self, now: Instant) {
-        self.failures = self.failures.saturating_add(1);
-        if self.failures >= self.threshold {
-            self.open_until = Some(now + self.cooldown);
-        }
-    }
-
-    pub fn is_open(&self) -> bool {
-        self.open_until.is_some()
-    }
-}
-
-/// The Redis settings the cache takes.
-#[derive(Clone, Debug)]
-pub struct L2Config {
-    pub url: String,
-    pub timeout: Duration,
-    pub breaker_failures: u32,
-    pub breaker_cooldown: Duration,
-}
 
 pub struct L2 {
-    client: redis::Client,
-    conn: Mutex<Option<ConnectionManager>>,
-    connecting: Arc<AtomicBool>,
-    timeout: Duration,
-    breaker: Mutex<Breaker>,
-    metrics: Arc<CacheMetrics>,
+    redis: Arc<Redis>,
 }
 
 /// What a read found: the raw value and the prefix purges in force.
@@ -89,116 +21,32 @@ pub struct Found {
 }
 
 impl L2 {
-    pub fn new(
-        config: &L2Config,
-        metrics: Arc<CacheMetrics>,
-    ) -> Result<Arc<Self>, redis::RedisError> {
-        let client = redis::Client::open(config.url.as_str())?;
-        let l2 = Arc::new(Self {
-            client,
-            conn: Mutex::new(None),
-            connecting: Arc::new(AtomicBool::new(false)),
-            timeout: config.timeout,
-            breaker: Mutex::new(Breaker::new(
-                config.breaker_failures,
-                config.breaker_cooldown,
-            )),
-            metrics,
-        });
-        l2.connect_in_background();
-        Ok(l2)
+    pub fn new(redis: Arc<Redis>) -> Arc<Self> {
+        Arc::new(Self { redis })
     }
 
-    /// Connects once in the background; requests skip L2 until it is up. The
-    /// connection manager reconnects by itself afterwards.
-    fn connect_in_background(self: &Arc<Self>) {
-        if self.connecting.swap(true, Ordering::SeqCst) {
-            return;
-        }
-        let this = Arc::clone(self);
-        tokio::spawn(async move {
-            let config = redis::aio::ConnectionManagerConfig::new()
-                .set_connection_timeout(this.timeout.max(Duration::from_millis(200)))
-                .set_response_timeout(this.timeout)
-                .set_number_of_retries(1)
-                .set_max_delay(1000);
-            match this.client.get_connection_manager_with_config(config).await {
-                Ok(conn) => {
-                    *this.conn.lock().unwrap_or_else(PoisonError::into_inner) = Some(conn);
-                    tracing::info!("cache: connected to redis");
-                }
-                Err(e) => {
-                    this.metrics.redis_error("connect");
-                    tracing::warn!(error = %e, "cache: cannot connect to redis; L1 only for now");
-                }
-            }
-            this.connecting.store(false, Ordering::SeqCst);
-        });
-    }
-
-    /// Runs one Redis call under the breaker and the deadline.
-    async fn call<T, F, Fut>(self: &Arc<Self>, what: &'static str, f: F) -> Option<T>
+    async fn call<T, F, Fut>(&self, what: &'static str, f: F) -> Option<T>
     where
-        F: FnOnce(ConnectionManager) -> Fut,
+        F: FnOnce(crate::shared::Conn) -> Fut,
         Fut: std::future::Future<Output = redis::RedisResult<T>>,
     {
-        let allowed = {
-            let mut b = self.breaker.lock().unwrap_or_else(PoisonError::into_inner);
-            b.allow(Instant::now())
-        };
-        if !allowed {
-            return None;
-        }
-        let conn = self
-            .conn
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone();
-        let Some(conn) = conn else {
-            // Not connected yet: skip L2. Only a finished, failed connect counts
-            // toward the breaker (so start-up under load does not open it).
-            if !self.connecting.load(Ordering::SeqCst) {
-                self.connect_in_background();
-                self.failed("unavailable");
-            }
-            return None;
-        };
-        match tokio::time::timeout(self.timeout, f(conn)).await {
-            Ok(Ok(v)) => {
-                let mut b = self.breaker.lock().unwrap_or_else(PoisonError::into_inner);
-                b.success();
-                self.metrics.breaker_open(b.is_open());
-                Some(v)
-            }
-            Ok(Err(e)) => {
-                tracing::debug!(error = %e, what, "cache: redis call failed");
-                self.failed("error");
-                None
-            }
-            Err(_) => {
-                tracing::debug!(what, "cache: redis call timed out");
-                self.failed("timeout");
-                None
-            }
-        }
+        self.redis.call(what, f).await
     }
 
-    fn failed(&self, kind: &'static str) {
-        self.metrics.redis_error(kind);
-        let mut b = self.breaker.lock().unwrap_or_else(PoisonError::into_inner);
-        b.failure(Instant::now());
-        self.metrics.breaker_open(b.is_open());
-    }
-
-    /// The value at `key` and the prefix purges, in one round trip.
+    /// The value at `key` and the prefix purges. Two commands rather than one
+    /// pipeline, because in a Redis Cluster the two keys live in different
+    /// slots; on one connection they still go out together.
     pub async fn get(self: &Arc<Self>, key: &str) -> Option<Found> {
         let key = key.to_owned();
         self.call("get", |mut c| async move {
-            let (value, bans): (Option<Vec<u8>>, HashMap<String, u64>) = redis::pipe()
-                .get(&key)
-                .hgetall(BANS)
-                .query_async(&mut c)
-                .await?;
+            let mut c2 = c.clone();
+            let (mut get, mut hgetall) = (redis::cmd("GET"), redis::cmd("HGETALL"));
+            get.arg(&key);
+            hgetall.arg(BANS);
+            let (value, bans) = tokio::try_join!(
+                get.query_async::<Option<Vec<u8>>>(&mut c),
+                hgetall.query_async::<HashMap<String, u64>>(&mut c2),
+            )?;
             Ok(Found { value, bans })
         })
         .await
@@ -278,43 +126,5 @@ impl L2 {
         })
         .await
         .is_some()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn opens_after_threshold_and_probes_once_per_cooldown() {
-        let t0 = Instant::now();
-        let cool = Duration::from_secs(5);
-        let mut b = Breaker::new(3, cool);
-        assert!(b.allow(t0));
-        b.failure(t0);
-        b.failure(t0);
-        assert!(!b.is_open());
-        b.failure(t0);
-        assert!(b.is_open());
-        assert!(!b.allow(t0 + Duration::from_secs(1)));
-        // One probe after the cool-down, then closed again until the next one.
-        assert!(b.allow(t0 + cool));
-        assert!(!b.allow(t0 + cool + Duration::from_millis(1)));
-        b.failure(t0 + cool);
-        assert!(!b.allow(t0 + cool + Duration::from_secs(1)));
-        assert!(b.allow(t0 + cool * 3));
-        b.success();
-        assert!(!b.is_open());
-        assert!(b.allow(t0 + cool * 3));
-    }
-
-    #[test]
-    fn a_success_resets_the_count() {
-        let t0 = Instant::now();
-        let mut b = Breaker::new(2, Duration::from_secs(1));
-        b.failure(t0);
-        b.success();
-        b.failure(t0);
-        assert!(!b.is_open());
     }
 }

@@ -1,6 +1,6 @@
 //! The cache's Prometheus series, registered on the edge's registry.
 
-use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+use prometheus::{IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry};
 
 pub struct CacheMetrics {
     requests: IntCounterVec,
@@ -10,7 +10,6 @@ pub struct CacheMetrics {
     stored_bytes: IntGaugeVec,
     written_bytes: IntCounterVec,
     redis_errors: IntCounterVec,
-    breaker: IntGauge,
 }
 
 /// What the cache did for one request (`result` label).
@@ -76,13 +75,9 @@ impl CacheMetrics {
             redis_errors: IntCounterVec::new(
                 Opts::new(
                     "proxy_cache_redis_errors_total",
-                    "Failed Redis calls by kind: timeout, error, unavailable, connect, garbage.",
+                    "L2 entries the cache could not use, by kind (garbage); failed calls are proxy_redis_errors_total.",
                 ),
                 &["kind"],
-            )?,
-            breaker: IntGauge::new(
-                "proxy_cache_redis_breaker_open",
-                "1 while the Redis breaker is open (L2 skipped), else 0.",
             )?,
         };
         registry.register(Box::new(m.requests.clone()))?;
@@ -90,7 +85,6 @@ impl CacheMetrics {
         registry.register(Box::new(m.stored_bytes.clone()))?;
         registry.register(Box::new(m.written_bytes.clone()))?;
         registry.register(Box::new(m.redis_errors.clone()))?;
-        registry.register(Box::new(m.breaker.clone()))?;
         m.outcomes = Outcome::ALL
             .iter()
             .map(|o| m.requests.with_label_values(&[o.as_str()]))
@@ -122,10 +116,6 @@ impl CacheMetrics {
 
     pub fn redis_error(&self, kind: &str) {
         self.redis_errors.with_label_values(&[kind]).inc();
-    }
-
-    pub fn breaker_open(&self, open: bool) {
-        self.breaker.set(i64::from(open));
     }
 }
 

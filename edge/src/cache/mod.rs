@@ -29,7 +29,6 @@ use http::header::{HeaderName, CONTENT_LOCATION, LOCATION};
 use http::HeaderMap;
 
 pub use coalesce::Coalescer;
-pub use l2::{Breaker, L2Config};
 pub use metrics::CacheMetrics;
 pub use tee::Tee;
 
@@ -163,23 +162,14 @@ fn unix_now_ms() -> u64 {
 }
 
 impl Cache {
-    pub fn new(c: &config::Cache, registry: &prometheus::Registry) -> Result<Arc<Self>, String> {
+    /// The store; `redis` is its L2, `None` for L1 only.
+    pub fn new(
+        c: &config::Cache,
+        redis: Option<Arc<crate::shared::Redis>>,
+        registry: &prometheus::Registry,
+    ) -> Result<Arc<Self>, String> {
         let metrics = Arc::new(CacheMetrics::new(registry).map_err(|e| format!("metrics: {e}"))?);
-        let l2 = match &c.redis {
-            Some(url) => Some(
-                L2::new(
-                    &L2Config {
-                        url: url.clone(),
-                        timeout: c.redis_timeout,
-                        breaker_failures: c.redis_breaker_failures,
-                        breaker_cooldown: c.redis_breaker_cooldown,
-                    },
-                    Arc::clone(&metrics),
-                )
-                .map_err(|e| format!("redis {url}: {e}"))?,
-            ),
-            None => None,
-        };
+        let l2 = redis.map(L2::new);
         let l1 = moka::sync::Cache::builder()
             .max_capacity(c.l1_max_bytes)
             .weigher(|_: &String, s: &Slot| u32::try_from(s.record.weight()).unwrap_or(u32::MAX))

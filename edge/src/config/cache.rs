@@ -14,7 +14,12 @@ pub struct Cache {
     pub l1_max_bytes: u64,
     /// Larger entries skip L1.
     pub l1_max_entry_bytes: u64,
-    /// `redis://host:port[/db]`; `None` is L1 only.
+    /// Whether the cache uses the shared Redis (`[redis]`) as its L2, when
+    /// there is one.
+    pub l2: bool,
+    /// The older way to name the L2: `redis://host:port[/db]`, the same as
+    /// `[redis] url` (with `redis_timeout` and `redis_breaker_*` as its
+    /// `timeout` and `breaker_*`).
     pub redis: Option<String>,
     /// Deadline of every Redis call.
     pub redis_timeout: Duration,
@@ -38,6 +43,7 @@ impl Default for Cache {
             enabled: false,
             l1_max_bytes: 256 * 1024 * 1024,
             l1_max_entry_bytes: 8 * 1024 * 1024,
+            l2: true,
             redis: None,
             redis_timeout: Duration::from_millis(50),
             redis_breaker_failures: 5,
@@ -57,7 +63,7 @@ pub(super) fn read_cache(cx: &mut Cx<'_>, root: &mut Table<'_>) -> Cache {
     };
     let redis = t.opt::<String>(cx, "redis");
     if let Some(url) = &redis {
-        if !valid_redis_url(url) {
+        if !super::redis::valid_url(url) {
             let line = t.line_of(cx, "redis");
             cx.error(
                 line,
@@ -70,6 +76,7 @@ pub(super) fn read_cache(cx: &mut Cx<'_>, root: &mut Table<'_>) -> Cache {
         enabled: t.or(cx, "enabled", d.enabled),
         l1_max_bytes: t.or(cx, "l1_max_bytes", d.l1_max_bytes),
         l1_max_entry_bytes: t.or(cx, "l1_max_entry_bytes", d.l1_max_entry_bytes),
+        l2: t.or(cx, "l2", d.l2),
         redis,
         redis_timeout: positive(cx, &mut t, "redis_timeout", d.redis_timeout),
         redis_breaker_failures: at_least(
@@ -92,17 +99,6 @@ pub(super) fn read_cache(cx: &mut Cx<'_>, root: &mut Table<'_>) -> Cache {
     };
     t.finish(cx);
     out
-}
-
-/// `redis://[user:password@]host[:port][/db]`: what the redis crate accepts
-/// without TLS.
-fn valid_redis_url(url: &str) -> bool {
-    let Some(rest) = url.strip_prefix("redis://") else {
-        return false;
-    };
-    let authority = rest.split('/').next().unwrap_or("");
-    let host = authority.rsplit('@').next().unwrap_or("");
-    !host.is_empty() && redis::Client::open(url).is_ok()
 }
 
 /// The final statuses a route's cache may store (`cache_statuses` on a

@@ -8,12 +8,14 @@
 mod cache;
 mod pools;
 mod quic;
+mod redis;
 mod regions;
 use cache::read_cache;
 pub use cache::{Cache, CacheStatuses};
 use pools::read_pools;
 use quic::read_quic;
 pub use quic::{Quic, Retry};
+pub use redis::{Redis, RedisTarget};
 pub use regions::{Geo, GeoRegion, Prefer};
 mod walk;
 
@@ -50,6 +52,9 @@ pub struct Config {
     /// Regions, client placement and spillover; `None` without a `[geo]` table.
     pub geo: Option<Geo>,
     pub cache: Cache,
+    /// The Redis shared by every edge (`[redis]`, or the older `cache.redis`);
+    /// `None` runs on local state only.
+    pub redis: Option<Redis>,
     pub quic: Quic,
     pub limits: Limits,
 }
@@ -235,6 +240,7 @@ impl Config {
             pools: vec![Pool::new(DEFAULT_POOL, endpoints)],
             geo: None,
             cache: Cache::default(),
+            redis: None,
             limits: Limits::default(),
             quic: Quic::default(),
         }
@@ -321,6 +327,8 @@ fn read(cx: &mut Cx<'_>, doc: &toml_edit::Table, base: &Path) -> Config {
     let pools = read_pools(cx, &mut root, base, geo.as_ref());
     let routes = read_routes(cx, &mut root, &pools);
     let cache = read_cache(cx, &mut root);
+    let redis = redis::read_redis(cx, &mut root, base);
+    let redis = merge_legacy_redis(cx, &root, &cache, redis);
     let limits = read_limits(cx, &mut root);
     let quic = read_quic(cx, &mut root);
     root.finish(cx);
@@ -337,9 +345,38 @@ fn read(cx: &mut Cx<'_>, doc: &toml_edit::Table, base: &Path) -> Config {
         pools,
         geo,
         cache,
+        redis,
         limits,
         quic,
     }
+}
+
+/// `cache.redis` (and its `redis_*` keys) predate `[redis]` and mean the same as
+/// `[redis] url`; giving both is refused, so there is one Redis to reason about.
+fn merge_legacy_redis(
+    cx: &mut Cx<'_>,
+    root: &Table<'_>,
+    cache: &Cache,
+    redis: Option<Redis>,
+) -> Option<Redis> {
+    let Some(url) = &cache.redis else {
+        return redis;
+    };
+    if redis.is_some() {
+        let line = root.line_of(cx, "redis");
+        cx.error(
+            line,
+            "cache.redis",
+            "Redis is set twice: keep [redis] and remove cache.redis (and cache.redis_*)",
+        );
+        return redis;
+    }
+    Some(Redis {
+        timeout: cache.redis_timeout,
+        breaker_failures: cache.redis_breaker_failures,
+        breaker_cooldown: cache.redis_breaker_cooldown,
+        ..Redis::single(url.clone())
+    })
 }
 
 fn read_limits(cx: &mut Cx<'_>, root: &mut Table<'_>) -> Limits {

@@ -622,3 +622,89 @@ connection_queue_timeout = "250ms"
         ]
     );
 }
+
+const WEB: &str = "[pools.web]\nendpoints = [\"http://127.0.0.1:8080\"]\n";
+
+#[test]
+fn redis_reads_one_server_a_cluster_or_sentinel() {
+    use crate::config::RedisTarget;
+    let c = parse(&format!(
+        "{WEB}\n[redis]\nurl = \"rediss://edge:pw@10.0.0.1:6380/1\"\ntimeout = \"20ms\"\nbreaker_failures = 2\nbreaker_cooldown = \"1s\"\n"
+    ))
+    .expect("valid");
+    let r = c.redis.expect("redis");
+    assert_eq!(
+        r.target,
+        RedisTarget::Single("rediss://edge:pw@10.0.0.1:6380/1".into())
+    );
+    assert_eq!(
+        (r.timeout, r.breaker_failures, r.breaker_cooldown),
+        (Duration::from_millis(20), 2, Duration::from_secs(1))
+    );
+    assert_eq!(r.describe(), "rediss://10.0.0.1:6380/1");
+
+    let c = parse(&format!(
+        "{WEB}\n[redis]\ncluster = [\"redis://10.0.0.1:7000\", \"redis://10.0.0.2:7000\"]\n"
+    ))
+    .expect("valid");
+    assert!(matches!(c.redis.expect("redis").target, RedisTarget::Cluster(s) if s.len() == 2));
+
+    let c = parse(&format!(
+        "{WEB}\n[redis]\nsentinel = {{ master = \"edge\", nodes = [\"redis://10.0.0.1:26379\"], password = \"pw\" }}\n"
+    ))
+    .expect("valid");
+    match c.redis.expect("redis").target {
+        RedisTarget::Sentinel {
+            master,
+            sentinels,
+            password,
+            tls,
+            ..
+        } => {
+            assert_eq!(master, "edge");
+            assert_eq!(sentinels, vec!["redis://10.0.0.1:26379".to_owned()]);
+            assert_eq!(password.as_deref(), Some("pw"));
+            assert!(!tls);
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn the_older_cache_redis_is_the_shared_redis() {
+    let c = parse(&format!(
+        "{WEB}\n[cache]\nenabled = true\nredis = \"redis://127.0.0.1:6379\"\nredis_timeout = \"30ms\"\n"
+    ))
+    .expect("valid");
+    let r = c.redis.expect("redis from cache.redis");
+    assert_eq!(r.timeout, Duration::from_millis(30));
+    assert!(c.cache.l2);
+}
+
+#[test]
+fn redis_errors_name_key_and_line() {
+    let e = errors(&format!(
+        "{WEB}\n[redis]\nurl = \"redis://127.0.0.1:6379\"\ncluster = [\"redis://127.0.0.1:7000\"]\n"
+    ));
+    assert_eq!(e, vec![(4, "redis.url".to_owned())]);
+    let e = errors(&format!("{WEB}\n[redis]\ntimeout = \"0s\"\n"));
+    assert_eq!(
+        e,
+        vec![(4, "redis.url".to_owned()), (5, "redis.timeout".to_owned())]
+    );
+    let e = errors(&format!(
+        "{WEB}\n[redis]\nsentinel = {{ nodes = [\"http://x\"] }}\ncolour = 1\n"
+    ));
+    assert_eq!(
+        e,
+        vec![
+            (5, "redis.sentinel.master".to_owned()),
+            (5, "redis.sentinel.nodes".to_owned()),
+            (6, "redis.colour".to_owned()),
+        ]
+    );
+    let e = errors(&format!(
+        "{WEB}\n[redis]\nurl = \"redis://127.0.0.1:6379\"\n\n[cache]\nredis = \"redis://127.0.0.1:6380\"\n"
+    ));
+    assert_eq!(e, vec![(4, "cache.redis".to_owned())]);
+}
