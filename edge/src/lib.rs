@@ -9,6 +9,7 @@ pub mod cache;
 pub mod config;
 pub mod error;
 pub mod listener;
+pub mod local_ca;
 pub mod locality;
 pub mod metrics;
 pub mod pipeline;

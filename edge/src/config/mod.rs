@@ -42,6 +42,9 @@ pub struct Config {
     pub trusted_proxies: Vec<IpNet>,
     /// Tokio worker threads; `None` is one per core.
     pub workers: Option<NonZeroUsize>,
+    /// Where edge keeps what it generates and must find again after a restart
+    /// (the local CA when no certificate is configured).
+    pub state_dir: PathBuf,
     pub alt_svc: AltSvc,
     pub tls: Tls,
     pub client: Client,
@@ -222,6 +225,7 @@ impl Config {
             admin: Some(parse_const(DEFAULT_ADMIN)),
             trusted_proxies: Vec::new(),
             workers: None,
+            state_dir: default_state_dir(),
             alt_svc: AltSvc {
                 enabled: true,
                 max_age: Duration::from_secs(86400),
@@ -297,6 +301,25 @@ impl Config {
     }
 }
 
+/// systemd's `StateDirectory=` (`$STATE_DIRECTORY`), else the user's data
+/// directory (`$XDG_DATA_HOME/edge`, `~/.local/share/edge`), else `/var/lib/edge`.
+pub fn default_state_dir() -> PathBuf {
+    let var = |name| std::env::var_os(name).filter(|v| !v.is_empty());
+    if let Some(dirs) = var("STATE_DIRECTORY") {
+        // systemd lists several directories separated by ':'; the first is ours.
+        if let Some(first) = std::env::split_paths(&dirs).next() {
+            return first;
+        }
+    }
+    if let Some(data) = var("XDG_DATA_HOME") {
+        return PathBuf::from(data).join("edge");
+    }
+    match var("HOME") {
+        Some(home) => PathBuf::from(home).join(".local/share/edge"),
+        None => PathBuf::from("/var/lib/edge"),
+    }
+}
+
 fn parse_const<T: std::str::FromStr>(s: &str) -> T
 where
     T::Err: std::fmt::Debug,
@@ -314,6 +337,9 @@ fn read(cx: &mut Cx<'_>, doc: &toml_edit::Table, base: &Path) -> Config {
     let admin = root.opt(cx, "admin").or(defaults.admin);
     let trusted_proxies = root.or(cx, "trusted_proxies", Vec::new());
     let workers = root.opt::<usize>(cx, "workers").and_then(NonZeroUsize::new);
+    let state_dir = root
+        .opt::<PathBuf>(cx, "state_dir")
+        .map_or(defaults.state_dir, |p| base.join(p));
     let alt_svc = read_alt_svc(cx, &mut root, defaults.alt_svc);
     let tls = read_tls(cx, &mut root, base, defaults.tls);
     let client = read_client(cx, &mut root);
@@ -330,6 +356,7 @@ fn read(cx: &mut Cx<'_>, doc: &toml_edit::Table, base: &Path) -> Config {
         admin,
         trusted_proxies,
         workers,
+        state_dir,
         alt_svc,
         tls,
         client,

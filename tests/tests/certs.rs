@@ -1,0 +1,224 @@
+//! Certificates that change under a running edge: SIGHUP re-reads the files and
+//! new handshakes (TCP and QUIC) get the new certificate while open connections
+//! keep theirs; a bad file is refused and the old certificate serves on. Without
+//! configured certificates, the local CA in the state dir survives restarts.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use edge_tests::{curl, h3_requests_sni, toml_path, wait_until, Edge, EdgeConfig, Origin, Pki};
+use rustls::pki_types::pem::PemObject as _;
+use rustls::pki_types::{CertificateDer, ServerName};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+
+fn sighup(edge: &Edge) -> anyhow::Result<()> {
+    let status = std::process::Command::new("kill")
+        .args(["-HUP", &edge.pid().to_string()])
+        .status()?;
+    anyhow::ensure!(status.success(), "kill -HUP failed");
+    Ok(())
+}
+
+/// A TLS connection to edge's TCP listener as `localhost`, trusting `ca`.
+async fn connect(edge: &Edge, ca: &Path) -> anyhow::Result<TlsStream<TcpStream>> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(ca)? {
+        roots.add(cert?)?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let tcp = TcpStream::connect(edge.https_addr).await?;
+    let name = ServerName::try_from("localhost")?;
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .context("TLS handshake with edge")?;
+    Ok(tls)
+}
+
+/// The certificate the server sent on `tls`.
+fn served(tls: &TlsStream<TcpStream>) -> anyhow::Result<CertificateDer<'static>> {
+    tls.get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .map(|c| c.clone().into_owned())
+        .context("no peer certificate")
+}
+
+/// One keep-alive GET / on `tls`; the status line's code.
+async fn get_on(tls: &mut TlsStream<TcpStream>) -> anyhow::Result<u16> {
+    tls.write_all(b"GET / HTTP/1.1\r\nhost: localhost\r\n\r\n")
+        .await?;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    // The origin answers with a Content-Length body; read until the headers and
+    // that many bytes have come.
+    loop {
+        let n = tokio::time::timeout_at(deadline, tls.read(&mut buf)).await??;
+        anyhow::ensure!(n > 0, "edge closed the connection");
+        got.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&got);
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let len = head
+                .lines()
+                .find_map(|l| {
+                    let (k, v) = l.split_once(':')?;
+                    k.eq_ignore_ascii_case("content-length")
+                        .then(|| v.trim().parse::<usize>().ok())?
+                })
+                .unwrap_or(0);
+            if body.len() >= len {
+                let code = head.split_whitespace().nth(1).context("no status")?;
+                return Ok(code.parse()?);
+            }
+        }
+    }
+}
+
+fn der_of(pem: &Path) -> anyhow::Result<CertificateDer<'static>> {
+    Ok(CertificateDer::from_pem_file(pem)?)
+}
+
+/// The base64 body of a PEM certificate file (what h3_requests.py reports as `der`).
+fn pem_body(pem: &Path) -> anyhow::Result<String> {
+    Ok(std::fs::read_to_string(pem)?
+        .lines()
+        .filter(|l| !l.starts_with("-----"))
+        .collect())
+}
+
+/// The certificate edge's QUIC listener serves to `localhost`, as base64 DER.
+async fn served_h3(edge: &Edge) -> anyhow::Result<String> {
+    let spec = serde_json::json!([{"path": "/", "headers": []}]);
+    let out = h3_requests_sni(edge, "localhost", true, &spec).await?;
+    anyhow::ensure!(out["results"][0]["status"] == 200, "h3: {out}");
+    out["peer_certificate"]["der"]
+        .as_str()
+        .map(str::to_owned)
+        .with_context(|| format!("no certificate in {out}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_serves_renewed_certificate_on_tcp_and_quic_and_refuses_a_bad_one(
+) -> anyhow::Result<()> {
+    let origin = Origin::start().await?;
+    let edge = Edge::start(&EdgeConfig::new(origin.url())).await?;
+    let (cert, ca) = (edge.pki.leaf_cert.clone(), edge.pki.ca_cert.clone());
+    let old = der_of(&cert)?;
+
+    let mut open = connect(&edge, &ca).await?;
+    assert_eq!(served(&open)?, old);
+    assert_eq!(get_on(&mut open).await?, 200);
+    assert_eq!(served_h3(&edge).await?, pem_body(&cert)?);
+
+    // Renewed in place, as certbot or an operator would: same paths, new serial.
+    let dir = cert.parent().context("leaf dir")?.to_path_buf();
+    edge.pki
+        .issue_leaf(&dir, "leaf", &["localhost"])
+        .context("renewing the leaf")?;
+    let new = der_of(&cert)?;
+    assert_ne!(new, old);
+    sighup(&edge)?;
+    wait_until("reload logged", Duration::from_secs(10), || {
+        edge.log().contains("certificate generation 1")
+    })
+    .await?;
+
+    let fresh = connect(&edge, &ca).await?;
+    assert_eq!(
+        served(&fresh)?,
+        new,
+        "a new TCP handshake gets the new certificate"
+    );
+    assert_eq!(served_h3(&edge).await?, pem_body(&cert)?, "so does QUIC");
+    // The connection opened before the reload keeps serving its own name.
+    assert_eq!(get_on(&mut open).await?, 200);
+
+    // A broken file is refused whole; the certificate from before keeps serving.
+    std::fs::write(&cert, "-----BEGIN CERTIFICATE-----\nnot base64\n")?;
+    sighup(&edge)?;
+    wait_until("refusal logged", Duration::from_secs(10), || {
+        edge.log().contains("reload refused: tls.certificates")
+    })
+    .await?;
+    let log = edge.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("reload refused: tls.certificates"))
+        .unwrap_or_default();
+    assert!(
+        line.contains("leaf.pem"),
+        "the refusal names the file: {line}"
+    );
+    let after = connect(&edge, &ca).await?;
+    assert_eq!(served(&after)?, new);
+    assert_eq!(get_on(&mut open).await?, 200);
+    Ok(())
+}
+
+/// A config with no `[[tls.certificates]]` and `state_dir` at `state`.
+fn local_ca_config(origin: &Origin, pki: &Pki, state: &Path) -> String {
+    EdgeConfig::new(origin.url())
+        .top_setting("state_dir", &toml_path(state))
+        .to_toml(pki)
+        .lines()
+        .filter(|l| {
+            !(l.starts_with("[[tls.certificates]]")
+                || l.starts_with("cert = ")
+                || l.starts_with("key = "))
+        })
+        .map(|l| format!("{l}\n"))
+        .collect()
+}
+
+async fn curl_with_ca(edge: &Edge, ca: &Path) -> anyhow::Result<u16> {
+    let port = edge.https_addr.port();
+    let out = curl(&[
+        "--cacert".to_owned(),
+        ca.to_string_lossy().into_owned(),
+        "--resolve".to_owned(),
+        format!("localhost:{port}:127.0.0.1"),
+        format!("https://localhost:{port}/"),
+    ])
+    .await?;
+    Ok(out.status)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_ca_survives_a_restart_and_curl_trusts_it() -> anyhow::Result<()> {
+    let origin = Origin::start().await?;
+    let state = tempfile::tempdir()?;
+    let ca = state.path().join("local-ca/ca.pem");
+
+    let dir = tempfile::tempdir()?;
+    let pki = Pki::generate(dir.path())?;
+    let toml = local_ca_config(&origin, &pki, state.path());
+    let first = Edge::start_with_toml(dir, pki, &toml).await?;
+    let log = first.log();
+    assert!(
+        log.contains(&format!("trust {}", ca.display())) && log.contains("(generated)"),
+        "the CA path is logged:\n{log}"
+    );
+    assert_eq!(curl_with_ca(&first, &ca).await?, 200);
+    let ca_pem = std::fs::read(&ca)?;
+    drop(first);
+
+    let dir = tempfile::tempdir()?;
+    let pki = Pki::generate(dir.path())?;
+    let toml = local_ca_config(&origin, &pki, state.path());
+    let second = Edge::start_with_toml(dir, pki, &toml).await?;
+    assert!(second.log().contains("(kept)"), "{}", second.log());
+    assert_eq!(std::fs::read(&ca)?, ca_pem, "the same CA after a restart");
+    assert_eq!(curl_with_ca(&second, &ca).await?, 200);
+    Ok(())
+}
