@@ -101,9 +101,16 @@ pub async fn run(config: Config, reload: Option<Reloader>) -> Result<(), Error> 
     loops.spawn(quic::run(endpoint, shared.clone()));
     if let Some(l) = http {
         let addr = local(&l)?;
-        let server = Arc::new(TcpServer::new(shared.clone(), None, alt_svc));
-        loops.spawn(server.run(tokio_listener(l, addr)?));
+        let mut server = TcpServer::new(shared.clone(), None, alt_svc);
+        if shared.config.http_mode == config::HttpMode::Redirect {
+            server.redirect = Some(tls_addr.port());
+        }
+        let server = Arc::new(server);
+        loops.spawn(server.clone().run(tokio_listener(l, addr)?));
         tracing::info!("listening kind=http addr={addr}");
+        if server.redirect.is_some() {
+            tracing::info!("http_mode redirect: plaintext requests get 308 to https");
+        }
     }
     if let Some(l) = admin_listener {
         let addr = local(&l)?;
@@ -299,7 +306,11 @@ async fn apply_reload(shared: &Shared, reload: &Reloader) {
 /// Settings baked into listeners at start.
 fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
     let mut changed = Vec::new();
-    if old.listen != new.listen || old.http_listen != new.http_listen || old.admin != new.admin {
+    if old.listen != new.listen
+        || old.http_listen != new.http_listen
+        || old.http_mode != new.http_mode
+        || old.admin != new.admin
+    {
         changed.push("a listener address");
     }
     if old.tls.handshake_timeout != new.tls.handshake_timeout {

@@ -36,6 +36,8 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Plaintext HTTP/1.1 and h2c (prior knowledge).
     pub http_listen: Option<SocketAddr>,
+    /// What the plaintext listener does with a request.
+    pub http_mode: HttpMode,
     /// `/healthz` and `/metrics`.
     pub admin: Option<SocketAddr>,
     /// Peers whose `X-Forwarded-For` is extended rather than replaced.
@@ -112,6 +114,24 @@ pub struct Client {
     /// A response (h2: a stream; h1: the connection) that made no write progress
     /// this long is cancelled, freeing its upstream.
     pub write_idle_timeout: Duration,
+}
+
+/// `http_mode`: the plaintext listener proxies like the TLS one, or answers 308
+/// to https (ACME HTTP-01 challenge paths excepted).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HttpMode {
+    Proxy,
+    Redirect,
+}
+
+impl walk::FromToml for HttpMode {
+    fn from_toml(v: &toml_edit::Value) -> Result<Self, String> {
+        match <String as walk::FromToml>::from_toml(v)?.as_str() {
+            "proxy" => Ok(Self::Proxy),
+            "redirect" => Ok(Self::Redirect),
+            other => Err(format!("{other:?} is not \"proxy\" or \"redirect\"")),
+        }
+    }
 }
 
 /// `client.path_encoded_separators`: an encoded `/`, `\` or NUL in a path is
@@ -222,6 +242,7 @@ impl Config {
         Self {
             listen: parse_const(DEFAULT_LISTEN),
             http_listen: None,
+            http_mode: HttpMode::Proxy,
             admin: Some(parse_const(DEFAULT_ADMIN)),
             trusted_proxies: Vec::new(),
             workers: None,
@@ -334,6 +355,7 @@ fn read(cx: &mut Cx<'_>, doc: &toml_edit::Table, base: &Path) -> Config {
     let defaults = Config::with_upstreams(Vec::new());
     let listen = root.or(cx, "listen", defaults.listen);
     let http_listen = root.opt(cx, "http_listen");
+    let http_mode = root.or(cx, "http_mode", defaults.http_mode);
     let admin = root.opt(cx, "admin").or(defaults.admin);
     let trusted_proxies = root.or(cx, "trusted_proxies", Vec::new());
     let workers = root.opt::<usize>(cx, "workers").and_then(NonZeroUsize::new);
@@ -353,6 +375,7 @@ fn read(cx: &mut Cx<'_>, doc: &toml_edit::Table, base: &Path) -> Config {
     Config {
         listen,
         http_listen,
+        http_mode,
         admin,
         trusted_proxies,
         workers,
