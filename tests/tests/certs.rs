@@ -8,7 +8,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use edge_tests::{curl, h3_requests_sni, toml_path, wait_until, Edge, EdgeConfig, Origin, Pki};
+use edge_tests::{
+    curl, h3_requests_sni, python_json, toml_path, wait_until, Edge, EdgeConfig, Origin, Pki,
+    PYTHON_TIMEOUT,
+};
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -108,6 +111,27 @@ async fn served_h3(edge: &Edge) -> anyhow::Result<String> {
         .with_context(|| format!("no certificate in {out}"))
 }
 
+/// One slow HTTP/3 request (`/slow/2000`) with the certificate it was served.
+fn h3_slow(
+    edge: &Edge,
+) -> impl std::future::Future<Output = anyhow::Result<serde_json::Value>> + Send + 'static {
+    let spec = serde_json::json!([{"path": "/slow/2000", "headers": []}]).to_string();
+    let args = vec![
+        "--ca".to_owned(),
+        edge.pki.ca_cert.to_string_lossy().into_owned(),
+        "--host".to_owned(),
+        edge.h3_addr.ip().to_string(),
+        "--port".to_owned(),
+        edge.h3_addr.port().to_string(),
+        "--spec".to_owned(),
+        spec,
+        "--server-name".to_owned(),
+        "localhost".to_owned(),
+        "--peer-cert".to_owned(),
+    ];
+    async move { python_json("h3_requests.py", &args, PYTHON_TIMEOUT).await }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_serves_renewed_certificate_on_tcp_and_quic_and_refuses_a_bad_one(
 ) -> anyhow::Result<()> {
@@ -115,11 +139,24 @@ async fn sighup_serves_renewed_certificate_on_tcp_and_quic_and_refuses_a_bad_one
     let edge = Edge::start(&EdgeConfig::new(origin.url())).await?;
     let (cert, ca) = (edge.pki.leaf_cert.clone(), edge.pki.ca_cert.clone());
     let old = der_of(&cert)?;
+    let old_b64 = pem_body(&cert)?;
 
     let mut open = connect(&edge, &ca).await?;
     assert_eq!(served(&open)?, old);
     assert_eq!(get_on(&mut open).await?, 200);
     assert_eq!(served_h3(&edge).await?, pem_body(&cert)?);
+
+    // An HTTP/3 request in flight across the reload (the origin holds it 2 s).
+    let in_flight = {
+        let h3 = h3_slow(&edge);
+        tokio::spawn(h3)
+    };
+    wait_until(
+        "slow h3 request at the origin",
+        Duration::from_secs(20),
+        || origin.requests() == 3,
+    )
+    .await?;
 
     // Renewed in place, as certbot or an operator would: same paths, new serial.
     let dir = cert.parent().context("leaf dir")?.to_path_buf();
@@ -141,8 +178,15 @@ async fn sighup_serves_renewed_certificate_on_tcp_and_quic_and_refuses_a_bad_one
         "a new TCP handshake gets the new certificate"
     );
     assert_eq!(served_h3(&edge).await?, pem_body(&cert)?, "so does QUIC");
-    // The connection opened before the reload keeps serving its own name.
+    // The connections opened before the reload keep serving their own name.
     assert_eq!(get_on(&mut open).await?, 200);
+    let slow = in_flight.await??;
+    assert_eq!(slow["results"][0]["status"], 200, "{slow}");
+    assert_eq!(
+        slow["peer_certificate"]["der"].as_str(),
+        Some(old_b64.as_str()),
+        "the QUIC connection kept the certificate it was shown"
+    );
 
     // A broken file is refused whole; the certificate from before keeps serving.
     std::fs::write(&cert, "-----BEGIN CERTIFICATE-----\nnot base64\n")?;
