@@ -6,6 +6,7 @@
 
 pub mod body;
 pub mod cache;
+pub mod cert_time;
 pub mod config;
 pub mod error;
 pub mod listener;

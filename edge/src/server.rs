@@ -63,8 +63,10 @@ pub async fn run(config: Config, reload: Option<Reloader>) -> Result<(), Error> 
     // The resolver lives as long as the process (a reload swaps the certificates
     // inside it): the Arc is leaked so each TLS connection's SNI can refer to it
     // without a count (see `tls::Sni`).
+    let certs = initial_certs(&config)?;
+    let expiries = certs.expiries();
     let resolver: &'static Arc<CertResolver> =
-        Box::leak(Box::new(Arc::new(initial_certs(&config)?)));
+        Box::leak(Box::new(Arc::new(CertResolver::new(certs))));
 
     // Bind everything before serving anything, so a port in use fails cleanly.
     let (tls_tcp, udp) = listener::bind_tcp_udp(config.listen)?;
@@ -73,6 +75,7 @@ pub async fn run(config: Config, reload: Option<Reloader>) -> Result<(), Error> 
     let tls_addr = local(&tls_tcp)?;
 
     let metrics = Metrics::new().map_err(|e| Error::Setup(format!("metrics: {e}")))?;
+    metrics.cert_expiries(&expiries);
     let cache = build_cache(&config, &metrics)?;
     let shared = Arc::new(Shared {
         proxy: ArcSwap::from_pointee(proxy.with_cache(cache.clone())),
@@ -137,9 +140,9 @@ pub async fn run(config: Config, reload: Option<Reloader>) -> Result<(), Error> 
 /// The certificates to serve at start: the configured files, else the local
 /// CA's leaf from the state dir (made on the first start), else, when the state
 /// dir cannot be written, a throwaway self-signed one.
-fn initial_certs(config: &Config) -> Result<CertResolver, Error> {
+fn initial_certs(config: &Config) -> Result<tls::Loaded, Error> {
     if !config.tls.certificates.is_empty() {
-        return Ok(CertResolver::load(&config.tls.certificates)?);
+        return Ok(tls::Loaded::read(&config.tls.certificates)?);
     }
     let local = LocalCa::in_state_dir(&config.state_dir);
     match local.load_or_create() {
@@ -151,7 +154,7 @@ fn initial_certs(config: &Config) -> Result<CertResolver, Error> {
                 local.ca_cert.display(),
                 local.ca_cert.display()
             );
-            Ok(CertResolver::new(loaded))
+            Ok(loaded)
         }
         Err(e) => {
             let chain = crate::pipeline::error_chain(&e);
@@ -160,7 +163,7 @@ fn initial_certs(config: &Config) -> Result<CertResolver, Error> {
                  serving a throwaway self-signed certificate",
                 config.state_dir.display()
             );
-            Ok(CertResolver::self_signed()?)
+            Ok(tls::Loaded::self_signed()?)
         }
     }
 }
@@ -294,6 +297,7 @@ async fn apply_reload(shared: &Shared, reload: &Reloader) {
         tracing::warn!("reload: {key} changed; it takes effect on restart");
     }
     shared.proxy.store(Arc::new(proxy));
+    shared.metrics.cert_expiries(&certs.expiries());
     let generation = shared.certs.map(|c| c.replace(certs));
     shared.metrics.reload(true);
     tracing::info!(

@@ -69,8 +69,9 @@ impl fmt::Debug for CertResolver {
     }
 }
 
-/// Certificates read from files (or generated), not yet serving.
-pub struct Loaded(Vec<Arc<CertifiedKey>>);
+/// Certificates read from files (or generated), not yet serving, each with the
+/// name it is known by in logs and metrics (its file).
+pub struct Loaded(Vec<Arc<CertifiedKey>>, Vec<String>);
 
 impl fmt::Debug for Loaded {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -81,41 +82,30 @@ impl fmt::Debug for Loaded {
 impl Loaded {
     /// Reads every pair; any unreadable or mismatched file fails the whole set.
     pub fn read(files: &[CertFiles]) -> Result<Self, TlsError> {
-        files
+        let certs = files
             .iter()
             .map(|f| load_pair(&f.cert, &f.key).map(Arc::new))
-            .collect::<Result<Vec<_>, _>>()
-            .map(Self)
+            .collect::<Result<Vec<_>, _>>()?;
+        let names = files.iter().map(|f| f.cert.display().to_string()).collect();
+        Ok(Self(certs, names))
     }
 
     /// One certificate and its key, from files.
     pub fn pair(cert: &Path, key: &Path) -> Result<Self, TlsError> {
-        load_pair(cert, key).map(|c| Self(vec![Arc::new(c)]))
-    }
-}
-
-impl CertResolver {
-    pub fn new(loaded: Loaded) -> Self {
-        Self {
-            current: ArcSwap::from_pointee(CertSet {
-                generation: 0,
-                certs: loaded.0,
-            }),
-        }
+        let name = cert.display().to_string();
+        load_pair(cert, key).map(|c| Self(vec![Arc::new(c)], vec![name]))
     }
 
-    pub fn load(files: &[CertFiles]) -> Result<Self, TlsError> {
-        Loaded::read(files).map(Self::new)
-    }
-
-    /// Serves `loaded` from the next handshake on; returns the new generation.
-    pub fn replace(&self, loaded: Loaded) -> u32 {
-        let generation = self.current.load().generation.wrapping_add(1);
-        self.current.store(Arc::new(CertSet {
-            generation,
-            certs: loaded.0,
-        }));
-        generation
+    /// Each certificate's name and notAfter (Unix seconds), where it parses.
+    pub fn expiries(&self) -> Vec<(String, i64)> {
+        self.0
+            .iter()
+            .zip(&self.1)
+            .filter_map(|(c, name)| {
+                let der = c.end_entity_cert().ok()?;
+                Some((name.clone(), crate::cert_time::not_after(der)?))
+            })
+            .collect()
     }
 
     /// A fresh self-signed certificate for `localhost` and 127.0.0.1 / ::1.
@@ -134,7 +124,33 @@ impl CertResolver {
         })?;
         let key = any_supported_type(&key)?;
         let cert = CertifiedKey::new(vec![generated.cert.der().clone()], key);
-        Ok(Self::new(Loaded(vec![Arc::new(cert)])))
+        Ok(Self(vec![Arc::new(cert)], vec!["(self-signed)".to_owned()]))
+    }
+}
+
+impl CertResolver {
+    pub fn new(loaded: Loaded) -> Self {
+        let Loaded(certs, _) = loaded;
+        Self {
+            current: ArcSwap::from_pointee(CertSet {
+                generation: 0,
+                certs,
+            }),
+        }
+    }
+
+    pub fn load(files: &[CertFiles]) -> Result<Self, TlsError> {
+        Loaded::read(files).map(Self::new)
+    }
+
+    /// Serves `loaded` from the next handshake on; returns the new generation.
+    pub fn replace(&self, loaded: Loaded) -> u32 {
+        let generation = self.current.load().generation.wrapping_add(1);
+        self.current.store(Arc::new(CertSet {
+            generation,
+            certs: loaded.0,
+        }));
+        generation
     }
 }
 

@@ -141,6 +141,15 @@ async fn sighup_serves_renewed_certificate_on_tcp_and_quic_and_refuses_a_bad_one
     let old = der_of(&cert)?;
     let old_b64 = pem_body(&cert)?;
 
+    // The expiry metric reads notAfter from the certificate (rcgen's default,
+    // 4096-01-01T00:00:00Z).
+    let series = format!(
+        "proxy_cert_expiry_timestamp_seconds{{cert=\"{}\"}}",
+        cert.display()
+    );
+    let (at, page) = edge.metric(&series).await?;
+    assert_eq!(at, Some(67_090_118_400.0), "{series} in:\n{page}");
+
     let mut open = connect(&edge, &ca).await?;
     assert_eq!(served(&open)?, old);
     assert_eq!(get_on(&mut open).await?, 200);
@@ -206,6 +215,7 @@ async fn sighup_serves_renewed_certificate_on_tcp_and_quic_and_refuses_a_bad_one
     );
     let after = connect(&edge, &ca).await?;
     assert_eq!(served(&after)?, new);
+    assert_eq!(edge.metric(&series).await?.0, Some(67_090_118_400.0));
     assert_eq!(get_on(&mut open).await?, 200);
     Ok(())
 }
