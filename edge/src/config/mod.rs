@@ -362,6 +362,11 @@ fn read(cx: &mut Cx<'_>, doc: &toml_edit::Table, base: &Path) -> Config {
     let state_dir = root
         .opt::<PathBuf>(cx, "state_dir")
         .map_or(defaults.state_dir, |p| base.join(p));
+    if state_dir.exists() && !state_dir.is_dir() {
+        let line = root.line_of(cx, "state_dir");
+        let reason = format!("{} exists and is not a directory", state_dir.display());
+        cx.error(line, "state_dir", reason);
+    }
     let alt_svc = read_alt_svc(cx, &mut root, defaults.alt_svc);
     let tls = read_tls(cx, &mut root, base, defaults.tls);
     let client = read_client(cx, &mut root);
