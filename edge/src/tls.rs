@@ -1,6 +1,7 @@
 //! Certificates and the TLS configurations built on them. One resolver serves the
 //! TCP listener (h1, h2) and the QUIC listener (h3): the same certificate answers
-//! for a name whichever protocol the client speaks.
+//! for a name whichever protocol the client speaks, and a reload swaps the set
+//! behind it for both at once.
 
 use std::fmt;
 use std::path::Path;

@@ -59,8 +59,13 @@ fn served(tls: &TlsStream<TcpStream>) -> anyhow::Result<CertificateDer<'static>>
 
 /// One keep-alive GET / on `tls`; the status line's code.
 async fn get_on(tls: &mut TlsStream<TcpStream>) -> anyhow::Result<u16> {
-    tls.write_all(b"GET / HTTP/1.1\r\nhost: localhost\r\n\r\n")
-        .await?;
+    get_host_on(tls, "localhost").await
+}
+
+/// One keep-alive GET / for `host` on `tls`; the status line's code.
+async fn get_host_on(tls: &mut TlsStream<TcpStream>, host: &str) -> anyhow::Result<u16> {
+    let request = format!("GET / HTTP/1.1\r\nhost: {host}\r\n\r\n");
+    tls.write_all(request.as_bytes()).await?;
     let mut got = Vec::new();
     let mut buf = [0u8; 4096];
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
@@ -274,5 +279,35 @@ async fn local_ca_survives_a_restart_and_curl_trusts_it() -> anyhow::Result<()> 
     assert!(second.log().contains("(kept)"), "{}", second.log());
     assert_eq!(std::fs::read(&ca)?, ca_pem, "the same CA after a restart");
     assert_eq!(curl_with_ca(&second, &ca).await?, 200);
+    Ok(())
+}
+
+/// A connection reused for another name its certificate covered (RFC 9110 4.3.3)
+/// is held to its own SNI name once a reload replaced that certificate: the other
+/// name gets 421 and a new connection, shown the new certificate, serves it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_swap_an_old_connection_serves_only_its_own_name() -> anyhow::Result<()> {
+    let origin = Origin::start().await?;
+    let dir = tempfile::tempdir()?;
+    let pki = Pki::generate(dir.path())?;
+    let both = pki.issue_leaf(dir.path(), "both", &["localhost", "b.test"])?;
+    let config = EdgeConfig::new(origin.url()).certificate(both.clone());
+    let edge = Edge::start_with_pki(dir, pki, &config).await?;
+    let ca = edge.pki.ca_cert.clone();
+
+    let mut old = connect(&edge, &ca).await?;
+    assert_eq!(get_host_on(&mut old, "b.test").await?, 200);
+    let dir = both.cert.parent().context("leaf dir")?.to_path_buf();
+    edge.pki
+        .issue_leaf(&dir, "both", &["localhost", "b.test"])?;
+    sighup(&edge)?;
+    wait_until("reload logged", Duration::from_secs(10), || {
+        edge.log().contains("certificate generation 1")
+    })
+    .await?;
+    assert_eq!(get_host_on(&mut old, "localhost").await?, 200);
+    assert_eq!(get_host_on(&mut old, "b.test").await?, 421);
+    let mut fresh = connect(&edge, &ca).await?;
+    assert_eq!(get_host_on(&mut fresh, "b.test").await?, 200);
     Ok(())
 }
