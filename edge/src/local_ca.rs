@@ -4,7 +4,9 @@
 //! keeps trusting edge across restarts.
 //!
 //! Must not: overwrite a complete set, or leave a half-written one that a later
-//! start would take for complete (the leaf certificate is written last, by rename).
+//! start would take for complete: a set is written whole into a directory of its
+//! own and renamed into place, so of two edges starting at once one set wins and
+//! both serve it.
 
 use std::io::Write as _;
 use std::os::unix::fs::OpenOptionsExt as _;
@@ -43,8 +45,49 @@ impl LocalCa {
         if self.leaf_cert.is_file() && self.ca_cert.is_file() {
             return Ok((Loaded::pair(&self.leaf_cert, &self.leaf_key)?, false));
         }
-        self.generate()?;
-        Ok((Loaded::pair(&self.leaf_cert, &self.leaf_key)?, true))
+        let created = self.create()?;
+        Ok((Loaded::pair(&self.leaf_cert, &self.leaf_key)?, created))
+    }
+
+    /// Generates a set beside the final directory and renames it into place;
+    /// `false` when another process's set got there first (it is kept).
+    fn create(&self) -> Result<bool, TlsError> {
+        let dir = self.dir();
+        let parent = dir.parent().unwrap_or(Path::new("."));
+        let staging = parent.join(format!("local-ca.new-{}", std::process::id()));
+        let staged = Self {
+            ca_cert: staging.join("ca.pem"),
+            ca_key: staging.join("ca.key"),
+            leaf_cert: staging.join("localhost.pem"),
+            leaf_key: staging.join("localhost.key"),
+        };
+        staged.generate()?;
+        // An empty or partial directory left by a crash is replaced; a complete
+        // one (another edge's) makes the rename fail and is used instead.
+        if dir.is_dir() && !self.leaf_cert.is_file() {
+            if let Err(e) = std::fs::remove_dir_all(&dir) {
+                tracing::warn!("cannot remove the partial {}: {e}", dir.display());
+            }
+        }
+        match std::fs::rename(&staging, &dir) {
+            Ok(()) => Ok(true),
+            Err(_) if self.leaf_cert.is_file() => {
+                if let Err(e) = std::fs::remove_dir_all(&staging) {
+                    tracing::warn!("cannot remove {}: {e}", staging.display());
+                }
+                Ok(false)
+            }
+            Err(source) => Err(TlsError::Write {
+                path: dir.display().to_string(),
+                source,
+            }),
+        }
+    }
+
+    fn dir(&self) -> PathBuf {
+        self.leaf_cert
+            .parent()
+            .map_or_else(|| PathBuf::from("local-ca"), Path::to_path_buf)
     }
 
     fn generate(&self) -> Result<(), TlsError> {
@@ -113,6 +156,21 @@ mod tests {
         let (_, created) = ca.load_or_create()?;
         assert!(!created);
         assert_eq!(std::fs::read(&ca.ca_cert)?, first);
+        Ok(())
+    }
+
+    #[test]
+    fn a_set_made_meanwhile_by_another_edge_wins() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let ca = LocalCa::in_state_dir(dir.path());
+        ca.load_or_create()?;
+        let first = std::fs::read(&ca.ca_cert)?;
+        // As if this process had found no set and generated while another wrote one.
+        assert!(!ca.create()?);
+        assert_eq!(std::fs::read(&ca.ca_cert)?, first);
+        let left: Vec<_> = std::fs::read_dir(dir.path().join("local-ca"))?.collect();
+        assert_eq!(left.len(), 4, "no staging left inside");
+        assert_eq!(std::fs::read_dir(dir.path())?.count(), 1, "nor beside");
         Ok(())
     }
 }

@@ -60,6 +60,12 @@ pub type Reloader = Arc<dyn Fn() -> Result<Config, config::ConfigErrors> + Send 
 /// `reload` (when the edge was started from a file).
 pub async fn run(config: Config, reload: Option<Reloader>) -> Result<(), Error> {
     let proxy = Proxy::build(&config).await?;
+    // Bind everything before serving anything, so a port in use fails cleanly.
+    let (tls_tcp, udp) = listener::bind_tcp_udp(config.listen)?;
+    let http = config.http_listen.map(listener::bind_tcp).transpose()?;
+    let admin_listener = config.admin.map(listener::bind_tcp).transpose()?;
+    let tls_addr = local(&tls_tcp)?;
+
     // The resolver lives as long as the process (a reload swaps the certificates
     // inside it): the Arc is leaked so each TLS connection's SNI can refer to it
     // without a count (see `tls::Sni`).
@@ -67,12 +73,6 @@ pub async fn run(config: Config, reload: Option<Reloader>) -> Result<(), Error> 
     let expiries = certs.expiries();
     let resolver: &'static Arc<CertResolver> =
         Box::leak(Box::new(Arc::new(CertResolver::new(certs))));
-
-    // Bind everything before serving anything, so a port in use fails cleanly.
-    let (tls_tcp, udp) = listener::bind_tcp_udp(config.listen)?;
-    let http = config.http_listen.map(listener::bind_tcp).transpose()?;
-    let admin_listener = config.admin.map(listener::bind_tcp).transpose()?;
-    let tls_addr = local(&tls_tcp)?;
 
     let metrics = Metrics::new().map_err(|e| Error::Setup(format!("metrics: {e}")))?;
     metrics.cert_expiries(&expiries);
