@@ -19,6 +19,8 @@ const LAYERS: &[(&str, u8)] = &[
     ("locality", 2),
     // The Redis client every edge shares (cache L2, sticky, global limits).
     ("shared", 2),
+    ("cert_time", 0),
+    ("local_ca", 3),
     ("error", 3),
     ("metrics", 3),
     ("start", 3),

@@ -6,10 +6,12 @@
 
 pub mod body;
 pub mod cache;
+pub mod cert_time;
 pub mod chain;
 pub mod config;
 pub mod error;
 pub mod listener;
+pub mod local_ca;
 pub mod locality;
 pub mod metrics;
 pub mod pipeline;

@@ -36,6 +36,7 @@ pub struct Metrics {
     connections: IntGaugeVec,
     parked: IntGauge,
     reloads: IntCounterVec,
+    cert_expiry: IntGaugeVec,
     slots: SlotMetrics,
     endpoints: EndpointMetrics,
     regions: RegionMetrics,
@@ -320,6 +321,14 @@ impl Metrics {
         )?;
         registry.register(Box::new(connections.clone()))?;
         registry.register(Box::new(reloads.clone()))?;
+        let cert_expiry = IntGaugeVec::new(
+            Opts::new(
+                "proxy_cert_expiry_timestamp_seconds",
+                "When each serving certificate expires (notAfter, Unix time), by its file; alert on this minus time().",
+            ),
+            &["cert"],
+        )?;
+        registry.register(Box::new(cert_expiry.clone()))?;
         for p in [Proto::H1, Proto::H2, Proto::H3] {
             connections.with_label_values(&[p.as_str()]).set(0);
         }
@@ -334,6 +343,7 @@ impl Metrics {
             connections,
             parked,
             reloads,
+            cert_expiry,
             slots,
             endpoints,
             regions,
@@ -386,6 +396,15 @@ impl Metrics {
     pub fn reload(&self, ok: bool) {
         let result = if ok { "ok" } else { "refused" };
         self.reloads.with_label_values(&[result]).inc();
+    }
+
+    /// The serving certificates' expiry, replacing what was there (a reload may
+    /// drop or rename certificates).
+    pub fn cert_expiries(&self, expiries: &[(String, i64)]) {
+        self.cert_expiry.reset();
+        for (name, at) in expiries {
+            self.cert_expiry.with_label_values(&[name]).set(*at);
+        }
     }
 
     /// Counts a connection as open under `proto` until the guard drops.

@@ -13,6 +13,7 @@ use tokio_util::task::TaskTracker;
 use crate::cache::Cache;
 use crate::config::{self, Config};
 use crate::listener::{self, admin, quic, tcp::TcpServer, BindError, Shared};
+use crate::local_ca::LocalCa;
 use crate::metrics::Metrics;
 use crate::pipeline::Proxy;
 use crate::shared::Redis;
@@ -67,25 +68,22 @@ pub type Reloader = Arc<dyn Fn() -> Result<Config, config::ConfigErrors> + Send 
 /// `reload` (when the edge was started from a file).
 pub async fn run(config: Config, reload: Option<Reloader>) -> Result<(), Error> {
     let proxy = Proxy::build(&config).await?;
-    // The certificates live as long as the process (a reload never replaces
-    // them): the Arc is leaked so each TLS connection's SNI can refer to them
-    // without a count (see `tls::Sni`).
-    let resolver: &'static Arc<CertResolver> = Box::leak(Box::new(Arc::new(
-        if config.tls.certificates.is_empty() {
-            tracing::info!("no certificate configured: generated a self-signed certificate for localhost, 127.0.0.1 and ::1");
-            CertResolver::self_signed()?
-        } else {
-            CertResolver::load(&config.tls.certificates)?
-        },
-    )));
-
     // Bind everything before serving anything, so a port in use fails cleanly.
     let (tls_tcp, udp) = listener::bind_tcp_udp(config.listen)?;
     let http = config.http_listen.map(listener::bind_tcp).transpose()?;
     let admin_listener = config.admin.map(listener::bind_tcp).transpose()?;
     let tls_addr = local(&tls_tcp)?;
 
+    // The resolver lives as long as the process (a reload swaps the certificates
+    // inside it): the Arc is leaked so each TLS connection's SNI can refer to it
+    // without a count (see `tls::Sni`).
+    let certs = initial_certs(&config)?;
+    let expiries = certs.expiries();
+    let resolver: &'static Arc<CertResolver> =
+        Box::leak(Box::new(Arc::new(CertResolver::new(certs))));
+
     let metrics = Metrics::new().map_err(|e| Error::Setup(format!("metrics: {e}")))?;
+    metrics.cert_expiries(&expiries);
     let redis = build_redis(&config, &metrics)?;
     let cache = build_cache(&config, redis.as_ref(), &metrics)?;
     let shared = Arc::new(Shared {
@@ -115,9 +113,16 @@ pub async fn run(config: Config, reload: Option<Reloader>) -> Result<(), Error> 
     loops.spawn(quic::run(endpoint, shared.clone()));
     if let Some(l) = http {
         let addr = local(&l)?;
-        let server = Arc::new(TcpServer::new(shared.clone(), None, alt_svc));
-        loops.spawn(server.run(tokio_listener(l, addr)?));
+        let mut server = TcpServer::new(shared.clone(), None, alt_svc);
+        if shared.config.http_mode == config::HttpMode::Redirect {
+            server.redirect = Some(tls_addr.port());
+        }
+        let server = Arc::new(server);
+        loops.spawn(server.clone().run(tokio_listener(l, addr)?));
         tracing::info!("listening kind=http addr={addr}");
+        if server.redirect.is_some() {
+            tracing::info!("http_mode redirect: plaintext requests get 308 to https");
+        }
     }
     if let Some(l) = admin_listener {
         let addr = local(&l)?;
@@ -139,6 +144,47 @@ pub async fn run(config: Config, reload: Option<Reloader>) -> Result<(), Error> 
         tracing::warn!("drain grace over; closing the remaining connections");
     }
     Ok(())
+}
+
+/// The certificates to serve at start: the configured files, else the local
+/// CA's leaf from the state dir (made on the first start), else, when the state
+/// dir cannot be written, a throwaway self-signed one.
+fn initial_certs(config: &Config) -> Result<tls::Loaded, Error> {
+    if !config.tls.certificates.is_empty() {
+        return Ok(tls::Loaded::read(&config.tls.certificates)?);
+    }
+    let local = LocalCa::in_state_dir(&config.state_dir);
+    match local.load_or_create() {
+        Ok((loaded, created)) => {
+            let how = if created { "generated" } else { "kept" };
+            tracing::info!(
+                "no certificate configured: serving localhost from the local CA ({how}); \
+                 trust {} (e.g. curl --cacert {})",
+                local.ca_cert.display(),
+                local.ca_cert.display()
+            );
+            Ok(loaded)
+        }
+        Err(e) => {
+            let chain = crate::pipeline::error_chain(&e);
+            tracing::warn!(
+                "no certificate configured and no local CA in {}: {e}{chain}; \
+                 serving a throwaway self-signed certificate",
+                config.state_dir.display()
+            );
+            Ok(tls::Loaded::self_signed()?)
+        }
+    }
+}
+
+/// The certificates a reload serves, read afresh: the configured files (renewed
+/// in place by whatever manages them), else the local CA's leaf.
+fn read_certs(config: &Config) -> Result<tls::Loaded, tls::TlsError> {
+    if config.tls.certificates.is_empty() {
+        let local = LocalCa::in_state_dir(&config.state_dir);
+        return local.load_or_create().map(|(loaded, _)| loaded);
+    }
+    tls::Loaded::read(&config.tls.certificates)
 }
 
 /// Watches RSS against `limits.memory_high` until draining starts (when set).
@@ -236,24 +282,55 @@ async fn apply_reload(shared: &Shared, reload: &Reloader) {
             return tracing::error!("reload refused: {e}{chain}; the running config keeps serving");
         }
     };
+    let certs =
+        match tokio::task::spawn_blocking(move || read_certs(&config).map(|l| (l, config))).await {
+            Ok(Ok(read)) => read,
+            Ok(Err(e)) => {
+                shared.metrics.reload(false);
+                let chain = crate::pipeline::error_chain(&e);
+                return tracing::error!(
+                    "reload refused: tls.certificates: {e}{chain}; \
+                 the running config and certificates keep serving"
+                );
+            }
+            Err(e) => {
+                shared.metrics.reload(false);
+                return tracing::error!(
+                    "reload refused: reading the certificates failed: {e}; \
+                 the running config and certificates keep serving"
+                );
+            }
+        };
+    let (certs, config) = certs;
     for key in restart_only_changes(&shared.config, &config) {
         tracing::warn!("reload: {key} changed; it takes effect on restart");
     }
     shared.proxy.store(Arc::new(proxy));
+    shared.metrics.cert_expiries(&certs.expiries());
+    let generation = shared.certs.map(|c| c.replace(certs));
     shared.metrics.reload(true);
-    tracing::info!("config reloaded: routes, pools and trusted_proxies replaced");
+    tracing::info!(
+        "config reloaded: routes, pools, trusted_proxies and certificates replaced \
+         (certificate generation {})",
+        generation.unwrap_or(0)
+    );
 }
 
 /// Settings baked into listeners at start.
 fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
     let mut changed = Vec::new();
-    if old.listen != new.listen || old.http_listen != new.http_listen || old.admin != new.admin {
+    if old.listen != new.listen
+        || old.http_listen != new.http_listen
+        || old.http_mode != new.http_mode
+        || old.admin != new.admin
+    {
         changed.push("a listener address");
     }
-    if old.tls.certificates != new.tls.certificates
-        || old.tls.handshake_timeout != new.tls.handshake_timeout
-    {
-        changed.push("tls");
+    if old.tls.handshake_timeout != new.tls.handshake_timeout {
+        changed.push("tls.handshake_timeout");
+    }
+    if old.state_dir != new.state_dir {
+        changed.push("state_dir");
     }
     if old.alt_svc != new.alt_svc {
         changed.push("alt_svc");

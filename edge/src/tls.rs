@@ -1,10 +1,13 @@
 //! Certificates and the TLS configurations built on them. One resolver serves the
 //! TCP listener (h1, h2) and the QUIC listener (h3): the same certificate answers
-//! for a name whichever protocol the client speaks.
+//! for a name whichever protocol the client speaks, and a reload swaps the set
+//! behind it for both at once.
 
 use std::fmt;
 use std::path::Path;
 use std::sync::Arc;
+
+use arc_swap::ArcSwap;
 
 use rustls::crypto::ring::sign::any_supported_type;
 use rustls::pki_types::{CertificateDer, DnsName, PrivateKeyDer};
@@ -22,6 +25,13 @@ pub enum TlsError {
         #[source]
         source: std::io::Error,
     },
+    /// A generated certificate or key could not be stored.
+    #[error("cannot write {path}")]
+    Write {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
     /// The file holds no certificate / no private key in PEM form.
     #[error("{path}: {what}")]
     Pem { path: String, what: &'static str },
@@ -33,24 +43,70 @@ pub enum TlsError {
     Generate(#[from] rcgen::Error),
 }
 
-/// Picks a certificate by SNI; the first one answers when nothing matches.
-pub struct CertResolver {
+/// One loaded set of certificates, swapped whole on reload.
+struct CertSet {
+    /// Counts swaps, so a connection can tell whether its handshake's set is
+    /// still the one serving.
+    generation: u32,
     certs: Vec<Arc<CertifiedKey>>,
+}
+
+/// Picks a certificate by SNI; the first one answers when nothing matches. The
+/// set behind it is swapped whole (`replace`), so new handshakes on TCP and QUIC
+/// get new certificates at once while open connections keep theirs.
+pub struct CertResolver {
+    current: ArcSwap<CertSet>,
 }
 
 impl fmt::Debug for CertResolver {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "CertResolver({} certificates)", self.certs.len())
+        let set = self.current.load();
+        write!(
+            f,
+            "CertResolver({} certificates, generation {})",
+            set.certs.len(),
+            set.generation
+        )
     }
 }
 
-impl CertResolver {
-    pub fn load(files: &[CertFiles]) -> Result<Self, TlsError> {
+/// Certificates read from files (or generated), not yet serving, each with the
+/// name it is known by in logs and metrics (its file).
+pub struct Loaded(Vec<Arc<CertifiedKey>>, Vec<String>);
+
+impl fmt::Debug for Loaded {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Loaded({} certificates)", self.0.len())
+    }
+}
+
+impl Loaded {
+    /// Reads every pair; any unreadable or mismatched file fails the whole set.
+    pub fn read(files: &[CertFiles]) -> Result<Self, TlsError> {
         let certs = files
             .iter()
             .map(|f| load_pair(&f.cert, &f.key).map(Arc::new))
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(Self { certs })
+        let names = files.iter().map(|f| f.cert.display().to_string()).collect();
+        Ok(Self(certs, names))
+    }
+
+    /// One certificate and its key, from files.
+    pub fn pair(cert: &Path, key: &Path) -> Result<Self, TlsError> {
+        let name = cert.display().to_string();
+        load_pair(cert, key).map(|c| Self(vec![Arc::new(c)], vec![name]))
+    }
+
+    /// Each certificate's name and notAfter (Unix seconds), where it parses.
+    pub fn expiries(&self) -> Vec<(String, i64)> {
+        self.0
+            .iter()
+            .zip(&self.1)
+            .filter_map(|(c, name)| {
+                let der = c.end_entity_cert().ok()?;
+                Some((name.clone(), crate::cert_time::not_after(der)?))
+            })
+            .collect()
     }
 
     /// A fresh self-signed certificate for `localhost` and 127.0.0.1 / ::1.
@@ -69,13 +125,37 @@ impl CertResolver {
         })?;
         let key = any_supported_type(&key)?;
         let cert = CertifiedKey::new(vec![generated.cert.der().clone()], key);
-        Ok(Self {
-            certs: vec![Arc::new(cert)],
-        })
+        Ok(Self(vec![Arc::new(cert)], vec!["(self-signed)".to_owned()]))
     }
 }
 
 impl CertResolver {
+    pub fn new(loaded: Loaded) -> Self {
+        let Loaded(certs, _) = loaded;
+        Self {
+            current: ArcSwap::from_pointee(CertSet {
+                generation: 0,
+                certs,
+            }),
+        }
+    }
+
+    pub fn load(files: &[CertFiles]) -> Result<Self, TlsError> {
+        Loaded::read(files).map(Self::new)
+    }
+
+    /// Serves `loaded` from the next handshake on; returns the new generation.
+    pub fn replace(&self, loaded: Loaded) -> u32 {
+        let generation = self.current.load().generation.wrapping_add(1);
+        self.current.store(Arc::new(CertSet {
+            generation,
+            certs: loaded.0,
+        }));
+        generation
+    }
+}
+
+impl CertSet {
     /// The certificate answering `sni`: the first valid for the name, else the first.
     fn select(&self, sni: &str) -> Option<usize> {
         let name = DnsName::try_from(sni).ok()?.to_owned();
@@ -104,18 +184,22 @@ fn valid_for(c: &CertifiedKey, name: &rustls::pki_types::ServerName<'_>) -> bool
 
 impl ResolvesServerCert for CertResolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        let by_name = hello.server_name().and_then(|sni| self.select(sni));
-        self.certs.get(by_name.unwrap_or(0)).cloned()
+        let set = self.current.load();
+        let by_name = hello.server_name().and_then(|sni| set.select(sni));
+        set.certs.get(by_name.unwrap_or(0)).cloned()
     }
 }
 
 /// The server name (SNI) a TLS connection asked for, as the pipeline needs it:
 /// which certificate answered it, to tell whether a request's Host belongs on
-/// this connection (RFC 9110 7.4: otherwise 421). Copy-sized: the certificates
-/// live as long as the process (a reload never changes them).
+/// this connection (RFC 9110 7.4: otherwise 421). Copy-sized: the resolver
+/// lives as long as the process; the certificate set it refers to is named by
+/// its generation, as a reload may swap it.
 #[derive(Clone, Copy)]
 pub struct Sni {
     certs: &'static CertResolver,
+    /// The set the handshake was answered from.
+    generation: u32,
     /// The certificate the handshake served (the default one when none is
     /// valid for the name).
     cert: u16,
@@ -131,9 +215,11 @@ impl fmt::Debug for Sni {
 
 impl Sni {
     pub fn new(certs: &'static CertResolver, sni: &str) -> Self {
+        let set = certs.current.load();
         Self {
             certs,
-            cert: certs
+            generation: set.generation,
+            cert: set
                 .select(sni)
                 .and_then(|i| u16::try_from(i).ok())
                 .unwrap_or(0),
@@ -144,11 +230,15 @@ impl Sni {
     /// Whether a request for `host` (lower case, no port) may be served on this
     /// connection: the host is the name asked for, or the certificate that
     /// answered that name is valid for it too (connection reuse, RFC 9110 4.3.3).
+    /// A connection older than the serving certificates is held to its own name:
+    /// the certificate it was shown is gone, so another host gets 421 and the
+    /// client retries on a new connection (RFC 9110 15.5.20), which sees the new set.
     pub fn admits(&self, host: &str) -> bool {
         if fnv1a(host) == self.name {
             return true;
         }
-        self.certs.covers(usize::from(self.cert), host)
+        let set = self.certs.current.load();
+        set.generation == self.generation && set.covers(usize::from(self.cert), host)
     }
 }
 

@@ -11,10 +11,12 @@ stream. Exits non-zero only if the connection itself could not be used.
 
 --server-name is sent as SNI and :authority (default localhost); --insecure skips
 certificate verification; --peer-cert prints {"peer_certificate": {"subject",
-"dns_names"}, "results": [...]} instead, describing the certificate the server sent.
+"dns_names", "serial", "der"}, "results": [...]} instead, describing the certificate
+the server sent ("serial" in lower-case hex, "der" the certificate in base64).
 """
 
 import argparse
+import base64
 import asyncio
 import json
 import ssl
@@ -27,6 +29,7 @@ from aioquic.h3.events import DataReceived, HeadersReceived
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.events import ConnectionTerminated, StreamReset
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
 REQUEST_TIMEOUT = 10.0
 
@@ -153,7 +156,12 @@ def describe_certificate(cert):
         dns_names = san.value.get_values_for_type(x509.DNSName)
     except x509.ExtensionNotFound:
         dns_names = []
-    return {"subject": cert.subject.rfc4514_string(), "dns_names": dns_names}
+    return {
+        "subject": cert.subject.rfc4514_string(),
+        "dns_names": dns_names,
+        "serial": format(cert.serial_number, "x"),
+        "der": base64.b64encode(cert.public_bytes(serialization.Encoding.DER)).decode(),
+    }
 
 
 if __name__ == "__main__":

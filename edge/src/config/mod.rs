@@ -38,12 +38,17 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Plaintext HTTP/1.1 and h2c (prior knowledge).
     pub http_listen: Option<SocketAddr>,
+    /// What the plaintext listener does with a request.
+    pub http_mode: HttpMode,
     /// `/healthz` and `/metrics`.
     pub admin: Option<SocketAddr>,
     /// Peers whose `X-Forwarded-For` is extended rather than replaced.
     pub trusted_proxies: Vec<IpNet>,
     /// Tokio worker threads; `None` is one per core.
     pub workers: Option<NonZeroUsize>,
+    /// Where edge keeps what it generates and must find again after a restart
+    /// (the local CA when no certificate is configured).
+    pub state_dir: PathBuf,
     pub alt_svc: AltSvc,
     pub tls: Tls,
     pub client: Client,
@@ -114,6 +119,24 @@ pub struct Client {
     /// A response (h2: a stream; h1: the connection) that made no write progress
     /// this long is cancelled, freeing its upstream.
     pub write_idle_timeout: Duration,
+}
+
+/// `http_mode`: the plaintext listener proxies like the TLS one, or answers 308
+/// to https (ACME HTTP-01 challenge paths excepted).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HttpMode {
+    Proxy,
+    Redirect,
+}
+
+impl walk::FromToml for HttpMode {
+    fn from_toml(v: &toml_edit::Value) -> Result<Self, String> {
+        match <String as walk::FromToml>::from_toml(v)?.as_str() {
+            "proxy" => Ok(Self::Proxy),
+            "redirect" => Ok(Self::Redirect),
+            other => Err(format!("{other:?} is not \"proxy\" or \"redirect\"")),
+        }
+    }
 }
 
 /// `client.path_encoded_separators`: an encoded `/`, `\` or NUL in a path is
@@ -224,9 +247,11 @@ impl Config {
         Self {
             listen: parse_const(DEFAULT_LISTEN),
             http_listen: None,
+            http_mode: HttpMode::Proxy,
             admin: Some(parse_const(DEFAULT_ADMIN)),
             trusted_proxies: Vec::new(),
             workers: None,
+            state_dir: default_state_dir(),
             alt_svc: AltSvc {
                 enabled: true,
                 max_age: Duration::from_secs(86400),
@@ -303,6 +328,25 @@ impl Config {
     }
 }
 
+/// systemd's `StateDirectory=` (`$STATE_DIRECTORY`), else the user's data
+/// directory (`$XDG_DATA_HOME/edge`, `~/.local/share/edge`), else `/var/lib/edge`.
+pub fn default_state_dir() -> PathBuf {
+    let var = |name| std::env::var_os(name).filter(|v| !v.is_empty());
+    if let Some(dirs) = var("STATE_DIRECTORY") {
+        // systemd lists several directories separated by ':'; the first is ours.
+        if let Some(first) = std::env::split_paths(&dirs).next() {
+            return first;
+        }
+    }
+    if let Some(data) = var("XDG_DATA_HOME") {
+        return PathBuf::from(data).join("edge");
+    }
+    match var("HOME") {
+        Some(home) => PathBuf::from(home).join(".local/share/edge"),
+        None => PathBuf::from("/var/lib/edge"),
+    }
+}
+
 fn parse_const<T: std::str::FromStr>(s: &str) -> T
 where
     T::Err: std::fmt::Debug,
@@ -317,9 +361,18 @@ fn read(cx: &mut Cx<'_>, doc: &toml_edit::Table, base: &Path) -> Config {
     let defaults = Config::with_upstreams(Vec::new());
     let listen = root.or(cx, "listen", defaults.listen);
     let http_listen = root.opt(cx, "http_listen");
+    let http_mode = root.or(cx, "http_mode", defaults.http_mode);
     let admin = root.opt(cx, "admin").or(defaults.admin);
     let trusted_proxies = root.or(cx, "trusted_proxies", Vec::new());
     let workers = root.opt::<usize>(cx, "workers").and_then(NonZeroUsize::new);
+    let state_dir = root
+        .opt::<PathBuf>(cx, "state_dir")
+        .map_or(defaults.state_dir, |p| base.join(p));
+    if state_dir.exists() && !state_dir.is_dir() {
+        let line = root.line_of(cx, "state_dir");
+        let reason = format!("{} exists and is not a directory", state_dir.display());
+        cx.error(line, "state_dir", reason);
+    }
     let alt_svc = read_alt_svc(cx, &mut root, defaults.alt_svc);
     let tls = read_tls(cx, &mut root, base, defaults.tls);
     let client = read_client(cx, &mut root);
@@ -335,9 +388,11 @@ fn read(cx: &mut Cx<'_>, doc: &toml_edit::Table, base: &Path) -> Config {
     Config {
         listen,
         http_listen,
+        http_mode,
         admin,
         trusted_proxies,
         workers,
+        state_dir,
         alt_svc,
         tls,
         client,

@@ -708,3 +708,22 @@ fn redis_errors_name_key_and_line() {
     ));
     assert_eq!(e, vec![(4, "cache.redis".to_owned())]);
 }
+
+#[test]
+fn state_dir_and_http_mode_are_checked_with_their_lines() {
+    let pools = "[pools.web]\nendpoints = [\"http://127.0.0.1:8080\"]\n";
+    let c = parse(&format!(
+        "state_dir = \"/tmp/edge-state\"\nhttp_mode = \"redirect\"\n{pools}"
+    ))
+    .expect("valid");
+    assert_eq!(c.state_dir, PathBuf::from("/tmp/edge-state"));
+    assert_eq!(c.http_mode, HttpMode::Redirect);
+    let d = parse(pools).expect("valid");
+    assert_eq!(d.http_mode, HttpMode::Proxy);
+    // An existing file is not a directory.
+    let found = errors(&format!(
+        "workers = 1\nstate_dir = \"/proc/self/status\"\nhttp_mode = \"forward\"\n{pools}"
+    ));
+    assert!(found.contains(&(2, "state_dir".to_owned())), "{found:?}");
+    assert!(found.contains(&(3, "http_mode".to_owned())), "{found:?}");
+}

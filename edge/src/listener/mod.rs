@@ -12,6 +12,7 @@ mod h1;
 pub mod idle;
 pub mod overload;
 pub mod quic;
+pub mod redirect;
 pub mod slots;
 pub mod tcp;
 

@@ -32,6 +32,8 @@ pub struct TcpServer {
     pub tls: Option<TlsAcceptor>,
     /// `h3=":PORT"; ma=N`, when HTTP/3 is advertised.
     pub alt_svc: Option<HeaderValue>,
+    /// The https port to send plaintext requests to (`http_mode = "redirect"`).
+    pub redirect: Option<u16>,
     pub(super) h1: hyper::server::conn::http1::Builder,
     h2: auto::Builder<TokioExecutor>,
 }
@@ -65,6 +67,7 @@ impl TcpServer {
             shared,
             tls,
             alt_svc,
+            redirect: None,
         }
     }
 
@@ -211,6 +214,12 @@ impl TcpServer {
     }
 
     pub(super) async fn respond(&self, peer: Peer, req: Request<Incoming>) -> Response<Body> {
+        if let Some(resp) = self
+            .redirect
+            .and_then(|p| super::redirect::to_https(&req, p))
+        {
+            return resp;
+        }
         let proxy = self.shared.proxy.load();
         let mut resp =
             pipeline::handle(&proxy, &self.shared.metrics, peer, req.map(Body::Incoming)).await;
