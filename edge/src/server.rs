@@ -30,7 +30,9 @@ fn build_redis(config: &Config, metrics: &Metrics) -> Result<Option<Arc<Redis>>,
     let Some(r) = &config.redis else {
         return Ok(None);
     };
-    if !(config.cache.enabled && config.cache.l2) {
+    let global_limits = crate::pipeline::RateLimitRules::any_global(&config.rate_limits);
+    let cache_l2 = config.cache.enabled && config.cache.l2;
+    if !(cache_l2 || global_limits) {
         tracing::info!(redis = %r.describe(), "redis configured but unused (no feature that shares state is on)");
         return Ok(None);
     }
@@ -86,8 +88,16 @@ pub async fn run(config: Config, reload: Option<Reloader>) -> Result<(), Error> 
     metrics.cert_expiries(&expiries);
     let redis = build_redis(&config, &metrics)?;
     let cache = build_cache(&config, redis.as_ref(), &metrics)?;
+    // Built even without rules, so a reload that adds some has counters (and
+    // the Redis of start: a `global` rule added by reload without it counts locally).
+    let limits = crate::pipeline::RateLimitStore::new(redis.clone(), metrics.registry())
+        .map_err(|e| Error::Setup(format!("rate limits: {e}")))?;
     let shared = Arc::new(Shared {
-        proxy: ArcSwap::from_pointee(proxy.with_cache(cache.clone())),
+        proxy: ArcSwap::from_pointee(
+            proxy
+                .with_cache(cache.clone())
+                .with_rate_limits(Some(limits)),
+        ),
         metrics,
         cache,
         draining: CancellationToken::new(),
@@ -275,7 +285,9 @@ async fn apply_reload(shared: &Shared, reload: &Reloader) {
         }
     };
     let proxy = match Proxy::build(&config).await {
-        Ok(p) => p.with_cache(shared.cache.clone()),
+        Ok(p) => p
+            .with_cache(shared.cache.clone())
+            .with_rate_limits(shared.proxy.load().rate_limit_store()),
         Err(e) => {
             shared.metrics.reload(false);
             let chain = crate::pipeline::error_chain(&e);

@@ -8,6 +8,7 @@
 mod cache;
 mod pools;
 mod quic;
+mod rate_limits;
 mod redis;
 mod regions;
 use cache::read_cache;
@@ -15,6 +16,7 @@ pub use cache::{Cache, CacheStatuses};
 use pools::read_pools;
 use quic::read_quic;
 pub use quic::{Quic, Retry};
+pub use rate_limits::{LimitFallback, LimitKey, LimitScope, Rate, RateLimit};
 pub use redis::{Redis, RedisTarget};
 pub use regions::{Geo, GeoRegion, Prefer};
 mod walk;
@@ -62,6 +64,8 @@ pub struct Config {
     pub redis: Option<Redis>,
     pub quic: Quic,
     pub limits: Limits,
+    /// `[[rate_limits]]`, in config order (every matching rule applies).
+    pub rate_limits: Vec<RateLimit>,
 }
 
 /// Process-wide limits that protect the edge itself.
@@ -267,6 +271,7 @@ impl Config {
             cache: Cache::default(),
             redis: None,
             limits: Limits::default(),
+            rate_limits: Vec::new(),
             quic: Quic::default(),
         }
     }
@@ -383,6 +388,7 @@ fn read(cx: &mut Cx<'_>, doc: &toml_edit::Table, base: &Path) -> Config {
     let redis = redis::read_redis(cx, &mut root, base);
     let redis = merge_legacy_redis(cx, &root, &cache, redis);
     let limits = read_limits(cx, &mut root);
+    let rate_limits = rate_limits::read_rate_limits(cx, &mut root, &pools, redis.is_some());
     let quic = read_quic(cx, &mut root);
     root.finish(cx);
     Config {
@@ -402,6 +408,7 @@ fn read(cx: &mut Cx<'_>, doc: &toml_edit::Table, base: &Path) -> Config {
         cache,
         redis,
         limits,
+        rate_limits,
         quic,
     }
 }

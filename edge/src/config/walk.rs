@@ -108,6 +108,11 @@ impl<'a> Table<'a> {
         }
     }
 
+    /// Whether `key` is present (whatever its value).
+    pub(crate) fn has(&self, key: &str) -> bool {
+        self.table.get(key).is_some_and(|i| !i.is_none())
+    }
+
     pub(crate) fn line(&self) -> usize {
         self.line
     }

@@ -27,6 +27,7 @@ use upstream::Pool;
 
 pub use crate::chain::error_chain;
 pub use headers::{request_id, strip_hop_by_hop, to_upstream, Peer, REQUEST_ID};
+pub use limit::{gcra, Rules as RateLimitRules, Store as RateLimitStore};
 pub use route::Routes;
 
 use crate::body::{Body, BodyLimits};
@@ -53,6 +54,10 @@ pub struct Proxy {
     cache: Option<Arc<Cache>>,
     /// Request body limits (a route may lower or raise the size).
     body: BodyLimits,
+    /// `[[rate_limits]]` of this config.
+    rate_limits: limit::Rules,
+    /// Their counters; like the cache, they outlive reloads and are handed in.
+    limit_store: Option<Arc<limit::Store>>,
 }
 
 /// The backend label when no pool was chosen.
@@ -109,6 +114,8 @@ impl Proxy {
             },
             geo,
             cache: None,
+            rate_limits: limit::Rules::new(&config.rate_limits),
+            limit_store: None,
             body: BodyLimits {
                 max_bytes: config.client.max_body_bytes,
                 idle: config.client.body_idle_timeout,
@@ -116,6 +123,17 @@ impl Proxy {
                 grace: config.client.body_rate_grace,
             },
         })
+    }
+
+    /// Counts `[[rate_limits]]` in `store` (kept across reloads).
+    pub fn with_rate_limits(mut self, store: Option<Arc<limit::Store>>) -> Self {
+        self.limit_store = store;
+        self
+    }
+
+    /// The rate limit counters, for the next config's `Proxy`.
+    pub fn rate_limit_store(&self) -> Option<Arc<limit::Store>> {
+        self.limit_store.clone()
     }
 
     /// Serves cacheable routes through `cache` (when `Some`).

@@ -134,7 +134,7 @@ impl Routes {
 }
 
 /// `/api` matches `/api`, `/api/` and `/api/x`, not `/apix`.
-fn prefix_matches(prefix: &str, path: &str) -> bool {
+pub(super) fn prefix_matches(prefix: &str, path: &str) -> bool {
     match path.strip_prefix(prefix) {
         Some(rest) => prefix.ends_with('/') || rest.is_empty() || rest.starts_with('/'),
         None => false,
