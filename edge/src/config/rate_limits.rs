@@ -168,6 +168,8 @@ pub(super) fn read_rate_limits(
     has_redis: bool,
 ) -> Vec<RateLimit> {
     let mut out: Vec<RateLimit> = Vec::new();
+    // Every name given, valid rule or not (a duplicate is an error either way).
+    let mut names: Vec<String> = Vec::new();
     for mut t in root.tables(cx, "rate_limits") {
         let name = t.opt::<String>(cx, "name");
         let host = t
@@ -204,7 +206,7 @@ pub(super) fn read_rate_limits(
             }
         };
         if let Some(n) = &name {
-            if out.iter().any(|r| &r.name == n) {
+            if names.contains(n) {
                 let line = t.line_of(cx, "name");
                 cx.error(
                     line,
@@ -212,6 +214,7 @@ pub(super) fn read_rate_limits(
                     format!("{n:?} is used by an earlier rate limit"),
                 );
             }
+            names.push(n.clone());
         }
         if let Some(p) = &path_prefix {
             if !p.starts_with('/') {

@@ -727,3 +727,97 @@ fn state_dir_and_http_mode_are_checked_with_their_lines() {
     assert!(found.contains(&(2, "state_dir".to_owned())), "{found:?}");
     assert!(found.contains(&(3, "http_mode".to_owned())), "{found:?}");
 }
+
+const ONE_POOL: &str = "[pools.web]\nendpoints = [\"http://127.0.0.1:8080\"]\n";
+
+#[test]
+fn rate_limits_read_with_their_defaults() {
+    let c = parse(&format!(
+        "{ONE_POOL}\n[[rate_limits]]\nname = \"api\"\nrate = \"100/s\"\n\n\
+         [[rate_limits]]\nname = \"login\"\nhost = \"Example.COM\"\npath_prefix = \"/login\"\n\
+         route = \"web\"\nkey = \"cookie:session\"\nrate = \"600/m\"\nburst = 3\n"
+    ))
+    .expect("valid");
+    let [api, login] = &c.rate_limits[..] else {
+        panic!("two rules: {:?}", c.rate_limits)
+    };
+    assert_eq!(api.key, LimitKey::ClientIp);
+    assert_eq!(api.scope, LimitScope::Local);
+    assert_eq!(api.fallback, LimitFallback::Local);
+    // The default burst is one second's worth of the rate.
+    assert_eq!(api.burst, 100);
+    assert_eq!(api.rate.interval(), Duration::from_millis(10));
+    assert_eq!(login.host.as_deref(), Some("example.com"));
+    assert_eq!(login.key, LimitKey::Cookie("session".into()));
+    assert_eq!(login.burst, 3);
+    assert_eq!(login.rate.interval(), Duration::from_millis(100));
+    let slow = parse(&format!(
+        "{ONE_POOL}\n[[rate_limits]]\nname = \"slow\"\nrate = \"1/h\"\nkey = \"header:X-Api-Key\"\n"
+    ))
+    .expect("valid");
+    assert_eq!(slow.rate_limits[0].burst, 1, "at least 1");
+    assert_eq!(
+        slow.rate_limits[0].key,
+        LimitKey::Header("x-api-key".into())
+    );
+}
+
+#[test]
+fn bad_rate_limits_are_refused_with_key_and_line() {
+    let text = format!(
+        "{ONE_POOL}
+[[rate_limits]]
+name = \"a\"
+rate = \"abc\"
+
+[[rate_limits]]
+name = \"a\"
+rate = \"10/s\"
+key = \"session\"
+
+[[rate_limits]]
+name = \"g\"
+rate = \"10/s\"
+scope = \"global\"
+burst = 0
+route = \"nope\"
+
+[[rate_limits]]
+rate = \"10/fortnight\"
+colour = \"red\"
+"
+    );
+    let errs = parse(&text).expect_err("refused").errors;
+    let got: Vec<(usize, &str)> = errs.iter().map(|e| (e.line, e.key.as_str())).collect();
+    assert_eq!(
+        got,
+        vec![
+            (6, "rate_limits[0].rate"),
+            (9, "rate_limits[1].name"),
+            (11, "rate_limits[1].key"),
+            (16, "rate_limits[2].scope"),
+            (17, "rate_limits[2].burst"),
+            (18, "rate_limits[2].route"),
+            (20, "rate_limits[3].name"),
+            (21, "rate_limits[3].rate"),
+            (22, "rate_limits[3].colour"),
+        ],
+        "{errs:#?}"
+    );
+    let reason = |key: &str| {
+        errs.iter()
+            .find(|e| e.key == key)
+            .map(|e| e.reason.clone())
+            .unwrap_or_default()
+    };
+    assert!(reason("rate_limits[0].rate").contains("\"100/s\""));
+    assert!(reason("rate_limits[1].name").contains("earlier rate limit"));
+    assert!(reason("rate_limits[1].key").contains("header:NAME"));
+    assert!(reason("rate_limits[2].scope").contains("[redis]"));
+}
+
+#[test]
+fn a_rule_without_a_rate_is_refused() {
+    let errs = errors(&format!("{ONE_POOL}\n[[rate_limits]]\nname = \"x\"\n"));
+    assert_eq!(errs, vec![(4, "rate_limits[0].rate".to_owned())]);
+}
