@@ -322,7 +322,7 @@ async fn apply_reload(shared: &Shared, reload: &Reloader) {
     let generation = shared.certs.map(|c| c.replace(certs));
     shared.metrics.reload(true);
     tracing::info!(
-        "config reloaded: routes, pools, trusted_proxies and certificates replaced \
+        "config reloaded: routes, pools, trusted_proxies, rate limits and certificates replaced \
          (certificate generation {})",
         generation.unwrap_or(0)
     );

@@ -208,3 +208,59 @@ async fn a_hung_redis_falls_back_to_the_local_limit_with_no_5xx() -> anyhow::Res
     eprintln!("redis SIGSTOP: {statuses:?}, slowest {slowest:?}");
     Ok(())
 }
+
+fn sighup(edge: &Edge) -> anyhow::Result<()> {
+    let status = std::process::Command::new("kill")
+        .args(["-HUP", &edge.pid().to_string()])
+        .status()?;
+    anyhow::ensure!(status.success(), "kill -HUP failed");
+    Ok(())
+}
+
+/// Writes `config` over the edge's file, sends SIGHUP and waits until the
+/// `n`th reload was applied.
+async fn reload(edge: &Edge, config: &EdgeConfig, n: u32) -> anyhow::Result<()> {
+    std::fs::write(&edge.config_path, config.to_toml(&edge.pki))?;
+    sighup(edge)?;
+    eventually("reload applied", DEADLINE, || async {
+        let (ok, _) = edge
+            .metric("proxy_config_reloads_total{result=\"ok\"}")
+            .await?;
+        Ok((ok == Some(f64::from(n))).then_some(()))
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_keeps_the_counters_of_an_unchanged_rule_and_resets_a_changed_one(
+) -> anyhow::Result<()> {
+    let origin = origin().await?;
+    let rule = |burst: u32| {
+        format!("[[rate_limits]]\nname = \"r\"\nkey = \"header:x-client\"\nrate = \"1/m\"\nburst = {burst}\n")
+    };
+    let edge = Edge::start(&edge_config(&origin, &rule(2))).await?;
+    let addr = edge.http()?;
+    let alice = || get(addr, "/a", &[("x-client", "alice")]);
+    assert_eq!(alice().await?.status, 200);
+    assert_eq!(alice().await?.status, 200);
+    assert_eq!(alice().await?.status, 429, "alice used her burst");
+
+    // The same rule beside a new one: alice's counter is kept.
+    let other = "\n[[rate_limits]]\nname = \"other\"\npath_prefix = \"/other\"\nrate = \"5/s\"\n";
+    reload(
+        &edge,
+        &edge_config(&origin, &format!("{}{other}", rule(2))),
+        1,
+    )
+    .await?;
+    assert_eq!(
+        alice().await?.status,
+        429,
+        "an unchanged rule keeps counting"
+    );
+
+    // The rule itself changed: it starts with a full bucket.
+    reload(&edge, &edge_config(&origin, &rule(3)), 2).await?;
+    assert_eq!(alice().await?.status, 200, "a changed rule starts afresh");
+    Ok(())
+}
