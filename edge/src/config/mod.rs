@@ -109,6 +109,9 @@ pub struct Client {
     /// A response (h2: a stream; h1: the connection) that made no write progress
     /// this long is cancelled, freeing its upstream.
     pub write_idle_timeout: Duration,
+    /// After edge sends an h2 GOAWAY (idle, drain, abuse) the connection is
+    /// closed at most this much later, whatever the peer does.
+    pub goaway_grace: Duration,
 }
 
 /// `client.path_encoded_separators`: an encoded `/`, `\` or NUL in a path is
@@ -178,6 +181,7 @@ impl Default for Client {
             path_encoded_separators: EncodedSeparators::Reject,
             max_connections_per_ip: 256,
             write_idle_timeout: Duration::from_secs(30),
+            goaway_grace: Duration::from_secs(10),
         }
     }
 }
@@ -465,6 +469,7 @@ fn read_client(cx: &mut Cx<'_>, root: &mut Table<'_>) -> Client {
             1,
         ),
         write_idle_timeout: positive(cx, &mut t, "write_idle_timeout", d.write_idle_timeout),
+        goaway_grace: positive(cx, &mut t, "goaway_grace", d.goaway_grace),
     };
     t.finish(cx);
     out

@@ -1,20 +1,15 @@
 //! TCP listeners: TLS (HTTP/1.1 and HTTP/2 by ALPN) and plaintext (HTTP/1.1 and
-//! h2c by prior knowledge). Both advertise HTTP/3 with Alt-Svc.
+//! h2c by prior knowledge). Both advertise HTTP/3 with Alt-Svc. This module
+//! accepts, shakes hands and tells the protocol; `h1` and `h2` serve it.
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::header::ALT_SVC;
 use http::{HeaderValue, Request, Response};
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use hyper_util::rt::TokioExecutor;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio_rustls::TlsAcceptor;
@@ -33,7 +28,7 @@ pub struct TcpServer {
     /// `h3=":PORT"; ma=N`, when HTTP/3 is advertised.
     pub alt_svc: Option<HeaderValue>,
     pub(super) h1: hyper::server::conn::http1::Builder,
-    h2: auto::Builder<TokioExecutor>,
+    pub(super) h2: hyper::server::conn::http2::Builder<TokioExecutor>,
 }
 
 impl TcpServer {
@@ -51,17 +46,13 @@ impl TcpServer {
             super::h1::header_backstop(c.max_headers),
             backstop(c.max_header_bytes).max(8192),
         );
-        let mut builder = auto::Builder::new(TokioExecutor::new());
-        builder
-            .http2()
-            .timer(TokioTimer::new())
-            .max_concurrent_streams(c.max_concurrent_streams)
-            .max_header_list_size(u32::try_from(backstop(c.max_header_bytes)).unwrap_or(u32::MAX))
-            .adaptive_window(true)
-            .initial_connection_window_size(1024 * 1024);
+        let h2 = super::h2::builder(
+            c,
+            u32::try_from(backstop(c.max_header_bytes)).unwrap_or(u32::MAX),
+        );
         Self {
             h1,
-            h2: builder.http2_only(),
+            h2,
             shared,
             tls,
             alt_svc,
@@ -171,43 +162,7 @@ impl TcpServer {
             return super::h1::serve(self, io, peer).await;
         }
         // Boxed: the HTTP/2 state stays out of the (small) parked HTTP/1.1 task.
-        Box::pin(self.serve_h2(io, peer)).await;
-    }
-
-    async fn serve_h2<I: Parkable>(self: Arc<Self>, io: I, peer: Peer) {
-        let active = Arc::new(AtomicBool::new(true));
-        let io = TokioIo::new(Tracked {
-            io,
-            active: active.clone(),
-        });
-        let server = self.clone();
-        let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-            let server = server.clone();
-            async move { Ok::<_, Infallible>(server.respond(peer, req).await) }
-        });
-        let conn = self.h2.serve_connection(io, service);
-        tokio::pin!(conn);
-        let idle = self.shared.config.client.idle_timeout;
-        let mut watch = IdleWatch::new(idle, active);
-        let mut closing = false;
-        loop {
-            tokio::select! {
-                done = conn.as_mut() => {
-                    if let Err(e) = done {
-                        tracing::debug!(peer = %peer.ip, error = %e, "client connection ended with an error");
-                    }
-                    return;
-                }
-                () = watch.idle(), if !closing => {
-                    closing = true;
-                    conn.as_mut().graceful_shutdown();
-                }
-                () = self.shared.draining.cancelled(), if !closing => {
-                    closing = true;
-                    conn.as_mut().graceful_shutdown();
-                }
-            }
-        }
+        Box::pin(super::h2::serve(self, io, peer)).await;
     }
 
     pub(super) async fn respond(&self, peer: Peer, req: Request<Incoming>) -> Response<Body> {
@@ -250,95 +205,5 @@ async fn sniff_h2c(stream: &TcpStream, timeout: Duration) -> Option<Proto> {
         tokio::time::timeout_at(deadline, tokio::time::sleep(Duration::from_millis(5)))
             .await
             .ok()?;
-    }
-}
-
-/// Closes a connection that moved no bytes for the idle timeout. The IO marks
-/// activity with one relaxed store; a timer checks it four times per period.
-struct IdleWatch {
-    tick: Duration,
-    quiet_ticks: u32,
-    active: Arc<AtomicBool>,
-}
-
-impl IdleWatch {
-    fn new(idle: Duration, active: Arc<AtomicBool>) -> Self {
-        Self {
-            tick: (idle / 4).max(Duration::from_millis(10)),
-            quiet_ticks: 0,
-            active,
-        }
-    }
-
-    async fn idle(&mut self) {
-        loop {
-            tokio::time::sleep(self.tick).await;
-            if self.active.swap(false, Ordering::Relaxed) {
-                self.quiet_ticks = 0;
-            } else {
-                self.quiet_ticks += 1;
-                if self.quiet_ticks >= 4 {
-                    return;
-                }
-            }
-        }
-    }
-}
-
-/// An IO that records that bytes moved.
-struct Tracked<I> {
-    io: I,
-    active: Arc<AtomicBool>,
-}
-
-impl<I: AsyncRead + Unpin> AsyncRead for Tracked<I> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        let polled = Pin::new(&mut self.io).poll_read(cx, buf);
-        if polled.is_ready() {
-            self.active.store(true, Ordering::Relaxed);
-        }
-        polled
-    }
-}
-
-impl<I: AsyncWrite + Unpin> AsyncWrite for Tracked<I> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        let polled = Pin::new(&mut self.io).poll_write(cx, buf);
-        if polled.is_ready() {
-            self.active.store(true, Ordering::Relaxed);
-        }
-        polled
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        let polled = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
-        if polled.is_ready() {
-            self.active.store(true, Ordering::Relaxed);
-        }
-        polled
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.io).poll_shutdown(cx)
     }
 }
