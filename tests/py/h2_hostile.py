@@ -107,6 +107,25 @@ def nopreface(args):
     return {"closed": waited is not None, "after": waited}
 
 
+def badpreface(args):
+    sock = connect(args)
+    sock.sendall(b"PRI * HTTP/2.0\r\n\r\nXX\r\n\r\n")
+    sock.settimeout(5)
+    data = b""
+    try:
+        while True:
+            got = sock.recv(65536)
+            if not got:
+                break
+            data += got
+    except OSError:
+        pass
+    frames = Frames().feed(data)
+    goaway = [goaway_code(p) for kind, _, p in frames if kind == 0x7]
+    return {"http1": data.startswith(b"HTTP/1."), "goaway": goaway[0] if goaway else None,
+            "bytes": len(data)}
+
+
 def noping(args):
     sock = connect(args)
     conn = h2_conn()
@@ -286,7 +305,7 @@ def zerowindow(args):
 
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument("mode", choices=["nopreface", "noping", "flood", "resets", "zerowindow"])
+    p.add_argument("mode", choices=["nopreface", "badpreface", "noping", "flood", "resets", "zerowindow"])
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--tls", action="store_true")

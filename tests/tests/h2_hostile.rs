@@ -8,7 +8,9 @@
 use std::time::{Duration, Instant};
 
 use edge_tests::OriginOptions;
-use edge_tests::{curl, poll_until, python_json, start_pair, tls_args, Edge, EdgeConfig, Origin};
+use edge_tests::{
+    curl, poll_until, python_json, raw_http, start_pair, tls_args, Edge, EdgeConfig, Origin,
+};
 use serde_json::Value;
 
 /// Generous: every attack script ends on its own.
@@ -270,4 +272,22 @@ async fn zero_window_streams_are_cut_and_their_upstreams_freed() {
         "the client still holds its connection"
     );
     attack.abort();
+}
+
+#[tokio::test]
+async fn a_broken_h2c_preface_gets_goaway_and_http1_still_works() {
+    let (_origin, edge) = start(|c| c).await;
+    let out = under_attack(&edge, args(&edge, "badpreface", false, &[])).await;
+    let r = &out.report;
+    eprintln!("broken h2c preface: {r}, canary {} x 200", out.canary_ok);
+    assert_eq!(r["http1"], false, "{r}");
+    assert_eq!(r["goaway"], 1, "no GOAWAY(PROTOCOL_ERROR): {r}");
+    let http = edge.http_addr.expect("plaintext listener");
+    let reply = raw_http(
+        http,
+        "GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .expect("h1 on the shared port");
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
 }

@@ -182,9 +182,13 @@ pub(crate) fn backstop(limit: usize) -> usize {
 }
 
 /// Tells HTTP/2 prior knowledge (the `PRI * HTTP/2.0` preface) from HTTP/1.1 by
-/// peeking, without consuming. `None` when the client closed or sent nothing in time.
+/// peeking, without consuming. `None` when the client closed or sent nothing in
+/// time, or sent a broken h2 preface: one that starts `PRI * HTTP/2.0` (no
+/// HTTP/1.1 request does) and goes wrong after; that client gets an h2
+/// GOAWAY(PROTOCOL_ERROR) rather than an HTTP/1.1 400 it cannot parse.
 async fn sniff_h2c(stream: &TcpStream, timeout: Duration) -> Option<Proto> {
     const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    const H2_ONLY: usize = b"PRI * HTTP/2.0".len();
     let deadline = tokio::time::Instant::now() + timeout;
     let mut buf = [0u8; 24];
     loop {
@@ -196,14 +200,38 @@ async fn sniff_h2c(stream: &TcpStream, timeout: Duration) -> Option<Proto> {
             return None;
         }
         if buf[..n] != PREFACE[..n] {
+            if n >= H2_ONLY && buf[..H2_ONLY] == PREFACE[..H2_ONLY] {
+                refuse_preface(stream);
+                return None;
+            }
             return Some(Proto::H1);
         }
-        if n >= 4 {
+        if n == PREFACE.len() {
             return Some(Proto::H2);
         }
-        // "P" or "PR" alone could still become POST or PRI: wait for more bytes.
+        // A prefix alone ("P" could still become POST, "PRI * HTTP/2.0\r\n" a
+        // broken preface): wait for more bytes.
         tokio::time::timeout_at(deadline, tokio::time::sleep(Duration::from_millis(5)))
             .await
             .ok()?;
+    }
+}
+
+/// Answers a broken h2 preface with GOAWAY(PROTOCOL_ERROR, last stream 0) and
+/// half-closes. What the client sent is read off first, so the close that
+/// follows is a FIN and the GOAWAY is not lost to a reset.
+fn refuse_preface(stream: &TcpStream) {
+    const GOAWAY: [u8; 17] = [0, 0, 8, 7, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+    let mut sink = [0u8; 1024];
+    for _ in 0..64 {
+        if !matches!(stream.try_read(&mut sink), Ok(n) if n > 0) {
+            break;
+        }
+    }
+    if let Err(e) = stream.try_write(&GOAWAY) {
+        tracing::debug!(error = %e, "GOAWAY for a broken h2 preface not sent");
+    }
+    if let Err(e) = socket2::SockRef::from(stream).shutdown(std::net::Shutdown::Write) {
+        tracing::debug!(error = %e, "shutdown after a broken h2 preface");
     }
 }
