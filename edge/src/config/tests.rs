@@ -727,3 +727,14 @@ fn state_dir_and_http_mode_are_checked_with_their_lines() {
     assert!(found.contains(&(2, "state_dir".to_owned())), "{found:?}");
     assert!(found.contains(&(3, "http_mode".to_owned())), "{found:?}");
 }
+
+#[test]
+fn goaway_grace_has_a_default_and_zero_is_refused() {
+    let pool = "[pools.web]\nendpoints = [\"http://127.0.0.1:8080\"]\n";
+    let d = parse(pool).expect("valid");
+    assert_eq!(d.client.goaway_grace, Duration::from_secs(10));
+    let c = parse(&format!("[client]\ngoaway_grace = \"3s\"\n{pool}")).expect("valid");
+    assert_eq!(c.client.goaway_grace, Duration::from_secs(3));
+    let bad = errors(&format!("[client]\ngoaway_grace = \"0s\"\n{pool}"));
+    assert_eq!(bad, [(2, "client.goaway_grace".to_owned())]);
+}
