@@ -303,9 +303,68 @@ def zerowindow(args):
     return report
 
 
+LATE_CASES = ["long", "short", "split", "trailers_no_es"]
+
+
+def lateframes(args):
+    """h2spec's stream rules when the answer comes before the request body is
+    complete: a POST declaring content-length 4, the response read to its end,
+    then the rest of the request broken one way per case. Each case on a new
+    connection, `runs` times; reports the error code the server answered with
+    (RST_STREAM on the stream, or GOAWAY), None when it answered none."""
+    out = {}
+    for case in LATE_CASES:
+        codes = []
+        for _ in range(args.runs):
+            sock = connect(args)
+            conn = h2_conn()
+            post = [(":method", "POST"), (":scheme", SCHEME), (":authority", "localhost"),
+                    (":path", args.path), ("content-length", "4")]
+            conn.send_headers(1, post)
+            sock.sendall(conn.data_to_send())
+            frames, ended, code = Frames(), False, None
+            sock.settimeout(0.2)
+            end = time.monotonic() + 5
+            sent = False
+            while time.monotonic() < end and code is None:
+                if ended and not sent:
+                    if case == "long":
+                        late = frame(0x0, 0x1, 1, b"12345")
+                    elif case == "short":
+                        late = frame(0x0, 0x1, 1, b"12")
+                    elif case == "split":
+                        late = frame(0x0, 0x0, 1, b"123") + frame(0x0, 0x1, 1, b"456")
+                    else:  # trailers_no_es
+                        late = frame(0x1, 0x4, 1, conn.encoder.encode([("x-trailer", "1")]))
+                    sock.sendall(late)
+                    sent = True
+                    end = time.monotonic() + 2
+                try:
+                    data = sock.recv(65536)
+                except socket.timeout:
+                    continue
+                except OSError:
+                    break
+                if not data:
+                    break
+                for kind, flags, payload in frames.feed(data):
+                    if kind in (0x0, 0x1) and flags & 0x1:
+                        ended = True
+                    elif kind == 0x3 and sent:
+                        rst = int.from_bytes(payload[:4], "big")
+                        code = rst if rst != 0 else code
+                    elif kind == 0x7:
+                        code = goaway_code(payload)
+            codes.append(code)
+            sock.close()
+        out[case] = codes
+    return out
+
+
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument("mode", choices=["nopreface", "badpreface", "noping", "flood", "resets", "zerowindow"])
+    p.add_argument("mode", choices=["nopreface", "badpreface", "noping", "flood", "resets", "zerowindow", "lateframes"])
+    p.add_argument("--runs", type=int, default=40)
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--tls", action="store_true")

@@ -291,3 +291,53 @@ async fn a_broken_h2c_preface_gets_goaway_and_http1_still_works() {
     .expect("h1 on the shared port");
     assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
 }
+
+/// PROTOCOL_ERROR (RFC 9113 §7).
+const PROTOCOL_ERROR: u64 = 0x1;
+
+/// h2spec 8.1/1 and 8.1.2.6/1–2 in the case that made them intermittent: the
+/// answer goes out before the request body is complete (edge's own 413, and a
+/// backend that replies without reading the upload), and only then does the
+/// client break the stream rules (a DATA total other than `content-length`,
+/// trailers without END_STREAM). 40 runs per case, each on a new connection:
+/// every one must get PROTOCOL_ERROR. Before, h2 reset the stream with
+/// NO_ERROR once the response ended and then ignored the rest.
+#[tokio::test]
+async fn stream_rules_hold_after_an_early_answer() {
+    let early_413 = |c: EdgeConfig| c.client_setting("max_body_bytes", "1");
+    let backend_early = |c: EdgeConfig| c;
+    for (name, configure) in [
+        (
+            "edge's 413",
+            &early_413 as &dyn Fn(EdgeConfig) -> EdgeConfig,
+        ),
+        ("backend answer", &backend_early),
+    ] {
+        let (_origin, edge) = start_pair(OriginOptions::default(), configure)
+            .await
+            .expect("origin and edge start");
+        let out = under_attack(
+            &edge,
+            args(&edge, "lateframes", true, &["--path", "/", "--runs", "40"]),
+        )
+        .await;
+        let r = &out.report;
+        for case in ["long", "short", "split", "trailers_no_es"] {
+            let codes = r[case].as_array().expect("codes");
+            assert_eq!(codes.len(), 40, "{name} {case}: {r}");
+            let wrong: Vec<_> = codes
+                .iter()
+                .filter(|c| c.as_u64() != Some(PROTOCOL_ERROR))
+                .collect();
+            assert!(
+                wrong.is_empty(),
+                "{name}, {case}: {} of 40 runs got no PROTOCOL_ERROR: {wrong:?}",
+                wrong.len()
+            );
+        }
+        eprintln!(
+            "{name}: 4 cases x 40 runs, all PROTOCOL_ERROR; canary {} x 200",
+            out.canary_ok
+        );
+    }
+}

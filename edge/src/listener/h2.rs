@@ -221,13 +221,82 @@ async fn stream(
         server,
         answered: false,
     };
-    let resp = server.respond(peer, req).await;
+    let resp = server
+        .respond(peer, req.map(|b| Body::boxed(DrainOnDrop(Some(b)))))
+        .await;
     guard.answered = true;
     resp.map(|body| {
         let (body, sever) = Severable::new(body);
         state.watched.register(sever);
         body
     })
+}
+
+/// How long, and how far, a request body the answer did not wait for is read on.
+const DRAIN_FOR: Duration = Duration::from_secs(1);
+const DRAIN_BYTES: usize = 64 * 1024;
+
+/// A client's request body that, dropped before its end (the answer went out
+/// first, as when a backend replies without reading the upload), is read on in
+/// the background for at most [`DRAIN_FOR`] / [`DRAIN_BYTES`]. Without it h2
+/// resets the stream (NO_ERROR) as soon as the response ends and then ignores
+/// what the client still sends on it; read on, the stream stays half-closed and
+/// h2 keeps enforcing the stream rules: a DATA total that disagrees with
+/// `content-length`, trailers without END_STREAM or with pseudo-headers are
+/// still answered with PROTOCOL_ERROR (h2spec 8.1, 8.1.2.1, 8.1.2.6).
+struct DrainOnDrop(Option<Incoming>);
+
+impl hyper::body::Body for DrainOnDrop {
+    type Data = bytes::Bytes;
+    type Error = upstream::BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        match self.0.as_mut() {
+            Some(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            None => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.0.as_ref().is_none_or(hyper::body::Body::is_end_stream)
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.0.as_ref().map_or_else(
+            || hyper::body::SizeHint::with_exact(0),
+            hyper::body::Body::size_hint,
+        )
+    }
+}
+
+impl Drop for DrainOnDrop {
+    fn drop(&mut self) {
+        let Some(mut body) = self.0.take() else {
+            return;
+        };
+        if hyper::body::Body::is_end_stream(&body) {
+            return;
+        }
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        rt.spawn(async move {
+            use http_body_util::BodyExt as _;
+            let read_on = async {
+                let mut seen = 0;
+                while let Some(Ok(frame)) = body.frame().await {
+                    seen += frame.data_ref().map_or(0, bytes::Bytes::len);
+                    if seen > DRAIN_BYTES {
+                        break;
+                    }
+                }
+            };
+            let _ = tokio::time::timeout(DRAIN_FOR, read_on).await;
+        });
+    }
 }
 
 /// What a tick decided.

@@ -168,7 +168,7 @@ impl TcpServer {
         Box::pin(super::h2::serve(self, io, peer)).await;
     }
 
-    pub(super) async fn respond(&self, peer: Peer, req: Request<Incoming>) -> Response<Body> {
+    pub(super) async fn respond(&self, peer: Peer, req: Request<Body>) -> Response<Body> {
         if let Some(resp) = self
             .redirect
             .and_then(|p| super::redirect::to_https(&req, p))
@@ -176,8 +176,7 @@ impl TcpServer {
             return resp;
         }
         let proxy = self.shared.proxy.load();
-        let mut resp =
-            pipeline::handle(&proxy, &self.shared.metrics, peer, req.map(Body::Incoming)).await;
+        let mut resp = pipeline::handle(&proxy, &self.shared.metrics, peer, req).await;
         if let Some(v) = &self.alt_svc {
             resp.headers_mut().insert(ALT_SVC, v.clone());
         }
