@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use http::header::ALT_SVC;
 use http::{HeaderValue, Request, Response};
-use hyper::body::Incoming;
 use hyper_util::rt::TokioExecutor;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::OwnedSemaphorePermit;
