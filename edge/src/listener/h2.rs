@@ -96,6 +96,8 @@ struct ConnState {
     write_blocked: AtomicBool,
     /// Streams handed to the service.
     streams: AtomicU32,
+    /// Streams whose response head is still being made (the service runs).
+    in_service: AtomicU32,
     /// Streams the client reset before their response was complete.
     premature: AtomicU32,
     /// Set once the connection is judged abusive: new streams go nowhere.
@@ -105,6 +107,11 @@ struct ConnState {
 }
 
 impl ConnState {
+    /// No stream in progress: no response being made, none streaming.
+    fn idle(&self) -> bool {
+        self.in_service.load(Ordering::Relaxed) == 0 && self.watched.is_empty()
+    }
+
     fn premature_reset(&self, n: u32, metrics: &crate::metrics::Metrics) {
         if n == 0 {
             return;
@@ -128,6 +135,7 @@ struct Unanswered<'a> {
 
 impl Drop for Unanswered<'_> {
     fn drop(&mut self) {
+        self.state.in_service.fetch_sub(1, Ordering::Relaxed);
         if !self.answered {
             self.state.premature_reset(1, &self.server.shared.metrics);
         }
@@ -156,8 +164,21 @@ pub(super) async fn serve<I: Parkable>(server: Arc<TcpServer>, io: I, peer: Peer
     let mut watch = Watch::new(c);
     let mut ticker = tokio::time::interval(watch.tick);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Under overload (limits.memory_high) idle connections are shed oldest
+    // first; this one holds its place in that order from the start, and when
+    // its turn comes while a stream is in progress it queues again at the end.
+    let overload = &server.shared.overload;
+    let mut ticket = overload.idle();
     let closed = loop {
+        let shed = async {
+            match &ticket {
+                Some(t) => t.shed().await,
+                None => std::future::pending().await,
+            }
+        };
+        let mut shed_now = false;
         tokio::select! {
+            () = shed, if watch.goaway.is_none() => shed_now = true,
             done = conn.as_mut() => {
                 if let Err(e) = done {
                     tracing::debug!(peer = %peer.ip, error = %e, "client connection ended with an error");
@@ -192,6 +213,16 @@ pub(super) async fn serve<I: Parkable>(server: Arc<TcpServer>, io: I, peer: Peer
                 conn.as_mut().graceful_shutdown();
             }
         }
+        if shed_now {
+            if state.idle() {
+                tracing::debug!(peer = %peer.ip, "overload: idle h2 connection shed");
+                watch.goaway = Some(Instant::now() + c.goaway_grace);
+                conn.as_mut().graceful_shutdown();
+                ticket = None;
+            } else {
+                ticket = overload.idle();
+            }
+        }
     };
     let why = if closed == Close::GoawayGrace && watch.abusive {
         Close::PrematureResets
@@ -212,6 +243,7 @@ async fn stream(
     req: Request,
 ) -> hyper::Response<Severable<Body>> {
     state.streams.fetch_add(1, Ordering::Relaxed);
+    state.in_service.fetch_add(1, Ordering::Relaxed);
     if state.refusing.load(Ordering::Relaxed) {
         // After an abuse GOAWAY: held until the connection closes, never forwarded.
         std::future::pending::<()>().await;

@@ -332,6 +332,20 @@ impl Streams {
             .push(sever);
     }
 
+    /// Whether no body is registered (none streaming, none waiting for the
+    /// next sweep). A body that ended is only dropped from the list by a sweep.
+    pub fn is_empty(&self) -> bool {
+        self.new
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_empty()
+            && self
+                .watched
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .is_empty()
+    }
+
     /// One watchdog tick (call it every `tick_of(timeout)`).
     pub fn sweep(&self) -> Sweep {
         let fresh = std::mem::take(&mut *self.new.lock().unwrap_or_else(PoisonError::into_inner));
