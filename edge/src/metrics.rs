@@ -47,6 +47,8 @@ struct SlotMetrics {
     accept_errors: IntCounterVec,
     refused: IntCounterVec,
     write_idle: IntCounterVec,
+    h2_closes: IntCounterVec,
+    h2_premature: prometheus::IntCounter,
     overload: IntGauge,
     shed: prometheus::IntCounter,
     rss: IntGauge,
@@ -75,6 +77,17 @@ impl SlotMetrics {
             ),
             &["protocol"],
         )?;
+        let h2_closes = IntCounterVec::new(
+            Opts::new(
+                "proxy_h2_connection_closes_total",
+                "HTTP/2 client connections edge closed on a bound, by reason (preface_timeout, write_stall, goaway_grace, premature_resets).",
+            ),
+            &["reason"],
+        )?;
+        let h2_premature = prometheus::IntCounter::new(
+            "proxy_h2_premature_resets_total",
+            "HTTP/2 streams the client reset before their response was complete.",
+        )?;
         let overload = IntGauge::new(
             "proxy_overload_active",
             "1 while RSS is past limits.memory_high: accepting is paused and idle connections are shed.",
@@ -90,6 +103,8 @@ impl SlotMetrics {
         registry.register(Box::new(accept_errors.clone()))?;
         registry.register(Box::new(refused.clone()))?;
         registry.register(Box::new(write_idle.clone()))?;
+        registry.register(Box::new(h2_closes.clone()))?;
+        registry.register(Box::new(h2_premature.clone()))?;
         registry.register(Box::new(overload.clone()))?;
         registry.register(Box::new(shed.clone()))?;
         registry.register(Box::new(rss.clone()))?;
@@ -97,6 +112,8 @@ impl SlotMetrics {
             accept_errors,
             refused,
             write_idle,
+            h2_closes,
+            h2_premature,
             overload,
             shed,
             rss,
@@ -430,6 +447,16 @@ impl Metrics {
             .write_idle
             .with_label_values(&[proto.as_str()])
             .inc();
+    }
+
+    /// Counts an HTTP/2 connection edge closed on a bound (`reason` is one of a fixed few).
+    pub fn h2_connection_closed(&self, reason: &'static str) {
+        self.slots.h2_closes.with_label_values(&[reason]).inc();
+    }
+
+    /// Counts HTTP/2 streams reset by the client before their response was complete.
+    pub fn h2_premature_resets(&self, n: u64) {
+        self.slots.h2_premature.inc_by(n);
     }
 
     pub fn set_overload(&self, active: bool) {

@@ -265,9 +265,59 @@ async def hold(args):
     await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
 
 
+async def zerowindow(args):
+    """Opens `streams` GETs of `path` on a connection that grants the server no
+    stream credit at all (initial window 0, never raised), then waits until the
+    server resets every stream or the deadline passes."""
+    loop = asyncio.get_running_loop()
+    quic = QuicConnection(configuration=config(args))
+    # Request streams (client-initiated bidi) get no window, and no
+    # MAX_STREAM_DATA is ever sent; the server's control and QPACK streams
+    # (unidirectional) keep theirs, so the connection itself works.
+    quic._local_max_stream_data_bidi_local = 0
+    quic._write_stream_limits = lambda *a, **k: None
+    _, proto = await loop.create_datagram_endpoint(lambda: Client(quic), local_addr=("0.0.0.0", 0))
+    proto.connect((args.host, args.port))
+    if not await asyncio.wait_for(proto.connected, 10):
+        print(json.dumps({"error": "handshake failed"}))
+        return
+    proto.h3 = H3Connection(proto._quic)
+    sids = []
+    for _ in range(args.streams):
+        sid = proto._quic.get_next_available_stream_id()
+        proto.h3.send_headers(sid, [
+            (b":method", b"GET"), (b":scheme", b"https"),
+            (b":authority", b"localhost"), (b":path", args.path.encode()),
+        ], end_stream=True)
+        sids.append(sid)
+    proto.transmit()
+    start = time.monotonic()
+    print(json.dumps({"opened": len(sids)}), flush=True)
+
+    def resets():
+        return {e.stream_id: e.error_code for e in proto.events
+                if isinstance(e, StreamReset) and e.stream_id in sids}
+
+    end = start + args.deadline
+    while len(resets()) < len(sids) and proto.terminated is None and time.monotonic() < end:
+        proto.changed.clear()
+        try:
+            await asyncio.wait_for(proto.changed.wait(), 0.1)
+        except asyncio.TimeoutError:
+            pass
+    r = resets()
+    print(json.dumps({"reset": len(r), "codes": sorted(set(r.values())),
+                      "secs": round(time.monotonic() - start, 3),
+                      "terminated": None if proto.terminated is None
+                      else proto.terminated.error_code}), flush=True)
+    # Hold the connection open until told to go (stdin closes).
+    await loop.run_in_executor(None, sys.stdin.read)
+
+
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument("mode", choices=["reserved", "headers", "flood", "hold"])
+    p.add_argument("mode", choices=["reserved", "headers", "flood", "hold", "zerowindow"])
+    p.add_argument("--path", default="/")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--ca")
@@ -283,7 +333,8 @@ def main():
     args = p.parse_args()
     if args.mode == "flood":
         return flood(args)
-    asyncio.run({"reserved": reserved, "headers": headers, "hold": hold}[args.mode](args))
+    asyncio.run({"reserved": reserved, "headers": headers, "hold": hold,
+                 "zerowindow": zerowindow}[args.mode](args))
 
 
 if __name__ == "__main__":

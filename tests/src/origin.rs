@@ -160,6 +160,11 @@ impl Origin {
         self.counters.connections.load(Ordering::SeqCst)
     }
 
+    /// Connections open now.
+    pub fn open_connections(&self) -> u64 {
+        self.counters.open.load(Ordering::SeqCst)
+    }
+
     /// The most connections that were ever open at the same time.
     pub fn peak_connections(&self) -> u64 {
         self.counters.peak.load(Ordering::SeqCst)

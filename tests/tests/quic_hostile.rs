@@ -290,3 +290,94 @@ async fn open_quic_connections_are_capped() {
     .await
     .expect("h3 canary after release");
 }
+
+/// H3_REQUEST_CANCELLED.
+const H3_REQUEST_CANCELLED: u64 = 0x10c;
+
+/// The next JSON line a long-running script prints.
+async fn next_report(
+    lines: &mut tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+) -> Value {
+    let line = tokio::time::timeout(SCRIPT_TIMEOUT, lines.next_line())
+        .await
+        .expect("script reports in time")
+        .expect("reads")
+        .expect("a line");
+    serde_json::from_str(&line).expect("JSON")
+}
+
+#[tokio::test]
+async fn zero_window_streams_are_cancelled_and_their_upstreams_freed() {
+    use tokio::io::AsyncBufReadExt;
+    // HTTP/1.1 upstream: one connection per response in flight, so freed
+    // upstreams show as closed origin connections.
+    let (origin, edge) = start(|c| {
+        c.protocol("h1")
+            .client_setting("write_idle_timeout", "\"2s\"")
+    })
+    .await;
+    let before = edge.rss_kib().expect("rss");
+    let args = hostile_args(
+        &edge,
+        "zerowindow",
+        &[
+            "--streams",
+            "10",
+            "--path",
+            "/bytes/10485760",
+            "--deadline",
+            "30",
+        ],
+    );
+    let mut child = tokio::process::Command::new(edge_tests::process::python())
+        .arg(edge_tests::clients::py_script("quic_hostile.py"))
+        .args(&args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("zerowindow script starts");
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let opened = next_report(&mut lines).await;
+    assert_eq!(opened["opened"], 10, "{opened}");
+    edge_tests::poll_until(
+        "10 upstream requests open",
+        Duration::from_secs(10),
+        || async { origin.open_connections() >= 10 },
+    )
+    .await
+    .expect("the streams reach the origin");
+    let started = Instant::now();
+    // Canary on its own connection while the window stays shut.
+    let spec = json!([{"path": "/"}]);
+    let reply = h3_requests(&edge, &spec).await.expect("canary runs");
+    assert_eq!(reply[0]["status"], 200, "canary under attack: {reply}");
+    let report = next_report(&mut lines).await;
+    let took = started.elapsed();
+    assert_eq!(report["reset"], 10, "every stream cancelled: {report}");
+    assert_eq!(report["codes"], json!([H3_REQUEST_CANCELLED]), "{report}");
+    assert_eq!(
+        report["terminated"],
+        Value::Null,
+        "the connection stays: {report}"
+    );
+    edge_tests::poll_until(
+        "upstream connections freed",
+        Duration::from_secs(10),
+        || async { origin.open_connections() <= 1 },
+    )
+    .await
+    .expect("cancelled streams free their upstreams");
+    let grew = edge.rss_kib().expect("rss").saturating_sub(before);
+    let cut = metric(&edge, "proxy_write_idle_timeouts_total{protocol=\"h3\"}").await;
+    eprintln!(
+        "10 zero-window h3 streams of 10 MiB: all reset {H3_REQUEST_CANCELLED:#x} {took:?} after \
+         they reached the origin, {cut} counted, RSS +{grew} KiB"
+    );
+    assert_eq!(cut, 10.0);
+    assert!(grew < RSS_BOUND_KIB, "RSS grew {grew} KiB");
+    let reply = h3_requests(&edge, &spec).await.expect("canary runs");
+    assert_eq!(reply[0]["status"], 200, "canary after attack: {reply}");
+    drop(child.stdin.take());
+    let _ = tokio::time::timeout(SCRIPT_TIMEOUT, child.wait()).await;
+}

@@ -208,6 +208,7 @@ async fn idle_rss(origin: &Origin) -> anyhow::Result<u64> {
 async fn overload_stops_accepting_and_sheds_idle_connections() -> anyhow::Result<()> {
     use tokio::io::AsyncWriteExt as _;
     const IDLE: usize = 30;
+    const IDLE_H2: usize = 10;
     let origin = Origin::start().await?;
     let high = idle_rss(&origin).await? + (24 << 20);
     let config = EdgeConfig::new(origin.url())
@@ -239,6 +240,11 @@ async fn overload_stops_accepting_and_sheds_idle_connections() -> anyhow::Result
         || async { gauge(&edge, "proxy_parked_connections").await >= IDLE as f64 },
     )
     .await?;
+    // Idle HTTP/2 (h2c) connections: one request each, then nothing.
+    let mut idle_h2 = Vec::new();
+    for _ in 0..IDLE_H2 {
+        idle_h2.push(idle_h2c(http).await?);
+    }
     // Memory goes up with slow readers (each holds buffered response bytes).
     let mut readers = Vec::new();
     let path = format!("/bytes/{}", 64 << 20);
@@ -258,12 +264,20 @@ async fn overload_stops_accepting_and_sheds_idle_connections() -> anyhow::Result
         idle.iter().all(closed)
     })
     .await?;
+    // The idle h2 connections get GOAWAY and end (the client side sees its
+    // connection task finish).
+    edge_tests::wait_until(
+        "the idle h2 connections shed",
+        Duration::from_secs(20),
+        || idle_h2.iter().all(tokio::task::JoinHandle::is_finished),
+    )
+    .await?;
     // A new client waits in the backlog while the guard holds.
     let mut late = TcpStream::connect(http).await?;
     late.write_all(b"GET / HTTP/1.1\r\nHost: edge.test\r\n\r\n")
         .await?;
     let shed = gauge(&edge, "proxy_overload_shed_total").await;
-    assert!(shed >= IDLE as f64, "{shed} shed");
+    assert!(shed >= (IDLE + IDLE_H2) as f64, "{shed} shed");
     let mut byte = [0u8; 1];
     let early = late.try_read(&mut byte);
     assert!(
@@ -290,9 +304,30 @@ async fn overload_stops_accepting_and_sheds_idle_connections() -> anyhow::Result
     assert!(failed.is_empty(), "canary failures: {failed:?}");
     eprintln!(
         "overload: memory_high {high} B, peak RSS {peak} KiB with {readers_held} slow readers; \
-         {shed} idle shed; deferred client answered 200 after clearing, RSS {} KiB; canary {} x 200",
+         {shed} idle shed (h1 and h2); deferred client answered 200 after clearing, RSS {} KiB; canary {} x 200",
         edge.rss_kib()?,
         answers.len()
     );
     Ok(())
+}
+
+/// An h2c connection (prior knowledge) that made one request and then sits
+/// idle; the handle finishes when edge ends the connection.
+async fn idle_h2c(addr: std::net::SocketAddr) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let io = hyper_util::rt::TokioIo::new(TcpStream::connect(addr).await?);
+    let (mut send, conn) =
+        hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io).await?;
+    let driver = tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let req = http::Request::get(format!("http://{addr}/"))
+        .body(http_body_util::Empty::<bytes::Bytes>::new())?;
+    let resp = send.send_request(req).await?;
+    anyhow::ensure!(resp.status() == 200, "idle h2 client got {}", resp.status());
+    http_body_util::BodyExt::collect(resp.into_body()).await?;
+    // Keep the sender alive inside the task, so only edge can end the connection.
+    Ok(tokio::spawn(async move {
+        let _send = send;
+        let _ = driver.await;
+    }))
 }

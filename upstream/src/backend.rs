@@ -28,6 +28,8 @@ pub(crate) struct Backend<B> {
     pub(crate) addr: EndpointAddr,
     /// `addr` as text, made once (metrics, the `Served` extension).
     pub(crate) label: Arc<str>,
+    /// Stable id of the endpoint (a hash of its address), for [`crate::Prefer`].
+    pub(crate) id: u64,
     pub(crate) load: Arc<Load>,
     pub(crate) breaker: Mutex<Breaker>,
     /// Active health: read on every pick, written by the health checker.
@@ -142,8 +144,10 @@ impl<B: ReqBody> Backend<B> {
         breaker: BreakerConfig,
         max_connections: usize,
     ) -> Self {
+        let label: Arc<str> = addr.to_string().into();
         Self {
-            label: addr.to_string().into(),
+            id: crate::pool::endpoint_id(&label),
+            label,
             addr,
             load: Arc::new(Load::new(now_ms())),
             breaker: Mutex::new(Breaker::new(breaker)),

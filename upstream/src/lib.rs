@@ -38,7 +38,9 @@ pub use endpoint::{EndpointAddr, ParseEndpointError};
 pub use error::{Blame, Error};
 pub use health::HealthCheck;
 pub use locality::{Locality, RegionId, RttObserver, Served};
-pub use pool::{DnsStatus, EndpointStatus, HashKey, Pool, PoolConfig, PoolStatus, Protocol};
+pub use pool::{
+    DnsStatus, EndpointStatus, HashKey, Pool, PoolConfig, PoolStatus, Prefer, Protocol, ServedBy,
+};
 
 /// The error type request and response bodies carry through the proxy.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

@@ -123,6 +123,9 @@ pub struct Client {
     /// A response (h2: a stream; h1: the connection) that made no write progress
     /// this long is cancelled, freeing its upstream.
     pub write_idle_timeout: Duration,
+    /// After edge sends an h2 GOAWAY (idle, drain, abuse) the connection is
+    /// closed at most this much later, whatever the peer does.
+    pub goaway_grace: Duration,
 }
 
 /// `http_mode`: the plaintext listener proxies like the TLS one, or answers 308
@@ -210,6 +213,7 @@ impl Default for Client {
             path_encoded_separators: EncodedSeparators::Reject,
             max_connections_per_ip: 256,
             write_idle_timeout: Duration::from_secs(30),
+            goaway_grace: Duration::from_secs(10),
         }
     }
 }
@@ -564,6 +568,7 @@ fn read_client(cx: &mut Cx<'_>, root: &mut Table<'_>) -> Client {
             1,
         ),
         write_idle_timeout: positive(cx, &mut t, "write_idle_timeout", d.write_idle_timeout),
+        goaway_grace: positive(cx, &mut t, "goaway_grace", d.goaway_grace),
     };
     t.finish(cx);
     out

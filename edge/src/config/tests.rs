@@ -821,3 +821,14 @@ fn a_rule_without_a_rate_is_refused() {
     let errs = errors(&format!("{ONE_POOL}\n[[rate_limits]]\nname = \"x\"\n"));
     assert_eq!(errs, vec![(4, "rate_limits[0].rate".to_owned())]);
 }
+
+#[test]
+fn goaway_grace_has_a_default_and_zero_is_refused() {
+    let pool = "[pools.web]\nendpoints = [\"http://127.0.0.1:8080\"]\n";
+    let d = parse(pool).expect("valid");
+    assert_eq!(d.client.goaway_grace, Duration::from_secs(10));
+    let c = parse(&format!("[client]\ngoaway_grace = \"3s\"\n{pool}")).expect("valid");
+    assert_eq!(c.client.goaway_grace, Duration::from_secs(3));
+    let bad = errors(&format!("[client]\ngoaway_grace = \"0s\"\n{pool}"));
+    assert_eq!(bad, [(2, "client.goaway_grace".to_owned())]);
+}

@@ -162,7 +162,7 @@ async fn burst<I: Parkable>(
         let server = svc_server.clone();
         let state = svc_state.clone();
         async move {
-            let resp = server.respond(peer, req).await;
+            let resp = server.respond(peer, req.map(Body::Incoming)).await;
             state.respond(resp.headers());
             Ok::<_, Infallible>(resp.map(|body| Tracked { body, state }))
         }

@@ -285,8 +285,19 @@ where
         polled
     }
 
+    /// The inner body's answer when the lock is free (a body already at its end
+    /// is then marked ended, so hyper dropping it unpolled is not a reset);
+    /// otherwise the answer from the start. A severed body is not at its end:
+    /// its next poll must yield the error.
     fn is_end_stream(&self) -> bool {
-        self.end
+        let Ok(body) = self.slot.body.try_lock() else {
+            return self.end;
+        };
+        let end = body.as_ref().is_some_and(|b| b.is_end_stream());
+        if end {
+            self.slot.progress.state.store(ENDED, Ordering::Relaxed);
+        }
+        end
     }
 
     fn size_hint(&self) -> SizeHint {
@@ -319,6 +330,20 @@ impl Streams {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .push(sever);
+    }
+
+    /// Whether no body is registered (none streaming, none waiting for the
+    /// next sweep). A body that ended is only dropped from the list by a sweep.
+    pub fn is_empty(&self) -> bool {
+        self.new
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_empty()
+            && self
+                .watched
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .is_empty()
     }
 
     /// One watchdog tick (call it every `tick_of(timeout)`).

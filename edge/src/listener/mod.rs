@@ -9,6 +9,7 @@
 
 pub mod admin;
 mod h1;
+mod h2;
 pub mod idle;
 pub mod overload;
 pub mod quic;

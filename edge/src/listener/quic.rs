@@ -214,7 +214,11 @@ async fn serve_stream(
     let req = req.map(|()| Body::H3(H3Body::new(recv, len)));
     let proxy = shared.proxy.load();
     let resp = pipeline::handle(&proxy, &shared.metrics, peer, req).await;
-    if let Err(e) = write_response(&mut send, resp).await {
+    let write_idle = shared.config.client.write_idle_timeout;
+    if let Err(e) = write_response(&mut send, resp, write_idle).await {
+        if e.is::<WriteIdle>() {
+            shared.metrics.write_idle_timeout(Proto::H3);
+        }
         tracing::debug!(peer = %peer.ip, error = %e, "HTTP/3 response not completed");
     }
 }
@@ -235,11 +239,34 @@ fn connection_specific(h: &http::HeaderMap) -> bool {
             .any(|v| !v.as_bytes().eq_ignore_ascii_case(b"trailers"))
 }
 
+/// A response the client took no byte of for `client.write_idle_timeout`.
+#[derive(Debug, thiserror::Error)]
+#[error("the client took no response byte for {0:?}")]
+struct WriteIdle(Duration);
+
 /// Streams a response onto an HTTP/3 stream; each write waits for QUIC flow
 /// control, so a slow client slows the backend read instead of filling memory.
-async fn write_response(send: &mut H3Send, resp: Response<Body>) -> Result<(), upstream::BoxError> {
+/// A write that waits longer than `write_idle` (a client that opened no window)
+/// cancels the stream, which drops the body and frees its upstream.
+async fn write_response(
+    send: &mut H3Send,
+    resp: Response<Body>,
+    write_idle: Duration,
+) -> Result<(), upstream::BoxError> {
+    let stalled = |send: &mut H3Send| -> upstream::BoxError {
+        send.stop_stream(Code::H3_REQUEST_CANCELLED);
+        Box::new(WriteIdle(write_idle))
+    };
     let (parts, mut body) = resp.into_parts();
-    send.send_response(Response::from_parts(parts, ())).await?;
+    match tokio::time::timeout(
+        write_idle,
+        send.send_response(Response::from_parts(parts, ())),
+    )
+    .await
+    {
+        Ok(sent) => sent?,
+        Err(_) => return Err(stalled(send)),
+    }
     while let Some(frame) = body.frame().await {
         let frame = match frame {
             Ok(f) => f,
@@ -249,7 +276,10 @@ async fn write_response(send: &mut H3Send, resp: Response<Body>) -> Result<(), u
             }
         };
         match frame.into_data() {
-            Ok(data) => send.send_data(data).await?,
+            Ok(data) => match tokio::time::timeout(write_idle, send.send_data(data)).await {
+                Ok(sent) => sent?,
+                Err(_) => return Err(stalled(send)),
+            },
             Err(frame) => {
                 if let Ok(trailers) = frame.into_trailers() {
                     send.send_trailers(trailers).await?;

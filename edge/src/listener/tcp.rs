@@ -1,20 +1,14 @@
 //! TCP listeners: TLS (HTTP/1.1 and HTTP/2 by ALPN) and plaintext (HTTP/1.1 and
-//! h2c by prior knowledge). Both advertise HTTP/3 with Alt-Svc.
+//! h2c by prior knowledge). Both advertise HTTP/3 with Alt-Svc. This module
+//! accepts, shakes hands and tells the protocol; `h1` and `h2` serve it.
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::header::ALT_SVC;
 use http::{HeaderValue, Request, Response};
-use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use hyper_util::rt::TokioExecutor;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio_rustls::TlsAcceptor;
@@ -35,7 +29,7 @@ pub struct TcpServer {
     /// The https port to send plaintext requests to (`http_mode = "redirect"`).
     pub redirect: Option<u16>,
     pub(super) h1: hyper::server::conn::http1::Builder,
-    h2: auto::Builder<TokioExecutor>,
+    pub(super) h2: hyper::server::conn::http2::Builder<TokioExecutor>,
 }
 
 impl TcpServer {
@@ -53,17 +47,13 @@ impl TcpServer {
             super::h1::header_backstop(c.max_headers),
             backstop(c.max_header_bytes).max(8192),
         );
-        let mut builder = auto::Builder::new(TokioExecutor::new());
-        builder
-            .http2()
-            .timer(TokioTimer::new())
-            .max_concurrent_streams(c.max_concurrent_streams)
-            .max_header_list_size(u32::try_from(backstop(c.max_header_bytes)).unwrap_or(u32::MAX))
-            .adaptive_window(true)
-            .initial_connection_window_size(1024 * 1024);
+        let h2 = super::h2::builder(
+            c,
+            u32::try_from(backstop(c.max_header_bytes)).unwrap_or(u32::MAX),
+        );
         Self {
             h1,
-            h2: builder.http2_only(),
+            h2,
             shared,
             tls,
             alt_svc,
@@ -174,46 +164,10 @@ impl TcpServer {
             return super::h1::serve(self, io, peer).await;
         }
         // Boxed: the HTTP/2 state stays out of the (small) parked HTTP/1.1 task.
-        Box::pin(self.serve_h2(io, peer)).await;
+        Box::pin(super::h2::serve(self, io, peer)).await;
     }
 
-    async fn serve_h2<I: Parkable>(self: Arc<Self>, io: I, peer: Peer) {
-        let active = Arc::new(AtomicBool::new(true));
-        let io = TokioIo::new(Tracked {
-            io,
-            active: active.clone(),
-        });
-        let server = self.clone();
-        let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-            let server = server.clone();
-            async move { Ok::<_, Infallible>(server.respond(peer, req).await) }
-        });
-        let conn = self.h2.serve_connection(io, service);
-        tokio::pin!(conn);
-        let idle = self.shared.config.client.idle_timeout;
-        let mut watch = IdleWatch::new(idle, active);
-        let mut closing = false;
-        loop {
-            tokio::select! {
-                done = conn.as_mut() => {
-                    if let Err(e) = done {
-                        tracing::debug!(peer = %peer.ip, error = %e, "client connection ended with an error");
-                    }
-                    return;
-                }
-                () = watch.idle(), if !closing => {
-                    closing = true;
-                    conn.as_mut().graceful_shutdown();
-                }
-                () = self.shared.draining.cancelled(), if !closing => {
-                    closing = true;
-                    conn.as_mut().graceful_shutdown();
-                }
-            }
-        }
-    }
-
-    pub(super) async fn respond(&self, peer: Peer, req: Request<Incoming>) -> Response<Body> {
+    pub(super) async fn respond(&self, peer: Peer, req: Request<Body>) -> Response<Body> {
         if let Some(resp) = self
             .redirect
             .and_then(|p| super::redirect::to_https(&req, p))
@@ -221,8 +175,7 @@ impl TcpServer {
             return resp;
         }
         let proxy = self.shared.proxy.load();
-        let mut resp =
-            pipeline::handle(&proxy, &self.shared.metrics, peer, req.map(Body::Incoming)).await;
+        let mut resp = pipeline::handle(&proxy, &self.shared.metrics, peer, req).await;
         if let Some(v) = &self.alt_svc {
             resp.headers_mut().insert(ALT_SVC, v.clone());
         }
@@ -236,9 +189,13 @@ pub(crate) fn backstop(limit: usize) -> usize {
 }
 
 /// Tells HTTP/2 prior knowledge (the `PRI * HTTP/2.0` preface) from HTTP/1.1 by
-/// peeking, without consuming. `None` when the client closed or sent nothing in time.
+/// peeking, without consuming. `None` when the client closed or sent nothing in
+/// time, or sent a broken h2 preface: one that starts `PRI * HTTP/2.0` (no
+/// HTTP/1.1 request does) and goes wrong after; that client gets an h2
+/// GOAWAY(PROTOCOL_ERROR) rather than an HTTP/1.1 400 it cannot parse.
 async fn sniff_h2c(stream: &TcpStream, timeout: Duration) -> Option<Proto> {
     const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    const H2_ONLY: usize = b"PRI * HTTP/2.0".len();
     let deadline = tokio::time::Instant::now() + timeout;
     let mut buf = [0u8; 24];
     loop {
@@ -250,104 +207,38 @@ async fn sniff_h2c(stream: &TcpStream, timeout: Duration) -> Option<Proto> {
             return None;
         }
         if buf[..n] != PREFACE[..n] {
+            if n >= H2_ONLY && buf[..H2_ONLY] == PREFACE[..H2_ONLY] {
+                refuse_preface(stream);
+                return None;
+            }
             return Some(Proto::H1);
         }
-        if n >= 4 {
+        if n == PREFACE.len() {
             return Some(Proto::H2);
         }
-        // "P" or "PR" alone could still become POST or PRI: wait for more bytes.
+        // A prefix alone ("P" could still become POST, "PRI * HTTP/2.0\r\n" a
+        // broken preface): wait for more bytes.
         tokio::time::timeout_at(deadline, tokio::time::sleep(Duration::from_millis(5)))
             .await
             .ok()?;
     }
 }
 
-/// Closes a connection that moved no bytes for the idle timeout. The IO marks
-/// activity with one relaxed store; a timer checks it four times per period.
-struct IdleWatch {
-    tick: Duration,
-    quiet_ticks: u32,
-    active: Arc<AtomicBool>,
-}
-
-impl IdleWatch {
-    fn new(idle: Duration, active: Arc<AtomicBool>) -> Self {
-        Self {
-            tick: (idle / 4).max(Duration::from_millis(10)),
-            quiet_ticks: 0,
-            active,
+/// Answers a broken h2 preface with GOAWAY(PROTOCOL_ERROR, last stream 0) and
+/// half-closes. What the client sent is read off first, so the close that
+/// follows is a FIN and the GOAWAY is not lost to a reset.
+fn refuse_preface(stream: &TcpStream) {
+    const GOAWAY: [u8; 17] = [0, 0, 8, 7, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+    let mut sink = [0u8; 1024];
+    for _ in 0..64 {
+        if !matches!(stream.try_read(&mut sink), Ok(n) if n > 0) {
+            break;
         }
     }
-
-    async fn idle(&mut self) {
-        loop {
-            tokio::time::sleep(self.tick).await;
-            if self.active.swap(false, Ordering::Relaxed) {
-                self.quiet_ticks = 0;
-            } else {
-                self.quiet_ticks += 1;
-                if self.quiet_ticks >= 4 {
-                    return;
-                }
-            }
-        }
+    if let Err(e) = stream.try_write(&GOAWAY) {
+        tracing::debug!(error = %e, "GOAWAY for a broken h2 preface not sent");
     }
-}
-
-/// An IO that records that bytes moved.
-struct Tracked<I> {
-    io: I,
-    active: Arc<AtomicBool>,
-}
-
-impl<I: AsyncRead + Unpin> AsyncRead for Tracked<I> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        let polled = Pin::new(&mut self.io).poll_read(cx, buf);
-        if polled.is_ready() {
-            self.active.store(true, Ordering::Relaxed);
-        }
-        polled
-    }
-}
-
-impl<I: AsyncWrite + Unpin> AsyncWrite for Tracked<I> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        let polled = Pin::new(&mut self.io).poll_write(cx, buf);
-        if polled.is_ready() {
-            self.active.store(true, Ordering::Relaxed);
-        }
-        polled
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        let polled = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
-        if polled.is_ready() {
-            self.active.store(true, Ordering::Relaxed);
-        }
-        polled
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.io).poll_shutdown(cx)
+    if let Err(e) = socket2::SockRef::from(stream).shutdown(std::net::Shutdown::Write) {
+        tracing::debug!(error = %e, "shutdown after a broken h2 preface");
     }
 }

@@ -140,6 +140,25 @@ impl<B> Members<B> {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct HashKey(pub u64);
 
+/// Request extension: send the request to the endpoint with this stable id (see
+/// [`ServedBy`]) while it is available — healthy, breaker not open, still a
+/// member, and (in a regional pool) in the client's first-choice region. When it
+/// is not, the pool's balancer chooses as if there were no preference. Only the
+/// first try honours it; retries go elsewhere as usual.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Prefer(pub u64);
+
+/// Response extension on every upstream answer: the stable id of the endpoint
+/// that answered. The id is a hash of the endpoint's address, so it is the same
+/// on every edge and across restarts, and it names no address by itself.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ServedBy(pub u64);
+
+/// The stable id of the endpoint with this address label.
+pub(crate) fn endpoint_id(label: &str) -> u64 {
+    crate::hash_ring::key(label.as_bytes())
+}
+
 impl<B: ReqBody> Pool<B> {
     /// Builds a pool; fails only when an extra root certificate is unusable.
     pub fn new(cfg: PoolConfig) -> Result<Self, rustls::Error> {
@@ -393,8 +412,10 @@ impl<B: ReqBody> Pool<B> {
             .get::<HashKey>()
             .map_or_else(|| fastrand::u64(..), |k| k.0);
         let regions = self.preference(&members, req.extensions().get::<Locality>());
+        let mut prefer = req.extensions().get::<Prefer>().map(|p| p.0);
         loop {
-            let Some((i, admit)) = self.choose(&members, &tried, key, regions.as_deref()) else {
+            let chosen = self.choose(&members, &tried, key, regions.as_deref(), prefer.take());
+            let Some((i, admit)) = chosen else {
                 return Err(Error::NoEndpoints {
                     pool: self.name.clone(),
                 });
@@ -416,6 +437,7 @@ impl<B: ReqBody> Pool<B> {
             // slow one would just get the request twice.
             let (error, again, elsewhere_only) = match result {
                 Ok(mut resp) => {
+                    resp.extensions_mut().insert(ServedBy(backend.id));
                     if let Some(&region) = members.region.get(i) {
                         resp.extensions_mut().insert(Served {
                             endpoint: backend.label.clone(),
@@ -571,11 +593,27 @@ impl<B: ReqBody> Pool<B> {
         tried: &Tried,
         key: u64,
         regions: Option<&[RegionId]>,
+        prefer: Option<u64>,
     ) -> Option<(usize, Admit)> {
         let now = now_ms();
         let backends = &members.backends;
         let n = backends.len();
         let available = available(members, now);
+        let in_first_region = |i: usize| match regions.and_then(|order| order.first()) {
+            None => regions.is_none(),
+            Some(&r) => members.region.get(i) == Some(&r),
+        };
+        if let Some(id) = prefer {
+            let preferred = (0..n)
+                .find(|&i| backends[i].id == id)
+                .filter(|&i| available(i) && in_first_region(i));
+            if let Some(i) = preferred {
+                match backends[i].breaker().try_acquire(now) {
+                    Admit::No => {}
+                    admit => return Some((i, admit)),
+                }
+            }
+        }
         let untried = |i: usize| !tried.contains(i) && available(i);
         let pick = |ok: &dyn Fn(usize) -> bool| match regions {
             None => self.pick(members, n, &ok, key),
