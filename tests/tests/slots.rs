@@ -285,6 +285,14 @@ async fn overload_stops_accepting_and_sheds_idle_connections() -> anyhow::Result
             && matches!(&early, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
         "answered while overloaded: {early:?}"
     );
+    // QUIC has no backlog: a new HTTP/3 connection is refused while it holds.
+    let h3_while = edge_tests::h3_requests(&edge, &serde_json::json!([{"path": "/"}])).await;
+    assert!(
+        h3_while.as_ref().map_or(true, |r| r[0]["status"] != 200),
+        "HTTP/3 served while overloaded: {h3_while:?}"
+    );
+    let refused = gauge(&edge, "quic_incoming_total{decision=\"refused_overload\"}").await;
+    assert!(refused >= 1.0, "no QUIC attempt refused for overload");
     let readers_held = readers.len();
     drop(readers);
     poll_until("the overload to clear", Duration::from_secs(60), || async {
@@ -294,6 +302,11 @@ async fn overload_stops_accepting_and_sheds_idle_connections() -> anyhow::Result
     let mut answer = [0u8; 12];
     tokio::time::timeout(Duration::from_secs(10), late.read_exact(&mut answer)).await??;
     assert_eq!(&answer, b"HTTP/1.1 200", "the deferred client");
+    let h3_after = edge_tests::h3_requests(&edge, &serde_json::json!([{"path": "/"}])).await?;
+    assert_eq!(
+        h3_after[0]["status"], 200,
+        "HTTP/3 after the overload cleared: {h3_after}"
+    );
     let log = edge.log();
     assert!(
         log.contains("overload: RSS") && log.contains("overload cleared"),

@@ -57,6 +57,11 @@ impl Overload {
         let _ = rx.wait_for(|on| !on).await;
     }
 
+    /// Whether the edge is overloaded now (listeners refuse new connections).
+    pub(crate) fn active(&self) -> bool {
+        *self.active.borrow()
+    }
+
     /// Registers an idle connection; `None` when the guard is off.
     pub(crate) fn idle(&self) -> Option<IdleTicket<'_>> {
         self.high?;

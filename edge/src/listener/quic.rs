@@ -97,7 +97,8 @@ pub async fn run(endpoint: quinn::Endpoint, shared: Arc<Shared>) {
         };
         let peer = incoming.remote_address();
         let validated = incoming.remote_address_validated();
-        let slot = match limits.admit(peer.ip(), validated, incoming.may_retry()) {
+        let overloaded = shared.overload.active();
+        let slot = match limits.admit(peer.ip(), validated, incoming.may_retry(), overloaded) {
             Admit::Accept(slot) => slot,
             Admit::Retry => {
                 if let Err(e) = incoming.retry() {

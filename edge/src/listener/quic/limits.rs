@@ -35,7 +35,7 @@ impl Limits {
         let decisions = IntCounterVec::new(
             Opts::new(
                 "quic_incoming_total",
-                "QUIC connection attempts by decision (accepted, retry, refused_capacity, refused_per_source).",
+                "QUIC connection attempts by decision (accepted, retry, refused_capacity, refused_per_source, refused_overload).",
             ),
             &["decision"],
         )?;
@@ -66,7 +66,19 @@ impl Limits {
 
     /// Decides on one attempt. Only the accept loop calls this, so the checks
     /// and the counts they guard do not race each other.
-    pub(super) fn admit(self: &Arc<Self>, ip: IpAddr, validated: bool, may_retry: bool) -> Admit {
+    /// `overloaded`: the overload guard holds (QUIC has no accept backlog to
+    /// leave a client in, so it is refused as TCP's accepting pauses).
+    pub(super) fn admit(
+        self: &Arc<Self>,
+        ip: IpAddr,
+        validated: bool,
+        may_retry: bool,
+        overloaded: bool,
+    ) -> Admit {
+        if overloaded {
+            self.count("refused_overload");
+            return Admit::Refuse;
+        }
         if self.open.load(Ordering::Relaxed) >= self.config.max_connections {
             self.count("refused_capacity");
             return Admit::Refuse;
