@@ -314,9 +314,34 @@ async def zerowindow(args):
     await loop.run_in_executor(None, sys.stdin.read)
 
 
+async def idle(args):
+    """Opens `count` connections (handshake only, no request), reports how many
+    connected, then waits until the server has closed them all (or the
+    deadline) and reports how they ended."""
+    clients = [await open_client(args, (args.local, 0)) for _ in range(args.count)]
+    live = [p for p, ok in clients if ok]
+    print(json.dumps({"connected": len(live)}), flush=True)
+    end = time.monotonic() + args.deadline
+    next_ping, uid = 0.0, 0
+    while time.monotonic() < end and any(p.terminated is None for p in live):
+        # PINGs keep the connections from idling out on either side: only the
+        # server's overload guard may end them.
+        if time.monotonic() >= next_ping:
+            for p in live:
+                if p.terminated is None:
+                    uid += 1
+                    p._quic.send_ping(uid)
+                    p.transmit()
+            next_ping = time.monotonic() + 2.0
+        await asyncio.sleep(0.05)
+    codes = sorted({p.terminated.error_code for p in live if p.terminated is not None})
+    print(json.dumps({"terminated": sum(p.terminated is not None for p in live),
+                      "codes": codes}), flush=True)
+
+
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument("mode", choices=["reserved", "headers", "flood", "hold", "zerowindow"])
+    p.add_argument("mode", choices=["reserved", "headers", "flood", "hold", "zerowindow", "idle"])
     p.add_argument("--path", default="/")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, required=True)
@@ -334,7 +359,7 @@ def main():
     if args.mode == "flood":
         return flood(args)
     asyncio.run({"reserved": reserved, "headers": headers, "hold": hold,
-                 "zerowindow": zerowindow}[args.mode](args))
+                 "zerowindow": zerowindow, "idle": idle}[args.mode](args))
 
 
 if __name__ == "__main__":

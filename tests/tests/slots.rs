@@ -209,6 +209,7 @@ async fn overload_stops_accepting_and_sheds_idle_connections() -> anyhow::Result
     use tokio::io::AsyncWriteExt as _;
     const IDLE: usize = 30;
     const IDLE_H2: usize = 10;
+    const IDLE_QUIC: usize = 5;
     let origin = Origin::start().await?;
     let high = idle_rss(&origin).await? + (24 << 20);
     let config = EdgeConfig::new(origin.url())
@@ -240,6 +241,8 @@ async fn overload_stops_accepting_and_sheds_idle_connections() -> anyhow::Result
         || async { gauge(&edge, "proxy_parked_connections").await >= IDLE as f64 },
     )
     .await?;
+    // Idle QUIC connections (handshake done, no request).
+    let (mut idle_quic, mut quic_lines) = idle_quic(&edge, IDLE_QUIC).await?;
     // Idle HTTP/2 (h2c) connections: one request each, then nothing.
     let mut idle_h2 = Vec::new();
     for _ in 0..IDLE_H2 {
@@ -272,12 +275,27 @@ async fn overload_stops_accepting_and_sheds_idle_connections() -> anyhow::Result
         || idle_h2.iter().all(tokio::task::JoinHandle::is_finished),
     )
     .await?;
+    // The idle QUIC connections are closed (H3_NO_ERROR).
+    let line = tokio::time::timeout(Duration::from_secs(30), quic_lines.next_line())
+        .await??
+        .ok_or_else(|| anyhow::anyhow!("idle QUIC script ended early"))?;
+    let closed_quic: serde_json::Value = serde_json::from_str(&line)?;
+    assert_eq!(
+        closed_quic["terminated"], IDLE_QUIC,
+        "idle QUIC shed: {closed_quic}"
+    );
+    assert_eq!(
+        closed_quic["codes"],
+        serde_json::json!([0x100]),
+        "{closed_quic}"
+    );
+    let _ = idle_quic.wait().await;
     // A new client waits in the backlog while the guard holds.
     let mut late = TcpStream::connect(http).await?;
     late.write_all(b"GET / HTTP/1.1\r\nHost: edge.test\r\n\r\n")
         .await?;
     let shed = gauge(&edge, "proxy_overload_shed_total").await;
-    assert!(shed >= (IDLE + IDLE_H2) as f64, "{shed} shed");
+    assert!(shed >= (IDLE + IDLE_H2 + IDLE_QUIC) as f64, "{shed} shed");
     let mut byte = [0u8; 1];
     let early = late.try_read(&mut byte);
     assert!(
@@ -317,7 +335,7 @@ async fn overload_stops_accepting_and_sheds_idle_connections() -> anyhow::Result
     assert!(failed.is_empty(), "canary failures: {failed:?}");
     eprintln!(
         "overload: memory_high {high} B, peak RSS {peak} KiB with {readers_held} slow readers; \
-         {shed} idle shed (h1 and h2); deferred client answered 200 after clearing, RSS {} KiB; canary {} x 200",
+         {shed} idle shed (h1, h2, h3); deferred client answered 200 after clearing, RSS {} KiB; canary {} x 200",
         edge.rss_kib()?,
         answers.len()
     );
@@ -343,4 +361,37 @@ async fn idle_h2c(addr: std::net::SocketAddr) -> anyhow::Result<tokio::task::Joi
         let _send = send;
         let _ = driver.await;
     }))
+}
+
+/// `count` idle QUIC connections (tests/py/quic_hostile.py `idle`), all
+/// connected; the script's next line tells how the server ended them.
+async fn idle_quic(
+    edge: &Edge,
+    count: usize,
+) -> anyhow::Result<(
+    tokio::process::Child,
+    tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+)> {
+    use tokio::io::AsyncBufReadExt as _;
+    let mut child = tokio::process::Command::new(edge_tests::process::python())
+        .arg(edge_tests::clients::py_script("quic_hostile.py"))
+        .args(["idle", "--host", &edge.h3_addr.ip().to_string()])
+        .args(["--port", &edge.h3_addr.port().to_string()])
+        .arg("--ca")
+        .arg(&edge.pki.ca_cert)
+        .args(["--count", &count.to_string(), "--deadline", "90"])
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
+    let stdout = child
+        .stdout
+        .take()
+        .ok_or_else(|| anyhow::anyhow!("no stdout"))?;
+    let mut lines = tokio::io::BufReader::new(stdout).lines();
+    let first = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+        .await??
+        .ok_or_else(|| anyhow::anyhow!("idle QUIC script printed nothing"))?;
+    let report: serde_json::Value = serde_json::from_str(&first)?;
+    anyhow::ensure!(report["connected"] == count, "idle QUIC clients: {report}");
+    Ok((child, lines))
 }

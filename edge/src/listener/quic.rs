@@ -5,6 +5,7 @@
 //! H3_REQUEST_REJECTED); the connection and its other streams carry on.
 
 use std::net::{SocketAddr, UdpSocket};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -141,6 +142,7 @@ async fn serve_conn(conn: quinn::Connection, peer: SocketAddr, shared: Arc<Share
         .and_then(|d| d.server_name);
     let limit = super::tcp::backstop(shared.config.client.max_header_bytes);
     let max_field_section = u64::try_from(limit).unwrap_or(u64::MAX);
+    let quic = conn.clone();
     let built = h3::server::builder()
         .max_field_section_size(max_field_section)
         .build(h3_quinn::Connection::new(conn))
@@ -161,27 +163,75 @@ async fn serve_conn(conn: quinn::Connection, peer: SocketAddr, shared: Arc<Share
     // Made once, not per accepted request.
     let drain = shared.draining.cancelled();
     tokio::pin!(drain);
+    // Under overload idle connections are shed oldest first: this one holds its
+    // place from the start, and re-queues if its turn comes mid-request.
+    let overload = &shared.overload;
+    let mut ticket = overload.idle();
+    let in_flight = Arc::new(AtomicUsize::new(0));
     loop {
+        let shed = async {
+            match &ticket {
+                Some(t) => t.shed().await,
+                None => std::future::pending().await,
+            }
+        };
+        let mut shed_now = false;
         let next = tokio::select! {
-            n = h3.accept() => n,
+            n = h3.accept() => Some(n),
             () = &mut drain, if !draining => {
                 draining = true;
                 if let Err(e) = h3.shutdown(0).await {
                     tracing::debug!(error = %e, "HTTP/3 GOAWAY failed");
                 }
-                continue;
+                None
+            }
+            () = shed => {
+                shed_now = true;
+                None
             }
         };
+        if shed_now {
+            if in_flight.load(Ordering::Relaxed) == 0 {
+                tracing::debug!(peer = %peer.ip, "overload: idle HTTP/3 connection shed");
+                quic.close(quinn::VarInt::from_u32(H3_NO_ERROR), b"overloaded");
+                return;
+            }
+            ticket = overload.idle();
+        }
+        let Some(next) = next else { continue };
         match next {
             Ok(Some(resolver)) => {
                 let shared = shared.clone();
-                tokio::spawn(serve_stream(resolver, peer, shared));
+                let in_flight = InFlight::enter(&in_flight);
+                tokio::spawn(async move {
+                    serve_stream(resolver, peer, shared).await;
+                    drop(in_flight);
+                });
             }
             Ok(None) => return,
             Err(e) => {
                 return tracing::debug!(peer = %peer.ip, error = %e, "HTTP/3 connection ended")
             }
         }
+    }
+}
+
+/// H3_NO_ERROR (RFC 9114 8.1).
+const H3_NO_ERROR: u32 = 0x100;
+
+/// One request stream being served on a connection, counted while it lives.
+struct InFlight(Arc<AtomicUsize>);
+
+impl InFlight {
+    fn enter(count: &Arc<AtomicUsize>) -> Self {
+        count.fetch_add(1, Ordering::Relaxed);
+        Self(count.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
