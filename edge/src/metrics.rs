@@ -37,6 +37,7 @@ pub struct Metrics {
     parked: IntGauge,
     reloads: IntCounterVec,
     cert_expiry: IntGaugeVec,
+    sticky: IntCounterVec,
     slots: SlotMetrics,
     endpoints: EndpointMetrics,
     regions: RegionMetrics,
@@ -346,6 +347,14 @@ impl Metrics {
             &["cert"],
         )?;
         registry.register(Box::new(cert_expiry.clone()))?;
+        let sticky = IntCounterVec::new(
+            Opts::new(
+                "proxy_sticky_total",
+                "Answers of sticky pools by what became of the user's pin: kept, moved (its endpoint could not take it), new, forged (a cookie edge did not sign), fallback (Redis away: hashed).",
+            ),
+            &["pool", "outcome"],
+        )?;
+        registry.register(Box::new(sticky.clone()))?;
         for p in [Proto::H1, Proto::H2, Proto::H3] {
             connections.with_label_values(&[p.as_str()]).set(0);
         }
@@ -361,6 +370,7 @@ impl Metrics {
             parked,
             reloads,
             cert_expiry,
+            sticky,
             slots,
             endpoints,
             regions,
@@ -408,6 +418,11 @@ impl Metrics {
                     .set(d.as_secs_f64());
             }
         }
+    }
+
+    /// Counts a sticky pool's answer by what became of the pin.
+    pub fn sticky(&self, pool: &str, outcome: &'static str) {
+        self.sticky.with_label_values(&[pool, outcome]).inc();
     }
 
     pub fn reload(&self, ok: bool) {

@@ -32,7 +32,12 @@ fn build_redis(config: &Config, metrics: &Metrics) -> Result<Option<Arc<Redis>>,
     };
     let global_limits = crate::pipeline::RateLimitRules::any_global(&config.rate_limits);
     let cache_l2 = config.cache.enabled && config.cache.l2;
-    if !(cache_l2 || global_limits) {
+    let shared_sticky = config.pools.iter().any(|p| {
+        p.sticky
+            .as_ref()
+            .is_some_and(|s| s.shared && s.key != config::StickyKey::Cookie)
+    });
+    if !(cache_l2 || global_limits || shared_sticky) {
         tracing::info!(redis = %r.describe(), "redis configured but unused (no feature that shares state is on)");
         return Ok(None);
     }
@@ -96,7 +101,8 @@ pub async fn run(config: Config, reload: Option<Reloader>) -> Result<(), Error> 
         proxy: ArcSwap::from_pointee(
             proxy
                 .with_cache(cache.clone())
-                .with_rate_limits(Some(limits)),
+                .with_rate_limits(Some(limits))
+                .with_redis(redis.clone()),
         ),
         metrics,
         cache,
@@ -287,7 +293,8 @@ async fn apply_reload(shared: &Shared, reload: &Reloader) {
     let proxy = match Proxy::build(&config).await {
         Ok(p) => p
             .with_cache(shared.cache.clone())
-            .with_rate_limits(shared.proxy.load().rate_limit_store()),
+            .with_rate_limits(shared.proxy.load().rate_limit_store())
+            .with_redis(shared.proxy.load().redis()),
         Err(e) => {
             shared.metrics.reload(false);
             let chain = crate::pipeline::error_chain(&e);

@@ -11,6 +11,7 @@ mod quic;
 mod rate_limits;
 mod redis;
 mod regions;
+mod sticky;
 use cache::read_cache;
 pub use cache::{Cache, CacheStatuses};
 use pools::read_pools;
@@ -19,6 +20,7 @@ pub use quic::{Quic, Retry};
 pub use rate_limits::{LimitFallback, LimitKey, LimitScope, Rate, RateLimit};
 pub use redis::{Redis, RedisTarget};
 pub use regions::{Geo, GeoRegion, Prefer};
+pub use sticky::{is_cookie_name, Sticky, StickyKey, MIN_SECRET};
 mod walk;
 
 use std::net::SocketAddr;
@@ -190,6 +192,8 @@ pub struct Pool {
     pub dns: Option<DnsConfig>,
     /// A regional pool's DNS-discovered regions, each with its own lookup.
     pub regional_dns: Vec<(upstream::RegionId, DnsConfig)>,
+    /// Sticky sessions, when the pool keeps users on one endpoint.
+    pub sticky: Option<Sticky>,
 }
 
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:8443";
@@ -241,6 +245,7 @@ impl Pool {
             ca: None,
             dns: None,
             regional_dns: Vec::new(),
+            sticky: None,
         }
     }
 
@@ -393,6 +398,7 @@ fn read(cx: &mut Cx<'_>, doc: &toml_edit::Table, base: &Path) -> Config {
     let redis = merge_legacy_redis(cx, &root, &cache, redis);
     let limits = read_limits(cx, &mut root);
     let rate_limits = rate_limits::read_rate_limits(cx, &mut root, &pools, redis.is_some());
+    sticky::check_shared(cx, &pools, redis.is_some());
     let quic = read_quic(cx, &mut root);
     root.finish(cx);
     Config {

@@ -91,6 +91,11 @@ pub(super) fn read_pools(
         pool.idle_timeout = positive(cx, &mut t, "idle_timeout", pool.idle_timeout);
         read_resilience(cx, &mut t, &mut pool);
         pool.health_check = read_health_check(cx, &mut t);
+        let sticky = super::sticky::read_sticky(cx, &mut t, base);
+        // A header or client-address key places users by consistent hashing.
+        pool.hash_keys = sticky
+            .as_ref()
+            .is_some_and(|s| s.key != super::StickyKey::Cookie);
         let ca = t.opt::<PathBuf>(cx, "ca").map(|p| base.join(p));
         if let Some(ca) = &ca {
             if let Err(e) = std::fs::metadata(ca) {
@@ -108,6 +113,7 @@ pub(super) fn read_pools(
             ca,
             dns,
             regional_dns,
+            sticky,
         });
     }
     pools

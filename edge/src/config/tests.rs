@@ -832,3 +832,81 @@ fn goaway_grace_has_a_default_and_zero_is_refused() {
     let bad = errors(&format!("[client]\ngoaway_grace = \"0s\"\n{pool}"));
     assert_eq!(bad, [(2, "client.goaway_grace".to_owned())]);
 }
+
+#[test]
+fn sticky_reads_with_its_defaults() {
+    let c = parse(
+        "[pools.web]\nendpoints = [\"http://127.0.0.1:8080\"]\nsticky = {}\n\n\
+         [pools.api]\nendpoints = [\"http://127.0.0.1:8081\"]\n\
+         sticky = { key = \"header:X-User\", ttl = \"10m\" }\n\n\
+         [[routes]]\npool = \"web\"\n",
+    )
+    .expect("valid");
+    let web = c.pools[0].sticky.as_ref().expect("web is sticky");
+    assert_eq!(web.key, StickyKey::Cookie);
+    assert_eq!(web.cookie, "edge_s");
+    assert_eq!(web.ttl, Duration::from_secs(3600));
+    assert!(!web.shared);
+    assert!(
+        !c.pools[0].settings.hash_keys,
+        "cookies pin, they do not hash"
+    );
+    let api = c.pools[1].sticky.as_ref().expect("api is sticky");
+    assert_eq!(api.key, StickyKey::Header("x-user".to_owned()));
+    assert_eq!(api.ttl, Duration::from_secs(600));
+    assert!(
+        c.pools[1].settings.hash_keys,
+        "a header key places by hashing"
+    );
+}
+
+#[test]
+fn sticky_mistakes_are_refused_with_their_keys() {
+    let pool = "[pools.web]\nendpoints = [\"http://127.0.0.1:8080\"]\n";
+    let cases = [
+        ("sticky = { key = \"session\" }", "pools.web.sticky.key"),
+        ("sticky = { cookie = \"a b\" }", "pools.web.sticky.cookie"),
+        ("sticky = { ttl = \"0s\" }", "pools.web.sticky.ttl"),
+        (
+            "sticky = { key = \"client_ip\", cookie = \"x\" }",
+            "pools.web.sticky.cookie",
+        ),
+        // Every edge must sign with the same key, so it cannot be generated.
+        ("sticky = { shared = true }", "pools.web.sticky.shared"),
+        // Assignments live in Redis: without [redis] there is nowhere to keep them.
+        (
+            "sticky = { key = \"client_ip\", shared = true }",
+            "pools.web.sticky.shared",
+        ),
+        (
+            "sticky = { secret_file = \"/nonexistent/key\" }",
+            "pools.web.sticky.secret_file",
+        ),
+    ];
+    for (line, key) in cases {
+        let got = errors(&format!("{pool}{line}\n"));
+        assert_eq!(got, vec![(3, key.to_owned())], "{line}");
+    }
+}
+
+#[test]
+fn a_short_sticky_secret_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let short = dir.path().join("short");
+    std::fs::write(&short, b"too short").expect("write");
+    let text = format!(
+        "[pools.web]\nendpoints = [\"http://127.0.0.1:8080\"]\nsticky = {{ secret_file = {:?} }}\n",
+        short.display().to_string()
+    );
+    let err = parse(&text).expect_err("refused").to_string();
+    assert!(err.contains("at least 16"), "{err}");
+    let long = dir.path().join("long");
+    std::fs::write(&long, [7u8; 32]).expect("write");
+    let text = format!(
+        "[redis]\nurl = \"redis://127.0.0.1:6379\"\n[pools.web]\nendpoints = [\"http://127.0.0.1:8080\"]\n\
+         sticky = {{ secret_file = {:?}, shared = true }}\n",
+        long.display().to_string()
+    );
+    let c = parse(&text).expect("a long enough key, shared");
+    assert!(c.pools[0].sticky.as_ref().is_some_and(|s| s.shared));
+}

@@ -34,6 +34,7 @@ impl Cx<'_> {
             peer,
             backend: NO_BACKEND,
             placed: None,
+            sticky: None,
         }
     }
 }

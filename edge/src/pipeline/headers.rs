@@ -260,3 +260,15 @@ pub fn append_via(h: &mut HeaderMap, version: Version) {
 
 #[cfg(test)]
 mod tests;
+
+/// The value of cookie `name` in the request's `Cookie` fields (the first one).
+pub fn cookie<'h>(h: &'h HeaderMap, name: &str) -> Option<&'h [u8]> {
+    h.get_all(http::header::COOKIE)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|b| *b == b';'))
+        .find_map(|pair| {
+            let pair = pair.trim_ascii();
+            let eq = pair.iter().position(|b| *b == b'=')?;
+            (pair[..eq].trim_ascii() == name.as_bytes()).then(|| pair[eq + 1..].trim_ascii())
+        })
+}

@@ -208,7 +208,7 @@ impl Rule {
             LimitKey::ClientIp => return Some(admitted.client.to_string()),
             LimitKey::Route => return Some(route.pool.name().to_owned()),
             LimitKey::Header(name) => req.headers().get(name.as_str())?.as_bytes().to_vec(),
-            LimitKey::Cookie(name) => cookie(req, name)?,
+            LimitKey::Cookie(name) => super::headers::cookie(req.headers(), name)?.to_vec(),
         };
         Some(match std::str::from_utf8(&raw) {
             Ok(s) if s.len() <= MAX_RAW_KEY && s.bytes().all(|b| b.is_ascii_graphic()) => {
@@ -225,20 +225,6 @@ impl Rule {
             }
         })
     }
-}
-
-/// The value of cookie `name` in the request's `Cookie` fields.
-fn cookie(req: &Request<Body>, name: &str) -> Option<Vec<u8>> {
-    req.headers()
-        .get_all(header::COOKIE)
-        .iter()
-        .flat_map(|v| v.as_bytes().split(|b| *b == b';'))
-        .find_map(|pair| {
-            let pair = pair.trim_ascii();
-            let eq = pair.iter().position(|b| *b == b'=')?;
-            (pair[..eq].trim_ascii() == name.as_bytes())
-                .then(|| pair[eq + 1..].trim_ascii().to_vec())
-        })
 }
 
 /// Whole seconds, rounded up, at least 1.

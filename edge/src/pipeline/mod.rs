@@ -17,6 +17,7 @@ mod path;
 mod respond;
 mod route;
 mod select;
+mod sticky;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -35,6 +36,7 @@ use crate::cache::Cache;
 use crate::config::Config;
 use crate::locality::{Geo, Placed};
 use crate::metrics::{Metrics, Proto};
+use crate::shared::redis::Redis;
 use crate::start::StartError;
 
 /// Everything the pipeline needs, built from one config and swapped whole on reload.
@@ -58,6 +60,10 @@ pub struct Proxy {
     rate_limits: limit::Rules,
     /// Their counters; like the cache, they outlive reloads and are handed in.
     limit_store: Option<Arc<limit::Store>>,
+    /// Each pool's sticky sessions (same order as `pools`).
+    sticky: Vec<Option<sticky::Sticky>>,
+    /// The shared Redis, handed in (kept across reloads) for shared stickiness.
+    redis: Option<Arc<Redis>>,
 }
 
 /// The backend label when no pool was chosen.
@@ -74,7 +80,16 @@ impl Proxy {
             None => None,
         };
         let mut pools = Vec::with_capacity(config.pools.len());
+        let mut sticky = Vec::with_capacity(config.pools.len());
         for p in &config.pools {
+            sticky.push(match &p.sticky {
+                Some(s) => Some(
+                    sticky::Sticky::new(p.name(), s, &config.state_dir).map_err(|e| {
+                        StartError::Setup(format!("pools.{}.sticky: {e}", p.name()))
+                    })?,
+                ),
+                None => None,
+            });
             let pool = Arc::new(build_pool(p)?);
             let discover = |dns: &upstream::discovery::DnsConfig| {
                 let dns = dns.clone();
@@ -116,6 +131,8 @@ impl Proxy {
             cache: None,
             rate_limits: limit::Rules::new(&config.rate_limits),
             limit_store: None,
+            sticky,
+            redis: None,
             body: BodyLimits {
                 max_bytes: config.client.max_body_bytes,
                 idle: config.client.body_idle_timeout,
@@ -134,6 +151,20 @@ impl Proxy {
     /// The rate limit counters, for the next config's `Proxy`.
     pub fn rate_limit_store(&self) -> Option<Arc<limit::Store>> {
         self.limit_store.clone()
+    }
+
+    /// Keeps shared sticky assignments in `redis` (kept across reloads).
+    pub fn with_redis(mut self, redis: Option<Arc<Redis>>) -> Self {
+        for s in self.sticky.iter_mut().flatten() {
+            s.set_redis(redis.clone());
+        }
+        self.redis = redis;
+        self
+    }
+
+    /// The shared Redis, for the next config's `Proxy`.
+    pub fn redis(&self) -> Option<Arc<Redis>> {
+        self.redis.clone()
     }
 
     /// Serves cacheable routes through `cache` (when `Some`).
@@ -180,6 +211,8 @@ pub struct Cx<'p> {
     backend: &'p str,
     /// Where `select` placed a regional pool's client.
     placed: Option<(&'p Geo, Placed)>,
+    /// A sticky pool's pin, for `respond` to remember where the user went.
+    sticky: Option<sticky::Pin<'p>>,
 }
 
 /// A phase's verdict on whether the request goes on.

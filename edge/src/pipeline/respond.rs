@@ -1,6 +1,6 @@
 //! Phase `respond`: the client's answer — an upstream response with its
 //! hop-by-hop headers out and edge's own in (request id, Via, the client's
-//! version, the geo debug header), or an error page — then the log line and the
+//! version, the geo debug header, a sticky pool's cookie), or an error page — then the log line and the
 //! request's metrics. Every request ends here, whatever phase it stopped in.
 
 use http::{HeaderValue, Response};
@@ -26,6 +26,9 @@ pub async fn respond(
         Ok(Reply::Forwarded(mut resp)) => {
             if let Some((geo, placed)) = &cx.placed {
                 note_region(geo, placed, metrics, cx.backend, &mut resp);
+            }
+            if let Some(pin) = &cx.sticky {
+                pin.remember(&mut resp, cx.peer.tls, metrics);
             }
             let upstream_version = resp.version();
             let h = resp.headers_mut();

@@ -19,6 +19,8 @@ pub struct Route<'p> {
     pub pool: &'p Arc<Pool<Body>>,
     /// `Some` when the route's responses go through the cache.
     pub cache: Option<RouteCache>,
+    /// `Some` when the pool keeps users on one endpoint.
+    pub sticky: Option<&'p super::sticky::Sticky>,
 }
 
 /// Finds the request's route (404 without one) and limits its body (413 for a
@@ -40,6 +42,7 @@ pub async fn route<'p>(
     Ok(Route {
         pool,
         cache: matched.cache,
+        sticky: proxy.sticky.get(matched.pool).and_then(Option::as_ref),
     })
 }
 

@@ -32,6 +32,10 @@ pub struct PoolConfig {
     /// Certificates trusted for https endpoints in addition to the public web roots.
     pub extra_roots: Vec<CertificateDer<'static>>,
     pub policy: Policy,
+    /// Place a request carrying a [`crate::HashKey`] by consistent hashing even
+    /// when `policy` is not Maglev (sticky sessions keyed by a header or the
+    /// client address); requests without one are balanced by `policy`.
+    pub hash_keys: bool,
     /// Further tries after the first, each on another endpoint when there is one.
     pub max_retries: u32,
     /// Retries may add at most this share of the pool's requests...
@@ -81,6 +85,7 @@ impl PoolConfig {
             idle_timeout: Duration::from_secs(90),
             extra_roots: Vec::new(),
             policy: Policy::LeastRequest,
+            hash_keys: false,
             max_retries: 2,
             retry_budget: 0.2,
             retry_min_per_sec: 3,

@@ -77,6 +77,8 @@ pub struct Pool<B> {
     min_available_share: f64,
     health_check: Option<HealthCheck>,
     policy: Policy,
+    /// Whether a request's [`HashKey`] places it even when the policy is not Maglev.
+    hash_keys: bool,
     next: AtomicUsize,
     max_retries: u32,
     retry_statuses: Vec<StatusCode>,
@@ -94,7 +96,8 @@ struct Members<B> {
     backends: Vec<Arc<Backend<B>>>,
     /// Smooth weighted round robin over `backends` (weights from config or SRV).
     wrr: Mutex<SmoothWrr>,
-    /// The consistent-hash table, built only for `Policy::Maglev` pools.
+    /// The consistent-hash table, built for `Policy::Maglev` pools and for pools
+    /// told to place requests by their [`HashKey`] (`PoolConfig::hash_keys`).
     maglev: Option<Maglev>,
     /// Each backend's region, in a regional pool (empty otherwise).
     region: Vec<RegionId>,
@@ -107,12 +110,13 @@ impl<B> Members<B> {
         backends: Vec<Arc<Backend<B>>>,
         weights: &[u32],
         policy: Policy,
+        hash_keys: bool,
         region: Vec<RegionId>,
     ) -> Self {
         let mut regions = region.clone();
         regions.sort_unstable();
         regions.dedup();
-        let maglev = (policy == Policy::Maglev).then(|| {
+        let maglev = (policy == Policy::Maglev || hash_keys).then(|| {
             let names: Vec<String> = backends.iter().map(|b| b.addr.to_string()).collect();
             Maglev::new(&names, weights, hash_ring::DEFAULT_TABLE_SIZE)
                 .or_else(|_| Maglev::new(&names, weights, hash_ring::MAX_TABLE_SIZE))
@@ -144,7 +148,8 @@ pub struct HashKey(pub u64);
 /// [`ServedBy`]) while it is available — healthy, breaker not open, still a
 /// member, and (in a regional pool) in the client's first-choice region. When it
 /// is not, the pool's balancer chooses as if there were no preference. Only the
-/// first try honours it; retries go elsewhere as usual.
+/// first try honours it; retries go elsewhere as usual, and when that first try
+/// could not connect, the next one is not charged to the retry budget.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Prefer(pub u64);
 
@@ -192,7 +197,13 @@ impl<B: ReqBody> Pool<B> {
         regions.truncate(cfg.endpoints.len());
         Ok(Self {
             name: cfg.name,
-            members: ArcSwap::from_pointee(Members::new(backends, &weights, cfg.policy, regions)),
+            members: ArcSwap::from_pointee(Members::new(
+                backends,
+                &weights,
+                cfg.policy,
+                cfg.hash_keys,
+                regions,
+            )),
             protocol: cfg.protocol,
             breaker: cfg.breaker,
             max_connections: cfg.max_connections_per_endpoint,
@@ -215,6 +226,7 @@ impl<B: ReqBody> Pool<B> {
             response_timeout: cfg.response_timeout,
             health_check: cfg.health_check,
             policy: cfg.policy,
+            hash_keys: cfg.hash_keys,
             next: AtomicUsize::new(0),
             max_retries: cfg.max_retries,
             retry_statuses: cfg.retry_statuses,
@@ -289,6 +301,7 @@ impl<B: ReqBody> Pool<B> {
             backends,
             &weights,
             self.policy,
+            self.hash_keys,
             regions,
         )));
     }
@@ -407,12 +420,14 @@ impl<B: ReqBody> Pool<B> {
         let mut tried = Tried::default();
         let mut req = req;
         let members = self.members.load_full();
-        let key = req
-            .extensions()
-            .get::<HashKey>()
-            .map_or_else(|| fastrand::u64(..), |k| k.0);
+        let key = req.extensions().get::<HashKey>().map(|k| k.0);
         let regions = self.preference(&members, req.extensions().get::<Locality>());
         let mut prefer = req.extensions().get::<Prefer>().map(|p| p.0);
+        // A request pinned to one endpoint (sticky) whose first try could not
+        // even connect gets its next try free of the budget: a burst of pinned
+        // users meeting a freshly dead endpoint must not drain it for everyone,
+        // and a connect that failed put no load on anyone.
+        let mut pinned = prefer.is_some() || (key.is_some() && members.maglev.is_some());
         loop {
             let chosen = self.choose(&members, &tried, key, regions.as_deref(), prefer.take());
             let Some((i, admit)) = chosen else {
@@ -473,9 +488,16 @@ impl<B: ReqBody> Pool<B> {
                     attempt.failed_if(false);
                     return Err(error);
                 }
-                Err(Failed::Unsent(req, error)) => {
+                Err(Failed::Unsent(unsent, error)) => {
                     attempt.failed_if(error.is_connect());
-                    (error, *req, false)
+                    if pinned && error.is_connect() && self.has_untried(&members, &tried) {
+                        pinned = false;
+                        self.retries.fetch_add(1, Ordering::Relaxed);
+                        tracing::debug!(pool = %self.name, error = %error, "pinned endpoint unreachable; choosing another");
+                        req = *unsent;
+                        continue;
+                    }
+                    (error, *unsent, false)
                 }
                 Err(Failed::Sent { error, reused }) => {
                     // A stale pooled connection is not the endpoint's fault; a timeout is.
@@ -487,6 +509,7 @@ impl<B: ReqBody> Pool<B> {
                     }
                 }
             };
+            pinned = false;
             if (elsewhere_only && !self.has_untried(&members, &tried)) || !self.may_retry(&tried) {
                 return Err(error);
             }
@@ -591,7 +614,7 @@ impl<B: ReqBody> Pool<B> {
         &self,
         members: &Members<B>,
         tried: &Tried,
-        key: u64,
+        key: Option<u64>,
         regions: Option<&[RegionId]>,
         prefer: Option<u64>,
     ) -> Option<(usize, Admit)> {
@@ -636,10 +659,14 @@ impl<B: ReqBody> Pool<B> {
         members: &Members<B>,
         n: usize,
         ok: &impl Fn(usize) -> bool,
-        key: u64,
+        key: Option<u64>,
     ) -> Option<usize> {
         if let Some(table) = &members.maglev {
-            return table.pick(key, ok);
+            match key {
+                Some(k) => return table.pick(k, ok),
+                None if self.policy == Policy::Maglev => return table.pick(fastrand::u64(..), ok),
+                None => {}
+            }
         }
         match self.policy {
             Policy::RoundRobin => {
