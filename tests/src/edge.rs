@@ -211,6 +211,11 @@ impl EdgeConfig {
         if self.admin {
             out.push_str("admin = \"127.0.0.1:0\"\n");
         }
+        // What edge generates (local CA, sticky signing key) stays in the
+        // test's own directory, never in the home of whoever runs the tests.
+        if !self.top.iter().any(|(k, _)| k == "state_dir") {
+            out.push_str("state_dir = \"state\"\n");
+        }
         for (key, value) in &self.top {
             out.push_str(&format!("{key} = {value}\n"));
         }

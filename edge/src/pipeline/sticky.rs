@@ -297,15 +297,19 @@ fn generated_secret(state_dir: &Path) -> Result<Vec<u8>, String> {
         .collect();
     std::fs::create_dir_all(state_dir).map_err(|e| format!("{}: {e}", state_dir.display()))?;
     write_private(&path, &secret).map_err(|e| format!("{}: {e}", path.display()))?;
-    tracing::info!(path = %path.display(), "generated the sticky cookie signing key");
-    Ok(secret)
+    let kept = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    if kept == secret {
+        tracing::info!(path = %path.display(), "generated the sticky cookie signing key");
+    }
+    Ok(kept)
 }
 
-/// Writes `bytes` to a new file only its owner may read.
+/// Writes `bytes` to `path` unless it exists, readable by its owner only; two
+/// edges sharing `state_dir` that start together agree on the first one written.
 fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write as _;
     use std::os::unix::fs::OpenOptionsExt as _;
-    let tmp = path.with_extension("tmp");
+    let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
@@ -314,7 +318,13 @@ fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         .open(&tmp)?;
     f.write_all(bytes)?;
     f.sync_all()?;
-    std::fs::rename(&tmp, path)
+    // A link, not a rename: it fails when another process got there first.
+    let linked = std::fs::hard_link(&tmp, path);
+    let _ = std::fs::remove_file(&tmp);
+    match linked {
+        Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => Err(e),
+        _ => Ok(()),
+    }
 }
 
 #[cfg(test)]
