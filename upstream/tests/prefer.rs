@@ -144,3 +144,56 @@ async fn hash_keys_place_requests_consistently_on_a_least_request_pool() -> anyh
     assert_eq!(seen.len(), 3, "40 keys spread over all three endpoints");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pin_outside_the_clients_region_holds_until_its_region_spills_over() -> anyhow::Result<()>
+{
+    // Region 0 (the client's): two live endpoints. Region 1: one live, two dead.
+    let near = [Origin::start().await?, Origin::start().await?];
+    let far = Origin::start().await?;
+    let (d1, d2) = (dead_endpoint()?, dead_endpoint()?);
+    let mut endpoints = near
+        .iter()
+        .map(|o| EndpointAddr::parse(&o.url()))
+        .collect::<Result<Vec<_>, _>>()?;
+    let far_addr = EndpointAddr::parse(&far.url())?;
+    endpoints.extend([far_addr.clone(), d1.clone(), d2]);
+    let mut cfg = PoolConfig::new("sticky-geo", endpoints);
+    cfg.protocol = Protocol::H1;
+    cfg.regions = vec![0, 0, 1, 1, 1];
+    let pool = Pool::<Empty<Bytes>>::new(cfg)?;
+    let id = |a: &EndpointAddr| upstream::hash_ring::key(a.to_string().as_bytes());
+    let send = |prefer: u64| {
+        let mut req = request(Some(prefer));
+        req.extensions_mut().insert(upstream::Locality {
+            order: std::sync::Arc::from([0, 1]),
+        });
+        pool.send(req)
+    };
+    let served = |resp: &http::Response<_>| resp.extensions().get::<ServedBy>().map(|s| s.0);
+
+    // Region 1 has all three endpoints in rotation (breakers closed): the pin
+    // on its live endpoint holds, though the client's own region is healthy.
+    for _ in 0..10 {
+        assert_eq!(served(&send(id(&far_addr)).await?), Some(id(&far_addr)));
+    }
+    // Pins on a dead endpoint open its breaker (each moves without an error)...
+    for _ in 0..5 {
+        let resp = send(id(&d1)).await?;
+        assert_eq!(resp.status(), 200);
+    }
+    // ...and with 2 of 3 left region 1 is under the 0.71 threshold: spilling, so
+    // the pin on its live endpoint gives way to the client's region.
+    let near_ids: Vec<u64> = near
+        .iter()
+        .map(|o| EndpointAddr::parse(&o.url()).map(|a| id(&a)))
+        .collect::<Result<_, _>>()?;
+    for _ in 0..10 {
+        let got = served(&send(id(&far_addr)).await?).unwrap_or_default();
+        assert!(
+            near_ids.contains(&got),
+            "served by {got:x}, not the client's region"
+        );
+    }
+    Ok(())
+}

@@ -146,8 +146,9 @@ pub struct HashKey(pub u64);
 
 /// Request extension: send the request to the endpoint with this stable id (see
 /// [`ServedBy`]) while it is available — healthy, breaker not open, still a
-/// member, and (in a regional pool) in the client's first-choice region. When it
-/// is not, the pool's balancer chooses as if there were no preference. Only the
+/// member, and (in a regional pool) in the request's first-choice region or in a
+/// region that is not spilling over (healthy share at or above the threshold).
+/// When it is not, the pool's balancer chooses as if there were no preference. Only the
 /// first try honours it; retries go elsewhere as usual, and when that first try
 /// could not connect, the next one is not charged to the retry budget.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -622,14 +623,27 @@ impl<B: ReqBody> Pool<B> {
         let backends = &members.backends;
         let n = backends.len();
         let available = available(members, now);
-        let in_first_region = |i: usize| match regions.and_then(|order| order.first()) {
-            None => regions.is_none(),
-            Some(&r) => members.region.get(i) == Some(&r),
+        // A pin outside the region this request would go to first is kept while
+        // its own region is not spilling over (its healthy share at or above the
+        // threshold): stickiness wins over locality until that region is in trouble.
+        let region_holds = |i: usize| {
+            let (Some(order), Some(&r)) = (regions, members.region.get(i)) else {
+                return regions.is_none();
+            };
+            if order.first() == Some(&r) {
+                return true;
+            }
+            let (mut up, mut total) = (0, 0);
+            for (j, _) in members.region.iter().enumerate().filter(|(_, &x)| x == r) {
+                total += 1;
+                up += usize::from(available(j));
+            }
+            geo::spillover::healthy_share(up, total) >= self.overprovisioning.threshold()
         };
         if let Some(id) = prefer {
             let preferred = (0..n)
                 .find(|&i| backends[i].id == id)
-                .filter(|&i| available(i) && in_first_region(i));
+                .filter(|&i| available(i) && region_holds(i));
             if let Some(i) = preferred {
                 match backends[i].breaker().try_acquire(now) {
                     Admit::No => {}
