@@ -11,8 +11,13 @@
 #
 # Knobs (environment): QUICK, REPS, DURATION (seconds per load run), CONNS,
 # H2_STREAMS, IDLE_N1/IDLE_N2 (idle TCP and TLS connections), QUIC_N1/QUIC_N2,
-# SCENARIOS (any of: h1 h2 h3 1m cache idle), RESULTS (markdown output file),
-# EDGE_BIN (an edge binary to test instead of building the work tree).
+# SCENARIOS (any of: h1 h2 h3 1m cache idle features), RESULTS (markdown output
+# file), EDGE_BIN (an edge binary to test instead of building the work tree),
+# PROXIES (the peers to run, default "nginx haproxy caddy edge"; edge always).
+#
+# `features` is edge alone, three ways on the h1 load: as configured in
+# conf/edge.toml, with one local rate limit that never refuses, and with sticky
+# cookies (every request carrying a valid one): the cost per request of each.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -50,7 +55,11 @@ MAXCONN=19000
 # in flight at the deadline and count them as errors).
 H3_GUESS_RPS=10000
 
-PROXIES=(nginx haproxy caddy edge)
+read -ra PROXIES <<<"${PROXIES:-nginx haproxy caddy edge}"
+[[ " ${PROXIES[*]} " == *" edge "* ]] || PROXIES+=(edge)
+# edge with one feature on each, for the `features` scenario.
+FEATURE_ROWS=(edge-limit edge-sticky)
+STICKY_COOKIE=
 EDGE_WHAT=""
 HZ=$(getconf CLK_TCK)
 
@@ -144,8 +153,9 @@ tree_rss() {
 install_deps() {
     local missing=()
     command -v nginx >/dev/null || missing+=(nginx)
-    command -v haproxy >/dev/null || missing+=(haproxy)
-    command -v caddy >/dev/null || missing+=(caddy)
+    if [[ " ${PROXIES[*]} " == *" haproxy "* ]]; then command -v haproxy >/dev/null || missing+=(haproxy); fi
+    if [[ " ${PROXIES[*]} " == *" caddy "* ]]; then command -v caddy >/dev/null || missing+=(caddy); fi
+    command -v curl >/dev/null || missing+=(curl)
     command -v wrk >/dev/null || missing+=(wrk)
     command -v h2load >/dev/null || missing+=(nghttp2-client)
     command -v taskset >/dev/null || missing+=(util-linux)
@@ -166,7 +176,7 @@ install_deps() {
         log "installing aioquic"
         "$PY" -m pip install -q aioquic
     fi
-    if [[ ! -x $OHA ]]; then
+    if has h3 && [[ ! -x $OHA ]]; then
         log "building oha (http3) into $TOOLS"
         cargo install --locked --root "$TOOLS" oha --features http3
     fi
@@ -192,7 +202,7 @@ build_edge() {
 
 # ---------------------------------------------------------------- configs, start
 
-declare -A HTTP_PORT=() TLS_PORT=()
+declare -A HTTP_PORT=() TLS_PORT=() ADMIN_PORT=()
 
 render() { # template output http_port tls_port
     sed -e "s|@DIR@|$WORK|g" \
@@ -227,13 +237,22 @@ start() { # name
         env GOMAXPROCS=1 HOME="$dir" XDG_DATA_HOME="$dir/data" XDG_CONFIG_HOME="$dir/config" \
             taskset -c 0 caddy run --config "$dir/Caddyfile" --adapter caddyfile >"$dir/out.log" 2>&1 &
         ;;
-    edge)
+    edge | edge-limit | edge-sticky)
         render "$CONF/edge.toml" "$dir/edge.toml" "${HTTP_PORT[$name]}" "${TLS_PORT[$name]}"
+        # conf/edge.toml ends inside [pools.default]: a pool key appended lands there.
+        case $name in
+        edge-limit)
+            # Matches every request, never refuses: the cost of the decision alone.
+            printf '\n[[rate_limits]]\nname = "bench"\nkey = "client_ip"\nrate = "10000000/s"\nburst = 10000000\n' >>"$dir/edge.toml"
+            ;;
+        edge-sticky) printf 'sticky = {}\n' >>"$dir/edge.toml" ;;
+        esac
         # The pool and routes come from the file: only /cached goes through the
         # cache, so the other scenarios measure the same pass-through as before.
-        taskset -c 0 "$WORK/bin/edge" run -c "$dir/edge.toml" \
+        # STATE_DIRECTORY: the sticky signing key is generated in the work dir.
+        STATE_DIRECTORY="$dir/state" taskset -c 0 "$WORK/bin/edge" run -c "$dir/edge.toml" \
             --listen "127.0.0.1:${TLS_PORT[$name]}" --http-listen "127.0.0.1:${HTTP_PORT[$name]}" \
-            --admin "127.0.0.1:$EDGE_ADMIN_PORT" --workers 1 \
+            --admin "127.0.0.1:${ADMIN_PORT[$name]}" --workers 1 \
             --cert "$WORK/cert.pem" --key "$WORK/key.pem" >"$dir/out.log" 2>&1 &
         ;;
     *) die "unknown process $name" ;;
@@ -282,12 +301,13 @@ run_load() { # scenario row repetition
         cpu0=$(tree_cpu "$pid")
     fi
     case $scen in
-    h1 | 1m | cache)
-        local path=/
+    h1 | 1m | cache | features)
+        local path=/ headers=()
         [[ $scen == 1m ]] && path=/1m
         [[ $scen == cache ]] && path=/cached
+        [[ $row == edge-sticky ]] && headers=(-H "Cookie: $STICKY_COOKIE")
         timeout -k 5 $((DURATION + 60)) taskset -c 1 \
-            wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency "http://127.0.0.1:$(port_for "$row" http)$path" \
+            wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency "${headers[@]}" "http://127.0.0.1:$(port_for "$row" http)$path" \
             >"$out.txt" 2>&1 || rc=$?
         res=$("$PY" "$WORK/bench.py" parse-wrk "$out.txt") || rc=$?
         ;;
@@ -336,8 +356,11 @@ rows_for() { # scenario repetition
     if [[ $1 == h3 ]]; then
         rows=(caddy edge)
     elif [[ $1 == cache ]]; then
-        # Cache hits: the two proxies with a response cache configured.
-        rows=(direct nginx edge)
+        # Cache hits: the proxies with a response cache configured.
+        rows=(direct edge)
+        [[ " ${PROXIES[*]} " == *" nginx "* ]] && rows+=(nginx)
+    elif [[ $1 == features ]]; then
+        rows=(edge "${FEATURE_ROWS[@]}")
     else
         rows=(direct "${PROXIES[@]}")
     fi
@@ -424,34 +447,43 @@ main() {
     head -c 1048576 /dev/urandom >"$WORK/www/1m"
 
     local ports
-    read -ra ports <<<"$("$PY" "$WORK/bench.py" ports 11)"
+    local started=("${PROXIES[@]}")
+    has features && started+=("${FEATURE_ROWS[@]}")
+    read -ra ports <<<"$("$PY" "$WORK/bench.py" ports $((2 + 3 * ${#started[@]})))"
     ORIGIN_PORT=${ports[0]}
     ORIGIN_TLS_PORT=${ports[1]}
-    EDGE_ADMIN_PORT=${ports[2]}
     HTTP_PORT[origin]=$ORIGIN_PORT
     TLS_PORT[origin]=$ORIGIN_TLS_PORT
-    local i=3 p
-    for p in "${PROXIES[@]}"; do
+    local i=2 p
+    for p in "${started[@]}"; do
         HTTP_PORT[$p]=${ports[$i]}
         TLS_PORT[$p]=${ports[$((i + 1))]}
-        i=$((i + 2))
+        ADMIN_PORT[$p]=${ports[$((i + 2))]}
+        i=$((i + 3))
     done
 
     log "work dir $WORK; origin 127.0.0.1:$ORIGIN_PORT (h1), :$ORIGIN_TLS_PORT (h2/TLS)"
     start origin
-    for p in "${PROXIES[@]}"; do
+    for p in "${started[@]}"; do
         start "$p"
         log "$p up, pid ${PID_OF[$p]}, http :${HTTP_PORT[$p]}, tls :${TLS_PORT[$p]}"
     done
+    if has features; then
+        # One valid cookie, sent on every request of the edge-sticky row: the
+        # steady state (verify and keep), not a first visit's sign-and-set.
+        STICKY_COOKIE=$(curl -s -o /dev/null -D - "http://127.0.0.1:${HTTP_PORT[edge-sticky]}/" |
+            sed -n 's/^[Ss]et-[Cc]ookie: \(edge_s=[0-9a-f]*\).*/\1/p' | tr -d '\r')
+        [[ -n $STICKY_COOKIE ]] || die "edge-sticky set no cookie"
+    fi
 
     # Warm-up, not recorded: pools to the origin, page cache, allocators.
-    for p in direct "${PROXIES[@]}"; do
+    for p in direct "${started[@]}"; do
         taskset -c 1 wrk -t1 -c"$CONNS" -d1s "http://127.0.0.1:$(port_for "$p" http)/" >/dev/null 2>&1 || true
     done
 
     local rep scen row
     for ((rep = 1; rep <= REPS; rep++)); do
-        for scen in h1 h2 h3 1m cache; do
+        for scen in h1 h2 h3 1m cache features; do
             has "$scen" || continue
             for row in $(rows_for "$scen" "$rep"); do
                 run_load "$scen" "$row" "$rep"
@@ -466,7 +498,7 @@ main() {
             idle_measure "$row" tls
         done
         for row in caddy edge; do
-            idle_measure "$row" quic
+            [[ " ${PROXIES[*]} " == *" $row "* ]] && idle_measure "$row" quic
         done
     fi
 
@@ -475,8 +507,8 @@ main() {
         echo
         echo "- Edge: $EDGE_WHAT"
         echo "- Machine: $(nproc) cores, $(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo), $(sed -n 's/^PRETTY_NAME="\(.*\)"$/\1/p' /etc/os-release), kernel $(uname -r)"
-        echo "- Peers: nginx $(nginx -v 2>&1 | sed 's|.*/||'), HAProxy $(haproxy -v | awk 'NR == 1 { print $3 }'), Caddy $(caddy version | awk '{ print $1 }')"
-        echo "- Load: wrk $(wrk -v 2>&1 | awk 'NR == 1 { print $2 }'), h2load $(h2load --version | awk '{ print $2 }'), oha $("$OHA" --version | awk '{ print $2 }')"
+        echo "- Peers: ${PROXIES[*]}; nginx $(nginx -v 2>&1 | sed 's|.*/||')$(command -v haproxy >/dev/null && echo ", HAProxy $(haproxy -v | awk 'NR == 1 { print $3 }')")$(command -v caddy >/dev/null && echo ", Caddy $(caddy version | awk '{ print $1 }')")"
+        echo "- Load: wrk $(wrk -v 2>&1 | awk 'NR == 1 { print $2 }'), h2load $(h2load --version | awk '{ print $2 }')$([[ -x $OHA ]] && echo ", oha $("$OHA" --version | awk '{ print $2 }')")"
         echo "- Settings: REPS=$REPS DURATION=${DURATION}s CONNS=$CONNS H2_STREAMS=$H2_STREAMS IDLE=$IDLE_N1→$IDLE_N2 QUIC=$QUIC_N1→$QUIC_N2"
         echo
         "$PY" "$WORK/bench.py" report "$RUNS" "$IDLE"
@@ -830,8 +862,9 @@ SCENARIOS = [
     ("h3", "HTTP/3, 2-byte body (oha --http-version 3)", "caddy"),
     ("1m", "HTTP/1.1 keep-alive, 1 MiB body (wrk, plain HTTP)", "nginx"),
     ("cache", "Cache hits: HTTP/1.1 keep-alive, 2-byte body from the proxy's cache (nginx proxy_cache, edge L1)", "nginx"),
+    ("features", "Features on the request path: HTTP/1.1 keep-alive, 2-byte body; edge as configured, with one local rate limit (never refusing), with a sticky cookie on every request", "edge"),
 ]
-ROW_ORDER = ["direct", "nginx", "haproxy", "caddy", "edge"]
+ROW_ORDER = ["direct", "nginx", "haproxy", "caddy", "edge", "edge-limit", "edge-sticky"]
 
 
 def per_rep_ratio(runs, scen, row, ref):

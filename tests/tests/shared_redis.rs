@@ -3,7 +3,10 @@
 //! edges share the cache's L2 through it; a master is killed mid-load, and the
 //! test checks that no client sees an error, that the failure shows in the
 //! metrics, and that the edges follow the failover (what one edge writes after
-//! it, the other reads from L2). Every wait is a condition with a deadline.
+//! it, the other reads from L2). Also a TLS-only redis-server with a password:
+//! two edges share L2 through it (verifying it against the test CA), and an
+//! edge with the wrong password serves every request without it. Every wait is
+//! a condition with a deadline.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -213,5 +216,122 @@ async fn behind_sentinel_the_edges_follow_a_failover_to_the_new_master() -> anyh
         reconnects.unwrap_or(0.0) >= 2.0,
         "edge A should have connected twice (start, after the failover):\n{page}"
     );
+    Ok(())
+}
+
+/// A redis-server speaking only TLS (the test CA's `localhost` leaf) and asking
+/// for `password`; killed (this pid only) when dropped.
+struct TlsRedis {
+    child: std::process::Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl TlsRedis {
+    async fn start(
+        pki: &edge_tests::pki::Pki,
+        ca: &std::path::Path,
+        password: &str,
+    ) -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let leaf = pki.leaf();
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", "0", "--tls-port", &port.to_string()])
+            .arg("--tls-cert-file")
+            .arg(&leaf.cert)
+            .arg("--tls-key-file")
+            .arg(&leaf.key)
+            .arg("--tls-ca-cert-file")
+            .arg(ca)
+            .args(["--tls-auth-clients", "no", "--requirepass", password])
+            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(dir.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()?;
+        let redis = Self {
+            child,
+            port,
+            _dir: dir,
+        };
+        eventually("redis-server answering PING over TLS", DEADLINE, || async {
+            let out = tokio::process::Command::new("redis-cli")
+                .args([
+                    "--tls",
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    &port.to_string(),
+                    "-a",
+                    password,
+                ])
+                .arg("--cacert")
+                .arg(ca)
+                .args(["--no-auth-warning", "PING"])
+                .output()
+                .await?;
+            Ok(String::from_utf8_lossy(&out.stdout)
+                .contains("PONG")
+                .then_some(()))
+        })
+        .await?;
+        Ok(redis)
+    }
+}
+
+impl Drop for TlsRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_over_tls_with_a_password_is_shared_and_a_wrong_password_costs_no_request(
+) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let pki = edge_tests::pki::Pki::generate(dir.path())?;
+    let ca = dir.path().join("ca.pem");
+    let redis = TlsRedis::start(&pki, &ca, "s3cret-pw").await?;
+    let origin = Scripted::start(numbered()).await?;
+    let url = |pw: &str| format!("rediss://:{pw}@127.0.0.1:{}", redis.port);
+    let tls = |pw: &str| {
+        format!(
+            "url = {}\ntls_ca = {}",
+            toml_str(&url(pw)),
+            toml_str(&ca.display().to_string())
+        )
+    };
+    // Both edges verify the server against the test CA and authenticate.
+    let a = edge(&origin, &tls("s3cret-pw")).await?;
+    let b = edge(&origin, &tls("s3cret-pw")).await?;
+    shared_through_l2(&a, &b, "tls").await?;
+
+    // A wrong password: the edge never connects, and every request is still
+    // answered (from the origin), with the failure in the metrics, not the logs of clients.
+    let config = EdgeConfig::new(origin.url())
+        .protocol("h1")
+        .cache_setting("enabled", "true")
+        .section(&format!(
+            "[redis]\n{}\ntimeout = \"300ms\"\nbreaker_failures = 3\nbreaker_cooldown = \"200ms\"\n",
+            tls("wrong")
+        ));
+    let wrong = Edge::start(&config).await?;
+    for i in 0..10 {
+        let got = get(wrong.http()?, &format!("/wrong/{i}"), &[]).await?;
+        assert_eq!(got.status, 200, "request {i}");
+    }
+    eventually("the failed connect counted", DEADLINE, || async {
+        let (failed, _) = wrong
+            .metric("proxy_redis_connects_total{outcome=\"failed\"}")
+            .await?;
+        Ok(failed.is_some_and(|n| n >= 1.0).then_some(()))
+    })
+    .await?;
+    assert_eq!(wrong.metric("proxy_redis_connected").await?.0, Some(0.0));
     Ok(())
 }
