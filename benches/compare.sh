@@ -17,7 +17,8 @@
 #
 # `features` is edge alone, three ways on the h1 load: as configured in
 # conf/edge.toml, with one local rate limit that never refuses, and with sticky
-# cookies (every request carrying a valid one): the cost per request of each.
+# cookies (every request carrying a valid one), and with the access log on (JSON
+# to a file): the cost per request of each.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -58,7 +59,7 @@ H3_GUESS_RPS=10000
 read -ra PROXIES <<<"${PROXIES:-nginx haproxy caddy edge}"
 [[ " ${PROXIES[*]} " == *" edge "* ]] || PROXIES+=(edge)
 # edge with one feature on each, for the `features` scenario.
-FEATURE_ROWS=(edge-limit edge-sticky)
+FEATURE_ROWS=(edge-limit edge-sticky edge-log)
 STICKY_COOKIE=
 EDGE_WHAT=""
 HZ=$(getconf CLK_TCK)
@@ -211,6 +212,8 @@ render() { # template output http_port tls_port
         -e "s|@HTTP_PORT@|$3|g" \
         -e "s|@TLS_PORT@|$4|g" \
         -e "s|@MAXCONN@|$MAXCONN|g" \
+        -e "s|@ACCESS_LOG@|${ACCESS_LOG:-off}|g" \
+        -e "s|@ACCESS_FILE@|$(dirname "$2")/access.log|g" \
         "$1" >"$2"
     if grep -v '^[[:space:]]*#' "$2" | grep -q '@[A-Z_]*@'; then die "$2: unfilled placeholder"; fi
 }
@@ -237,8 +240,10 @@ start() { # name
         env GOMAXPROCS=1 HOME="$dir" XDG_DATA_HOME="$dir/data" XDG_CONFIG_HOME="$dir/config" \
             taskset -c 0 caddy run --config "$dir/Caddyfile" --adapter caddyfile >"$dir/out.log" 2>&1 &
         ;;
-    edge | edge-limit | edge-sticky)
-        render "$CONF/edge.toml" "$dir/edge.toml" "${HTTP_PORT[$name]}" "${TLS_PORT[$name]}"
+    edge | edge-limit | edge-sticky | edge-log)
+        local access=off
+        [[ $name == edge-log ]] && access=json
+        ACCESS_LOG=$access render "$CONF/edge.toml" "$dir/edge.toml" "${HTTP_PORT[$name]}" "${TLS_PORT[$name]}"
         # conf/edge.toml ends inside [pools.default]: a pool key appended lands there.
         case $name in
         edge-limit)
@@ -862,9 +867,9 @@ SCENARIOS = [
     ("h3", "HTTP/3, 2-byte body (oha --http-version 3)", "caddy"),
     ("1m", "HTTP/1.1 keep-alive, 1 MiB body (wrk, plain HTTP)", "nginx"),
     ("cache", "Cache hits: HTTP/1.1 keep-alive, 2-byte body from the proxy's cache (nginx proxy_cache, edge L1)", "nginx"),
-    ("features", "Features on the request path: HTTP/1.1 keep-alive, 2-byte body; edge as configured, with one local rate limit (never refusing), with a sticky cookie on every request", "edge"),
+    ("features", "Features on the request path: HTTP/1.1 keep-alive, 2-byte body; edge as configured, with one local rate limit (never refusing), with a sticky cookie on every request, with the access log on (JSON to a file)", "edge"),
 ]
-ROW_ORDER = ["direct", "nginx", "haproxy", "caddy", "edge", "edge-limit", "edge-sticky"]
+ROW_ORDER = ["direct", "nginx", "haproxy", "caddy", "edge", "edge-limit", "edge-sticky", "edge-log"]
 
 
 def per_rep_ratio(runs, scen, row, ref):

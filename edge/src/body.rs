@@ -233,9 +233,17 @@ pub struct Limited {
     /// fires, so a chunk costs no timer reset.
     timer: Pin<Box<Sleep>>,
     failed: bool,
+    /// Told the bytes received, for the access log (when it is on).
+    counter: Option<std::sync::Arc<std::sync::atomic::AtomicU64>>,
 }
 
 impl Limited {
+    /// Also counts the bytes received into `counter`.
+    pub fn counted(mut self, counter: std::sync::Arc<std::sync::atomic::AtomicU64>) -> Self {
+        self.counter = Some(counter);
+        self
+    }
+
     pub fn new(inner: Body, limits: BodyLimits) -> Self {
         let now = Instant::now();
         let mut body = Self {
@@ -246,6 +254,7 @@ impl Limited {
             last_data: now,
             timer: Box::pin(tokio::time::sleep_until(now)),
             failed: false,
+            counter: None,
         };
         let first = body.deadline();
         body.timer.as_mut().reset(first);
@@ -315,6 +324,9 @@ impl HttpBody for Limited {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
                     this.received = this.received.saturating_add(data.len() as u64);
+                    if let Some(c) = &this.counter {
+                        c.store(this.received, std::sync::atomic::Ordering::Relaxed);
+                    }
                     if this.received > this.limits.max_bytes {
                         return this.fail(BodyError::TooLarge {
                             limit: this.limits.max_bytes,

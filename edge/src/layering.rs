@@ -23,6 +23,8 @@ const LAYERS: &[(&str, u8)] = &[
     ("local_ca", 3),
     ("error", 3),
     ("metrics", 3),
+    // The access log's writer (formats and queues lines; knows config only).
+    ("access_log", 3),
     ("start", 3),
     ("cache", 4),
     ("pipeline", 5),

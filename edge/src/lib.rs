@@ -4,6 +4,7 @@
 //! `pipeline` decides and forwards through `upstream` pools; `error` is the one
 //! place failures become responses; `config` is the only code that knows TOML.
 
+pub mod access_log;
 pub mod body;
 pub mod cache;
 pub mod cert_time;

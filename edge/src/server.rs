@@ -46,6 +46,33 @@ fn build_redis(config: &Config, metrics: &Metrics) -> Result<Option<Arc<Redis>>,
     Ok(Some(redis))
 }
 
+/// The access log's writer, started once and kept across reloads (`[log]`
+/// changes need a restart); `None` when it is off.
+fn build_access_log(
+    config: &Config,
+    metrics: &Metrics,
+) -> Result<Option<Arc<crate::access_log::AccessLog>>, Error> {
+    use std::io::IsTerminal as _;
+    let format = config
+        .log
+        .access
+        .unwrap_or(if std::io::stdout().is_terminal() {
+            config::AccessFormat::Text
+        } else {
+            config::AccessFormat::Json
+        });
+    if format == config::AccessFormat::Off {
+        return Ok(None);
+    }
+    let log = crate::access_log::AccessLog::start(
+        format,
+        config.log.access_file.clone(),
+        metrics.registry(),
+    )
+    .map_err(|e| Error::Setup(format!("access log: {e}")))?;
+    Ok(Some(log))
+}
+
 /// The cache store, built once at start and kept across reloads (a reload must
 /// not empty L1 or drop the Redis connection); `[cache]` changes need a restart.
 fn build_cache(
@@ -97,12 +124,14 @@ pub async fn run(config: Config, reload: Option<Reloader>) -> Result<(), Error> 
     // the Redis of start: a `global` rule added by reload without it counts locally).
     let limits = crate::pipeline::RateLimitStore::new(redis.clone(), metrics.registry())
         .map_err(|e| Error::Setup(format!("rate limits: {e}")))?;
+    let access_log = build_access_log(&config, &metrics)?;
     let shared = Arc::new(Shared {
         proxy: ArcSwap::from_pointee(
             proxy
                 .with_cache(cache.clone())
                 .with_rate_limits(Some(limits))
-                .with_redis(redis.clone()),
+                .with_redis(redis.clone())
+                .with_access_log(access_log),
         ),
         metrics,
         cache,
@@ -248,10 +277,11 @@ async fn wait_for_signals(shared: &Shared, reload: Option<&Reloader>) {
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
         signal(SignalKind::hangup()),
+        signal(SignalKind::user_defined1()),
     );
-    let (mut term, mut int, mut hup) = match signals {
-        (Ok(t), Ok(i), Ok(h)) => (t, i, h),
-        (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => {
+    let (mut term, mut int, mut hup, mut usr1) = match signals {
+        (Ok(t), Ok(i), Ok(h), Ok(u)) => (t, i, h, u),
+        (Err(e), _, _, _) | (_, Err(e), _, _) | (_, _, Err(e), _) | (_, _, _, Err(e)) => {
             tracing::error!(error = %e, "cannot watch for signals; stop with SIGKILL");
             return std::future::pending::<()>().await;
         }
@@ -263,6 +293,13 @@ async fn wait_for_signals(shared: &Shared, reload: Option<&Reloader>) {
             _ = hup.recv() => match reload {
                 Some(reload) => apply_reload(shared, reload).await,
                 None => tracing::warn!("SIGHUP: started without a config file, nothing to reload"),
+            },
+            _ = usr1.recv() => match shared.proxy.load().access_log() {
+                Some(log) => {
+                    log.reopen();
+                    tracing::info!("SIGUSR1: reopening the access log");
+                }
+                None => tracing::info!("SIGUSR1: no access log to reopen"),
             },
         }
     }
@@ -294,7 +331,8 @@ async fn apply_reload(shared: &Shared, reload: &Reloader) {
         Ok(p) => p
             .with_cache(shared.cache.clone())
             .with_rate_limits(shared.proxy.load().rate_limit_store())
-            .with_redis(shared.proxy.load().redis()),
+            .with_redis(shared.proxy.load().redis())
+            .with_access_log(shared.proxy.load().access_log()),
         Err(e) => {
             shared.metrics.reload(false);
             let chain = crate::pipeline::error_chain(&e);

@@ -275,6 +275,15 @@ impl EdgeConfig {
             out.push_str(section);
             out.push('\n');
         }
+        // Tests read edge's output as its log: no access lines there unless a
+        // test asks for them with its own [log] section.
+        if !self
+            .sections
+            .iter()
+            .any(|s| s.trim_start().starts_with("[log]"))
+        {
+            out.push_str("\n[log]\naccess = \"off\"\n");
+        }
         out
     }
 }

@@ -23,7 +23,7 @@ async fn served_by(pool: &Pool<Empty<Bytes>>, prefer: Option<u64>) -> anyhow::Re
     anyhow::ensure!(resp.status() == 200, "status {}", resp.status());
     resp.extensions()
         .get::<ServedBy>()
-        .map(|s| s.0)
+        .map(|s| s.id)
         .ok_or_else(|| anyhow::anyhow!("no ServedBy on the response"))
 }
 
@@ -130,11 +130,11 @@ async fn hash_keys_place_requests_consistently_on_a_least_request_pool() -> anyh
     for user in 0..40u64 {
         let key = upstream::hash_ring::key(&user.to_be_bytes());
         let first = pool.send(keyed(key)).await?;
-        let first = first.extensions().get::<ServedBy>().map(|s| s.0);
+        let first = first.extensions().get::<ServedBy>().map(|s| s.id);
         for _ in 0..5 {
             let again = pool.send(keyed(key)).await?;
             assert_eq!(
-                again.extensions().get::<ServedBy>().map(|s| s.0),
+                again.extensions().get::<ServedBy>().map(|s| s.id),
                 first,
                 "user {user}"
             );
@@ -170,7 +170,7 @@ async fn a_pin_outside_the_clients_region_holds_until_its_region_spills_over() -
         });
         pool.send(req)
     };
-    let served = |resp: &http::Response<_>| resp.extensions().get::<ServedBy>().map(|s| s.0);
+    let served = |resp: &http::Response<_>| resp.extensions().get::<ServedBy>().map(|s| s.id);
 
     // Region 1 has all three endpoints in rotation (breakers closed): the pin
     // on its live endpoint holds, though the client's own region is healthy.

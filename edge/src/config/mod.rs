@@ -65,9 +65,42 @@ pub struct Config {
     /// `None` runs on local state only.
     pub redis: Option<Redis>,
     pub quic: Quic,
+    /// `[log]`: the access log.
+    pub log: Log,
     pub limits: Limits,
     /// `[[rate_limits]]`, in config order (every matching rule applies).
     pub rate_limits: Vec<RateLimit>,
+}
+
+/// `[log]`: the access log.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Log {
+    /// `None`: JSON when stdout is not a terminal, text when it is.
+    pub access: Option<AccessFormat>,
+    /// Where access lines go; stdout when `None`. Reopened on SIGUSR1.
+    pub access_file: Option<PathBuf>,
+}
+
+/// How access log lines are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AccessFormat {
+    Json,
+    Text,
+    Off,
+}
+
+impl FromToml for AccessFormat {
+    fn from_toml(v: &toml_edit::Value) -> Result<Self, String> {
+        match v.as_str() {
+            Some("json") => Ok(Self::Json),
+            Some("text") => Ok(Self::Text),
+            Some("off") => Ok(Self::Off),
+            Some(other) => Err(format!(
+                "expected \"json\", \"text\" or \"off\", found {other:?}"
+            )),
+            None => Err(format!("expected a string, found {}", v.type_name())),
+        }
+    }
 }
 
 /// Process-wide limits that protect the edge itself.
@@ -282,6 +315,7 @@ impl Config {
             limits: Limits::default(),
             rate_limits: Vec::new(),
             quic: Quic::default(),
+            log: Log::default(),
         }
     }
 
@@ -397,6 +431,7 @@ fn read(cx: &mut Cx<'_>, doc: &toml_edit::Table, base: &Path) -> Config {
     let redis = redis::read_redis(cx, &mut root, base);
     let redis = merge_legacy_redis(cx, &root, &cache, redis);
     let limits = read_limits(cx, &mut root);
+    let log = read_log(cx, &mut root, base);
     let rate_limits = rate_limits::read_rate_limits(cx, &mut root, &pools, redis.is_some());
     sticky::check_shared(cx, &pools, redis.is_some());
     let quic = read_quic(cx, &mut root);
@@ -420,6 +455,27 @@ fn read(cx: &mut Cx<'_>, doc: &toml_edit::Table, base: &Path) -> Config {
         limits,
         rate_limits,
         quic,
+        log,
+    }
+}
+
+fn read_log(cx: &mut Cx<'_>, root: &mut Table<'_>, base: &Path) -> Log {
+    let Some(mut t) = root.table(cx, "log") else {
+        return Log::default();
+    };
+    let access = t.opt::<AccessFormat>(cx, "access");
+    let access_file = t.opt::<PathBuf>(cx, "access_file").map(|p| base.join(p));
+    if let Some(dir) = access_file.as_ref().and_then(|p| p.parent()) {
+        if !dir.as_os_str().is_empty() && !dir.is_dir() {
+            let line = t.line_of(cx, "access_file");
+            let reason = format!("{} is not a directory", dir.display());
+            cx.error(line, &t.path("access_file"), reason);
+        }
+    }
+    t.finish(cx);
+    Log {
+        access,
+        access_file,
     }
 }
 

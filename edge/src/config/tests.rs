@@ -910,3 +910,29 @@ fn a_short_sticky_secret_is_refused() {
     let c = parse(&text).expect("a long enough key, shared");
     assert!(c.pools[0].sticky.as_ref().is_some_and(|s| s.shared));
 }
+
+#[test]
+fn the_access_log_is_read_and_its_mistakes_refused() {
+    let pool = "[pools.web]\nendpoints = [\"http://127.0.0.1:8080\"]\n";
+    let c = parse(pool).expect("valid");
+    assert_eq!(
+        c.log.access, None,
+        "JSON or text by the terminal when not set"
+    );
+    let c = parse(&format!(
+        "{pool}[log]\naccess = \"text\"\naccess_file = \"/tmp/a.log\"\n"
+    ))
+    .expect("valid");
+    assert_eq!(c.log.access, Some(AccessFormat::Text));
+    assert_eq!(c.log.access_file, Some(PathBuf::from("/tmp/a.log")));
+    assert_eq!(
+        errors(&format!("{pool}[log]\naccess = \"csv\"\n")),
+        vec![(4, "log.access".to_owned())]
+    );
+    assert_eq!(
+        errors(&format!(
+            "{pool}[log]\naccess_file = \"/nonexistent-dir/a.log\"\n"
+        )),
+        vec![(4, "log.access_file".to_owned())]
+    );
+}

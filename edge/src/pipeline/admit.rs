@@ -25,16 +25,50 @@ pub struct Admitted {
 
 impl Cx<'_> {
     /// The context of a request that just arrived: its id comes first, so every
-    /// answer from here on (even a refusal by `admit`) carries it.
-    pub fn new(peer: Peer, req: &Request<Body>) -> Self {
+    /// answer from here on (even a refusal by `admit`) carries it. With `log`,
+    /// the access log's record starts with what the request says of itself.
+    pub fn new(peer: Peer, req: &Request<Body>, log: bool) -> Self {
+        let id = headers::request_id(req.headers());
+        let log = log.then(|| {
+            let text = |v: Option<&http::HeaderValue>| {
+                v.map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+                    .unwrap_or_default()
+            };
+            let host = match req.uri().authority() {
+                Some(a) => a.as_str().to_owned(),
+                None => text(req.headers().get(http::header::HOST)),
+            };
+            Box::new(crate::access_log::Record {
+                started: Some(std::time::SystemTime::now()),
+                request_id: String::from_utf8_lossy(id.as_bytes()).into_owned(),
+                client: peer.ip.to_string(),
+                protocol: match req.version() {
+                    http::Version::HTTP_2 => "HTTP/2",
+                    http::Version::HTTP_3 => "HTTP/3",
+                    http::Version::HTTP_10 => "HTTP/1.0",
+                    _ => "HTTP/1.1",
+                },
+                tls: peer.tls,
+                method: req.method().as_str().to_owned(),
+                host,
+                path: req
+                    .uri()
+                    .path_and_query()
+                    .map_or_else(|| req.uri().to_string(), |p| p.as_str().to_owned()),
+                user_agent: text(req.headers().get(http::header::USER_AGENT)),
+                ..Default::default()
+            })
+        });
         Self {
             started: Instant::now(),
             version: req.version(),
-            id: headers::request_id(req.headers()),
+            id,
             peer,
             backend: NO_BACKEND,
             placed: None,
             sticky: None,
+            log,
+            request_bytes: None,
         }
     }
 }

@@ -31,6 +31,7 @@ pub use headers::{request_id, strip_hop_by_hop, to_upstream, Peer, REQUEST_ID};
 pub use limit::{gcra, Rules as RateLimitRules, Store as RateLimitStore};
 pub use route::Routes;
 
+use crate::access_log::AccessLog;
 use crate::body::{Body, BodyLimits};
 use crate::cache::Cache;
 use crate::config::Config;
@@ -64,6 +65,8 @@ pub struct Proxy {
     sticky: Vec<Option<sticky::Sticky>>,
     /// The shared Redis, handed in (kept across reloads) for shared stickiness.
     redis: Option<Arc<Redis>>,
+    /// The access log (kept across reloads), when it is on.
+    access: Option<Arc<AccessLog>>,
 }
 
 /// The backend label when no pool was chosen.
@@ -133,6 +136,7 @@ impl Proxy {
             limit_store: None,
             sticky,
             redis: None,
+            access: None,
             body: BodyLimits {
                 max_bytes: config.client.max_body_bytes,
                 idle: config.client.body_idle_timeout,
@@ -151,6 +155,17 @@ impl Proxy {
     /// The rate limit counters, for the next config's `Proxy`.
     pub fn rate_limit_store(&self) -> Option<Arc<limit::Store>> {
         self.limit_store.clone()
+    }
+
+    /// Writes a line per request to `log` (kept across reloads).
+    pub fn with_access_log(mut self, log: Option<Arc<AccessLog>>) -> Self {
+        self.access = log;
+        self
+    }
+
+    /// The access log, for the next config's `Proxy`.
+    pub fn access_log(&self) -> Option<Arc<AccessLog>> {
+        self.access.clone()
     }
 
     /// Keeps shared sticky assignments in `redis` (kept across reloads).
@@ -213,6 +228,10 @@ pub struct Cx<'p> {
     placed: Option<(&'p Geo, Placed)>,
     /// A sticky pool's pin, for `respond` to remember where the user went.
     sticky: Option<sticky::Pin<'p>>,
+    /// The access log's line for this request, when the log is on.
+    log: Option<Box<crate::access_log::Record>>,
+    /// The request body's bytes as they are read, for that line.
+    request_bytes: Option<Arc<std::sync::atomic::AtomicU64>>,
 }
 
 /// A phase's verdict on whether the request goes on.
@@ -238,9 +257,12 @@ pub async fn handle(
     peer: Peer,
     mut req: Request<Body>,
 ) -> Response<Body> {
-    let mut cx = Cx::new(peer, &req);
+    let mut cx = Cx::new(peer, &req, proxy.access.is_some());
     let reply = async {
         let admitted = admit::admit(proxy, &cx, &mut req).await?;
+        if let Some(r) = cx.log.as_mut() {
+            r.client = admitted.client.to_string();
+        }
         let route = route::route(proxy, &mut cx, &admitted, &mut req).await?;
         if let Flow::Answer(resp) = limit::limit(proxy, &cx, &admitted, &route, &req).await {
             return Ok(Reply::Answered(*resp));
@@ -251,7 +273,7 @@ pub async fn handle(
         Ok(Reply::Forwarded(resp))
     }
     .await;
-    respond::respond(&cx, metrics, reply).await
+    respond::respond(&mut cx, metrics, proxy.access.as_ref(), reply).await
 }
 
 impl Proto {

@@ -3,10 +3,13 @@
 //! version, the geo debug header, a sticky pool's cookie), or an error page — then the log line and the
 //! request's metrics. Every request ends here, whatever phase it stopped in.
 
+use std::sync::Arc;
+
 use http::{HeaderValue, Response};
 
 use super::headers::{self, strip_hop_by_hop, REQUEST_ID};
 use super::{Cx, Reply};
+use crate::access_log::{AccessLog, Logged, Record};
 use crate::body::Body;
 use crate::chain::error_chain;
 use crate::error::{ProxyError, Side};
@@ -16,19 +19,25 @@ use crate::metrics::{Metrics, Proto};
 /// The debug header naming the client's region, the chosen region and endpoint.
 const X_EDGE_GEO: http::HeaderName = http::HeaderName::from_static("x-edge-geo");
 
-/// Finishes the response and records the request.
+/// Finishes the response and records the request: metrics now, the access log
+/// line when the body has been sent.
 pub async fn respond(
-    cx: &Cx<'_>,
+    cx: &mut Cx<'_>,
     metrics: &Metrics,
+    access: Option<&Arc<AccessLog>>,
     reply: Result<Reply, ProxyError>,
 ) -> Response<Body> {
+    let mut error = "";
     let resp = match reply {
         Ok(Reply::Forwarded(mut resp)) => {
             if let Some((geo, placed)) = &cx.placed {
                 note_region(geo, placed, metrics, cx.backend, &mut resp);
             }
             if let Some(pin) = &cx.sticky {
-                pin.remember(&mut resp, cx.peer.tls, metrics);
+                let outcome = pin.remember(&mut resp, cx.peer.tls, metrics);
+                if let Some(r) = cx.log.as_mut() {
+                    r.sticky = outcome;
+                }
             }
             let upstream_version = resp.version();
             let h = resp.headers_mut();
@@ -47,16 +56,65 @@ pub async fn respond(
         Err(e) => {
             log_error(&e, &cx.id, cx.backend);
             metrics.error(e.kind.as_str(), e.side().as_str());
+            error = e.kind.as_str();
             e.to_response(&cx.id)
         }
     };
-    metrics.observe(
-        Proto::of(cx.version),
-        cx.backend,
-        resp.status(),
-        cx.started.elapsed(),
-    );
-    resp
+    let head = cx.started.elapsed();
+    metrics.observe(Proto::of(cx.version), cx.backend, resp.status(), head);
+    match (access, cx.log.take()) {
+        (Some(log), Some(record)) => logged(cx, log, *record, resp, head, error),
+        _ => resp,
+    }
+}
+
+/// Completes the access log's record with what the answer says and hands the
+/// body a way to write it when sent.
+fn logged(
+    cx: &mut Cx<'_>,
+    log: &Arc<AccessLog>,
+    mut r: Record,
+    resp: Response<Body>,
+    head: std::time::Duration,
+    error: &'static str,
+) -> Response<Body> {
+    r.status = resp.status().as_u16();
+    r.head_ms = head.as_secs_f64() * 1e3;
+    r.error = error;
+    if cx.backend != super::NO_BACKEND {
+        r.pool = cx.backend.to_owned();
+    }
+    if let Some(served) = resp.extensions().get::<upstream::ServedBy>() {
+        r.endpoint = served.endpoint.to_string();
+        r.tries = served.tries;
+    }
+    if let (Some((geo, _)), Some(served)) =
+        (&cx.placed, resp.extensions().get::<upstream::Served>())
+    {
+        r.region = geo.name(served.region).to_owned();
+    }
+    let header = |name: &str| resp.headers().get(name).and_then(|v| v.to_str().ok());
+    r.cache = header("cache-status").unwrap_or_default().to_owned();
+    if r.status == 429 {
+        // The rule's name is the policy's first item: `"NAME";q=..`.
+        if let Some(policy) = header("ratelimit-policy") {
+            r.limited = policy
+                .split(';')
+                .next()
+                .unwrap_or_default()
+                .trim_matches('"')
+                .to_owned();
+        }
+    }
+    let (parts, body) = resp.into_parts();
+    let body = Body::boxed(Logged::new(
+        body,
+        r,
+        Arc::clone(log),
+        cx.started,
+        cx.request_bytes.take(),
+    ));
+    Response::from_parts(parts, body)
 }
 
 /// Counts where a regional pool's request went, and names it in the debug

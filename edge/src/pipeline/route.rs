@@ -38,7 +38,15 @@ pub async fn route<'p>(
         .and_then(|m| Some((m, proxy.pools.get(m.pool)?)))
         .ok_or_else(|| ProxyError::new(ErrorKind::NoRoute, "no route for this host and path"))?;
     cx.backend = pool.name();
-    limit_body(req, proxy.body, matched.max_body_bytes)?;
+    if cx.log.is_some() {
+        cx.request_bytes = Some(Default::default());
+    }
+    limit_body(
+        req,
+        proxy.body,
+        matched.max_body_bytes,
+        cx.request_bytes.clone(),
+    )?;
     Ok(Route {
         pool,
         cache: matched.cache,
@@ -54,6 +62,7 @@ fn limit_body(
     req: &mut Request<Body>,
     limits: BodyLimits,
     max_bytes: Option<u64>,
+    counter: Option<Arc<std::sync::atomic::AtomicU64>>,
 ) -> Result<(), ProxyError> {
     if req.body().is_end_stream() {
         return Ok(());
@@ -69,7 +78,11 @@ fn limit_body(
         ));
     }
     let body = std::mem::take(req.body_mut());
-    *req.body_mut() = Body::Limited(Box::new(Limited::new(body, limits)));
+    let mut limited = Limited::new(body, limits);
+    if let Some(c) = counter {
+        limited = limited.counted(c);
+    }
+    *req.body_mut() = Body::Limited(Box::new(limited));
     Ok(())
 }
 

@@ -230,10 +230,16 @@ impl Sticky {
 impl Pin<'_> {
     /// Remembers where the request went: a cookie (set when it names another
     /// endpoint than the request's), or the shared assignment in Redis; counts
-    /// the outcome. A response that no endpoint served (a cache hit) changes nothing.
-    pub fn remember<B>(&self, resp: &mut Response<B>, secure: bool, metrics: &Metrics) {
-        let Some(served) = resp.extensions().get::<upstream::ServedBy>().map(|s| s.0) else {
-            return;
+    /// the outcome, and returns it. A response that no endpoint served (a cache
+    /// hit) changes nothing.
+    pub fn remember<B>(
+        &self,
+        resp: &mut Response<B>,
+        secure: bool,
+        metrics: &Metrics,
+    ) -> &'static str {
+        let Some(served) = resp.extensions().get::<upstream::ServedBy>().map(|s| s.id) else {
+            return "";
         };
         let s = self.sticky;
         let outcome = match (self.why, self.pinned) {
@@ -245,7 +251,7 @@ impl Pin<'_> {
         };
         metrics.sticky(&s.pool, outcome);
         if self.pinned == Some(served) {
-            return;
+            return outcome;
         }
         if s.key == StickyKey::Cookie {
             let mut cookie = format!(
@@ -279,6 +285,7 @@ impl Pin<'_> {
                     .await
             });
         }
+        outcome
     }
 }
 

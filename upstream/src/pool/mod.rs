@@ -154,11 +154,17 @@ pub struct HashKey(pub u64);
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Prefer(pub u64);
 
-/// Response extension on every upstream answer: the stable id of the endpoint
-/// that answered. The id is a hash of the endpoint's address, so it is the same
-/// on every edge and across restarts, and it names no address by itself.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ServedBy(pub u64);
+/// Response extension on every upstream answer: the endpoint that answered and
+/// how many tries the request took. The id is a hash of the endpoint's address,
+/// so it is the same on every edge and across restarts, and it names no address
+/// by itself (what a client may see); the address is for logs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServedBy {
+    pub id: u64,
+    pub endpoint: Arc<str>,
+    /// Tries the request took, this one included (1: no retry).
+    pub tries: u32,
+}
 
 /// The stable id of the endpoint with this address label.
 pub(crate) fn endpoint_id(label: &str) -> u64 {
@@ -453,7 +459,11 @@ impl<B: ReqBody> Pool<B> {
             // slow one would just get the request twice.
             let (error, again, elsewhere_only) = match result {
                 Ok(mut resp) => {
-                    resp.extensions_mut().insert(ServedBy(backend.id));
+                    resp.extensions_mut().insert(ServedBy {
+                        id: backend.id,
+                        endpoint: backend.label.clone(),
+                        tries: u32::try_from(tried.len()).unwrap_or(u32::MAX),
+                    });
                     if let Some(&region) = members.region.get(i) {
                         resp.extensions_mut().insert(Served {
                             endpoint: backend.label.clone(),
