@@ -3,7 +3,6 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use http::HeaderValue;
@@ -19,9 +18,6 @@ use crate::pipeline::Proxy;
 use crate::shared::Redis;
 use crate::start::StartError as Error;
 use crate::tls::{self, CertResolver};
-
-/// How long open connections get to finish after SIGTERM.
-const DRAIN_GRACE: Duration = Duration::from_secs(30);
 
 /// The shared Redis client, built once at start (a reload must not drop its
 /// connection) and only when a feature that uses it is on; `[redis]` changes
@@ -136,6 +132,7 @@ pub async fn run(config: Config, reload: Option<Reloader>) -> Result<(), Error> 
         metrics,
         cache,
         draining: CancellationToken::new(),
+        withdrawn: CancellationToken::new(),
         tasks: TaskTracker::new(),
         slots: listener::slots::Slots::new(&config),
         overload: listener::overload::Overload::new(config.limits.memory_high),
@@ -178,17 +175,53 @@ pub async fn run(config: Config, reload: Option<Reloader>) -> Result<(), Error> 
     tracing::info!("edge ready");
 
     wait_for_signals(&shared, reload.as_ref()).await;
-    tracing::info!("draining: no new connections; open ones finish within {DRAIN_GRACE:?}");
+    withdraw(&shared).await;
+    let grace = shared.config.drain.grace;
+    tracing::info!("draining: no new connections; open ones finish within {grace:?}");
     shared.draining.cancel();
     while loops.join_next().await.is_some() {}
     shared.tasks.close();
-    if tokio::time::timeout(DRAIN_GRACE, shared.tasks.wait())
+    if tokio::time::timeout(grace, shared.tasks.wait())
         .await
         .is_err()
     {
         tracing::warn!("drain grace over; closing the remaining connections");
     }
     Ok(())
+}
+
+/// The first step of leaving: `/healthz` answers 503 for `drain.delay` while
+/// every listener still serves, so GeoDNS health checks and load balancers
+/// take the edge out of rotation before it stops accepting. A second SIGTERM
+/// or SIGINT cuts the wait short.
+async fn withdraw(shared: &Shared) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let delay = shared.config.drain.delay;
+    if delay.is_zero() {
+        return;
+    }
+    shared.withdrawn.cancel();
+    tracing::info!(
+        "withdrawing: /healthz answers 503 for {delay:?} while traffic is still served; SIGTERM again to stop at once"
+    );
+    let again = async {
+        match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
+            (Ok(mut t), Ok(mut i)) => {
+                tokio::select! {
+                    _ = t.recv() => {},
+                    _ = i.recv() => {},
+                }
+            }
+            _ => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        () = tokio::time::sleep(delay) => {}
+        () = again => tracing::info!("second signal: stopping now"),
+    }
 }
 
 /// The certificates to serve at start: the configured files, else the local

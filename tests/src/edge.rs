@@ -284,6 +284,14 @@ impl EdgeConfig {
         {
             out.push_str("\n[log]\naccess = \"off\"\n");
         }
+        // Leave at once on SIGTERM, unless a test is about the withdrawal.
+        if !self
+            .sections
+            .iter()
+            .any(|s| s.trim_start().starts_with("[drain]"))
+        {
+            out.push_str("\n[drain]\ndelay = \"0s\"\n");
+        }
         out
     }
 }

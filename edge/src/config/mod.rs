@@ -67,9 +67,30 @@ pub struct Config {
     pub quic: Quic,
     /// `[log]`: the access log.
     pub log: Log,
+    /// `[drain]`: withdrawal and shutdown on SIGTERM.
+    pub drain: Drain,
     pub limits: Limits,
     /// `[[rate_limits]]`, in config order (every matching rule applies).
     pub rate_limits: Vec<RateLimit>,
+}
+
+/// `[drain]`: how the edge leaves on SIGTERM.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Drain {
+    /// `/healthz` answers 503 this long while traffic is still served, so
+    /// GeoDNS and load balancers withdraw the edge before it stops accepting.
+    pub delay: Duration,
+    /// Then open connections get this long to finish.
+    pub grace: Duration,
+}
+
+impl Default for Drain {
+    fn default() -> Self {
+        Self {
+            delay: Duration::from_secs(10),
+            grace: Duration::from_secs(30),
+        }
+    }
 }
 
 /// `[log]`: the access log.
@@ -316,6 +337,7 @@ impl Config {
             rate_limits: Vec::new(),
             quic: Quic::default(),
             log: Log::default(),
+            drain: Drain::default(),
         }
     }
 
@@ -432,6 +454,7 @@ fn read(cx: &mut Cx<'_>, doc: &toml_edit::Table, base: &Path) -> Config {
     let redis = merge_legacy_redis(cx, &root, &cache, redis);
     let limits = read_limits(cx, &mut root);
     let log = read_log(cx, &mut root, base);
+    let drain = read_drain(cx, &mut root);
     let rate_limits = rate_limits::read_rate_limits(cx, &mut root, &pools, redis.is_some());
     sticky::check_shared(cx, &pools, redis.is_some());
     let quic = read_quic(cx, &mut root);
@@ -456,7 +479,20 @@ fn read(cx: &mut Cx<'_>, doc: &toml_edit::Table, base: &Path) -> Config {
         rate_limits,
         quic,
         log,
+        drain,
     }
+}
+
+fn read_drain(cx: &mut Cx<'_>, root: &mut Table<'_>) -> Drain {
+    let d = Drain::default();
+    let Some(mut t) = root.table(cx, "drain") else {
+        return d;
+    };
+    // Zero is allowed for the delay: leave at once (a single edge, tests).
+    let delay = t.or(cx, "delay", d.delay);
+    let grace = positive(cx, &mut t, "grace", d.grace);
+    t.finish(cx);
+    Drain { delay, grace }
 }
 
 fn read_log(cx: &mut Cx<'_>, root: &mut Table<'_>, base: &Path) -> Log {

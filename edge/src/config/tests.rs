@@ -936,3 +936,18 @@ fn the_access_log_is_read_and_its_mistakes_refused() {
         vec![(4, "log.access_file".to_owned())]
     );
 }
+
+#[test]
+fn drain_reads_with_its_defaults_and_refuses_a_zero_grace() {
+    let pool = "[pools.web]\nendpoints = [\"http://127.0.0.1:8080\"]\n";
+    let c = parse(pool).expect("valid");
+    assert_eq!(c.drain.delay, Duration::from_secs(10));
+    assert_eq!(c.drain.grace, Duration::from_secs(30));
+    let c = parse(&format!("{pool}[drain]\ndelay = \"0s\"\ngrace = \"5s\"\n")).expect("valid");
+    assert_eq!(c.drain.delay, Duration::ZERO, "zero delay: leave at once");
+    assert_eq!(c.drain.grace, Duration::from_secs(5));
+    assert_eq!(
+        errors(&format!("{pool}[drain]\ngrace = \"0s\"\n")),
+        vec![(4, "drain.grace".to_owned())]
+    );
+}

@@ -55,7 +55,7 @@ pub async fn run(listener: TcpListener, shared: Arc<Shared>) {
 
 fn route(shared: &Shared, req: &Request<Incoming>) -> Response<Body> {
     let (status, content_type, body) = match req.uri().path() {
-        "/healthz" if shared.draining.is_cancelled() => (
+        "/healthz" if shared.withdrawn.is_cancelled() || shared.draining.is_cancelled() => (
             StatusCode::SERVICE_UNAVAILABLE,
             "text/plain",
             Bytes::from_static(b"draining\n"),

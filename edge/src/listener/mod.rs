@@ -38,6 +38,9 @@ pub struct Shared {
     pub cache: Option<std::sync::Arc<crate::cache::Cache>>,
     /// Cancelled when the edge starts draining.
     pub draining: CancellationToken,
+    /// Cancelled when SIGTERM came: `/healthz` answers 503 from then on,
+    /// before `draining` (after `drain.delay`) stops the listeners.
+    pub withdrawn: CancellationToken,
     /// Every connection task, so shutdown can wait for them.
     pub tasks: TaskTracker,
     /// The certificates, for the SNI each TLS connection asked for (421 checks).
