@@ -5,16 +5,17 @@
 
 use std::fmt::Write as _;
 use std::io::Write as _;
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{sync_channel, RecvTimeoutError, SyncSender, TrySendError};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
+use http::HeaderValue;
 use http_body::{Body as HttpBody, Frame, SizeHint};
 
 use crate::body::Body;
@@ -22,32 +23,39 @@ use crate::config::AccessFormat;
 
 use upstream::BoxError;
 
-/// Lines waiting for the writer at most; past it, lines are dropped (counted).
-const QUEUE: usize = 65_536;
-/// The writer flushes at least this often while lines come.
-const FLUSH_EVERY: Duration = Duration::from_millis(200);
+/// Bytes of lines waiting for the writer at most; past it, lines are dropped
+/// (counted) rather than held.
+const MAX_PENDING: usize = 8 << 20;
+/// The writer wakes this often and writes out whatever came meanwhile: requests
+/// never wake it (no syscall per line), and a line is out within this long.
+const FLUSH_EVERY: Duration = Duration::from_millis(50);
 
 /// Where lines go, shared by every request and kept across reloads.
 pub struct AccessLog {
     format: AccessFormat,
-    tx: SyncSender<String>,
+    pending: Arc<Mutex<Vec<u8>>>,
     reopen: Arc<AtomicBool>,
     dropped: prometheus::IntCounter,
+    /// Bytes queued and bytes written so far, for `settle` at exit.
+    queued: AtomicU64,
+    written: Arc<AtomicU64>,
 }
 
 /// One request's line, filled in as the phases learn things; written when the
-/// response body has been sent (or abandoned).
+/// response body has been sent (or abandoned). Header values are kept as they
+/// came (cheap clones), formatted only when the line is written.
 #[derive(Default)]
 pub struct Record {
     pub started: Option<SystemTime>,
-    pub request_id: String,
-    pub client: String,
+    pub request_id: Option<HeaderValue>,
+    pub client: Option<IpAddr>,
     pub protocol: &'static str,
     pub tls: bool,
-    pub method: String,
-    pub host: String,
-    pub path: String,
-    pub user_agent: String,
+    pub method: http::Method,
+    pub uri: http::Uri,
+    /// The Host header, when the URI has no authority (HTTP/1.1).
+    pub host: Option<HeaderValue>,
+    pub user_agent: Option<HeaderValue>,
     pub status: u16,
     pub request_bytes: u64,
     pub response_bytes: u64,
@@ -56,10 +64,10 @@ pub struct Record {
     /// Request head to the response's last byte.
     pub duration_ms: f64,
     pub pool: String,
-    pub endpoint: String,
+    pub endpoint: Option<Arc<str>>,
     pub region: String,
     pub tries: u32,
-    pub cache: String,
+    pub cache: Option<HeaderValue>,
     /// The sticky decision (`kept`, `moved`, ...), when the pool is sticky.
     pub sticky: &'static str,
     /// The rate limit rule that refused the request, when one did.
@@ -68,6 +76,11 @@ pub struct Record {
     pub error: &'static str,
     /// The response ended before all of it was sent (client gone, upstream cut).
     pub incomplete: bool,
+}
+
+thread_local! {
+    /// Each thread formats its lines here (no allocation per line once warm).
+    static SCRATCH: std::cell::RefCell<String> = std::cell::RefCell::new(String::with_capacity(1024));
 }
 
 impl AccessLog {
@@ -79,40 +92,44 @@ impl AccessLog {
     ) -> Result<Arc<Self>, String> {
         let dropped = prometheus::IntCounter::new(
             "proxy_access_log_dropped_total",
-            "Access log lines dropped because the writer fell behind (queue full).",
+            "Access log lines dropped because the writer fell behind (8 MiB pending).",
         )
         .map_err(|e| e.to_string())?;
         registry
             .register(Box::new(dropped.clone()))
             .map_err(|e| e.to_string())?;
         let mut out = open(file.as_ref())?;
-        let (tx, rx) = sync_channel::<String>(QUEUE);
+        let pending = Arc::new(Mutex::new(Vec::with_capacity(64 * 1024)));
         let reopen = Arc::new(AtomicBool::new(false));
-        let flag = Arc::clone(&reopen);
+        let written = Arc::new(AtomicU64::new(0));
+        let (queue, flag, done) = (
+            Arc::clone(&pending),
+            Arc::clone(&reopen),
+            Arc::clone(&written),
+        );
         std::thread::Builder::new()
             .name("access-log".to_owned())
-            .spawn(move || loop {
-                let got = rx.recv_timeout(FLUSH_EVERY);
-                // Before the line: one that arrived after SIGUSR1 goes to the new file.
-                if flag.swap(false, Ordering::AcqRel) {
-                    let _ = out.flush();
-                    match open(file.as_ref()) {
-                        Ok(o) => out = o,
-                        Err(e) => tracing::error!("access log: {e}; writing to the old file"),
-                    }
-                }
-                match got {
-                    Ok(line) => {
-                        let _ = out.write_all(line.as_bytes());
-                        // Whatever else is queued goes in the same write-out.
-                        while let Ok(line) = rx.try_recv() {
-                            let _ = out.write_all(line.as_bytes());
+            .spawn(move || {
+                let mut batch = Vec::with_capacity(64 * 1024);
+                loop {
+                    std::thread::sleep(FLUSH_EVERY);
+                    // Before the batch: lines that came after SIGUSR1 go to the new file.
+                    if flag.swap(false, Ordering::AcqRel) {
+                        let _ = out.flush();
+                        match open(file.as_ref()) {
+                            Ok(o) => out = o,
+                            Err(e) => tracing::error!("access log: {e}; writing to the old file"),
                         }
-                        let _ = out.flush();
                     }
-                    Err(RecvTimeoutError::Timeout) => {}
-                    Err(RecvTimeoutError::Disconnected) => {
+                    std::mem::swap(&mut *lock(&queue), &mut batch);
+                    if !batch.is_empty() {
+                        let _ = out.write_all(&batch);
                         let _ = out.flush();
+                        done.fetch_add(batch.len() as u64, Ordering::Release);
+                        batch.clear();
+                    }
+                    // Only this thread and the log hold the queue: the log is gone.
+                    if Arc::strong_count(&queue) == 1 {
                         return;
                     }
                 }
@@ -120,47 +137,68 @@ impl AccessLog {
             .map_err(|e| format!("access log thread: {e}"))?;
         Ok(Arc::new(Self {
             format,
-            tx,
+            pending,
             reopen,
             dropped,
+            queued: AtomicU64::new(0),
+            written,
         }))
     }
 
-    /// Reopens the file before the next line (SIGUSR1).
+    /// Waits (at most `within`) until every line queued so far is written: at
+    /// exit, so the last requests' lines are not lost.
+    pub async fn settle(&self, within: Duration) {
+        let target = self.queued.load(Ordering::Acquire);
+        let end = tokio::time::Instant::now() + within;
+        while self.written.load(Ordering::Acquire) < target && tokio::time::Instant::now() < end {
+            tokio::time::sleep(FLUSH_EVERY / 2).await;
+        }
+    }
+
+    /// Reopens the file before the next lines (SIGUSR1).
     pub fn reopen(&self) {
         self.reopen.store(true, Ordering::Release);
     }
 
-    /// Formats and queues one line.
+    /// Formats one line and queues it for the writer.
     pub fn write(&self, r: &Record) {
-        let line = match self.format {
-            AccessFormat::Json => json(r),
-            AccessFormat::Text => text(r),
-            AccessFormat::Off => return,
-        };
-        match self.tx.try_send(line) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => self.dropped.inc(),
+        if self.format == AccessFormat::Off {
+            return;
         }
+        SCRATCH.with_borrow_mut(|line| {
+            line.clear();
+            match self.format {
+                AccessFormat::Json => json(line, r),
+                _ => text(line, r),
+            }
+            let mut pending = lock(&self.pending);
+            if pending.len() + line.len() > MAX_PENDING {
+                drop(pending);
+                self.dropped.inc();
+                return;
+            }
+            pending.extend_from_slice(line.as_bytes());
+            self.queued.fetch_add(line.len() as u64, Ordering::Release);
+        });
     }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 type Sink = Box<dyn std::io::Write + Send>;
 
 fn open(file: Option<&PathBuf>) -> Result<Sink, String> {
     Ok(match file {
-        None => Box::new(std::io::BufWriter::with_capacity(
-            64 * 1024,
-            std::io::stdout(),
-        )),
-        Some(path) => Box::new(std::io::BufWriter::with_capacity(
-            64 * 1024,
+        None => Box::new(std::io::stdout()),
+        Some(path) => Box::new(
             std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
                 .open(path)
                 .map_err(|e| format!("{}: {e}", path.display()))?,
-        )),
+        ),
     })
 }
 
@@ -211,100 +249,132 @@ fn escape_into(out: &mut String, s: &str) {
     }
 }
 
-fn json(r: &Record) -> String {
-    let mut o = String::with_capacity(512);
-    o.push('{');
-    let mut first = true;
-    let mut key = |o: &mut String, k: &str| {
-        if !first {
-            o.push(',');
+/// Header bytes as the inside of a JSON string: visible ASCII as is, anything
+/// else (obs-text included) as `\u00XX` of the byte.
+fn escape_bytes_into(out: &mut String, b: &[u8]) {
+    match std::str::from_utf8(b) {
+        Ok(s) if s.is_ascii() => escape_into(out, s),
+        _ => {
+            for &c in b {
+                if c.is_ascii() {
+                    escape_into(out, char::from(c).encode_utf8(&mut [0; 4]));
+                } else {
+                    let _ = write!(out, "\\u{:04x}", c);
+                }
+            }
         }
-        first = false;
-        o.push('"');
+    }
+}
+
+fn value(v: Option<&HeaderValue>) -> &[u8] {
+    v.map_or(&[], HeaderValue::as_bytes)
+}
+
+/// The host the request named: its URI's authority, else its Host header.
+fn host(r: &Record) -> &[u8] {
+    match r.uri.authority() {
+        Some(a) => a.as_str().as_bytes(),
+        None => value(r.host.as_ref()),
+    }
+}
+
+fn path(r: &Record) -> &str {
+    r.uri.path_and_query().map_or("", |p| p.as_str())
+}
+
+fn json(o: &mut String, r: &Record) {
+    let started = r.started.unwrap_or_else(SystemTime::now);
+    o.push_str("{\"time\":\"");
+    o.push_str(&timestamp(started));
+    let s = |o: &mut String, k: &str, v: &[u8]| {
+        o.push_str("\",\"");
         o.push_str(k);
-        o.push_str("\":");
+        o.push_str("\":\"");
+        escape_bytes_into(o, v);
     };
-    let mut s = |o: &mut String, k: &str, v: &str| {
-        key(o, k);
-        o.push('"');
-        escape_into(o, v);
-        o.push('"');
-    };
+    s(o, "request_id", value(r.request_id.as_ref()));
+    let client = r.client.map(|c| c.to_string()).unwrap_or_default();
+    s(o, "client", client.as_bytes());
+    s(o, "protocol", r.protocol.as_bytes());
+    s(o, "tls", if r.tls { b"yes" } else { b"no" });
+    s(o, "method", r.method.as_str().as_bytes());
+    s(o, "host", host(r));
+    s(o, "path", path(r).as_bytes());
+    s(o, "user_agent", value(r.user_agent.as_ref()));
+    s(o, "pool", r.pool.as_bytes());
     s(
-        &mut o,
-        "time",
-        &timestamp(r.started.unwrap_or_else(SystemTime::now)),
+        o,
+        "endpoint",
+        r.endpoint.as_deref().unwrap_or("").as_bytes(),
     );
-    s(&mut o, "request_id", &r.request_id);
-    s(&mut o, "client", &r.client);
-    s(&mut o, "protocol", r.protocol);
-    s(&mut o, "tls", if r.tls { "yes" } else { "no" });
-    s(&mut o, "method", &r.method);
-    s(&mut o, "host", &r.host);
-    s(&mut o, "path", &r.path);
-    s(&mut o, "user_agent", &r.user_agent);
-    s(&mut o, "pool", &r.pool);
-    s(&mut o, "endpoint", &r.endpoint);
-    s(&mut o, "region", &r.region);
-    s(&mut o, "cache", &r.cache);
-    s(&mut o, "sticky", r.sticky);
-    s(&mut o, "limited", &r.limited);
-    s(&mut o, "error", r.error);
-    let mut n = |o: &mut String, k: &str, v: &dyn std::fmt::Display| {
-        key(o, k);
-        let _ = write!(o, "{v}");
-    };
-    n(&mut o, "status", &r.status);
-    n(&mut o, "request_bytes", &r.request_bytes);
-    n(&mut o, "response_bytes", &r.response_bytes);
-    n(&mut o, "head_ms", &format_args!("{:.3}", r.head_ms));
-    n(&mut o, "duration_ms", &format_args!("{:.3}", r.duration_ms));
-    n(&mut o, "tries", &r.tries);
-    n(&mut o, "incomplete", &r.incomplete);
-    o.push_str("}\n");
-    o
+    s(o, "region", r.region.as_bytes());
+    s(o, "cache", value(r.cache.as_ref()));
+    s(o, "sticky", r.sticky.as_bytes());
+    s(o, "limited", r.limited.as_bytes());
+    s(o, "error", r.error.as_bytes());
+    let _ = writeln!(
+        o,
+        "\",\"status\":{},\"request_bytes\":{},\"response_bytes\":{},\"head_ms\":{:.3},\"duration_ms\":{:.3},\"tries\":{},\"incomplete\":{}}}",
+        r.status, r.request_bytes, r.response_bytes, r.head_ms, r.duration_ms, r.tries, r.incomplete
+    );
 }
 
 /// nginx's combined format, then `key=value` pairs for what edge adds.
-fn text(r: &Record) -> String {
-    let dash = |s: &str| {
-        if s.is_empty() {
-            "-".to_owned()
+fn text(o: &mut String, r: &Record) {
+    let started = r.started.unwrap_or_else(SystemTime::now);
+    let dash = |o: &mut String, v: &[u8]| {
+        if v.is_empty() {
+            o.push('-');
         } else {
-            s.to_owned()
+            // Escaped like JSON, so a value cannot split the line or a field.
+            escape_bytes_into(
+                o,
+                &v.iter()
+                    .map(|&b| if b == b' ' { b'_' } else { b })
+                    .collect::<Vec<u8>>(),
+            );
         }
     };
-    let quoted = |s: &str| {
-        let mut o = String::with_capacity(s.len() + 2);
-        o.push('"');
-        escape_into(&mut o, s);
-        o.push('"');
-        o
-    };
-    let request = quoted(&format!("{} {} {}", r.method, r.path, r.protocol));
-    let ua = quoted(&r.user_agent);
-    let host = quoted(&r.host);
-    format!(
-        "{client} - - [{time}] {request} {status} {bytes} {host} {ua} id={id} req_bytes={rb} head_ms={head:.3} ms={ms:.3} pool={pool} endpoint={endpoint} region={region} tries={tries} cache={cache} sticky={sticky} limited={limited} error={error} tls={tls}{incomplete}\n",
-        client = dash(&r.client),
-        time = timestamp(r.started.unwrap_or_else(SystemTime::now)),
-        status = r.status,
-        bytes = r.response_bytes,
-        id = dash(&r.request_id),
-        rb = r.request_bytes,
-        head = r.head_ms,
-        ms = r.duration_ms,
-        pool = dash(&r.pool),
-        endpoint = dash(&r.endpoint),
-        region = dash(&r.region),
-        tries = r.tries,
-        cache = dash(&r.cache.replace(' ', "")),
-        sticky = dash(r.sticky),
-        limited = dash(&r.limited),
-        error = dash(r.error),
-        tls = if r.tls { "yes" } else { "no" },
-        incomplete = if r.incomplete { " incomplete" } else { "" },
-    )
+    match r.client {
+        Some(c) => {
+            let _ = write!(o, "{c}");
+        }
+        None => o.push('-'),
+    }
+    let _ = write!(o, " - - [{}] \"{} ", timestamp(started), r.method);
+    escape_bytes_into(o, path(r).as_bytes());
+    let _ = write!(o, " {}\" {} {} \"", r.protocol, r.status, r.response_bytes);
+    escape_bytes_into(o, host(r));
+    o.push_str("\" \"");
+    escape_bytes_into(o, value(r.user_agent.as_ref()));
+    o.push_str("\" id=");
+    dash(o, value(r.request_id.as_ref()));
+    let _ = write!(
+        o,
+        " req_bytes={} head_ms={:.3} ms={:.3} tries={} tls={} pool=",
+        r.request_bytes,
+        r.head_ms,
+        r.duration_ms,
+        r.tries,
+        if r.tls { "yes" } else { "no" }
+    );
+    dash(o, r.pool.as_bytes());
+    o.push_str(" endpoint=");
+    dash(o, r.endpoint.as_deref().unwrap_or("").as_bytes());
+    o.push_str(" region=");
+    dash(o, r.region.as_bytes());
+    o.push_str(" cache=");
+    dash(o, value(r.cache.as_ref()));
+    o.push_str(" sticky=");
+    dash(o, r.sticky.as_bytes());
+    o.push_str(" limited=");
+    dash(o, r.limited.as_bytes());
+    o.push_str(" error=");
+    dash(o, r.error.as_bytes());
+    if r.incomplete {
+        o.push_str(" incomplete");
+    }
+    o.push('\n');
 }
 
 /// A response body that writes its request's line when it has been sent (or
@@ -406,21 +476,26 @@ mod tests {
     }
 
     #[test]
-    fn a_hostile_path_cannot_break_the_json_line() {
+    fn a_hostile_value_cannot_break_the_line() {
         let r = Record {
-            path: "/a\"b\\c\nd\u{1}".to_owned(),
-            user_agent: "x\r\ny".to_owned(),
+            uri: "/a%22b?q=x".parse().expect("uri"),
+            user_agent: Some(HeaderValue::from_bytes(b"x\" \\ \t\xffy").expect("value")),
             status: 200,
             ..Record::default()
         };
-        let line = json(&r);
+        let mut line = String::new();
+        json(&mut line, &r);
         assert!(
             line.ends_with("}\n") && line.matches('\n').count() == 1,
             "{line}"
         );
-        assert!(line.contains(r#""path":"/a\"b\\c\nd\u0001""#), "{line}");
-        assert!(line.contains(r#""user_agent":"x\r\ny""#), "{line}");
-        let text = text(&r);
-        assert_eq!(text.matches('\n').count(), 1, "{text}");
+        assert!(
+            line.contains(r#""user_agent":"x\" \\ \t\u00ffy""#),
+            "{line}"
+        );
+        let mut t = String::new();
+        text(&mut t, &r);
+        assert_eq!(t.matches('\n').count(), 1, "{t}");
+        assert!(t.contains(r#""x\" \\ \t\u00ffy""#), "{t}");
     }
 }

@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use http::HeaderValue;
@@ -186,6 +187,9 @@ pub async fn run(config: Config, reload: Option<Reloader>) -> Result<(), Error> 
         .is_err()
     {
         tracing::warn!("drain grace over; closing the remaining connections");
+    }
+    if let Some(log) = shared.proxy.load().access_log() {
+        log.settle(Duration::from_secs(1)).await;
     }
     Ok(())
 }

@@ -29,19 +29,14 @@ impl Cx<'_> {
     /// the access log's record starts with what the request says of itself.
     pub fn new(peer: Peer, req: &Request<Body>, log: bool) -> Self {
         let id = headers::request_id(req.headers());
+        // Header values and the URI are cheap clones (shared bytes): the line is
+        // formatted only when it is written.
         let log = log.then(|| {
-            let text = |v: Option<&http::HeaderValue>| {
-                v.map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
-                    .unwrap_or_default()
-            };
-            let host = match req.uri().authority() {
-                Some(a) => a.as_str().to_owned(),
-                None => text(req.headers().get(http::header::HOST)),
-            };
+            let h = req.headers();
             Box::new(crate::access_log::Record {
                 started: Some(std::time::SystemTime::now()),
-                request_id: String::from_utf8_lossy(id.as_bytes()).into_owned(),
-                client: peer.ip.to_string(),
+                request_id: Some(id.clone()),
+                client: Some(peer.ip),
                 protocol: match req.version() {
                     http::Version::HTTP_2 => "HTTP/2",
                     http::Version::HTTP_3 => "HTTP/3",
@@ -49,13 +44,10 @@ impl Cx<'_> {
                     _ => "HTTP/1.1",
                 },
                 tls: peer.tls,
-                method: req.method().as_str().to_owned(),
-                host,
-                path: req
-                    .uri()
-                    .path_and_query()
-                    .map_or_else(|| req.uri().to_string(), |p| p.as_str().to_owned()),
-                user_agent: text(req.headers().get(http::header::USER_AGENT)),
+                method: req.method().clone(),
+                uri: req.uri().clone(),
+                host: h.get(http::header::HOST).cloned(),
+                user_agent: h.get(http::header::USER_AGENT).cloned(),
                 ..Default::default()
             })
         });

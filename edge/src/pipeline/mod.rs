@@ -261,7 +261,7 @@ pub async fn handle(
     let reply = async {
         let admitted = admit::admit(proxy, &cx, &mut req).await?;
         if let Some(r) = cx.log.as_mut() {
-            r.client = admitted.client.to_string();
+            r.client = Some(admitted.client);
         }
         let route = route::route(proxy, &mut cx, &admitted, &mut req).await?;
         if let Flow::Answer(resp) = limit::limit(proxy, &cx, &admitted, &route, &req).await {

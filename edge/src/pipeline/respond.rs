@@ -85,7 +85,7 @@ fn logged(
         r.pool = cx.backend.to_owned();
     }
     if let Some(served) = resp.extensions().get::<upstream::ServedBy>() {
-        r.endpoint = served.endpoint.to_string();
+        r.endpoint = Some(served.endpoint.clone());
         r.tries = served.tries;
     }
     if let (Some((geo, _)), Some(served)) =
@@ -94,7 +94,7 @@ fn logged(
         r.region = geo.name(served.region).to_owned();
     }
     let header = |name: &str| resp.headers().get(name).and_then(|v| v.to_str().ok());
-    r.cache = header("cache-status").unwrap_or_default().to_owned();
+    r.cache = resp.headers().get("cache-status").cloned();
     if r.status == 429 {
         // The rule's name is the policy's first item: `"NAME";q=..`.
         if let Some(policy) = header("ratelimit-policy") {

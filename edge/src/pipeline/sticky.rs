@@ -42,7 +42,9 @@ pub struct Sticky {
     cookie: String,
     ttl: Duration,
     shared: bool,
-    secret: Vec<u8>,
+    /// HMAC keyed with the secret: each cookie clones this state rather than
+    /// hashing the key again.
+    keyed: HmacSha256,
     /// Set for `shared` header / client pools when `[redis]` is there.
     redis: Option<Arc<Redis>>,
 }
@@ -91,7 +93,7 @@ impl Sticky {
             cookie: config.cookie.clone(),
             ttl: config.ttl,
             shared: config.shared,
-            secret,
+            keyed: HmacSha256::new_from_slice(&secret).map_err(|e| e.to_string())?,
             redis: None,
         })
     }
@@ -110,7 +112,7 @@ impl Sticky {
 
     fn mac(&self, id: u64) -> HmacSha256 {
         // The pool's name is in the MAC: a cookie of one pool means nothing in another.
-        let mut mac = HmacSha256::new_from_slice(&self.secret).expect("HMAC takes any key length");
+        let mut mac = self.keyed.clone();
         mac.update(self.pool.as_bytes());
         mac.update(&[0]);
         mac.update(&id.to_be_bytes());
@@ -345,7 +347,7 @@ mod tests {
             cookie: "edge_s".to_owned(),
             ttl: Duration::from_secs(60),
             shared: false,
-            secret: secret.to_vec(),
+            keyed: HmacSha256::new_from_slice(secret).expect("any key length"),
             redis: None,
         }
     }
