@@ -53,6 +53,7 @@ struct SlotMetrics {
     overload: IntGauge,
     shed: prometheus::IntCounter,
     rss: IntGauge,
+    drain: IntGauge,
 }
 
 impl SlotMetrics {
@@ -101,6 +102,11 @@ impl SlotMetrics {
             "proxy_resident_memory_bytes",
             "RSS as the overload guard last read it (only with limits.memory_high set).",
         )?;
+        let drain = IntGauge::new(
+            "proxy_draining",
+            "Shutdown phase: 0 serving, 1 withdrawn (/healthz 503 for drain.delay, traffic still served), 2 draining (listeners closed, connections finishing).",
+        )?;
+        registry.register(Box::new(drain.clone()))?;
         registry.register(Box::new(accept_errors.clone()))?;
         registry.register(Box::new(refused.clone()))?;
         registry.register(Box::new(write_idle.clone()))?;
@@ -118,6 +124,7 @@ impl SlotMetrics {
             overload,
             shed,
             rss,
+            drain,
         })
     }
 }
@@ -476,6 +483,11 @@ impl Metrics {
 
     pub fn set_overload(&self, active: bool) {
         self.slots.overload.set(i64::from(active));
+    }
+
+    /// The shutdown phase `proxy_draining` shows (0 serving, 1 withdrawn, 2 draining).
+    pub fn set_drain_phase(&self, phase: i64) {
+        self.slots.drain.set(phase);
     }
 
     pub fn overload_shed(&self, n: u64) {

@@ -179,6 +179,7 @@ pub async fn run(config: Config, reload: Option<Reloader>) -> Result<(), Error> 
     withdraw(&shared).await;
     let grace = shared.config.drain.grace;
     tracing::info!("draining: no new connections; open ones finish within {grace:?}");
+    shared.metrics.set_drain_phase(2);
     shared.draining.cancel();
     while loops.join_next().await.is_some() {}
     shared.tasks.close();
@@ -205,6 +206,7 @@ async fn withdraw(shared: &Shared) {
         return;
     }
     shared.withdrawn.cancel();
+    shared.metrics.set_drain_phase(1);
     tracing::info!(
         "withdrawing: /healthz answers 503 for {delay:?} while traffic is still served; SIGTERM again to stop at once"
     );
