@@ -12,7 +12,7 @@ export PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
 # make and a C compiler build jemalloc (edge's allocator, tikv-jemalloc-sys).
 apt_missing=()
 command -v make >/dev/null 2>&1 || apt_missing+=(make)
-command -v cc >/dev/null 2>&1 || apt_missing+=(gcc)
+command -v cc >/dev/null 2>&1 || apt_missing+=(gcc libc6-dev)
 # curl drives h1/h2/h2c, gtlsclient (ngtcp2-client) drives h3.
 command -v curl >/dev/null 2>&1 || apt_missing+=(curl)
 command -v gtlsclient >/dev/null 2>&1 || apt_missing+=(ngtcp2-client)
@@ -20,9 +20,24 @@ command -v gtlsclient >/dev/null 2>&1 || apt_missing+=(ngtcp2-client)
 command -v dnsmasq >/dev/null 2>&1 || apt_missing+=(dnsmasq-base)
 # redis-server is the shared L2 of the cache tests (started per test on a free port).
 command -v redis-server >/dev/null 2>&1 || apt_missing+=(redis-server)
+# prometheus and promtool check the alert rules and scrape edge in a test.
+command -v promtool >/dev/null 2>&1 || apt_missing+=(prometheus)
 if ((${#apt_missing[@]} > 0)); then
   apt-get update </dev/null
-  apt-get install -y "${apt_missing[@]}" </dev/null
+  # The tests start their own daemons on loopback ports: keep the packages'
+  # services (prometheus listens on *:9090 by default) from starting on install.
+  hold_services=
+  if [[ ! -e /usr/sbin/policy-rc.d ]]; then
+    printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
+    chmod +x /usr/sbin/policy-rc.d
+    hold_services=1
+    trap 'rm -f /usr/sbin/policy-rc.d' EXIT
+  fi
+  apt-get install -y --no-install-recommends "${apt_missing[@]}" </dev/null
+  if [[ -n $hold_services ]]; then
+    rm -f /usr/sbin/policy-rc.d
+    trap - EXIT
+  fi
 fi
 
 # The Python clients of tests/py/ go into a virtualenv in the workspace (Debian's

@@ -13,6 +13,7 @@ pub mod origin;
 pub mod origin_process;
 pub mod pki;
 pub mod process;
+pub mod prometheus;
 pub mod raw_origin;
 pub mod redis;
 pub mod scripted;
