@@ -296,6 +296,17 @@ impl EndpointMetrics {
 impl Metrics {
     pub fn new() -> Result<Self, prometheus::Error> {
         let registry = Registry::new();
+        let build = IntGaugeVec::new(
+            Opts::new(
+                "proxy_build_info",
+                "Always 1; the labels name the version and the commit edge was built from.",
+            ),
+            &["version", "commit"],
+        )?;
+        build
+            .with_label_values(&[env!("CARGO_PKG_VERSION"), env!("EDGE_COMMIT")])
+            .set(1);
+        registry.register(Box::new(build))?;
         let requests = IntCounterVec::new(
             Opts::new(
                 "proxy_requests_total",

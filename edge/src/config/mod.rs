@@ -426,6 +426,54 @@ where
     s.parse().expect("built-in default parses")
 }
 
+/// Two listeners on one address cannot both bind: refused here, naming both
+/// keys, rather than at start with a bare "address in use". (`listen` holds
+/// TCP and UDP; the others TCP only. Port 0 lets the kernel pick, so never
+/// collides.)
+fn check_listener_collisions(
+    cx: &mut Cx<'_>,
+    root: &Table<'_>,
+    listen: SocketAddr,
+    http_listen: Option<SocketAddr>,
+    admin: Option<SocketAddr>,
+) {
+    let keys = [
+        ("listen", Some(listen)),
+        ("http_listen", http_listen),
+        ("admin", admin),
+    ];
+    for (i, (a, addr_a)) in keys.iter().enumerate() {
+        for (b, addr_b) in &keys[i + 1..] {
+            let (Some(x), Some(y)) = (addr_a, addr_b) else {
+                continue;
+            };
+            let wildcard = x.ip().is_unspecified() || y.ip().is_unspecified();
+            let same_family = x.is_ipv4() == y.is_ipv4();
+            if x.port() != 0
+                && x.port() == y.port()
+                && same_family
+                && (x.ip() == y.ip() || wildcard)
+            {
+                let named = |key: &str, addr: &SocketAddr| {
+                    if root.has(key) {
+                        format!("`{key}` ({addr})")
+                    } else {
+                        format!("`{key}`'s default ({addr})")
+                    }
+                };
+                // Reported at the key the file wrote (the later one if both).
+                let at = if root.has(b) { *b } else { *a };
+                let reason = format!(
+                    "{} and {} are one address: two listeners cannot share it",
+                    named(a, x),
+                    named(b, y)
+                );
+                cx.error(root.line_of(cx, at), at, reason);
+            }
+        }
+    }
+}
+
 fn read(cx: &mut Cx<'_>, doc: &toml_edit::Table, base: &Path) -> Config {
     let mut root = Table::root(doc);
     let defaults = Config::with_upstreams(Vec::new());
@@ -434,7 +482,16 @@ fn read(cx: &mut Cx<'_>, doc: &toml_edit::Table, base: &Path) -> Config {
     let http_mode = root.or(cx, "http_mode", defaults.http_mode);
     let admin = root.opt(cx, "admin").or(defaults.admin);
     let trusted_proxies = root.or(cx, "trusted_proxies", Vec::new());
-    let workers = root.opt::<usize>(cx, "workers").and_then(NonZeroUsize::new);
+    let workers = root.opt::<usize>(cx, "workers").and_then(|n| {
+        let workers = NonZeroUsize::new(n);
+        if workers.is_none() {
+            let line = root.line_of(cx, "workers");
+            let reason = "must be at least 1 (leave it out for one worker per core)";
+            cx.error(line, "workers", reason.to_string());
+        }
+        workers
+    });
+    check_listener_collisions(cx, &root, listen, http_listen, admin);
     let state_dir = root
         .opt::<PathBuf>(cx, "state_dir")
         .map_or(defaults.state_dir, |p| base.join(p));
