@@ -95,7 +95,9 @@ pub struct Tunnel {
 impl Tunnel {
     /// Puts back the fields that make a 101 an upgrade (`respond` strips every
     /// hop-by-hop field from the backend's answer first).
+    /// A 101 has no body: a `Content-Length` on it would only confuse the client.
     pub fn restore(&self, h: &mut HeaderMap) {
+        h.remove(CONTENT_LENGTH);
         h.insert(CONNECTION, HeaderValue::from_static("upgrade"));
         h.insert(UPGRADE, self.upgrade.clone());
     }
