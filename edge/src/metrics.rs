@@ -58,7 +58,7 @@ impl TunnelMetrics {
         let upgrades = IntCounterVec::new(
             Opts::new(
                 "proxy_upgrades_total",
-                "HTTP/1.1 upgrade requests by protocol and result: switched (the backend answered 101, a tunnel opened), declined (it answered otherwise; the connection stayed HTTP), failed (no answer: connect error, reset, timeout), refused (a 101 for a protocol that was not offered; 502).",
+                "Upgrade requests (HTTP/1.1 Upgrade, HTTP/2 extended CONNECT) by protocol and result: switched (the backend answered 101, a tunnel opened), declined (it answered otherwise; the connection stayed HTTP), failed (no answer: connect error, reset, timeout), refused (a 101 for a protocol that was not offered; 502).",
             ),
             &["protocol", "result"],
         )?;

@@ -370,3 +370,56 @@ async fn an_open_tunnel_is_closed_within_the_drain_grace() -> anyhow::Result<()>
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_over_h2_extended_connect_is_bridged_to_the_h1_backend() -> anyhow::Result<()> {
+    let origin = Origin::start().await?;
+    let echo = EchoServer::start().await?;
+    let edge = edge_for(origin.url(), echo.url(), &[]).await?;
+    let port = edge.https_addr.port().to_string();
+    let ca = edge.pki.ca_cert.to_string_lossy().into_owned();
+    let out = python_json(
+        "ws_h2.py",
+        &["127.0.0.1", &port, &ca, "/ws/h2"],
+        PYTHON_TIMEOUT,
+    )
+    .await?;
+    assert_eq!(out["enable_connect_protocol"], 1, "{out}");
+    assert_eq!(out["status"], 200, "{out}");
+    assert!(
+        out["via"].as_str().is_some_and(|v| v.contains("edge")),
+        "{out}"
+    );
+    assert_eq!(out["text"], "hello over h2", "{out}");
+    assert_eq!(out["big_intact"], true, "{out}");
+    assert_eq!(out["close_code"], 4001, "{out}");
+    assert_eq!(out["close_reason"], "bye", "{out}");
+    let switched = r#"proxy_upgrades_total{protocol="websocket",result="switched"}"#;
+    assert_eq!(metric(&edge, switched).await?, 1.0);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_h2_extended_connect_answered_200_by_the_backend_is_not_a_tunnel() -> anyhow::Result<()>
+{
+    let origin = Origin::start().await?;
+    let backend = RawOrigin::start().await?;
+    let h1 = vec![("protocol".to_owned(), "\"h1\"".to_owned())];
+    let edge = edge_with(origin.url(), backend.url(), h1, &[]).await?;
+    let port = edge.https_addr.port().to_string();
+    let ca = edge.pki.ca_cert.to_string_lossy().into_owned();
+    let out = python_json(
+        "ws_h2.py",
+        &["127.0.0.1", &port, &ca, "/ws/h2"],
+        PYTHON_TIMEOUT,
+    )
+    .await?;
+    // To an h2 client a 2xx is the open tunnel: a backend that did not
+    // switch must not produce one.
+    assert_eq!(out["status"], 502, "{out}");
+    let seen = String::from_utf8_lossy(&backend.received()).to_ascii_lowercase();
+    assert!(seen.starts_with("get /ws/h2 http/1.1"), "{seen}");
+    assert!(seen.contains("upgrade: websocket"), "{seen}");
+    assert!(seen.contains("sec-websocket-key: "), "{seen}");
+    Ok(())
+}

@@ -1,7 +1,9 @@
 //! Tunnels: an HTTP/1.1 client connection the backend switched to another
-//! protocol (a 101 the pipeline agreed to), joined byte for byte to the
-//! backend's connection. It runs on the client connection's own task, so the
-//! connection keeps its slot and shows in the open-connection gauge.
+//! protocol (a 101 the pipeline agreed to), or an HTTP/2 extended CONNECT
+//! stream bridged to such a switch, joined byte for byte to the backend's
+//! connection. An HTTP/1.1 tunnel runs on the client connection's own task, so
+//! the connection keeps its slot and shows in the open-connection gauge; an
+//! HTTP/2 one on a task of its own, tracked for drain like connections.
 //!
 //! A tunnel ends when both sides have closed, when either fails, when no byte
 //! moved either way for `upgrade.idle_timeout`, or shortly before the drain

@@ -10,10 +10,17 @@
 //! connection stays HTTP (the Pingora CVE-2026-2833 class: a proxy that tunnels
 //! on the request's say-so lets a backend's 200 smuggle the next request).
 //!
-//! What it must not do: offer an upgrade for a request with a body, on any
-//! version but HTTP/1.1, or for a protocol not configured (those go on as plain
-//! HTTP with `Upgrade` stripped, as every hop-by-hop field); cache it; or try it
-//! again elsewhere once it was sent.
+//! An HTTP/2 extended CONNECT for `websocket` (RFC 8441; edge announces
+//! SETTINGS_ENABLE_CONNECT_PROTOCOL when `websocket` is configured) is bridged
+//! to the same HTTP/1.1 upgrade: the backend gets a `GET` with a fresh
+//! `Sec-WebSocket-Key`, and its 101 becomes the client's 200. Any other answer
+//! is passed on, except a 2xx: to an h2 client a 2xx is the tunnel, so a
+//! backend that did not switch gets 502 instead.
+//!
+//! What it must not do: offer an upgrade for a request with a body, on
+//! HTTP/1.0, or for a protocol not configured (those go on as plain HTTP with
+//! `Upgrade` stripped, as every hop-by-hop field); cache it; or try it again
+//! elsewhere once it was sent.
 
 use std::time::Duration;
 
@@ -35,12 +42,17 @@ pub struct Offer {
     protocol: String,
     /// The client's `Upgrade` field, sent on as it is.
     value: HeaderValue,
+    /// An HTTP/2 extended CONNECT (RFC 8441), bridged to an HTTP/1.1 upgrade.
+    extended: bool,
 }
 
 /// `Some` when `req` offers an upgrade edge passes on: HTTP/1.1, `GET`, no
 /// body (no `Content-Length` but 0, no `Transfer-Encoding`), `Connection`
 /// naming `upgrade`, and one `Upgrade` field naming one configured protocol.
 pub fn offered(cfg: &Upgrade, req: &Request<Body>) -> Option<Offer> {
+    if req.version() == Version::HTTP_2 {
+        return extended_connect(cfg, req);
+    }
     let h = req.headers();
     let mut lines = h.get_all(UPGRADE).iter();
     let value = lines.next()?;
@@ -66,7 +78,54 @@ pub fn offered(cfg: &Upgrade, req: &Request<Body>) -> Option<Offer> {
     Some(Offer {
         protocol,
         value: value.clone(),
+        extended: false,
     })
+}
+
+/// An HTTP/2 `CONNECT` with `:protocol = websocket` (RFC 8441), when
+/// `websocket` is configured: the only protocol edge can bridge to HTTP/1.1.
+fn extended_connect(cfg: &Upgrade, req: &Request<Body>) -> Option<Offer> {
+    let named = req.extensions().get::<hyper::ext::Protocol>()?;
+    if req.method() != Method::CONNECT || !named.as_str().eq_ignore_ascii_case("websocket") {
+        return None;
+    }
+    let protocol = cfg.allows("websocket")?.to_owned();
+    Some(Offer {
+        protocol,
+        value: HeaderValue::from_static("websocket"),
+        extended: true,
+    })
+}
+
+const SEC_WEBSOCKET_KEY: http::HeaderName = http::HeaderName::from_static("sec-websocket-key");
+const SEC_WEBSOCKET_ACCEPT: http::HeaderName =
+    http::HeaderName::from_static("sec-websocket-accept");
+const SEC_WEBSOCKET_VERSION: http::HeaderName =
+    http::HeaderName::from_static("sec-websocket-version");
+
+/// A fresh `Sec-WebSocket-Key`: 16 random bytes (a v4 UUID's), base64.
+fn websocket_key() -> HeaderValue {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let bytes = *uuid::Uuid::new_v4().as_bytes();
+    let mut out = Vec::with_capacity(24);
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = u32::from(b[0]) << 16 | u32::from(b[1]) << 8 | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize]);
+            } else {
+                out.push(b'=');
+            }
+        }
+    }
+    // Base64 is ASCII: always a valid header value.
+    HeaderValue::from_bytes(&out)
+        .unwrap_or_else(|_| HeaderValue::from_static("AAAAAAAAAAAAAAAAAAAAAA=="))
 }
 
 /// Whether a comma-separated field names `token` (case-insensitive).
@@ -90,6 +149,8 @@ pub struct Tunnel {
     pub idle_timeout: Duration,
     /// The backend's `Upgrade` field, for the client's 101.
     upgrade: HeaderValue,
+    /// Bridged from an HTTP/2 extended CONNECT: the client gets a 200.
+    extended: bool,
 }
 
 impl Tunnel {
@@ -98,6 +159,9 @@ impl Tunnel {
     /// A 101 has no body: a `Content-Length` on it would only confuse the client.
     pub fn restore(&self, h: &mut HeaderMap) {
         h.remove(CONTENT_LENGTH);
+        if self.extended {
+            return;
+        }
         h.insert(CONNECTION, HeaderValue::from_static("upgrade"));
         h.insert(UPGRADE, self.upgrade.clone());
     }
@@ -127,6 +191,13 @@ pub async fn upgrade(
     h.remove(TE);
     h.insert(CONNECTION, HeaderValue::from_static("upgrade"));
     h.insert(UPGRADE, offer.value);
+    if offer.extended {
+        h.insert(SEC_WEBSOCKET_KEY, websocket_key());
+        h.entry(SEC_WEBSOCKET_VERSION)
+            .or_insert(HeaderValue::from_static("13"));
+        *req.method_mut() = Method::GET;
+        *req.version_mut() = Version::HTTP_11;
+    }
     let mut resp = match Box::pin(route.pool.upgrade(req)).await {
         Ok(resp) => resp,
         Err(e) => {
@@ -136,6 +207,12 @@ pub async fn upgrade(
     };
     if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
         metrics.upgrade(&offer.protocol, "declined");
+        if offer.extended && resp.status().is_success() {
+            return Err(ProxyError::new(
+                ErrorKind::UpstreamFailed,
+                "the backend answered a WebSocket upgrade without switching protocols",
+            ));
+        }
         return Ok(resp.map(Body::Upstream));
     }
     let agreed = resp.headers().get(UPGRADE).cloned().filter(|v| {
@@ -151,11 +228,17 @@ pub async fn upgrade(
     };
     let upstream = hyper::upgrade::on(&mut resp);
     metrics.upgrade(&offer.protocol, "switched");
+    if offer.extended {
+        // RFC 8441 5: the key and accept are HTTP/1.1's; a 200 opens the stream.
+        *resp.status_mut() = StatusCode::OK;
+        resp.headers_mut().remove(SEC_WEBSOCKET_ACCEPT);
+    }
     resp.extensions_mut().insert(Tunnel {
         protocol: offer.protocol,
         upstream,
         idle_timeout: proxy.upgrade.idle_timeout,
         upgrade,
+        extended: offer.extended,
     });
     Ok(resp.map(Body::Upstream))
 }
@@ -207,5 +290,36 @@ mod tests {
             ..Upgrade::default()
         };
         assert!(offered(&off, &req(&ws)).is_none(), "upgrades off");
+    }
+
+    #[test]
+    fn an_h2_extended_connect_for_websocket_is_offered() {
+        let cfg = Upgrade::default();
+        let mut connect = req(&[("sec-websocket-version", "13")]);
+        *connect.method_mut() = Method::CONNECT;
+        *connect.version_mut() = Version::HTTP_2;
+        assert!(offered(&cfg, &connect).is_none(), "no :protocol");
+        connect
+            .extensions_mut()
+            .insert(hyper::ext::Protocol::from_static("websocket"));
+        let offer = offered(&cfg, &connect).expect("offered");
+        assert!(offer.extended);
+        let mut other = req(&[]);
+        *other.method_mut() = Method::CONNECT;
+        *other.version_mut() = Version::HTTP_2;
+        other
+            .extensions_mut()
+            .insert(hyper::ext::Protocol::from_static("connect-udp"));
+        assert!(offered(&cfg, &other).is_none(), "only websocket is bridged");
+    }
+
+    #[test]
+    fn websocket_keys_are_16_bytes_of_base64() {
+        let a = websocket_key();
+        let b = websocket_key();
+        assert_ne!(a, b);
+        let a = a.to_str().expect("ascii");
+        assert_eq!(a.len(), 24);
+        assert!(a.ends_with("=="), "{a}");
     }
 }
