@@ -423,3 +423,57 @@ async fn an_h2_extended_connect_answered_200_by_the_backend_is_not_a_tunnel() ->
     assert!(seen.contains("sec-websocket-key: "), "{seen}");
     Ok(())
 }
+
+/// `GET /ws/...` with the upgrade fields a browser sends.
+fn upgrade_request(path: &str) -> String {
+    format!(
+        "GET {path} HTTP/1.1\r\nHost: edge.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_that_drop_their_tunnels_never_open_the_backends_breaker() -> anyhow::Result<()> {
+    let origin = Origin::start().await?;
+    let echo = EchoServer::start().await?;
+    let edge = edge_for(origin.url(), echo.url(), &[]).await?;
+    // Twice the breaker's 5 consecutive failures: clients that go away right
+    // after the 101, and clients that go away before any answer came.
+    for i in 0..10 {
+        let mut client = TcpStream::connect(edge.http()?).await?;
+        client
+            .write_all(upgrade_request(&format!("/ws/drop-{i}")).as_bytes())
+            .await?;
+        if i % 2 == 0 {
+            let mut head = [0u8; 12];
+            client.read_exact(&mut head).await?;
+            assert_eq!(&head, b"HTTP/1.1 101", "{}", String::from_utf8_lossy(&head));
+        }
+        drop(client);
+    }
+    poll_until(
+        "every dropped tunnel closed",
+        Duration::from_secs(10),
+        || async {
+            metric(&edge, r#"proxy_tunnels_open{protocol="websocket"}"#)
+                .await
+                .is_ok_and(|v| v == 0.0)
+        },
+    )
+    .await?;
+    let (_, page) = edge.metric("proxy_endpoint_ejections_total").await?;
+    let line = |name: &str| {
+        page.lines()
+            .find(|l| l.starts_with(name) && l.contains(r#"backend="ws""#))
+            .map(str::to_owned)
+    };
+    let ejections = line("proxy_endpoint_ejections_total").context("no ejections series")?;
+    assert!(ejections.ends_with(" 0"), "{ejections}");
+    let breaker = line("proxy_endpoint_breaker_state").context("no breaker series")?;
+    assert!(breaker.ends_with(" 0"), "{breaker}");
+    // And the backend still takes WebSockets.
+    let url = format!("ws://127.0.0.1:{}/ws/after", edge.http()?.port());
+    let out = python_json("ws_echo.py", &["echo", &url], PYTHON_TIMEOUT).await?;
+    assert_eq!(out["text"], "hello through edge", "{out}");
+    Ok(())
+}

@@ -2,7 +2,9 @@
 //!
 //! `handle` is the whole order a request goes through, one named phase after
 //! another, each a plain async fn in its own module: `admit` → `route` → `limit`
-//! → `cache` → `select` → `forward` → `respond`. Listeners call it with an
+//! → `cache` → `select` → `forward` → `respond`; a request that offers a
+//! configured protocol upgrade (WebSocket) takes `upgrade` in place of
+//! `forward` (and skips the cache). Listeners call it with an
 //! `http::Request<Body>` and write back what it returns; it never fails: every
 //! error becomes a response in `respond` and nowhere else. The pipeline knows no
 //! listener and no client protocol beyond `req.version()` and `Peer`.
