@@ -44,10 +44,11 @@ fi
 
 # The Python clients of tests/py/ go into a virtualenv in the workspace (Debian's
 # system pip refuses installs): aioquic and niquests (HTTP/3), h2 (hostile HTTP/2
-# clients), mmdb-writer (the geo tests' MaxMind databases). The tests find it as
+# clients), mmdb-writer (the geo tests' MaxMind databases), websockets (the
+# WebSocket client and echo server of tests/tests/websocket.rs). The tests find it as
 # $EDGE_TEST_PYTHON.
 venv=.venv
-py_packages=(aioquic niquests mmdb-writer h2)
+py_packages=(aioquic niquests mmdb-writer h2 websockets)
 if ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
   apt-get update </dev/null
   apt-get install -y python3-venv </dev/null
@@ -56,7 +57,7 @@ if [[ ! -x $venv/bin/python3 ]]; then
   rm -rf "$venv"
   python3 -m venv "$venv"
 fi
-if ! "$venv/bin/python3" -c 'import aioquic, niquests, mmdb_writer, h2' >/dev/null 2>&1; then
+if ! "$venv/bin/python3" -c 'import aioquic, niquests, mmdb_writer, h2, websockets' >/dev/null 2>&1; then
   "$venv/bin/python3" -m pip install --quiet --disable-pip-version-check "${py_packages[@]}" </dev/null
 fi
 export EDGE_TEST_PYTHON="$PWD/$venv/bin/python3"

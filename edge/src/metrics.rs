@@ -41,6 +41,59 @@ pub struct Metrics {
     slots: SlotMetrics,
     endpoints: EndpointMetrics,
     regions: RegionMetrics,
+    tunnels: TunnelMetrics,
+}
+
+/// HTTP/1.1 upgrades and the tunnels they open. The protocol label is one of
+/// `upgrade.protocols`, so the series are bounded by config.
+struct TunnelMetrics {
+    upgrades: IntCounterVec,
+    open: IntGaugeVec,
+    closed: IntCounterVec,
+    bytes: IntCounterVec,
+}
+
+impl TunnelMetrics {
+    fn new(registry: &Registry) -> Result<Self, prometheus::Error> {
+        let upgrades = IntCounterVec::new(
+            Opts::new(
+                "proxy_upgrades_total",
+                "Upgrade requests (HTTP/1.1 Upgrade, HTTP/2 extended CONNECT) by protocol and result: switched (the backend answered 101, a tunnel opened), declined (it answered otherwise; the connection stayed HTTP), failed (no answer: connect error, reset, timeout), refused (a 101 for a protocol that was not offered; 502).",
+            ),
+            &["protocol", "result"],
+        )?;
+        let open = IntGaugeVec::new(
+            Opts::new(
+                "proxy_tunnels_open",
+                "Upgraded connections (tunnels) open now, by protocol.",
+            ),
+            &["protocol"],
+        )?;
+        let closed = IntCounterVec::new(
+            Opts::new(
+                "proxy_tunnels_closed_total",
+                "Tunnels closed, by protocol and reason: closed (both sides closed), error (a read or write failed, or the upgrade never completed), idle (upgrade.idle_timeout with no byte either way), drain (the drain grace ran out).",
+            ),
+            &["protocol", "reason"],
+        )?;
+        let bytes = IntCounterVec::new(
+            Opts::new(
+                "proxy_tunnel_bytes_total",
+                "Bytes carried by tunnels, by protocol and direction (upstream: client to backend; downstream: backend to client).",
+            ),
+            &["protocol", "direction"],
+        )?;
+        registry.register(Box::new(upgrades.clone()))?;
+        registry.register(Box::new(open.clone()))?;
+        registry.register(Box::new(closed.clone()))?;
+        registry.register(Box::new(bytes.clone()))?;
+        Ok(Self {
+            upgrades,
+            open,
+            closed,
+            bytes,
+        })
+    }
 }
 
 /// Connection slots, accept failures, write stalls and the overload guard.
@@ -379,6 +432,7 @@ impl Metrics {
         let slots = SlotMetrics::new(&registry)?;
         let endpoints = EndpointMetrics::new(&registry)?;
         let regions = RegionMetrics::new(&registry)?;
+        let tunnels = TunnelMetrics::new(&registry)?;
         Ok(Self {
             registry,
             requests,
@@ -392,7 +446,36 @@ impl Metrics {
             slots,
             endpoints,
             regions,
+            tunnels,
         })
+    }
+
+    /// Counts an upgrade request's outcome (`result` is one of a fixed few).
+    pub fn upgrade(&self, protocol: &str, result: &'static str) {
+        self.tunnels
+            .upgrades
+            .with_label_values(&[protocol, result])
+            .inc();
+    }
+
+    /// Counts a tunnel as open until the guard drops.
+    pub fn tunnel_open(&self, protocol: &str) -> ConnGuard {
+        let gauge = self.tunnels.open.with_label_values(&[protocol]);
+        gauge.inc();
+        ConnGuard { gauge }
+    }
+
+    /// Counts a closed tunnel (`reason` is one of a fixed few).
+    pub fn tunnel_closed(&self, protocol: &str, reason: &'static str) {
+        self.tunnels
+            .closed
+            .with_label_values(&[protocol, reason])
+            .inc();
+    }
+
+    /// The byte counter of one direction of a protocol's tunnels.
+    pub fn tunnel_bytes(&self, protocol: &str, direction: &'static str) -> prometheus::IntCounter {
+        self.tunnels.bytes.with_label_values(&[protocol, direction])
     }
 
     pub fn observe(&self, proto: Proto, backend: &str, status: StatusCode, elapsed: Duration) {

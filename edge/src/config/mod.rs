@@ -12,6 +12,7 @@ mod rate_limits;
 mod redis;
 mod regions;
 mod sticky;
+mod upgrade;
 use cache::read_cache;
 pub use cache::{Cache, CacheStatuses};
 use pools::read_pools;
@@ -21,6 +22,7 @@ pub use rate_limits::{LimitFallback, LimitKey, LimitScope, Rate, RateLimit};
 pub use redis::{Redis, RedisTarget};
 pub use regions::{Geo, GeoRegion, Prefer};
 pub use sticky::{is_cookie_name, Sticky, StickyKey, MIN_SECRET};
+pub use upgrade::Upgrade;
 mod walk;
 
 use std::net::SocketAddr;
@@ -72,6 +74,8 @@ pub struct Config {
     pub limits: Limits,
     /// `[[rate_limits]]`, in config order (every matching rule applies).
     pub rate_limits: Vec<RateLimit>,
+    /// `[upgrade]`: HTTP/1.1 upgrades (WebSocket) and their tunnels.
+    pub upgrade: Upgrade,
 }
 
 /// `[drain]`: how the edge leaves on SIGTERM.
@@ -338,6 +342,7 @@ impl Config {
             quic: Quic::default(),
             log: Log::default(),
             drain: Drain::default(),
+            upgrade: Upgrade::default(),
         }
     }
 
@@ -515,6 +520,7 @@ fn read(cx: &mut Cx<'_>, doc: &toml_edit::Table, base: &Path) -> Config {
     let rate_limits = rate_limits::read_rate_limits(cx, &mut root, &pools, redis.is_some());
     sticky::check_shared(cx, &pools, redis.is_some());
     let quic = read_quic(cx, &mut root);
+    let upgrade = upgrade::read_upgrade(cx, &mut root);
     root.finish(cx);
     Config {
         listen,
@@ -537,6 +543,7 @@ fn read(cx: &mut Cx<'_>, doc: &toml_edit::Table, base: &Path) -> Config {
         quic,
         log,
         drain,
+        upgrade,
     }
 }
 

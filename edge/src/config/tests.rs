@@ -989,3 +989,31 @@ endpoints = ["http://127.0.0.1:8081"]
         assert!(parse(&text).is_ok(), "{text}");
     }
 }
+
+#[test]
+fn upgrade_reads_with_its_defaults_and_refuses_bad_names_and_a_zero_timeout() {
+    let pool = "[pools.web]\nendpoints = [\"http://127.0.0.1:8080\"]\n";
+    let c = parse(pool).expect("valid");
+    assert_eq!(c.upgrade.protocols, ["websocket"]);
+    assert_eq!(c.upgrade.idle_timeout, Duration::from_secs(120));
+    let c = parse(&format!(
+        "{pool}[upgrade]\nprotocols = [\"WebSocket\", \"x-custom\"]\nidle_timeout = \"5m\"\n"
+    ))
+    .expect("valid");
+    assert_eq!(c.upgrade.protocols, ["websocket", "x-custom"]);
+    assert_eq!(c.upgrade.idle_timeout, Duration::from_secs(300));
+    let off = parse(&format!("{pool}[upgrade]\nprotocols = []\n")).expect("valid");
+    assert!(
+        off.upgrade.protocols.is_empty(),
+        "an empty list turns upgrades off"
+    );
+    assert_eq!(
+        errors(&format!(
+            "{pool}[upgrade]\nprotocols = [\"websocket/13\"]\nidle_timeout = \"0s\"\n"
+        )),
+        vec![
+            (4, "upgrade.protocols".to_owned()),
+            (5, "upgrade.idle_timeout".to_owned())
+        ]
+    );
+}

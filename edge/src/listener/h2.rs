@@ -55,8 +55,17 @@ const PREMATURE_MIN_STREAMS: u32 = 100;
 const ABUSE_GRACE: Duration = Duration::from_secs(1);
 
 /// hyper's HTTP/2 server settings for client connections.
-pub(super) fn builder(c: &Client, max_header_list: u32) -> http2::Builder<TokioExecutor> {
+/// With `extended_connect`, SETTINGS_ENABLE_CONNECT_PROTOCOL is sent: clients
+/// may open WebSockets over HTTP/2 (RFC 8441).
+pub(super) fn builder(
+    c: &Client,
+    max_header_list: u32,
+    extended_connect: bool,
+) -> http2::Builder<TokioExecutor> {
     let mut b = http2::Builder::new(TokioExecutor::new());
+    if extended_connect {
+        b.enable_connect_protocol();
+    }
     b.timer(TokioTimer::new())
         .max_concurrent_streams(c.max_concurrent_streams)
         .max_header_list_size(max_header_list)
@@ -243,7 +252,7 @@ async fn stream(
     server: &TcpServer,
     state: &ConnState,
     peer: Peer,
-    req: Request,
+    mut req: Request,
 ) -> hyper::Response<Severable<Body>> {
     state.streams.fetch_add(1, Ordering::Relaxed);
     state.in_service.fetch_add(1, Ordering::Relaxed);
@@ -256,15 +265,43 @@ async fn stream(
         server,
         answered: false,
     };
-    let resp = server
+    // hyper's half of an extended CONNECT (RFC 8441); it completes only if
+    // the response is a 2xx.
+    let client_upgrade = req.extensions_mut().remove::<hyper::upgrade::OnUpgrade>();
+    let mut resp = server
         .respond(peer, req.map(|b| Body::boxed(DrainOnDrop(Some(b)))))
         .await;
+    if let Some(tunnel) = resp.extensions_mut().remove::<crate::pipeline::Tunnel>() {
+        tunnel_stream(server, peer, tunnel, client_upgrade, &mut resp);
+    }
     guard.answered = true;
     resp.map(|body| {
         let (body, sever) = Severable::new(body);
         state.watched.register(sever);
         body
     })
+}
+
+/// Runs the tunnel of an extended CONNECT the backend switched (its 200 is on
+/// its way) on a task of its own, tracked for drain like the connection. A
+/// tunnel without hyper's half of the stream (never a CONNECT) is a 502.
+fn tunnel_stream(
+    server: &TcpServer,
+    peer: Peer,
+    tunnel: crate::pipeline::Tunnel,
+    client: Option<hyper::upgrade::OnUpgrade>,
+    resp: &mut hyper::Response<Body>,
+) {
+    let Some(client) = client.filter(|_| resp.status().is_success()) else {
+        *resp = hyper::Response::new(Body::Empty);
+        *resp.status_mut() = http::StatusCode::BAD_GATEWAY;
+        return;
+    };
+    let shared = server.shared.clone();
+    server.shared.tasks.spawn(async move {
+        let switched = super::tunnel::Switched { tunnel, client };
+        super::tunnel::run(&shared, switched, peer).await;
+    });
 }
 
 /// How long, and how far, a request body the answer did not wait for is read on.

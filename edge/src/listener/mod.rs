@@ -16,6 +16,7 @@ pub mod quic;
 pub mod redirect;
 pub mod slots;
 pub mod tcp;
+mod tunnel;
 
 use std::net::{SocketAddr, TcpListener as StdTcpListener, UdpSocket};
 use std::time::Duration;

@@ -50,6 +50,7 @@ impl TcpServer {
         let h2 = super::h2::builder(
             c,
             u32::try_from(backstop(c.max_header_bytes)).unwrap_or(u32::MAX),
+            shared.config.upgrade.allows("websocket").is_some(),
         );
         Self {
             h1,
