@@ -446,9 +446,9 @@ impl Metrics {
         let requests = IntCounterVec::new(
             Opts::new(
                 "proxy_requests_total",
-                "Requests answered, by backend pool and status.",
+                "Requests answered, by backend pool, client protocol (h1, h2, h3) and status.",
             ),
-            &["backend", "status"],
+            &["backend", "protocol", "status"],
         )?;
         let duration = HistogramVec::new(
             HistogramOpts::new(
@@ -565,7 +565,7 @@ impl Metrics {
 
     pub fn observe(&self, proto: Proto, backend: &str, status: StatusCode, elapsed: Duration) {
         self.requests
-            .with_label_values(&[backend, status.as_str()])
+            .with_label_values(&[backend, proto.as_str(), status.as_str()])
             .inc();
         self.duration
             .with_label_values(&[proto.as_str(), backend])

@@ -123,6 +123,8 @@ pub async fn run(config: Config, reload: Option<Reloader>) -> Result<(), Error> 
         .map_err(|e| Error::Setup(format!("rate limits: {e}")))?;
     let access_log = build_access_log(&config, &metrics)?;
     listener::slots::raise_nofile_limit();
+    let upgrades = listener::upgrades::Upgrades::new(config.alt_svc.max_age, metrics.registry())
+        .map_err(|e| Error::Setup(format!("metrics: {e}")))?;
     let shared = Arc::new(Shared {
         proxy: ArcSwap::from_pointee(
             proxy
@@ -138,6 +140,7 @@ pub async fn run(config: Config, reload: Option<Reloader>) -> Result<(), Error> 
         tasks: TaskTracker::new(),
         slots: listener::slots::Slots::new(&config),
         overload: listener::overload::Overload::new(config.limits.memory_high),
+        upgrades,
         config,
         certs: Some(resolver.as_ref()),
     });

@@ -17,6 +17,7 @@ pub mod redirect;
 pub mod slots;
 pub mod tcp;
 mod tunnel;
+pub mod upgrades;
 
 use std::net::{SocketAddr, TcpListener as StdTcpListener, UdpSocket};
 use std::time::Duration;
@@ -50,6 +51,8 @@ pub struct Shared {
     pub slots: slots::Slots,
     /// Pauses accepting and sheds idle connections past `limits.memory_high`.
     pub overload: overload::Overload,
+    /// Clients advertised HTTP/3 over TCP, and those that came back over QUIC.
+    pub upgrades: upgrades::Upgrades,
 }
 
 pub use crate::start::BindError;

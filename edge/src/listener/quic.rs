@@ -136,6 +136,7 @@ async fn handshake(incoming: quinn::Incoming, mut slot: limits::Slot, shared: Ar
             return tracing::debug!(%peer, "QUIC handshake timed out");
         }
     };
+    shared.upgrades.arrived_over_quic(peer.ip());
     serve_conn(conn.clone(), peer, shared.clone()).await;
     shared.metrics.quic_connection_ended(&path_of(&conn));
     drop(slot);

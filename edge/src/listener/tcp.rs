@@ -182,9 +182,11 @@ impl TcpServer {
             return resp;
         }
         let proxy = self.shared.proxy.load();
+        let ip = peer.ip;
         let mut resp = pipeline::handle(&proxy, &self.shared.metrics, peer, req).await;
         if let Some(v) = &self.alt_svc {
             resp.headers_mut().insert(ALT_SVC, v.clone());
+            self.shared.upgrades.advertised(ip);
         }
         resp
     }
