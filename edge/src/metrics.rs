@@ -805,7 +805,7 @@ mod tests {
         let c = m.connection(Proto::H3);
         let text = String::from_utf8(m.encode()).expect("utf-8");
         assert!(
-            text.contains("proxy_requests_total{backend=\"api\",status=\"200\"} 2"),
+            text.contains("proxy_requests_total{backend=\"api\",protocol=\"h2\",status=\"200\"} 2"),
             "{text}"
         );
         assert!(
