@@ -242,6 +242,9 @@ async fn withdraw(shared: &Shared) {
     }
 }
 
+/// The ACME manager and the stored certificate's notAfter, if one was found.
+type AcmeStart = (Arc<crate::acme::Manager>, Option<i64>);
+
 /// The ACME manager when `[acme]` is on, with the stored certificate (if any)
 /// already pinned in `resolver` and its notAfter; the resolver answers
 /// TLS-ALPN-01 through it from now on.
@@ -249,7 +252,7 @@ fn build_acme(
     config: &Config,
     resolver: &CertResolver,
     metrics: &Metrics,
-) -> Result<Option<(Arc<crate::acme::Manager>, Option<i64>)>, Error> {
+) -> Result<Option<AcmeStart>, Error> {
     let Some(acme) = &config.acme else {
         return Ok(None);
     };

@@ -1,0 +1,262 @@
+//! ACME against a real Pebble (Debian's `pebble`): an edge with no certificate
+//! orders one by TLS-ALPN-01 or HTTP-01 and serves it on h1, h2 and h3 without
+//! a restart; a restart serves the stored certificate without a new order; an
+//! unreachable directory leaves the local CA's certificate serving, counted
+//! as failed orders retried with back-off.
+
+use std::path::Path;
+use std::time::Duration;
+
+use edge_tests::dns::free_udp_tcp_port;
+use edge_tests::pebble::{free_tcp_port, DOMAIN};
+use edge_tests::{
+    curl, eventually, h3_requests_sni, run_edge, toml_path, toml_str, Edge, Origin, Pebble, Pki,
+};
+
+/// An order against Pebble (validation included) is a few seconds; this bounds it.
+const ORDER_DEADLINE: Duration = Duration::from_secs(90);
+
+/// An edge config with no certificate: the local CA serves until ACME's arrives.
+fn edge_toml(origin: &Origin, tls_port: u16, http_port: u16, acme: &str) -> String {
+    format!(
+        "listen = \"127.0.0.1:{tls_port}\"\nhttp_listen = \"127.0.0.1:{http_port}\"\n\
+         admin = \"127.0.0.1:0\"\nstate_dir = \"state\"\n\n\
+         [[routes]]\npath_prefix = \"/\"\npool = \"default\"\n\n\
+         [pools.default]\nendpoints = [{}]\n\n[log]\naccess = \"off\"\n\n\
+         [drain]\ndelay = \"0s\"\n\n{acme}",
+        toml_str(&origin.url())
+    )
+}
+
+async fn start_edge(toml: &str) -> anyhow::Result<Edge> {
+    let dir = tempfile::tempdir()?;
+    let pki = Pki::generate(dir.path())?;
+    Edge::start_with_toml(dir, pki, toml).await
+}
+
+/// `proxy_acme_orders_total{result}`, 0 when absent.
+async fn orders(edge: &Edge, result: &str) -> anyhow::Result<f64> {
+    let series = format!("proxy_acme_orders_total{{result=\"{result}\"}}");
+    Ok(edge.metric(&series).await?.0.unwrap_or(0.0))
+}
+
+/// Waits for the first successful order.
+async fn ordered(edge: &Edge) -> anyhow::Result<()> {
+    eventually("a certificate from pebble", ORDER_DEADLINE, || async {
+        anyhow::ensure!(
+            orders(edge, "error").await? == 0.0,
+            "an order failed:\n{}",
+            edge.log()
+        );
+        Ok((orders(edge, "ok").await? >= 1.0).then_some(()))
+    })
+    .await
+}
+
+/// curl over `version` (`--http1.1`, `--http2`) to `domain` at edge's TLS
+/// port, trusting only `root`: the status and the HTTP version spoken.
+async fn get(
+    edge: &Edge,
+    domain: &str,
+    root: &Path,
+    version: &str,
+) -> anyhow::Result<(u16, String)> {
+    let port = edge.https_addr.port();
+    let resp = curl(&[
+        "-sS".to_owned(),
+        version.to_owned(),
+        "--cacert".to_owned(),
+        root.to_string_lossy().into_owned(),
+        "--resolve".to_owned(),
+        format!("{domain}:{port}:127.0.0.1"),
+        format!("https://{domain}:{port}/"),
+    ])
+    .await?;
+    Ok((resp.status, resp.http_version))
+}
+
+/// h1, h2 and h3 requests for `domain`, each trusting only Pebble's root.
+async fn serves_on_every_protocol(
+    edge: &mut Edge,
+    domain: &str,
+    root: &Path,
+) -> anyhow::Result<()> {
+    assert_eq!(
+        get(edge, domain, root, "--http1.1").await?,
+        (200, "1.1".to_owned())
+    );
+    assert_eq!(
+        get(edge, domain, root, "--http2").await?,
+        (200, "2".to_owned())
+    );
+    edge.pki.ca_cert = root.to_path_buf();
+    let spec = serde_json::json!([{"path": "/", "headers": []}]);
+    let out = h3_requests_sni(edge, domain, true, &spec).await?;
+    assert_eq!(out["results"][0]["status"], 200, "h3: {out}");
+    Ok(())
+}
+
+/// A Pebble validating on fresh edge ports, an origin, and an edge ordering
+/// `domain` by `challenge`, already serving.
+async fn ordering_edge(
+    domain: &str,
+    challenge: &str,
+    extra: &str,
+) -> anyhow::Result<(Pebble, Origin, Edge)> {
+    let (tls_port, http_port) = (free_udp_tcp_port()?, free_tcp_port()?);
+    let pebble = Pebble::start(http_port, tls_port).await?;
+    let origin = Origin::start().await?;
+    let acme = pebble.acme_section(&[domain], challenge) + extra;
+    let edge = start_edge(&edge_toml(&origin, tls_port, http_port, &acme)).await?;
+    Ok((pebble, origin, edge))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_alpn_01_certificate_is_obtained_and_served_on_h1_h2_h3() -> anyhow::Result<()> {
+    let domain = format!("alpn.{DOMAIN}");
+    let (pebble, _origin, mut edge) = ordering_edge(&domain, "tls-alpn-01", "").await?;
+    ordered(&edge).await?;
+    serves_on_every_protocol(&mut edge, &domain, &pebble.root).await?;
+    // The expiry gauge names the ACME certificate.
+    let series = format!("proxy_cert_expiry_timestamp_seconds{{cert=\"acme:{domain}\"}}");
+    let (expiry, page) = edge.metric(&series).await?;
+    assert!(expiry.is_some_and(|t| t > 1.7e9), "{series} in:\n{page}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_01_certificate_is_obtained_and_served_on_h1_h2_h3() -> anyhow::Result<()> {
+    let domain = format!("http.{DOMAIN}");
+    let (pebble, _origin, mut edge) = ordering_edge(&domain, "http-01", "").await?;
+    ordered(&edge).await?;
+    serves_on_every_protocol(&mut edge, &domain, &pebble.root).await?;
+    // With ACME on, plaintext requests are redirected by default.
+    let http = edge.http()?;
+    let resp = curl(&[
+        "-sS".to_owned(),
+        "--resolve".to_owned(),
+        format!("{domain}:{}:127.0.0.1", http.port()),
+        format!("http://{domain}:{}/page", http.port()),
+    ])
+    .await?;
+    assert_eq!(resp.status, 308);
+    let https = edge.https_addr.port();
+    assert_eq!(
+        resp.header("location"),
+        Some(format!("https://{domain}:{https}/page").as_str())
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_serves_the_stored_certificate_without_ordering() -> anyhow::Result<()> {
+    let domain = format!("restart.{DOMAIN}");
+    let storage = tempfile::tempdir()?;
+    let extra = format!("storage = {}\n", toml_path(storage.path()));
+    let (pebble, origin, mut first) = ordering_edge(&domain, "tls-alpn-01", &extra).await?;
+    ordered(&first).await?;
+    let stored: Vec<_> = std::fs::read_dir(storage.path())?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("cert-"))
+        })
+        .collect();
+    assert_eq!(stored.len(), 1, "one stored certificate: {stored:?}");
+    let before = std::fs::read(&stored[0])?;
+    first.terminate().await?;
+    first.wait_exit(Duration::from_secs(10)).await?;
+
+    let (tls_port, http_port) = (free_udp_tcp_port()?, free_tcp_port()?);
+    let acme = pebble.acme_section(&[&domain], "tls-alpn-01") + &extra;
+    let mut second = start_edge(&edge_toml(&origin, tls_port, http_port, &acme)).await?;
+    // Served from the first handshake, before any order could have finished.
+    serves_on_every_protocol(&mut second, &domain, &pebble.root).await?;
+    assert!(
+        second.log().contains("serving the stored certificate"),
+        "{}",
+        second.log()
+    );
+    assert_eq!(orders(&second, "ok").await?, 0.0);
+    assert_eq!(orders(&second, "error").await?, 0.0);
+    // The next order is a renewal far ahead, not one now.
+    let (next, page) = second
+        .metric("proxy_acme_next_order_timestamp_seconds")
+        .await?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs_f64();
+    assert!(
+        next.is_some_and(|t| t > now + 86_400.0),
+        "next order in:\n{page}"
+    );
+    assert_eq!(
+        std::fs::read(&stored[0])?,
+        before,
+        "the stored certificate is unchanged"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_directory_keeps_the_local_certificate_serving() -> anyhow::Result<()> {
+    let closed = free_tcp_port()?;
+    let origin = Origin::start().await?;
+    let (tls_port, http_port) = (free_udp_tcp_port()?, free_tcp_port()?);
+    let acme = format!(
+        "[acme]\ndirectory = \"https://127.0.0.1:{closed}/dir\"\ndomains = [\"down.{DOMAIN}\"]\n"
+    );
+    let edge = start_edge(&edge_toml(&origin, tls_port, http_port, &acme)).await?;
+    // The first order fails at once and the retry after back-off fails too.
+    eventually("two failed orders", ORDER_DEADLINE, || async {
+        Ok((orders(&edge, "error").await? >= 2.0).then_some(()))
+    })
+    .await?;
+    assert_eq!(orders(&edge, "ok").await?, 0.0);
+    let ca = edge.dir.path().join("state/local-ca/ca.pem");
+    assert_eq!(
+        get(&edge, "localhost", &ca, "--http2").await?,
+        (200, "2".to_owned())
+    );
+    let log = edge.log();
+    assert!(!log.contains("panicked"), "{log}");
+    assert!(
+        log.contains("the current certificate keeps serving"),
+        "{log}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_refuses_bad_acme_settings_with_key_and_line() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("edge.toml");
+    let toml =
+        "listen = \"127.0.0.1:0\"\n\n[pools.default]\nendpoints = [\"http://127.0.0.1:1\"]\n\n\
+                [acme]\ndirectory = \"http://ca.example/dir\"\ncontact = [\"ops@example.com\"]\n\
+                domains = [\"*.example.com\"]\nchallenge = \"http-01\"\nrenew_before = \"0s\"\n";
+    std::fs::write(&file, toml)?;
+    let out = run_edge(
+        ["check".as_ref(), "-c".as_ref(), file.as_os_str()],
+        Duration::from_secs(20),
+    )
+    .await?;
+    assert_eq!(out.code, Some(2), "{}", out.stderr);
+    for (key, line, reason) in [
+        ("acme.directory", 7, "not an https:// URL"),
+        ("acme.contact", 8, "mailto:"),
+        ("acme.domains", 9, "DNS-01"),
+        ("acme.challenge", 10, "set http_listen"),
+        ("acme.renew_before", 11, "greater than zero"),
+    ] {
+        assert!(
+            out.stderr
+                .lines()
+                .any(|l| l.contains(&format!(":{line}: {key}: ")) && l.contains(reason)),
+            "{key} at line {line} ({reason}) in:\n{}",
+            out.stderr
+        );
+    }
+    Ok(())
+}
