@@ -50,12 +50,22 @@ impl Pebble {
     /// Starts Pebble validating HTTP-01 on `http_port` and TLS-ALPN-01 on
     /// `tls_port` (the edge's listeners, on 127.0.0.1).
     pub async fn start(http_port: u16, tls_port: u16) -> Result<Self> {
+        Self::start_issuing_for(http_port, tls_port, None).await
+    }
+
+    /// [`start`](Self::start), issuing certificates valid for `validity` (Pebble's
+    /// default is 5 years), so that a test can see a renewal.
+    pub async fn start_issuing_for(
+        http_port: u16,
+        tls_port: u16,
+        validity: Option<Duration>,
+    ) -> Result<Self> {
         let dns = Dnsmasq::start("", &format!("address=/{DOMAIN}/127.0.0.1\n")).await?;
         let dir = tempfile::tempdir()?;
         let pki = Pki::generate(dir.path())?;
         let listen = SocketAddr::from((Ipv4Addr::LOCALHOST, free_tcp_port()?));
         let management = SocketAddr::from((Ipv4Addr::LOCALHOST, free_tcp_port()?));
-        let config = serde_json::json!({
+        let mut config = serde_json::json!({
             "pebble": {
                 "listenAddress": listen.to_string(),
                 "managementListenAddress": management.to_string(),
@@ -67,6 +77,9 @@ impl Pebble {
                 "externalAccountBindingRequired": false,
             }
         });
+        if let Some(v) = validity {
+            config["pebble"]["certificateValidityPeriod"] = v.as_secs().into();
+        }
         let config_path = dir.path().join("pebble.json");
         std::fs::write(&config_path, config.to_string())?;
         let log = std::fs::File::create(dir.path().join("pebble.log"))?;

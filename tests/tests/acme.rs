@@ -5,7 +5,15 @@
 //! as failed orders retried with back-off.
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
+
+use anyhow::Context as _;
+use rustls::pki_types::pem::PemObject as _;
+use rustls::pki_types::{CertificateDer, ServerName};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
 
 use edge_tests::dns::free_udp_tcp_port;
 use edge_tests::pebble::{free_tcp_port, DOMAIN};
@@ -94,6 +102,70 @@ async fn serves_on_every_protocol(
     let out = h3_requests_sni(edge, domain, true, &spec).await?;
     assert_eq!(out["results"][0]["status"], 200, "h3: {out}");
     Ok(())
+}
+
+/// A keep-alive TLS connection to `domain` at edge's TLS port, trusting only
+/// `root`, with the certificate it was shown.
+async fn connect(
+    edge: &Edge,
+    domain: &str,
+    root: &Path,
+) -> anyhow::Result<(TlsStream<TcpStream>, CertificateDer<'static>)> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(root)? {
+        roots.add(cert?)?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let tcp = TcpStream::connect(edge.https_addr).await?;
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(ServerName::try_from(domain.to_owned())?, tcp)
+        .await
+        .context("TLS handshake with edge")?;
+    let cert = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .map(|c| c.clone().into_owned())
+        .context("no peer certificate")?;
+    Ok((tls, cert))
+}
+
+/// One keep-alive `GET /` on `tls`: its status code (the origin's bodies are
+/// small, so the head and body come within a few reads).
+async fn get_on(tls: &mut TlsStream<TcpStream>, domain: &str) -> anyhow::Result<u16> {
+    let request = format!("GET / HTTP/1.1\r\nhost: {domain}\r\n\r\n");
+    tls.write_all(request.as_bytes()).await?;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let n = tokio::time::timeout_at(deadline, tls.read(&mut buf)).await??;
+        anyhow::ensure!(n > 0, "edge closed the connection");
+        got.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&got);
+        let Some((head, body)) = text.split_once("\r\n\r\n") else {
+            continue;
+        };
+        let len = head
+            .lines()
+            .find_map(|l| {
+                l.to_ascii_lowercase()
+                    .strip_prefix("content-length:")
+                    .map(|v| v.trim().to_owned())
+            })
+            .and_then(|v| v.parse::<usize>().ok())
+            .context("no content-length")?;
+        if body.len() >= len {
+            let code = head.split(' ').nth(1).context("no status")?;
+            return Ok(code.parse()?);
+        }
+    }
 }
 
 /// A Pebble validating on fresh edge ports, an origin, and an edge ordering
@@ -259,4 +331,70 @@ async fn check_refuses_bad_acme_settings_with_key_and_line() -> anyhow::Result<(
         );
     }
     Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn renewal_replaces_the_certificate_in_place_and_open_connections_keep_serving(
+) -> anyhow::Result<()> {
+    let domain = format!("renew.{DOMAIN}");
+    let (tls_port, http_port) = (free_udp_tcp_port()?, free_tcp_port()?);
+    // 60 s certificates renewed with 50 s (plus up to 5 s of jitter) left: the
+    // renewal comes 5 to 10 s after each issuance.
+    let validity = Some(Duration::from_secs(60));
+    let pebble = Pebble::start_issuing_for(http_port, tls_port, validity).await?;
+    let origin = Origin::start().await?;
+    let acme = pebble.acme_section(&[&domain], "tls-alpn-01") + "renew_before = \"50s\"\n";
+    let mut edge = start_edge(&edge_toml(&origin, tls_port, http_port, &acme)).await?;
+    ordered(&edge).await?;
+    let (mut open, first) = connect(&edge, &domain, &pebble.root).await?;
+    assert_eq!(get_on(&mut open, &domain).await?, 200);
+    eventually("a renewal", ORDER_DEADLINE, || async {
+        Ok((orders(&edge, "ok").await? >= 2.0).then_some(()))
+    })
+    .await?;
+    assert_eq!(orders(&edge, "error").await?, 0.0, "{}", edge.log());
+    // The connection from before the renewal keeps serving.
+    assert_eq!(get_on(&mut open, &domain).await?, 200);
+    // New handshakes, TCP and QUIC, get the renewed certificate.
+    let (mut fresh, renewed) = connect(&edge, &domain, &pebble.root).await?;
+    assert_ne!(
+        renewed, first,
+        "a new TCP handshake still got the first certificate"
+    );
+    assert_eq!(get_on(&mut fresh, &domain).await?, 200);
+    edge.pki.ca_cert = pebble.root.clone();
+    let spec = serde_json::json!([{"path": "/", "headers": []}]);
+    let out = h3_requests_sni(&edge, &domain, true, &spec).await?;
+    assert_eq!(out["results"][0]["status"], 200, "h3: {out}");
+    let h3_der = out["peer_certificate"]["der"]
+        .as_str()
+        .context("no h3 certificate")?;
+    let first_der = base64_of(first.as_ref());
+    assert_ne!(
+        h3_der, first_der,
+        "a new QUIC handshake still got the first certificate"
+    );
+    Ok(())
+}
+
+/// Standard base64 with padding (as the h3 client reports DER).
+fn base64_of(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(char::from(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
 }
