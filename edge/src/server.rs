@@ -34,7 +34,9 @@ fn build_redis(config: &Config, metrics: &Metrics) -> Result<Option<Arc<Redis>>,
             .as_ref()
             .is_some_and(|s| s.shared && s.key != config::StickyKey::Cookie)
     });
-    if !(cache_l2 || global_limits || shared_sticky) {
+    // Replicas share one ACME certificate and take turns ordering it.
+    let shared_acme = config.acme.is_some();
+    if !(cache_l2 || global_limits || shared_sticky || shared_acme) {
         tracing::info!(redis = %r.describe(), "redis configured but unused (no feature that shares state is on)");
         return Ok(None);
     }
@@ -113,9 +115,9 @@ pub async fn run(config: Config, reload: Option<Reloader>) -> Result<(), Error> 
         Box::leak(Box::new(Arc::new(CertResolver::new(certs))));
 
     let metrics = Metrics::new().map_err(|e| Error::Setup(format!("metrics: {e}")))?;
-    let acme = build_acme(&config, resolver, &metrics)?;
-    metrics.cert_expiries(&resolver.expiries());
     let redis = build_redis(&config, &metrics)?;
+    let acme = build_acme(&config, resolver, redis.clone(), &metrics)?;
+    metrics.cert_expiries(&resolver.expiries());
     let cache = build_cache(&config, redis.as_ref(), &metrics)?;
     // Built even without rules, so a reload that adds some has counters (and
     // the Redis of start: a `global` rule added by reload without it counts locally).
@@ -251,12 +253,13 @@ type AcmeStart = (Arc<crate::acme::Manager>, Option<i64>);
 fn build_acme(
     config: &Config,
     resolver: &CertResolver,
+    redis: Option<Arc<Redis>>,
     metrics: &Metrics,
 ) -> Result<Option<AcmeStart>, Error> {
     let Some(acme) = &config.acme else {
         return Ok(None);
     };
-    let manager = crate::acme::Manager::new(acme.clone(), metrics.registry())
+    let manager = crate::acme::Manager::new(acme.clone(), redis, metrics.registry())
         .map_err(|e| Error::Setup(format!("acme metrics: {e}")))?;
     let manager = Arc::new(manager);
     resolver.answer_challenges_with(manager.challenges.clone());

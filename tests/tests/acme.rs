@@ -398,3 +398,49 @@ fn base64_of(bytes: &[u8]) -> String {
     }
     out
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_edges_sharing_redis_make_one_order_and_serve_one_certificate() -> anyhow::Result<()> {
+    let redis = edge_tests::redis::Redis::start().await?;
+    let domain = format!("shared.{DOMAIN}");
+    let (tls_port, http_port) = (free_udp_tcp_port()?, free_tcp_port()?);
+    let pebble = Pebble::start(http_port, tls_port).await?;
+    let origin = Origin::start().await?;
+    let acme = pebble.acme_section(&[&domain], "tls-alpn-01")
+        + &format!("\n[redis]\nurl = {}\n", toml_str(&redis.url()));
+    let first = start_edge(&edge_toml(&origin, tls_port, http_port, &acme)).await?;
+    // The second starts while the first holds the lock, its order under way
+    // (Pebble validates only on the first's port: an order of the second's
+    // own would fail and count as an error).
+    edge_tests::wait_until("the first edge ordering", ORDER_DEADLINE, || {
+        first.log().contains("ordering a certificate")
+    })
+    .await?;
+    let (tls_2, http_2) = (free_udp_tcp_port()?, free_tcp_port()?);
+    let second = start_edge(&edge_toml(&origin, tls_2, http_2, &acme)).await?;
+    ordered(&first).await?;
+    let served_second = eventually("the second edge serving it", ORDER_DEADLINE, || async {
+        match connect(&second, &domain, &pebble.root).await {
+            Ok((_, cert)) => Ok(Some(cert)),
+            Err(_) => Ok(None),
+        }
+    })
+    .await?;
+    let (_, served_first) = connect(&first, &domain, &pebble.root).await?;
+    assert_eq!(
+        served_first, served_second,
+        "both edges serve one certificate"
+    );
+    assert_eq!(orders(&first, "ok").await?, 1.0);
+    assert_eq!(orders(&second, "ok").await?, 0.0, "{}", second.log());
+    assert_eq!(
+        orders(&first, "error").await? + orders(&second, "error").await?,
+        0.0
+    );
+    assert!(
+        second.log().contains("another edge"),
+        "the second waited for or took the first's certificate:\n{}",
+        second.log()
+    );
+    Ok(())
+}

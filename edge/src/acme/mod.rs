@@ -9,6 +9,7 @@
 //! retried with back-off), or order again at start while a stored certificate
 //! is outside its renewal window.
 
+mod replicas;
 mod storage;
 
 use std::sync::{Arc, Mutex};
@@ -21,6 +22,7 @@ use rustls::sign::CertifiedKey;
 use rustls_acme::{AcmeConfig, EventError, EventOk, ResolvesServerCertAcme, UseChallenge};
 use tokio_util::sync::CancellationToken;
 
+pub use replicas::Replicas;
 pub use storage::Storage;
 
 use crate::config::{self, AcmeChallenge};
@@ -31,6 +33,31 @@ const ORDER_DEADLINE: Duration = Duration::from_secs(600);
 /// The first retry after a failed order; doubled each time up to `RETRY_MAX`.
 const RETRY_MIN: Duration = Duration::from_secs(2);
 const RETRY_MAX: Duration = Duration::from_secs(3600);
+
+/// How often a replica waiting for another's order looks for its result.
+const PEER_POLL: Duration = Duration::from_secs(1);
+/// The ordering lock outlives the order's deadline by this much.
+const LOCK_MARGIN: Duration = Duration::from_secs(60);
+
+/// Where the renewal loop stands.
+struct Progress {
+    /// The serving ACME certificate's notAfter, if there is one.
+    not_after: Option<i64>,
+    /// Failed orders in a row.
+    failures: u32,
+    /// Another replica holds the ordering lock.
+    peer_ordering: bool,
+}
+
+/// What to do when the certificate is due.
+enum Turn {
+    /// Serve a replica's newer certificate.
+    Adopt(Loaded),
+    /// Wait for the replica holding the lock.
+    PeerOrdering,
+    /// Order; `locked` when this edge holds the shared lock.
+    Order { locked: bool },
+}
 
 /// The challenge answers of the order under way, if any: read by the TLS
 /// resolver (TLS-ALPN-01) and the plaintext listener (HTTP-01).
@@ -70,10 +97,16 @@ pub struct Manager {
     pub challenges: Arc<Challenges>,
     orders: IntCounterVec,
     next_renewal: IntGauge,
+    /// Other edges sharing the certificate, with `[redis]`.
+    replicas: Option<Replicas>,
 }
 
 impl Manager {
-    pub fn new(config: config::Acme, registry: &Registry) -> Result<Self, prometheus::Error> {
+    pub fn new(
+        config: config::Acme,
+        redis: Option<Arc<crate::shared::Redis>>,
+        registry: &Registry,
+    ) -> Result<Self, prometheus::Error> {
         let orders = IntCounterVec::new(
             Opts::new(
                 "proxy_acme_orders_total",
@@ -90,8 +123,10 @@ impl Manager {
             "When the next ACME order (renewal or retry) starts, Unix seconds",
         )?;
         registry.register(Box::new(next_renewal.clone()))?;
+        let storage = Storage::new(&config);
         Ok(Self {
-            storage: Storage::new(&config),
+            replicas: redis.map(|r| Replicas::new(r, &storage.id)),
+            storage,
             config,
             challenges: Arc::new(Challenges::default()),
             orders,
@@ -137,44 +172,54 @@ impl Manager {
 
     /// Orders whenever the serving certificate is due (now, when there is none)
     /// and pins each new one in `resolver`; `on_new` hears of each (metrics).
-    /// Returns when `stop` is cancelled.
+    /// With Redis, a replica's newer certificate is taken instead, and only
+    /// the replica holding the lock orders. Returns when `stop` is cancelled.
     pub async fn run(
         self: Arc<Self>,
         resolver: &CertResolver,
-        mut not_after: Option<i64>,
+        not_after: Option<i64>,
         on_new: impl Fn(),
         stop: CancellationToken,
     ) {
-        let mut failures = 0u32;
+        let mut p = Progress {
+            not_after,
+            failures: 0,
+            peer_ordering: false,
+        };
         loop {
-            let wait = match not_after {
-                _ if failures > 0 => retry_after(failures, fastrand::f64()),
-                Some(at) => {
-                    let due = renew_at(at, self.config.renew_before, fastrand::f64());
-                    Duration::from_secs(u64::try_from(due - unix_now()).unwrap_or(0))
-                }
-                None => Duration::ZERO,
-            };
-            self.next_renewal
-                .set(unix_now().saturating_add(i64::try_from(wait.as_secs()).unwrap_or(i64::MAX)));
-            if !wait.is_zero() {
-                tracing::info!("acme: next order in {}", humantime::format_duration(wait));
-            }
+            let wait = self.wait(&p);
             tokio::select! {
                 () = tokio::time::sleep(wait) => {}
                 () = stop.cancelled() => return,
             }
+            p.peer_ordering = false;
+            let locked = match self.coordinate(p.not_after).await {
+                Turn::Adopt(loaded) => {
+                    p.not_after = loaded.not_after();
+                    p.failures = 0;
+                    let generation = resolver.pin_first(loaded);
+                    on_new();
+                    tracing::info!("acme: serving the certificate another edge ordered (generation {generation})");
+                    continue;
+                }
+                Turn::PeerOrdering => {
+                    p.peer_ordering = true;
+                    continue;
+                }
+                Turn::Order { locked } => locked,
+            };
             let result = tokio::select! {
                 r = tokio::time::timeout(ORDER_DEADLINE, self.order()) => r
                     .unwrap_or_else(|_| Err(format!("not done within {ORDER_DEADLINE:?}"))),
                 () = stop.cancelled() => return,
             };
             self.challenges.set(None);
-            match result.and_then(|pem| self.parse(&pem)) {
-                Ok(loaded) => {
+            match result.and_then(|pem| self.parse(&pem).map(|l| (l, pem))) {
+                Ok((loaded, pem)) => {
                     self.orders.with_label_values(&["ok"]).inc();
-                    failures = 0;
-                    not_after = loaded.not_after();
+                    p.failures = 0;
+                    p.not_after = loaded.not_after();
+                    self.publish(&pem, p.not_after).await;
                     let generation = resolver.pin_first(loaded);
                     on_new();
                     tracing::info!(
@@ -184,14 +229,97 @@ impl Manager {
                 }
                 Err(e) => {
                     self.orders.with_label_values(&["error"]).inc();
-                    failures = failures.saturating_add(1);
+                    p.failures = p.failures.saturating_add(1);
                     tracing::warn!(
-                        "acme: order for {:?} failed ({failures} in a row): {e}; \
+                        "acme: order for {:?} failed ({} in a row): {e}; \
                          the current certificate keeps serving",
-                        self.config.domains
+                        self.config.domains,
+                        p.failures
                     );
                 }
             }
+            if let (true, Some(r)) = (locked, &self.replicas) {
+                r.unlock().await;
+            }
+        }
+    }
+
+    /// How long until the next step, set in the gauge and logged.
+    fn wait(&self, p: &Progress) -> Duration {
+        let wait = if p.peer_ordering {
+            PEER_POLL.mul_f64(0.5 + fastrand::f64())
+        } else if p.failures > 0 {
+            retry_after(p.failures, fastrand::f64())
+        } else {
+            let due = p.not_after.map_or(i64::MIN, |at| {
+                renew_at(at, self.config.renew_before, fastrand::f64())
+            });
+            Duration::from_secs(u64::try_from(due.saturating_sub(unix_now())).unwrap_or(0))
+        };
+        let secs = i64::try_from(wait.as_secs()).unwrap_or(i64::MAX);
+        self.next_renewal.set(unix_now().saturating_add(secs));
+        if !wait.is_zero() && !p.peer_ordering {
+            tracing::info!("acme: next order in {}", humantime::format_duration(wait));
+        }
+        wait
+    }
+
+    /// Whether this edge orders now: without Redis (or while it does not
+    /// answer) always; with it, only when no replica has a newer certificate
+    /// that is not due, and the lock is this edge's.
+    async fn coordinate(&self, current: Option<i64>) -> Turn {
+        let Some(replicas) = &self.replicas else {
+            return Turn::Order { locked: false };
+        };
+        if let Some(Some(pem)) = replicas.cert().await {
+            match self.parse(&pem) {
+                Ok(l) if self.newer_and_not_due(&l, current) => {
+                    self.keep_on_disk(pem).await;
+                    return Turn::Adopt(l);
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!("acme: the certificate in Redis is unusable: {e}"),
+            }
+        }
+        match replicas.lock(ORDER_DEADLINE + LOCK_MARGIN).await {
+            Some(true) => Turn::Order { locked: true },
+            Some(false) => {
+                tracing::info!("acme: another edge is ordering; waiting for its certificate");
+                Turn::PeerOrdering
+            }
+            None => {
+                tracing::warn!("acme: Redis did not answer; ordering without the shared lock");
+                Turn::Order { locked: false }
+            }
+        }
+    }
+
+    fn newer_and_not_due(&self, l: &Loaded, current: Option<i64>) -> bool {
+        let Some(at) = l.not_after() else {
+            return false;
+        };
+        at > current.unwrap_or(i64::MIN) && renew_at(at, self.config.renew_before, 0.0) > unix_now()
+    }
+
+    /// Stores a replica's certificate on disk too, for a restart without Redis.
+    async fn keep_on_disk(&self, pem: Vec<u8>) {
+        let path = self.storage.cert.clone();
+        if let Err(e) = blocking(move || Storage::write(&path, &pem)).await {
+            tracing::warn!("acme: cannot store the certificate: {e}");
+        }
+    }
+
+    /// Hands a new certificate to the other replicas (with Redis).
+    async fn publish(&self, pem: &[u8], not_after: Option<i64>) {
+        let Some(replicas) = &self.replicas else {
+            return;
+        };
+        let left = not_after.map_or(0, |at| at.saturating_sub(unix_now()));
+        let ttl = Duration::from_secs(u64::try_from(left).unwrap_or(0));
+        if !replicas.publish(pem, ttl).await {
+            tracing::warn!(
+                "acme: the new certificate could not be put in Redis; other edges order their own"
+            );
         }
     }
 

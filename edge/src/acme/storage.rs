@@ -16,6 +16,8 @@ use crate::config::Acme;
 
 #[derive(Clone, Debug)]
 pub struct Storage {
+    /// Names the certificate (its domains and directory) here and in Redis.
+    pub id: String,
     pub cert: PathBuf,
     pub account: PathBuf,
 }
@@ -25,6 +27,7 @@ impl Storage {
         let cert = digest(&acme.domains, &acme.directory);
         let account = digest(&acme.contact, &acme.directory);
         Self {
+            id: cert.clone(),
             cert: acme.storage.join(format!("cert-{cert}.pem")),
             account: acme.storage.join(format!("account-{account}.key")),
         }
