@@ -4,6 +4,7 @@
 //! unreachable directory leaves the local CA's certificate serving, counted
 //! as failed orders retried with back-off.
 
+use std::net::{Ipv4Addr, TcpListener, UdpSocket};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,7 +16,6 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 
-use edge_tests::dns::free_udp_tcp_port;
 use edge_tests::pebble::{free_tcp_port, DOMAIN};
 use edge_tests::{
     curl, eventually, h3_requests_sni, run_edge, toml_path, toml_str, Edge, Origin, Pebble, Pki,
@@ -23,6 +23,33 @@ use edge_tests::{
 
 /// An order against Pebble (validation included) is a few seconds; this bounds it.
 const ORDER_DEADLINE: Duration = Duration::from_secs(90);
+
+/// Loopback ports for an edge (TCP+UDP for TLS and QUIC, TCP for plaintext),
+/// held until dropped so that nothing started meanwhile (Pebble, dnsmasq) is
+/// given one of them.
+struct Ports {
+    tls: u16,
+    http: u16,
+    _held: (UdpSocket, TcpListener, TcpListener),
+}
+
+fn reserve() -> anyhow::Result<Ports> {
+    for _ in 0..20 {
+        let udp = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))?;
+        let tls = udp.local_addr()?.port();
+        let Ok(tcp) = TcpListener::bind((Ipv4Addr::LOCALHOST, tls)) else {
+            continue;
+        };
+        let plain = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?;
+        let http = plain.local_addr()?.port();
+        return Ok(Ports {
+            tls,
+            http,
+            _held: (udp, tcp, plain),
+        });
+    }
+    anyhow::bail!("no port free for both UDP and TCP")
+}
 
 /// An edge config with no certificate: the local CA serves until ACME's arrives.
 fn edge_toml(origin: &Origin, tls_port: u16, http_port: u16, acme: &str) -> String {
@@ -175,10 +202,12 @@ async fn ordering_edge(
     challenge: &str,
     extra: &str,
 ) -> anyhow::Result<(Pebble, Origin, Edge)> {
-    let (tls_port, http_port) = (free_udp_tcp_port()?, free_tcp_port()?);
-    let pebble = Pebble::start(http_port, tls_port).await?;
+    let ports = reserve()?;
+    let pebble = Pebble::start(ports.http, ports.tls).await?;
     let origin = Origin::start().await?;
     let acme = pebble.acme_section(&[domain], challenge) + extra;
+    let (tls_port, http_port) = (ports.tls, ports.http);
+    drop(ports);
     let edge = start_edge(&edge_toml(&origin, tls_port, http_port, &acme)).await?;
     Ok((pebble, origin, edge))
 }
@@ -240,7 +269,10 @@ async fn a_restart_serves_the_stored_certificate_without_ordering() -> anyhow::R
     first.terminate().await?;
     first.wait_exit(Duration::from_secs(10)).await?;
 
-    let (tls_port, http_port) = (free_udp_tcp_port()?, free_tcp_port()?);
+    let (tls_port, http_port) = {
+        let p = reserve()?;
+        (p.tls, p.http)
+    };
     let acme = pebble.acme_section(&[&domain], "tls-alpn-01") + &extra;
     let mut second = start_edge(&edge_toml(&origin, tls_port, http_port, &acme)).await?;
     // Served from the first handshake, before any order could have finished.
@@ -275,7 +307,10 @@ async fn a_restart_serves_the_stored_certificate_without_ordering() -> anyhow::R
 async fn an_unreachable_directory_keeps_the_local_certificate_serving() -> anyhow::Result<()> {
     let closed = free_tcp_port()?;
     let origin = Origin::start().await?;
-    let (tls_port, http_port) = (free_udp_tcp_port()?, free_tcp_port()?);
+    let (tls_port, http_port) = {
+        let p = reserve()?;
+        (p.tls, p.http)
+    };
     let acme = format!(
         "[acme]\ndirectory = \"https://127.0.0.1:{closed}/dir\"\ndomains = [\"down.{DOMAIN}\"]\n"
     );
@@ -337,13 +372,17 @@ async fn check_refuses_bad_acme_settings_with_key_and_line() -> anyhow::Result<(
 async fn renewal_replaces_the_certificate_in_place_and_open_connections_keep_serving(
 ) -> anyhow::Result<()> {
     let domain = format!("renew.{DOMAIN}");
-    let (tls_port, http_port) = (free_udp_tcp_port()?, free_tcp_port()?);
+    let ports = reserve()?;
     // 60 s certificates renewed with 50 s (plus up to 5 s of jitter) left: the
     // renewal comes 5 to 10 s after each issuance.
     let validity = Some(Duration::from_secs(60));
-    let pebble = Pebble::start_issuing_for(http_port, tls_port, validity).await?;
+    let pebble = Pebble::start_issuing_for(ports.http, ports.tls, validity).await?;
+    let (tls_port, http_port) = (ports.tls, ports.http);
+    drop(ports);
     let origin = Origin::start().await?;
-    let acme = pebble.acme_section(&[&domain], "tls-alpn-01") + "renew_before = \"50s\"\n";
+    // The open connection idles across the renewal: keep-alive outlasts it.
+    let acme = pebble.acme_section(&[&domain], "tls-alpn-01")
+        + "renew_before = \"50s\"\n\n[client]\nheader_read_timeout = \"60s\"\n";
     let mut edge = start_edge(&edge_toml(&origin, tls_port, http_port, &acme)).await?;
     ordered(&edge).await?;
     let (mut open, first) = connect(&edge, &domain, &pebble.root).await?;
@@ -403,8 +442,10 @@ fn base64_of(bytes: &[u8]) -> String {
 async fn two_edges_sharing_redis_make_one_order_and_serve_one_certificate() -> anyhow::Result<()> {
     let redis = edge_tests::redis::Redis::start().await?;
     let domain = format!("shared.{DOMAIN}");
-    let (tls_port, http_port) = (free_udp_tcp_port()?, free_tcp_port()?);
-    let pebble = Pebble::start(http_port, tls_port).await?;
+    let ports = reserve()?;
+    let pebble = Pebble::start(ports.http, ports.tls).await?;
+    let (tls_port, http_port) = (ports.tls, ports.http);
+    drop(ports);
     let origin = Origin::start().await?;
     let acme = pebble.acme_section(&[&domain], "tls-alpn-01")
         + &format!("\n[redis]\nurl = {}\n", toml_str(&redis.url()));
@@ -416,7 +457,10 @@ async fn two_edges_sharing_redis_make_one_order_and_serve_one_certificate() -> a
         first.log().contains("ordering a certificate")
     })
     .await?;
-    let (tls_2, http_2) = (free_udp_tcp_port()?, free_tcp_port()?);
+    let (tls_2, http_2) = {
+        let p = reserve()?;
+        (p.tls, p.http)
+    };
     let second = start_edge(&edge_toml(&origin, tls_2, http_2, &acme)).await?;
     ordered(&first).await?;
     let served_second = eventually("the second edge serving it", ORDER_DEADLINE, || async {
