@@ -214,32 +214,44 @@ impl Manager {
                 () = stop.cancelled() => return,
             };
             self.challenges.set(None);
-            match result.and_then(|pem| self.parse(&pem).map(|l| (l, pem))) {
-                Ok((loaded, pem)) => {
-                    self.orders.with_label_values(&["ok"]).inc();
-                    p.failures = 0;
-                    p.not_after = loaded.not_after();
-                    self.publish(&pem, p.not_after).await;
-                    let generation = resolver.pin_first(loaded);
-                    on_new();
-                    tracing::info!(
-                        "acme: new certificate for {:?} serving (generation {generation})",
-                        self.config.domains
-                    );
-                }
-                Err(e) => {
-                    self.orders.with_label_values(&["error"]).inc();
-                    p.failures = p.failures.saturating_add(1);
-                    tracing::warn!(
-                        "acme: order for {:?} failed ({} in a row): {e}; \
-                         the current certificate keeps serving",
-                        self.config.domains,
-                        p.failures
-                    );
-                }
-            }
+            self.finish(result, &mut p, resolver, &on_new).await;
             if let (true, Some(r)) = (locked, &self.replicas) {
                 r.unlock().await;
+            }
+        }
+    }
+
+    /// Counts an order; a new certificate is shared, pinned and announced, a
+    /// failure leaves the serving one and backs off.
+    async fn finish(
+        &self,
+        result: Result<Vec<u8>, String>,
+        p: &mut Progress,
+        resolver: &CertResolver,
+        on_new: &impl Fn(),
+    ) {
+        match result.and_then(|pem| self.parse(&pem).map(|l| (l, pem))) {
+            Ok((loaded, pem)) => {
+                self.orders.with_label_values(&["ok"]).inc();
+                p.failures = 0;
+                p.not_after = loaded.not_after();
+                self.publish(&pem, p.not_after).await;
+                let generation = resolver.pin_first(loaded);
+                on_new();
+                tracing::info!(
+                    "acme: new certificate for {:?} serving (generation {generation})",
+                    self.config.domains
+                );
+            }
+            Err(e) => {
+                self.orders.with_label_values(&["error"]).inc();
+                p.failures = p.failures.saturating_add(1);
+                tracing::warn!(
+                    "acme: order for {:?} failed ({} in a row): {e}; \
+                     the current certificate keeps serving",
+                    self.config.domains,
+                    p.failures
+                );
             }
         }
     }
