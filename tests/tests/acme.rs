@@ -1,8 +1,9 @@
 //! ACME against a real Pebble (Debian's `pebble`): an edge with no certificate
 //! orders one by TLS-ALPN-01 or HTTP-01 and serves it on h1, h2 and h3 without
-//! a restart; a restart serves the stored certificate without a new order; an
-//! unreachable directory leaves the local CA's certificate serving, counted
-//! as failed orders retried with back-off.
+//! a restart; a restart serves the stored certificate without a new order; a
+//! renewal swaps it in place while open connections keep serving; two edges
+//! sharing Redis make one order; an unreachable directory leaves the local
+//! CA's certificate serving, counted as failed orders retried with back-off.
 
 use std::net::{Ipv4Addr, TcpListener, UdpSocket};
 use std::path::Path;
@@ -138,6 +139,16 @@ async fn connect(
     domain: &str,
     root: &Path,
 ) -> anyhow::Result<(TlsStream<TcpStream>, CertificateDer<'static>)> {
+    connect_alpn(edge, domain, root, b"http/1.1").await
+}
+
+/// [`connect`] offering only the ALPN protocol `alpn`.
+async fn connect_alpn(
+    edge: &Edge,
+    domain: &str,
+    root: &Path,
+    alpn: &[u8],
+) -> anyhow::Result<(TlsStream<TcpStream>, CertificateDer<'static>)> {
     let mut roots = rustls::RootCertStore::empty();
     for cert in CertificateDer::pem_file_iter(root)? {
         roots.add(cert?)?;
@@ -147,7 +158,7 @@ async fn connect(
         .with_safe_default_protocol_versions()?
         .with_root_certificates(roots)
         .with_no_client_auth();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config.alpn_protocols = vec![alpn.to_vec()];
     let tcp = TcpStream::connect(edge.https_addr).await?;
     let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
         .connect(ServerName::try_from(domain.to_owned())?, tcp)
@@ -325,6 +336,20 @@ async fn an_unreachable_directory_keeps_the_local_certificate_serving() -> anyho
     assert_eq!(
         get(&edge, "localhost", &ca, "--http2").await?,
         (200, "2".to_owned())
+    );
+    // No order open: a TLS-ALPN-01 handshake gets no certificate, an HTTP-01
+    // token 404 from edge itself (never the origin, never a redirect).
+    let probe = connect_alpn(&edge, &format!("down.{DOMAIN}"), &ca, b"acme-tls/1").await;
+    assert!(
+        probe.is_err(),
+        "an acme-tls/1 handshake with no order open succeeded"
+    );
+    let http = edge.http()?;
+    let token = curl(&[format!("http://{http}/.well-known/acme-challenge/guess")]).await?;
+    assert_eq!(token.status, 404);
+    assert_eq!(
+        get(&edge, "localhost", &ca, "--http1.1").await?,
+        (200, "1.1".to_owned())
     );
     let log = edge.log();
     assert!(!log.contains("panicked"), "{log}");
