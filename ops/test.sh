@@ -12,7 +12,7 @@ export PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
 # make and a C compiler build jemalloc (edge's allocator, tikv-jemalloc-sys).
 apt_missing=()
 command -v make >/dev/null 2>&1 || apt_missing+=(make)
-command -v cc >/dev/null 2>&1 || apt_missing+=(gcc)
+command -v cc >/dev/null 2>&1 || apt_missing+=(gcc libc6-dev)
 # curl drives h1/h2/h2c, gtlsclient (ngtcp2-client) drives h3.
 command -v curl >/dev/null 2>&1 || apt_missing+=(curl)
 command -v gtlsclient >/dev/null 2>&1 || apt_missing+=(ngtcp2-client)
@@ -22,17 +22,35 @@ command -v dnsmasq >/dev/null 2>&1 || apt_missing+=(dnsmasq-base)
 command -v redis-server >/dev/null 2>&1 || apt_missing+=(redis-server)
 # pebble is the real ACME CA of the ACME tests (Debian's 2.4.0, on free loopback ports).
 command -v pebble >/dev/null 2>&1 || apt_missing+=(pebble)
+# prometheus and promtool check the alert rules and scrape edge in a test.
+command -v promtool >/dev/null 2>&1 || apt_missing+=(prometheus)
+# systemd-analyze verifies the shipped unit (a minimal image may lack systemd).
+command -v systemd-analyze >/dev/null 2>&1 || apt_missing+=(systemd)
 if ((${#apt_missing[@]} > 0)); then
   apt-get update </dev/null
-  apt-get install -y "${apt_missing[@]}" </dev/null
+  # The tests start their own daemons on loopback ports: keep the packages'
+  # services (prometheus listens on *:9090 by default) from starting on install.
+  hold_services=
+  if [[ ! -e /usr/sbin/policy-rc.d ]]; then
+    printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
+    chmod +x /usr/sbin/policy-rc.d
+    hold_services=1
+    trap 'rm -f /usr/sbin/policy-rc.d' EXIT
+  fi
+  apt-get install -y --no-install-recommends "${apt_missing[@]}" </dev/null
+  if [[ -n $hold_services ]]; then
+    rm -f /usr/sbin/policy-rc.d
+    trap - EXIT
+  fi
 fi
 
 # The Python clients of tests/py/ go into a virtualenv in the workspace (Debian's
 # system pip refuses installs): aioquic and niquests (HTTP/3), h2 (hostile HTTP/2
-# clients), mmdb-writer (the geo tests' MaxMind databases). The tests find it as
+# clients), mmdb-writer (the geo tests' MaxMind databases), websockets (the
+# WebSocket client and echo server of tests/tests/websocket.rs). The tests find it as
 # $EDGE_TEST_PYTHON.
 venv=.venv
-py_packages=(aioquic niquests mmdb-writer h2)
+py_packages=(aioquic niquests mmdb-writer h2 websockets)
 if ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
   apt-get update </dev/null
   apt-get install -y python3-venv </dev/null
@@ -41,7 +59,7 @@ if [[ ! -x $venv/bin/python3 ]]; then
   rm -rf "$venv"
   python3 -m venv "$venv"
 fi
-if ! "$venv/bin/python3" -c 'import aioquic, niquests, mmdb_writer, h2' >/dev/null 2>&1; then
+if ! "$venv/bin/python3" -c 'import aioquic, niquests, mmdb_writer, h2, websockets' >/dev/null 2>&1; then
   "$venv/bin/python3" -m pip install --quiet --disable-pip-version-check "${py_packages[@]}" </dev/null
 fi
 export EDGE_TEST_PYTHON="$PWD/$venv/bin/python3"

@@ -14,7 +14,11 @@ use upstream::{EndpointAddr, Protocol};
 static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 #[derive(Parser)]
-#[command(name = "edge", version, about = "HTTP/3-first edge reverse proxy")]
+#[command(
+    name = "edge",
+    version = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("EDGE_COMMIT"), ")"),
+    about = "HTTP/3-first edge reverse proxy"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

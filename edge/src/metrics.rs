@@ -41,6 +41,142 @@ pub struct Metrics {
     slots: SlotMetrics,
     endpoints: EndpointMetrics,
     regions: RegionMetrics,
+    tunnels: TunnelMetrics,
+    handshakes: HandshakeMetrics,
+}
+
+/// What a QUIC connection's path looked like when it ended (quinn's stats).
+pub struct QuicPath {
+    pub rtt: Duration,
+    pub cwnd: u64,
+    pub sent_packets: u64,
+    pub lost_packets: u64,
+    pub congestion_events: u64,
+    pub datagrams_in: u64,
+    pub datagrams_out: u64,
+}
+
+/// TLS and QUIC handshakes that failed, and the path figures of QUIC
+/// connections as they end.
+struct HandshakeMetrics {
+    failures: IntCounterVec,
+    rtt: prometheus::Histogram,
+    cwnd: prometheus::Histogram,
+    packets: IntCounterVec,
+    congestion: prometheus::IntCounter,
+    datagrams: IntCounterVec,
+}
+
+impl HandshakeMetrics {
+    fn new(registry: &Registry) -> Result<Self, prometheus::Error> {
+        let failures = IntCounterVec::new(
+            Opts::new(
+                "proxy_handshake_failures_total",
+                "Client handshakes that did not complete, by transport (tls, quic) and reason (timeout, eof, reset, no_shared_protocol, bad_certificate, alert, bad_message, peer_closed, transport, other).",
+            ),
+            &["transport", "reason"],
+        )?;
+        let rtt = prometheus::Histogram::with_opts(
+            prometheus::HistogramOpts::new(
+                "proxy_quic_rtt_seconds",
+                "Smoothed RTT of QUIC client connections, observed when each ends.",
+            )
+            .buckets(vec![
+                0.001, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.0,
+            ]),
+        )?;
+        let cwnd = prometheus::Histogram::with_opts(
+            prometheus::HistogramOpts::new(
+                "proxy_quic_cwnd_bytes",
+                "Congestion window of QUIC client connections, observed when each ends.",
+            )
+            .buckets(prometheus::exponential_buckets(12_000.0, 2.0, 12)?),
+        )?;
+        let packets = IntCounterVec::new(
+            Opts::new(
+                "proxy_quic_packets_total",
+                "Packets edge sent on QUIC client connections (result sent) and those declared lost (result lost), counted as connections end.",
+            ),
+            &["result"],
+        )?;
+        let congestion = prometheus::IntCounter::new(
+            "proxy_quic_congestion_events_total",
+            "Congestion events on QUIC client connections, counted as connections end.",
+        )?;
+        let datagrams = IntCounterVec::new(
+            Opts::new(
+                "proxy_quic_datagrams_total",
+                "UDP datagrams of QUIC client connections by direction (in, out), counted as connections end.",
+            ),
+            &["direction"],
+        )?;
+        registry.register(Box::new(failures.clone()))?;
+        registry.register(Box::new(rtt.clone()))?;
+        registry.register(Box::new(cwnd.clone()))?;
+        registry.register(Box::new(packets.clone()))?;
+        registry.register(Box::new(congestion.clone()))?;
+        registry.register(Box::new(datagrams.clone()))?;
+        Ok(Self {
+            failures,
+            rtt,
+            cwnd,
+            packets,
+            congestion,
+            datagrams,
+        })
+    }
+}
+
+/// HTTP/1.1 upgrades and the tunnels they open. The protocol label is one of
+/// `upgrade.protocols`, so the series are bounded by config.
+struct TunnelMetrics {
+    upgrades: IntCounterVec,
+    open: IntGaugeVec,
+    closed: IntCounterVec,
+    bytes: IntCounterVec,
+}
+
+impl TunnelMetrics {
+    fn new(registry: &Registry) -> Result<Self, prometheus::Error> {
+        let upgrades = IntCounterVec::new(
+            Opts::new(
+                "proxy_upgrades_total",
+                "Upgrade requests (HTTP/1.1 Upgrade, HTTP/2 extended CONNECT) by protocol and result: switched (the backend answered 101, a tunnel opened), declined (it answered otherwise; the connection stayed HTTP), failed (no answer: connect error, reset, timeout), refused (a 101 for a protocol that was not offered; 502).",
+            ),
+            &["protocol", "result"],
+        )?;
+        let open = IntGaugeVec::new(
+            Opts::new(
+                "proxy_tunnels_open",
+                "Upgraded connections (tunnels) open now, by protocol.",
+            ),
+            &["protocol"],
+        )?;
+        let closed = IntCounterVec::new(
+            Opts::new(
+                "proxy_tunnels_closed_total",
+                "Tunnels closed, by protocol and reason: closed (both sides closed), error (a read or write failed, or the upgrade never completed), idle (upgrade.idle_timeout with no byte either way), drain (the drain grace ran out).",
+            ),
+            &["protocol", "reason"],
+        )?;
+        let bytes = IntCounterVec::new(
+            Opts::new(
+                "proxy_tunnel_bytes_total",
+                "Bytes carried by tunnels, by protocol and direction (upstream: client to backend; downstream: backend to client).",
+            ),
+            &["protocol", "direction"],
+        )?;
+        registry.register(Box::new(upgrades.clone()))?;
+        registry.register(Box::new(open.clone()))?;
+        registry.register(Box::new(closed.clone()))?;
+        registry.register(Box::new(bytes.clone()))?;
+        Ok(Self {
+            upgrades,
+            open,
+            closed,
+            bytes,
+        })
+    }
 }
 
 /// Connection slots, accept failures, write stalls and the overload guard.
@@ -53,6 +189,7 @@ struct SlotMetrics {
     overload: IntGauge,
     shed: prometheus::IntCounter,
     rss: IntGauge,
+    drain: IntGauge,
 }
 
 impl SlotMetrics {
@@ -101,6 +238,11 @@ impl SlotMetrics {
             "proxy_resident_memory_bytes",
             "RSS as the overload guard last read it (only with limits.memory_high set).",
         )?;
+        let drain = IntGauge::new(
+            "proxy_draining",
+            "Shutdown phase: 0 serving, 1 withdrawn (/healthz 503 for drain.delay, traffic still served), 2 draining (listeners closed, connections finishing).",
+        )?;
+        registry.register(Box::new(drain.clone()))?;
         registry.register(Box::new(accept_errors.clone()))?;
         registry.register(Box::new(refused.clone()))?;
         registry.register(Box::new(write_idle.clone()))?;
@@ -118,6 +260,7 @@ impl SlotMetrics {
             overload,
             shed,
             rss,
+            drain,
         })
     }
 }
@@ -289,6 +432,17 @@ impl EndpointMetrics {
 impl Metrics {
     pub fn new() -> Result<Self, prometheus::Error> {
         let registry = Registry::new();
+        let build = IntGaugeVec::new(
+            Opts::new(
+                "proxy_build_info",
+                "Always 1; the labels name the version and the commit edge was built from.",
+            ),
+            &["version", "commit"],
+        )?;
+        build
+            .with_label_values(&[env!("CARGO_PKG_VERSION"), env!("EDGE_COMMIT")])
+            .set(1);
+        registry.register(Box::new(build))?;
         let requests = IntCounterVec::new(
             Opts::new(
                 "proxy_requests_total",
@@ -361,6 +515,8 @@ impl Metrics {
         let slots = SlotMetrics::new(&registry)?;
         let endpoints = EndpointMetrics::new(&registry)?;
         let regions = RegionMetrics::new(&registry)?;
+        let tunnels = TunnelMetrics::new(&registry)?;
+        let handshakes = HandshakeMetrics::new(&registry)?;
         Ok(Self {
             registry,
             requests,
@@ -374,7 +530,37 @@ impl Metrics {
             slots,
             endpoints,
             regions,
+            tunnels,
+            handshakes,
         })
+    }
+
+    /// Counts an upgrade request's outcome (`result` is one of a fixed few).
+    pub fn upgrade(&self, protocol: &str, result: &'static str) {
+        self.tunnels
+            .upgrades
+            .with_label_values(&[protocol, result])
+            .inc();
+    }
+
+    /// Counts a tunnel as open until the guard drops.
+    pub fn tunnel_open(&self, protocol: &str) -> ConnGuard {
+        let gauge = self.tunnels.open.with_label_values(&[protocol]);
+        gauge.inc();
+        ConnGuard { gauge }
+    }
+
+    /// Counts a closed tunnel (`reason` is one of a fixed few).
+    pub fn tunnel_closed(&self, protocol: &str, reason: &'static str) {
+        self.tunnels
+            .closed
+            .with_label_values(&[protocol, reason])
+            .inc();
+    }
+
+    /// The byte counter of one direction of a protocol's tunnels.
+    pub fn tunnel_bytes(&self, protocol: &str, direction: &'static str) -> prometheus::IntCounter {
+        self.tunnels.bytes.with_label_values(&[protocol, direction])
     }
 
     pub fn observe(&self, proto: Proto, backend: &str, status: StatusCode, elapsed: Duration) {
@@ -476,6 +662,42 @@ impl Metrics {
 
     pub fn set_overload(&self, active: bool) {
         self.slots.overload.set(i64::from(active));
+    }
+
+    /// Counts a client handshake that did not complete (`transport` tls or
+    /// quic; `reason` one of a fixed few, see the metric's help).
+    pub fn handshake_failed(&self, transport: &str, reason: &str) {
+        self.handshakes
+            .failures
+            .with_label_values(&[transport, reason])
+            .inc();
+    }
+
+    /// Records a QUIC client connection's path figures as it ends.
+    pub fn quic_connection_ended(&self, p: &QuicPath) {
+        let h = &self.handshakes;
+        h.rtt.observe(p.rtt.as_secs_f64());
+        // Precision loss is irrelevant for a bucket.
+        #[allow(clippy::cast_precision_loss)]
+        h.cwnd.observe(p.cwnd as f64);
+        h.packets
+            .with_label_values(&["sent"])
+            .inc_by(p.sent_packets);
+        h.packets
+            .with_label_values(&["lost"])
+            .inc_by(p.lost_packets);
+        h.congestion.inc_by(p.congestion_events);
+        h.datagrams
+            .with_label_values(&["in"])
+            .inc_by(p.datagrams_in);
+        h.datagrams
+            .with_label_values(&["out"])
+            .inc_by(p.datagrams_out);
+    }
+
+    /// The shutdown phase `proxy_draining` shows (0 serving, 1 withdrawn, 2 draining).
+    pub fn set_drain_phase(&self, phase: i64) {
+        self.slots.drain.set(phase);
     }
 
     pub fn overload_shed(&self, n: u64) {

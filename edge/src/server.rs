@@ -124,6 +124,7 @@ pub async fn run(config: Config, reload: Option<Reloader>) -> Result<(), Error> 
     let limits = crate::pipeline::RateLimitStore::new(redis.clone(), metrics.registry())
         .map_err(|e| Error::Setup(format!("rate limits: {e}")))?;
     let access_log = build_access_log(&config, &metrics)?;
+    listener::slots::raise_nofile_limit();
     let shared = Arc::new(Shared {
         proxy: ArcSwap::from_pointee(
             proxy
@@ -190,11 +191,17 @@ pub async fn run(config: Config, reload: Option<Reloader>) -> Result<(), Error> 
         });
     }
     tracing::info!("edge ready");
+    notify_systemd(&[
+        sd_notify::NotifyState::Ready,
+        sd_notify::NotifyState::Status("serving"),
+    ]);
 
     wait_for_signals(&shared, reload.as_ref()).await;
+    notify_systemd(&[sd_notify::NotifyState::Stopping]);
     withdraw(&shared).await;
     let grace = shared.config.drain.grace;
     tracing::info!("draining: no new connections; open ones finish within {grace:?}");
+    shared.metrics.set_drain_phase(2);
     shared.draining.cancel();
     while loops.join_next().await.is_some() {}
     shared.tasks.close();
@@ -221,6 +228,7 @@ async fn withdraw(shared: &Shared) {
         return;
     }
     shared.withdrawn.cancel();
+    shared.metrics.set_drain_phase(1);
     tracing::info!(
         "withdrawing: /healthz answers 503 for {delay:?} while traffic is still served; SIGTERM again to stop at once"
     );
@@ -376,7 +384,14 @@ async fn wait_for_signals(shared: &Shared, reload: Option<&Reloader>) {
             _ = term.recv() => return,
             _ = int.recv() => return,
             _ = hup.recv() => match reload {
-                Some(reload) => apply_reload(shared, reload).await,
+                Some(reload) => {
+                    let mut reloading = vec![sd_notify::NotifyState::Reloading];
+                    // systemd 253+ (Type=notify-reload) wants the time with it.
+                    reloading.extend(sd_notify::NotifyState::monotonic_usec_now().ok());
+                    notify_systemd(&reloading);
+                    apply_reload(shared, reload).await;
+                    notify_systemd(&[sd_notify::NotifyState::Ready]);
+                }
                 None => tracing::warn!("SIGHUP: started without a config file, nothing to reload"),
             },
             _ = usr1.recv() => match shared.proxy.load().access_log() {
@@ -387,6 +402,14 @@ async fn wait_for_signals(shared: &Shared, reload: Option<&Reloader>) {
                 None => tracing::info!("SIGUSR1: no access log to reopen"),
             },
         }
+    }
+}
+
+/// Tells systemd (`Type=notify`, `$NOTIFY_SOCKET`) where edge is: ready,
+/// reloading, stopping. Without the variable it does nothing.
+fn notify_systemd(states: &[sd_notify::NotifyState<'_>]) {
+    if let Err(e) = sd_notify::notify(false, states) {
+        tracing::warn!("telling systemd the service state failed: {e}");
     }
 }
 

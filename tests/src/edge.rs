@@ -369,7 +369,38 @@ impl Edge {
 
     /// Starts edge on a config given as TOML text, written into `dir`.
     pub async fn start_with_toml(dir: TempDir, pki: Pki, toml: &str) -> anyhow::Result<Self> {
-        Self::spawn(dir, pki, toml, None).await
+        Self::spawn(dir, pki, toml, None, &[]).await
+    }
+
+    /// Starts edge on `config` with `env` added to its environment.
+    pub async fn start_with_env(config: &EdgeConfig, env: &[(&str, &str)]) -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir().context("creating tempdir")?;
+        let pki = Pki::generate(dir.path())?;
+        let toml = config.to_toml(&pki);
+        Self::spawn(dir, pki, &toml, None, env).await
+    }
+
+    /// Sends `signal` (a `kill` name: HUP, USR1, ...) to the edge process, by its pid.
+    pub async fn signal(&self, signal: &str) -> anyhow::Result<()> {
+        let pid = self.pid().to_string();
+        let flag = format!("-{signal}");
+        process::run(
+            "kill",
+            [flag.as_str(), pid.as_str()],
+            Duration::from_secs(5),
+        )
+        .await?
+        .ensure_success(&format!("kill {flag} {pid}"))?;
+        Ok(())
+    }
+
+    /// Starts edge on `config` with only the soft open-file limit lowered to
+    /// `soft` (`ulimit -Sn`), the hard one left as it is.
+    pub async fn start_with_soft_nofile(config: &EdgeConfig, soft: u64) -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir().context("creating tempdir")?;
+        let pki = Pki::generate(dir.path())?;
+        let toml = config.to_toml(&pki);
+        Self::spawn(dir, pki, &toml, Some(format!("-Sn {soft}")), &[]).await
     }
 
     /// Starts edge on `config` with its open-file limit (RLIMIT_NOFILE) set to
@@ -379,24 +410,25 @@ impl Edge {
         let dir = tempfile::tempdir().context("creating tempdir")?;
         let pki = Pki::generate(dir.path())?;
         let toml = config.to_toml(&pki);
-        Self::spawn(dir, pki, &toml, Some(nofile)).await
+        Self::spawn(dir, pki, &toml, Some(format!("-n {nofile}")), &[]).await
     }
 
     async fn spawn(
         dir: TempDir,
         pki: Pki,
         toml: &str,
-        nofile: Option<u64>,
+        ulimit: Option<String>,
+        env: &[(&str, &str)],
     ) -> anyhow::Result<Self> {
         let config_path = dir.path().join("edge.toml");
         std::fs::write(&config_path, toml).context("writing edge.toml")?;
-        let mut command = match nofile {
+        let mut command = match ulimit {
             None => Command::new(edge_bin()?),
-            Some(n) => {
+            Some(args) => {
                 let mut sh = Command::new("sh");
                 sh.arg("-c")
-                    .arg("ulimit -n \"$0\" && exec \"$@\"")
-                    .arg(n.to_string())
+                    .arg(format!("ulimit {args} && exec \"$@\""))
+                    .arg("sh")
                     .arg(edge_bin()?);
                 sh
             }
@@ -406,6 +438,7 @@ impl Edge {
             .arg("-c")
             .arg(&config_path)
             .env("NO_COLOR", "1")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -488,11 +521,7 @@ impl Edge {
 
     /// Sends SIGTERM to the edge process (its pid only), with the `kill` command.
     pub async fn terminate(&self) -> anyhow::Result<()> {
-        let pid = self.pid().to_string();
-        process::run("kill", ["-TERM", pid.as_str()], Duration::from_secs(5))
-            .await?
-            .ensure_success(&format!("kill -TERM {pid}"))?;
-        Ok(())
+        self.signal("TERM").await
     }
 
     /// Waits, polling, until the edge process exits; fails after `deadline`.

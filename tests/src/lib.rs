@@ -14,6 +14,7 @@ pub mod origin_process;
 pub mod pebble;
 pub mod pki;
 pub mod process;
+pub mod prometheus;
 pub mod raw_origin;
 pub mod redis;
 pub mod scripted;

@@ -159,3 +159,55 @@ async fn run_with_admin_flag_port_in_use_exits_with_one_line_naming_address() ->
     drop(taken);
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn version_names_the_commit_and_check_names_both_colliding_listeners() -> anyhow::Result<()> {
+    let head = edge_tests::process::run(
+        "git",
+        [
+            "-C",
+            &workspace_root().display().to_string(),
+            "rev-parse",
+            "--short=12",
+            "HEAD",
+        ],
+        Duration::from_secs(10),
+    )
+    .await?;
+    let out = run_edge(["--version"], Duration::from_secs(10)).await?;
+    out.ensure_success("edge --version")?;
+    assert_eq!(
+        out.stdout.trim(),
+        format!(
+            "edge {} (commit {})",
+            env!("CARGO_PKG_VERSION"),
+            head.stdout.trim()
+        ),
+        "a stale binary? cargo build -p edge --bin edge"
+    );
+
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("edge.toml");
+    std::fs::write(
+        &file,
+        "listen = \"127.0.0.1:8443\"\nadmin = \"127.0.0.1:8443\"\nworkers = 0\n\
+         [pools.web]\nendpoints = [\"http://127.0.0.1:8081\"]\n",
+    )?;
+    let out = run_edge(
+        ["check", "-c", &file.display().to_string()],
+        Duration::from_secs(10),
+    )
+    .await?;
+    assert_eq!(out.code, Some(2), "{}", out.stderr);
+    let shown = format!("{}{}", out.stdout, out.stderr);
+    assert!(
+        shown
+            .contains("edge.toml:2: admin: `listen` (127.0.0.1:8443) and `admin` (127.0.0.1:8443)"),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("edge.toml:3: workers: must be at least 1"),
+        "{shown}"
+    );
+    Ok(())
+}

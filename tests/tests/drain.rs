@@ -99,8 +99,11 @@ async fn a_second_sigterm_stops_without_waiting_out_the_delay() -> anyhow::Resul
         Ok((get(admin, "/healthz", &[]).await?.status == 503).then_some(()))
     })
     .await?;
-    // Still serving while withdrawn.
+    // Still serving while withdrawn, and saying so to Prometheus.
     assert_eq!(get(edge.http()?, "/", &[]).await?.status, 200);
+    let metrics = get(admin, "/metrics", &[]).await?;
+    let body = String::from_utf8_lossy(&metrics.body);
+    assert!(body.contains("\nproxy_draining 1\n"), "{body}");
     edge.terminate().await?;
     // Far less than the 10 minutes of the delay.
     let status = edge.wait_exit(Duration::from_secs(20)).await?;

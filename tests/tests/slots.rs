@@ -395,3 +395,49 @@ async fn idle_quic(
     anyhow::ensure!(report["connected"] == count, "idle QUIC clients: {report}");
     Ok((child, lines))
 }
+
+/// `(soft, hard)` open-file limits of a process, from `/proc/PID/limits`.
+fn nofile_limits(pid: u32) -> anyhow::Result<(String, String)> {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits"))?;
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .ok_or_else(|| anyhow::anyhow!("no open-file line: {limits}"))?;
+    let mut f = line.split_whitespace().skip(3);
+    Ok((
+        f.next().unwrap_or_default().to_string(),
+        f.next().unwrap_or_default().to_string(),
+    ))
+}
+
+#[tokio::test]
+async fn the_soft_open_file_limit_is_raised_to_the_hard_one_and_the_cap_logged(
+) -> anyhow::Result<()> {
+    let origin = Origin::start().await?;
+    let (_, hard) = nofile_limits(std::process::id())?;
+    let hard_n: u64 = hard.parse()?;
+    anyhow::ensure!(
+        hard_n > 256,
+        "the hard limit here is {hard}: cannot lower the soft one below it"
+    );
+    let edge = Edge::start_with_soft_nofile(&EdgeConfig::new(origin.url()), 256).await?;
+    let (soft, now_hard) = nofile_limits(edge.pid())?;
+    assert_eq!(
+        (soft.as_str(), now_hard.as_str()),
+        (hard.as_str(), hard.as_str())
+    );
+    let log = edge.log();
+    assert!(
+        log.contains(&format!("open-file limit raised from 256 to {hard}")),
+        "{log}"
+    );
+    // The cap follows the raised limit (70% of it), not the 256 it started with.
+    let cap = hard_n / 10 * 7;
+    assert!(
+        log.contains(&format!(
+            "client connections capped at {cap} (open-file limit {hard})"
+        )),
+        "{log}"
+    );
+    Ok(())
+}

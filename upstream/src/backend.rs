@@ -355,6 +355,53 @@ impl<B: ReqBody> Backend<B> {
         }
     }
 
+    /// One upgrade exchange on a connection of its own (see
+    /// `Connector::connect_upgrade`): the request, and the response head within
+    /// `timeout`. A 101 carries the backend's `OnUpgrade` in its extensions.
+    pub(crate) async fn upgrade(
+        &self,
+        connector: &Connector,
+        req: Request<B>,
+        timeout: Duration,
+    ) -> Result<Response<UpstreamBody>, Failed<B>> {
+        let mut send = match connector.connect_upgrade::<Outgoing<B>>(&self.addr).await {
+            Ok(send) => send,
+            Err(e) => return Err(Failed::Unsent(Box::new(req), e)),
+        };
+        let lease = Lease::new(ConnState::new(), self.load.clone());
+        let mut req = req.map(|body| Outgoing::new(body, None));
+        set_h1_target(&mut req, &self.addr);
+        let endpoint = || self.addr.to_string();
+        let sent = tokio::time::timeout(timeout, send.try_send_request(req)).await;
+        // The sender goes now: once this exchange ends, the connection closes
+        // (or, after a 101, its socket is the tunnel's).
+        drop(send);
+        match sent {
+            Err(_) => Err(Failed::Sent {
+                error: Error::Timeout {
+                    endpoint: endpoint(),
+                    after: timeout,
+                },
+                reused: false,
+            }),
+            Ok(Ok(resp)) => Ok(resp.map(|body| UpstreamBody::new(body, lease))),
+            Ok(Err(mut e)) => {
+                let unsent = e.take_message();
+                let error = Error::Request {
+                    endpoint: endpoint(),
+                    source: e.into_error(),
+                };
+                match unsent {
+                    Some(req) => Err(Failed::Unsent(Box::new(req.map(|b| b.inner)), error)),
+                    None => Err(Failed::Sent {
+                        error,
+                        reused: false,
+                    }),
+                }
+            }
+        }
+    }
+
     fn protocol(&self) -> Protocol {
         if self.h1_only.load(Ordering::Relaxed) {
             Protocol::H1

@@ -24,7 +24,7 @@ pub(crate) struct ConnState {
 }
 
 impl ConnState {
-    fn new() -> Arc<Self> {
+    pub(crate) fn new() -> Arc<Self> {
         Arc::new(Self {
             in_flight: AtomicUsize::new(0),
             last_active_ms: AtomicU64::new(now_ms()),
@@ -49,6 +49,8 @@ pub(crate) struct Connector {
     pub(crate) connect_timeout: Duration,
     pub(crate) idle_timeout: Duration,
     pub(crate) tls: Option<TlsConnector>,
+    /// The same roots offering `http/1.1` only, for upgrade connections.
+    pub(crate) tls_h1: Option<TlsConnector>,
     /// Connects under way at most; past it a connect fails at once instead of piling up.
     pub(crate) max_pending: usize,
     pub(crate) pending: AtomicUsize,
@@ -87,7 +89,7 @@ impl Connector {
                 limit: self.max_pending,
             });
         }
-        let opened = tokio::time::timeout(self.connect_timeout, self.open(addr)).await;
+        let opened = tokio::time::timeout(self.connect_timeout, self.open(addr, &self.tls)).await;
         match opened {
             Err(_) => Err(Error::ConnectTimeout {
                 endpoint: endpoint(),
@@ -105,7 +107,35 @@ impl Connector {
         }
     }
 
-    async fn open(&self, addr: &EndpointAddr) -> Result<Io, Error> {
+    /// A connection of its own for an HTTP/1.1 upgrade (WebSocket): never
+    /// HTTP/2 (over TLS, ALPN offers `http/1.1` only) and never pooled. After a
+    /// 101 its socket belongs to the tunnel; after any other answer it closes
+    /// once that response has been read and the sender is dropped.
+    pub(crate) async fn connect_upgrade<B: ReqBody>(
+        &self,
+        addr: &EndpointAddr,
+    ) -> Result<http1::SendRequest<B>, Error> {
+        let _pending = Pending(&self.pending);
+        if self.pending.fetch_add(1, Ordering::AcqRel) >= self.max_pending {
+            return Err(Error::TooManyConnects {
+                endpoint: addr.to_string(),
+                limit: self.max_pending,
+            });
+        }
+        let opened =
+            tokio::time::timeout(self.connect_timeout, self.open(addr, &self.tls_h1)).await;
+        match opened {
+            Err(_) => Err(Error::ConnectTimeout {
+                endpoint: addr.to_string(),
+                after: self.connect_timeout,
+            }),
+            Ok(Err(e)) => Err(e),
+            Ok(Ok(Io::Plain(tcp))) => handshake_upgrade(tcp, addr).await,
+            Ok(Ok(Io::Tls(tls))) => handshake_upgrade(tls, addr).await,
+        }
+    }
+
+    async fn open(&self, addr: &EndpointAddr, tls: &Option<TlsConnector>) -> Result<Io, Error> {
         let tcp = TcpStream::connect((addr.host.as_str(), addr.port))
             .await
             .map_err(|source| {
@@ -126,7 +156,7 @@ impl Connector {
         if let Err(e) = tcp.set_nodelay(true) {
             tracing::debug!(endpoint = %addr, error = %e, "TCP_NODELAY not set");
         }
-        let Some(tls) = self.tls.as_ref().filter(|_| addr.tls) else {
+        let Some(tls) = tls.as_ref().filter(|_| addr.tls) else {
             return Ok(Io::Plain(tcp));
         };
         let name = ServerName::try_from(addr.host.clone()).map_err(|e| Error::Tls {
@@ -196,6 +226,33 @@ impl Connector {
     }
 }
 
+/// The HTTP/1.1 handshake of an upgrade connection, driven with upgrades on so
+/// a 101 hands the socket (and anything read past the 101) to the response's
+/// `OnUpgrade`.
+async fn handshake_upgrade<B: ReqBody, I>(
+    io: I,
+    addr: &EndpointAddr,
+) -> Result<http1::SendRequest<B>, Error>
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (send, conn) = http1::Builder::new()
+        .max_buf_size(64 * 1024)
+        .handshake(TokioIo::new(io))
+        .await
+        .map_err(|source| Error::Handshake {
+            endpoint: addr.to_string(),
+            source,
+        })?;
+    let endpoint = addr.clone();
+    tokio::spawn(async move {
+        if let Err(e) = conn.with_upgrades().await {
+            tracing::debug!(%endpoint, error = %e, "upstream upgrade connection ended");
+        }
+    });
+    Ok(send)
+}
+
 enum Io {
     Plain(TcpStream),
     Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
@@ -228,7 +285,10 @@ where
     }
 }
 
-pub(crate) fn tls_connector(cfg: &PoolConfig) -> Result<tokio_rustls::TlsConnector, rustls::Error> {
+pub(crate) fn tls_connector(
+    cfg: &PoolConfig,
+    protocol: Protocol,
+) -> Result<tokio_rustls::TlsConnector, rustls::Error> {
     let mut roots = rustls::RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     for cert in &cfg.extra_roots {
@@ -239,7 +299,7 @@ pub(crate) fn tls_connector(cfg: &PoolConfig) -> Result<tokio_rustls::TlsConnect
         .with_safe_default_protocol_versions()?
         .with_root_certificates(roots)
         .with_no_client_auth();
-    tls.alpn_protocols = match cfg.protocol {
+    tls.alpn_protocols = match protocol {
         Protocol::H2 => vec![b"h2".to_vec(), b"http/1.1".to_vec()],
         Protocol::H1 => vec![b"http/1.1".to_vec()],
     };

@@ -14,6 +14,7 @@ mod redis;
 mod regions;
 mod sticky;
 pub use acme::{Acme, AcmeChallenge};
+mod upgrade;
 use cache::read_cache;
 pub use cache::{Cache, CacheStatuses};
 use pools::read_pools;
@@ -23,6 +24,7 @@ pub use rate_limits::{LimitFallback, LimitKey, LimitScope, Rate, RateLimit};
 pub use redis::{Redis, RedisTarget};
 pub use regions::{Geo, GeoRegion, Prefer};
 pub use sticky::{is_cookie_name, Sticky, StickyKey, MIN_SECRET};
+pub use upgrade::Upgrade;
 mod walk;
 
 use std::net::SocketAddr;
@@ -76,6 +78,8 @@ pub struct Config {
     pub rate_limits: Vec<RateLimit>,
     /// `[acme]`: certificates ordered from an ACME CA; `None` without the table.
     pub acme: Option<Acme>,
+    /// `[upgrade]`: HTTP/1.1 upgrades (WebSocket) and their tunnels.
+    pub upgrade: Upgrade,
 }
 
 /// `[drain]`: how the edge leaves on SIGTERM.
@@ -343,6 +347,7 @@ impl Config {
             log: Log::default(),
             drain: Drain::default(),
             acme: None,
+            upgrade: Upgrade::default(),
         }
     }
 
@@ -431,6 +436,54 @@ where
     s.parse().expect("built-in default parses")
 }
 
+/// Two listeners on one address cannot both bind: refused here, naming both
+/// keys, rather than at start with a bare "address in use". (`listen` holds
+/// TCP and UDP; the others TCP only. Port 0 lets the kernel pick, so never
+/// collides.)
+fn check_listener_collisions(
+    cx: &mut Cx<'_>,
+    root: &Table<'_>,
+    listen: SocketAddr,
+    http_listen: Option<SocketAddr>,
+    admin: Option<SocketAddr>,
+) {
+    let keys = [
+        ("listen", Some(listen)),
+        ("http_listen", http_listen),
+        ("admin", admin),
+    ];
+    for (i, (a, addr_a)) in keys.iter().enumerate() {
+        for (b, addr_b) in &keys[i + 1..] {
+            let (Some(x), Some(y)) = (addr_a, addr_b) else {
+                continue;
+            };
+            let wildcard = x.ip().is_unspecified() || y.ip().is_unspecified();
+            let same_family = x.is_ipv4() == y.is_ipv4();
+            if x.port() != 0
+                && x.port() == y.port()
+                && same_family
+                && (x.ip() == y.ip() || wildcard)
+            {
+                let named = |key: &str, addr: &SocketAddr| {
+                    if root.has(key) {
+                        format!("`{key}` ({addr})")
+                    } else {
+                        format!("`{key}`'s default ({addr})")
+                    }
+                };
+                // Reported at the key the file wrote (the later one if both).
+                let at = if root.has(b) { *b } else { *a };
+                let reason = format!(
+                    "{} and {} are one address: two listeners cannot share it",
+                    named(a, x),
+                    named(b, y)
+                );
+                cx.error(root.line_of(cx, at), at, reason);
+            }
+        }
+    }
+}
+
 fn read(cx: &mut Cx<'_>, doc: &toml_edit::Table, base: &Path) -> Config {
     let mut root = Table::root(doc);
     let defaults = Config::with_upstreams(Vec::new());
@@ -439,7 +492,16 @@ fn read(cx: &mut Cx<'_>, doc: &toml_edit::Table, base: &Path) -> Config {
     let http_mode = root.opt::<HttpMode>(cx, "http_mode");
     let admin = root.opt(cx, "admin").or(defaults.admin);
     let trusted_proxies = root.or(cx, "trusted_proxies", Vec::new());
-    let workers = root.opt::<usize>(cx, "workers").and_then(NonZeroUsize::new);
+    let workers = root.opt::<usize>(cx, "workers").and_then(|n| {
+        let workers = NonZeroUsize::new(n);
+        if workers.is_none() {
+            let line = root.line_of(cx, "workers");
+            let reason = "must be at least 1 (leave it out for one worker per core)";
+            cx.error(line, "workers", reason.to_string());
+        }
+        workers
+    });
+    check_listener_collisions(cx, &root, listen, http_listen, admin);
     let state_dir = root
         .opt::<PathBuf>(cx, "state_dir")
         .map_or(defaults.state_dir, |p| base.join(p));
@@ -470,6 +532,7 @@ fn read(cx: &mut Cx<'_>, doc: &toml_edit::Table, base: &Path) -> Config {
     let rate_limits = rate_limits::read_rate_limits(cx, &mut root, &pools, redis.is_some());
     sticky::check_shared(cx, &pools, redis.is_some());
     let quic = read_quic(cx, &mut root);
+    let upgrade = upgrade::read_upgrade(cx, &mut root);
     root.finish(cx);
     Config {
         listen,
@@ -493,6 +556,7 @@ fn read(cx: &mut Cx<'_>, doc: &toml_edit::Table, base: &Path) -> Config {
         log,
         drain,
         acme,
+        upgrade,
     }
 }
 

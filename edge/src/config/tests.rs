@@ -951,3 +951,69 @@ fn drain_reads_with_its_defaults_and_refuses_a_zero_grace() {
         vec![(4, "drain.grace".to_owned())]
     );
 }
+
+#[test]
+fn zero_workers_and_listeners_on_one_address_are_refused() {
+    let text = r#"listen = "127.0.0.1:8443"
+http_listen = "0.0.0.0:8443"
+workers = 0
+[pools.web]
+endpoints = ["http://127.0.0.1:8081"]
+"#;
+    let found = errors(text);
+    assert!(found.contains(&(2, "http_listen".to_owned())), "{found:?}");
+    assert!(found.contains(&(3, "workers".to_owned())), "{found:?}");
+    let shown = parse(text).expect_err("refused").to_string();
+    assert!(
+        shown.contains("`listen` (127.0.0.1:8443) and `http_listen` (0.0.0.0:8443)"),
+        "{shown}"
+    );
+    // A listener on the admin listener's default address names that default.
+    let shown = parse(
+        "listen = \"127.0.0.1:9901\"\n[pools.web]\nendpoints = [\"http://127.0.0.1:8081\"]\n",
+    )
+    .expect_err("refused")
+    .to_string();
+    assert!(shown.contains("edge.toml:1: listen:"), "{shown}");
+    assert!(
+        shown.contains("`admin`'s default (127.0.0.1:9901)"),
+        "{shown}"
+    );
+    // Port 0 never collides; nor do different families or ports.
+    for ok in [
+        "listen = \"127.0.0.1:0\"\nhttp_listen = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n",
+        "listen = \"[::1]:8443\"\nhttp_listen = \"127.0.0.1:8443\"\n",
+        "listen = \"127.0.0.1:8443\"\nhttp_listen = \"127.0.0.1:8080\"\n",
+    ] {
+        let text = format!("{ok}[pools.web]\nendpoints = [\"http://127.0.0.1:8081\"]\n");
+        assert!(parse(&text).is_ok(), "{text}");
+    }
+}
+
+#[test]
+fn upgrade_reads_with_its_defaults_and_refuses_bad_names_and_a_zero_timeout() {
+    let pool = "[pools.web]\nendpoints = [\"http://127.0.0.1:8080\"]\n";
+    let c = parse(pool).expect("valid");
+    assert_eq!(c.upgrade.protocols, ["websocket"]);
+    assert_eq!(c.upgrade.idle_timeout, Duration::from_secs(120));
+    let c = parse(&format!(
+        "{pool}[upgrade]\nprotocols = [\"WebSocket\", \"x-custom\"]\nidle_timeout = \"5m\"\n"
+    ))
+    .expect("valid");
+    assert_eq!(c.upgrade.protocols, ["websocket", "x-custom"]);
+    assert_eq!(c.upgrade.idle_timeout, Duration::from_secs(300));
+    let off = parse(&format!("{pool}[upgrade]\nprotocols = []\n")).expect("valid");
+    assert!(
+        off.upgrade.protocols.is_empty(),
+        "an empty list turns upgrades off"
+    );
+    assert_eq!(
+        errors(&format!(
+            "{pool}[upgrade]\nprotocols = [\"websocket/13\"]\nidle_timeout = \"0s\"\n"
+        )),
+        vec![
+            (4, "upgrade.protocols".to_owned()),
+            (5, "upgrade.idle_timeout".to_owned())
+        ]
+    );
+}

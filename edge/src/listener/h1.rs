@@ -33,10 +33,11 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::CONNECTION;
-use http::{HeaderMap, Request, Version};
+use http::{HeaderMap, Request, StatusCode, Version};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
+use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
@@ -45,7 +46,7 @@ use tokio::time::Instant;
 use super::tcp::TcpServer;
 use crate::body::Body;
 use crate::metrics::Proto;
-use crate::pipeline::Peer;
+use crate::pipeline::{Peer, Tunnel};
 
 /// A client transport that can wait for the next request without a read buffer.
 pub(crate) trait Parkable: AsyncRead + AsyncWrite + Unpin + Send + 'static {
@@ -86,6 +87,8 @@ pub(crate) struct Parked<I> {
 enum Burst<I> {
     /// hyper finished the connection (close, error, drain or idle timeout).
     Ended,
+    /// hyper wrote a 101 the pipeline agreed to: the connection is a tunnel now.
+    Switched(super::tunnel::Switched),
     /// hyper was idle and handed the socket back; `served` requests in this burst.
     Parked(Parked<I>, usize),
 }
@@ -128,6 +131,9 @@ pub(crate) async fn serve<I: Parkable>(server: Arc<TcpServer>, io: I, peer: Peer
         // Boxed so the parked task holds only the socket, not the burst's state.
         match Box::pin(burst(&server, parked, peer, eager)).await {
             Burst::Ended => return,
+            Burst::Switched(s) => {
+                return Box::pin(super::tunnel::run(&server.shared, s, peer)).await
+            }
             Burst::Parked(p, served) => {
                 // Part of a head and nothing served: hyper read all there was.
                 must_wait = !p.ahead.is_empty() && served == 0;
@@ -157,17 +163,23 @@ async fn burst<I: Parkable>(
     });
     let svc_state = state.clone();
     let svc_server = server.clone();
-    let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+    let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
         svc_state.begin(&req);
+        // hyper's half of an upgrade the request asked for; it completes only
+        // if the response is a 101.
+        let client_upgrade = req.extensions_mut().remove::<OnUpgrade>();
         let server = svc_server.clone();
         let state = svc_state.clone();
         async move {
-            let resp = server.respond(peer, req.map(Body::Incoming)).await;
+            let mut resp = server.respond(peer, req.map(Body::Incoming)).await;
+            if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+                state.switch(&mut resp, client_upgrade);
+            }
             state.respond(resp.headers());
             Ok::<_, Infallible>(resp.map(|body| Tracked { body, state }))
         }
     });
-    let mut conn = server.h1.serve_connection(io, service);
+    let mut conn = server.h1.serve_connection(io, service).with_upgrades();
     let client = &server.shared.config.client;
     let watch = watch(&state, client.idle_timeout, client.write_idle_timeout);
     let draining = server.shared.draining.cancelled();
@@ -199,6 +211,10 @@ async fn burst<I: Parkable>(
     match ended {
         Ended::Park => {}
         Ended::Done(done) => {
+            let switched = state.switched.lock().map(|mut s| s.take());
+            if let (Ok(Some(s)), Ok(())) = (switched, &done) {
+                return Burst::Switched(s);
+            }
             if let Err(e) = done {
                 tracing::debug!(peer = %peer.ip, error = %e, "client connection ended with an error");
             }
@@ -207,11 +223,16 @@ async fn burst<I: Parkable>(
         Ended::Stalled => {
             server.shared.metrics.write_idle_timeout(Proto::H1);
             tracing::debug!(peer = %peer.ip, "client took no response byte for client.write_idle_timeout: reset");
-            reset(conn.into_parts().io.into_inner().io.tcp());
+            if let Some(parts) = conn.into_parts() {
+                reset(parts.io.into_inner().io.tcp());
+            }
             return Burst::Ended;
         }
     }
-    let parts = conn.into_parts();
+    // `None` only after an upgrade, which ends the burst as `Done`.
+    let Some(parts) = conn.into_parts() else {
+        return Burst::Ended;
+    };
     let io = parts.io.into_inner();
     // What hyper read but did not parse comes first, then what it never read. A
     // copy, so the parked connection does not pin hyper's 8 KiB read buffer.
@@ -319,6 +340,8 @@ pub(crate) struct BurstState {
     write_blocked: AtomicBool,
     /// hyper was told to finish: from then on only a stall ends the burst early.
     shut_down: AtomicBool,
+    /// The tunnel a 101 being written opens, once hyper hands the socket over.
+    switched: std::sync::Mutex<Option<super::tunnel::Switched>>,
 }
 
 impl BurstState {
@@ -330,6 +353,24 @@ impl BurstState {
         if req.version() != Version::HTTP_11 || wants_close(req.headers()) {
             self.closing.store(true, Ordering::Relaxed);
         }
+    }
+
+    /// A 101 is an upgrade only when the pipeline agreed to one (a
+    /// [`Tunnel`] on it) and hyper holds the client's side: then the burst
+    /// ends in the tunnel. Any other 101 (a backend switching a request that
+    /// offered nothing) would leave the client speaking to nobody: 502.
+    fn switch(&self, resp: &mut http::Response<Body>, client: Option<OnUpgrade>) {
+        let tunnel = resp.extensions_mut().remove::<Tunnel>();
+        if let (Some(tunnel), Some(client)) = (tunnel, client) {
+            if let Ok(mut s) = self.switched.lock() {
+                *s = Some(super::tunnel::Switched { tunnel, client });
+                self.closing.store(true, Ordering::Relaxed);
+                return;
+            }
+        }
+        tracing::warn!("a backend answered 101 to a request that offered no upgrade: 502");
+        *resp = http::Response::new(Body::Empty);
+        *resp.status_mut() = StatusCode::BAD_GATEWAY;
     }
 
     fn respond(&self, headers: &HeaderMap) {

@@ -21,9 +21,11 @@
 //!   drops its upstream body and frees the upstream connection.
 //! - **premature resets**: streams the client reset before their response was
 //!   complete; at ≥ 50% of ≥ 100 streams the connection is told GOAWAY and
-//!   closed within a second. hyper gives no way to send GOAWAY with
-//!   ENHANCE_YOUR_CALM, so it is hyper's graceful GOAWAY (NO_ERROR), and streams
-//!   opened after it are never handed to the pipeline.
+//!   closed within a second; streams opened after it are never handed to the
+//!   pipeline. hyper only sends a graceful GOAWAY (NO_ERROR), so [`Wire`]
+//!   follows the frame boundaries of what hyper writes and, once the connection
+//!   is judged abusive, turns the NO_ERROR of its GOAWAY frames into
+//!   ENHANCE_YOUR_CALM (RFC 9113 7) in a copy of the outgoing bytes.
 
 use std::convert::Infallible;
 use std::pin::Pin;
@@ -53,8 +55,17 @@ const PREMATURE_MIN_STREAMS: u32 = 100;
 const ABUSE_GRACE: Duration = Duration::from_secs(1);
 
 /// hyper's HTTP/2 server settings for client connections.
-pub(super) fn builder(c: &Client, max_header_list: u32) -> http2::Builder<TokioExecutor> {
+/// With `extended_connect`, SETTINGS_ENABLE_CONNECT_PROTOCOL is sent: clients
+/// may open WebSockets over HTTP/2 (RFC 8441).
+pub(super) fn builder(
+    c: &Client,
+    max_header_list: u32,
+    extended_connect: bool,
+) -> http2::Builder<TokioExecutor> {
     let mut b = http2::Builder::new(TokioExecutor::new());
+    if extended_connect {
+        b.enable_connect_protocol();
+    }
     b.timer(TokioTimer::new())
         .max_concurrent_streams(c.max_concurrent_streams)
         .max_header_list_size(max_header_list)
@@ -150,6 +161,7 @@ pub(super) async fn serve<I: Parkable>(server: Arc<TcpServer>, io: I, peer: Peer
         state: state.clone(),
         head: [0; 33],
         seen: 0,
+        out: Frames::default(),
     });
     let svc_server = server.clone();
     let svc_state = state.clone();
@@ -240,7 +252,7 @@ async fn stream(
     server: &TcpServer,
     state: &ConnState,
     peer: Peer,
-    req: Request,
+    mut req: Request,
 ) -> hyper::Response<Severable<Body>> {
     state.streams.fetch_add(1, Ordering::Relaxed);
     state.in_service.fetch_add(1, Ordering::Relaxed);
@@ -253,15 +265,43 @@ async fn stream(
         server,
         answered: false,
     };
-    let resp = server
+    // hyper's half of an extended CONNECT (RFC 8441); it completes only if
+    // the response is a 2xx.
+    let client_upgrade = req.extensions_mut().remove::<hyper::upgrade::OnUpgrade>();
+    let mut resp = server
         .respond(peer, req.map(|b| Body::boxed(DrainOnDrop(Some(b)))))
         .await;
+    if let Some(tunnel) = resp.extensions_mut().remove::<crate::pipeline::Tunnel>() {
+        tunnel_stream(server, peer, tunnel, client_upgrade, &mut resp);
+    }
     guard.answered = true;
     resp.map(|body| {
         let (body, sever) = Severable::new(body);
         state.watched.register(sever);
         body
     })
+}
+
+/// Runs the tunnel of an extended CONNECT the backend switched (its 200 is on
+/// its way) on a task of its own, tracked for drain like the connection. A
+/// tunnel without hyper's half of the stream (never a CONNECT) is a 502.
+fn tunnel_stream(
+    server: &TcpServer,
+    peer: Peer,
+    tunnel: crate::pipeline::Tunnel,
+    client: Option<hyper::upgrade::OnUpgrade>,
+    resp: &mut hyper::Response<Body>,
+) {
+    let Some(client) = client.filter(|_| resp.status().is_success()) else {
+        *resp = hyper::Response::new(Body::Empty);
+        *resp.status_mut() = http::StatusCode::BAD_GATEWAY;
+        return;
+    };
+    let shared = server.shared.clone();
+    server.shared.tasks.spawn(async move {
+        let switched = super::tunnel::Switched { tunnel, client };
+        super::tunnel::run(&shared, switched, peer).await;
+    });
 }
 
 /// How long, and how far, a request body the answer did not wait for is read on.
@@ -401,6 +441,80 @@ impl Watch {
     }
 }
 
+/// Frame boundaries in the bytes written to the client (RFC 9113 4.1: a 9-byte
+/// header whose first three bytes are the payload length). Walking skips over
+/// payloads, so it costs a few operations per frame, not per byte.
+#[derive(Clone, Copy, Default)]
+struct Frames {
+    /// The current frame's header, as written so far.
+    head: [u8; 9],
+    head_len: usize,
+    /// Payload bytes of the current frame written so far, and still to come.
+    at: usize,
+    left: usize,
+}
+
+/// GOAWAY's frame type, and where its error code sits in the payload (after
+/// the last stream id).
+const GOAWAY: u8 = 0x7;
+const GOAWAY_CODE: std::ops::Range<usize> = 4..8;
+const ENHANCE_YOUR_CALM: u8 = 0xb;
+
+impl Frames {
+    /// Moves past `bytes`, calling `code(i, k)` for each byte `bytes[i]` that is
+    /// byte `k` (0..4, big-endian) of a GOAWAY frame's error code.
+    fn walk(&mut self, bytes: &[u8], mut code: impl FnMut(usize, usize)) {
+        let mut i = 0;
+        while i < bytes.len() {
+            if self.head_len < self.head.len() {
+                let take = (self.head.len() - self.head_len).min(bytes.len() - i);
+                self.head[self.head_len..self.head_len + take].copy_from_slice(&bytes[i..i + take]);
+                self.head_len += take;
+                i += take;
+                if self.head_len == self.head.len() {
+                    self.at = 0;
+                    self.left = usize::from(self.head[0]) << 16
+                        | usize::from(self.head[1]) << 8
+                        | usize::from(self.head[2]);
+                    if self.left == 0 {
+                        self.head_len = 0;
+                    }
+                }
+                continue;
+            }
+            let take = self.left.min(bytes.len() - i);
+            if self.head[3] == GOAWAY {
+                let from = GOAWAY_CODE.start.max(self.at);
+                let to = GOAWAY_CODE.end.min(self.at + take);
+                for p in from..to {
+                    code(i + p - self.at, p - GOAWAY_CODE.start);
+                }
+            }
+            self.at += take;
+            self.left -= take;
+            i += take;
+            if self.left == 0 {
+                self.head_len = 0;
+            }
+        }
+    }
+
+    /// A copy of `bytes` in which a GOAWAY's NO_ERROR reads ENHANCE_YOUR_CALM,
+    /// or `None` when `bytes` holds no such code. Other codes (h2's own
+    /// PROTOCOL_ERROR and the like) stay: only the low byte of a code is looked
+    /// at, the three above it are zero for every code RFC 9113 defines.
+    fn calmed(&self, bytes: &[u8]) -> Option<Vec<u8>> {
+        let mut copy: Option<Vec<u8>> = None;
+        let mut walk = *self;
+        walk.walk(bytes, |i, k| {
+            if k == 3 && bytes[i] == 0 {
+                copy.get_or_insert_with(|| bytes.to_vec())[i] = ENHANCE_YOUR_CALM;
+            }
+        });
+        copy
+    }
+}
+
 /// The socket as hyper sees it: records activity, write progress, and when the
 /// client preface plus its first frame (SETTINGS) has been read.
 struct Wire<I> {
@@ -410,6 +524,8 @@ struct Wire<I> {
     head: [u8; 33],
     /// Bytes of the connection read so far, until the preface is done.
     seen: usize,
+    /// Where the frames edge writes begin and end.
+    out: Frames,
 }
 
 impl<I> Wire<I> {
@@ -467,8 +583,18 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Wire<I> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        let polled = Pin::new(&mut self.io).poll_write(cx, buf);
-        self.wrote(&polled);
+        let this = &mut *self;
+        let calm = this
+            .state
+            .refusing
+            .load(Ordering::Relaxed)
+            .then(|| this.out.calmed(buf))
+            .flatten();
+        let polled = Pin::new(&mut this.io).poll_write(cx, calm.as_deref().unwrap_or(buf));
+        if let Poll::Ready(Ok(n)) = polled {
+            this.out.walk(&buf[..n], |_, _| {});
+        }
+        this.wrote(&polled);
         polled
     }
 
@@ -477,8 +603,27 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Wire<I> {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        let polled = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
-        self.wrote(&polled);
+        if self.state.refusing.load(Ordering::Relaxed) {
+            // Rare (the connection is closing): one slice at a time, patched.
+            let first = bufs
+                .iter()
+                .find(|b| !b.is_empty())
+                .map_or(&[][..], |b| &**b);
+            return self.poll_write(cx, first);
+        }
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
+        if let Poll::Ready(Ok(mut n)) = polled {
+            for b in bufs {
+                let take = n.min(b.len());
+                this.out.walk(&b[..take], |_, _| {});
+                n -= take;
+                if n == 0 {
+                    break;
+                }
+            }
+        }
+        this.wrote(&polled);
         polled
     }
 
@@ -498,5 +643,66 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Wire<I> {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Frames, ENHANCE_YOUR_CALM};
+
+    fn frame(kind: u8, payload: &[u8]) -> Vec<u8> {
+        let len = payload.len();
+        let mut f = u32::try_from(len).expect("a test frame").to_be_bytes()[1..].to_vec();
+        f.extend_from_slice(&[kind, 0, 0, 0, 0, 0]);
+        f.extend_from_slice(payload);
+        f
+    }
+
+    fn goaway(code: u32) -> Vec<u8> {
+        let mut p = 7u32.to_be_bytes().to_vec();
+        p.extend_from_slice(&code.to_be_bytes());
+        frame(0x7, &p)
+    }
+
+    /// Writes `wire` in pieces cut at `cuts`, patching each piece as the
+    /// connection does, and returns what went out.
+    fn send(wire: &[u8], cuts: &[usize]) -> Vec<u8> {
+        let mut out = Frames::default();
+        let mut sent = Vec::new();
+        let mut from = 0;
+        for &to in cuts.iter().chain(std::iter::once(&wire.len())) {
+            let piece = &wire[from..to];
+            sent.extend_from_slice(&out.calmed(piece).unwrap_or_else(|| piece.to_vec()));
+            out.walk(piece, |_, _| {});
+            from = to;
+        }
+        sent
+    }
+
+    #[test]
+    fn a_no_error_goaway_reads_enhance_your_calm_wherever_the_writes_split_it() {
+        // SETTINGS, a DATA frame whose payload looks like a GOAWAY, then GOAWAY.
+        let mut wire = frame(0x4, &[0, 3, 0, 0, 0, 100]);
+        wire.extend(frame(0x0, &goaway(0)));
+        let at = wire.len();
+        wire.extend(goaway(0));
+        let mut want = wire.clone();
+        want[wire.len() - 1] = ENHANCE_YOUR_CALM;
+        for cut in 0..=wire.len() {
+            assert_eq!(send(&wire, &[cut]), want, "cut at {cut}");
+        }
+        for cut in at..wire.len() {
+            assert_eq!(send(&wire, &[cut, cut + 1]), want, "byte {cut} alone");
+        }
+    }
+
+    #[test]
+    fn other_error_codes_and_other_frames_are_left_alone() {
+        let mut wire = goaway(0x1);
+        wire.extend(frame(0x3, &0u32.to_be_bytes()));
+        wire.extend(frame(0x0, &[]));
+        wire.extend(goaway(0x1));
+        assert_eq!(send(&wire, &[5, 17]), wire);
+        assert!(Frames::default().calmed(&wire).is_none());
     }
 }

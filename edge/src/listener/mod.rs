@@ -16,6 +16,7 @@ pub mod quic;
 pub mod redirect;
 pub mod slots;
 pub mod tcp;
+mod tunnel;
 
 use std::net::{SocketAddr, TcpListener as StdTcpListener, UdpSocket};
 use std::time::Duration;
@@ -66,7 +67,10 @@ pub fn bind_tcp_udp(addr: SocketAddr) -> Result<(StdTcpListener, UdpSocket), Bin
             source,
         })?;
         match UdpSocket::bind(local) {
-            Ok(udp) => return Ok((tcp, udp)),
+            Ok(udp) => {
+                size_udp_buffers(&udp);
+                return Ok((tcp, udp));
+            }
             Err(source) => {
                 last = Some(BindError {
                     addr: local,
@@ -81,6 +85,27 @@ pub fn bind_tcp_udp(addr: SocketAddr) -> Result<(StdTcpListener, UdpSocket), Bin
         transport: "udp",
         source: std::io::Error::other("no port found"),
     }))
+}
+
+/// The UDP socket buffers QUIC asks for: a burst of handshakes or a fast
+/// download overflows the kernel's default 208 KiB and datagrams are dropped.
+const UDP_BUFFER: usize = 7_500_000;
+
+/// Asks for [`UDP_BUFFER`] both ways; the kernel caps it at
+/// `net.core.{r,w}mem_max`, and edge says so when it did.
+fn size_udp_buffers(udp: &UdpSocket) {
+    let sock = socket2::SockRef::from(udp);
+    let _ = sock.set_recv_buffer_size(UDP_BUFFER);
+    let _ = sock.set_send_buffer_size(UDP_BUFFER);
+    // Linux reports twice what it grants (the bookkeeping overhead).
+    let recv = sock.recv_buffer_size().unwrap_or(0) / 2;
+    let send = sock.send_buffer_size().unwrap_or(0) / 2;
+    if recv < UDP_BUFFER || send < UDP_BUFFER {
+        tracing::info!(
+            "QUIC socket buffers {recv} bytes in, {send} out (asked {UDP_BUFFER}): \
+             raise net.core.rmem_max and wmem_max (ops/sysctl.d/60-edge.conf)"
+        );
+    }
 }
 
 /// A non-blocking TCP listener with SO_REUSEADDR and a deep backlog.

@@ -190,6 +190,20 @@ fn source_key(ip: IpAddr) -> IpAddr {
     }
 }
 
+/// Raises the soft open-file limit to the hard one (systemd's `LimitNOFILE=`
+/// or `ulimit -Hn`): the soft limit is often 1024 while the hard one allows a
+/// million, and every client connection holds a descriptor.
+pub fn raise_nofile_limit() {
+    let before = rlimit::getrlimit(rlimit::Resource::NOFILE).map(|(soft, _)| soft);
+    match (before, rlimit::increase_nofile_limit(u64::MAX)) {
+        (Ok(soft), Ok(now)) if now > soft => {
+            tracing::info!("open-file limit raised from {soft} to {now} (the hard limit)");
+        }
+        (_, Err(e)) => tracing::warn!("could not raise the open-file limit: {e}"),
+        _ => {}
+    }
+}
+
 /// Open client connections at most: the configured cap (default 70% of the
 /// open-file limit), but never more than the limit leaves after what is open now
 /// and the upstream reserve.
@@ -208,7 +222,9 @@ pub fn connection_cap(config: &Config) -> usize {
             upstream_reserve(nofile)
         );
     }
-    wanted.min(room).max(1)
+    let cap = wanted.min(room).max(1);
+    tracing::info!("client connections capped at {cap} (open-file limit {nofile})");
+    cap
 }
 
 /// Descriptors client connections may take: the limit less those open and the reserve.

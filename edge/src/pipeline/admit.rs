@@ -21,6 +21,9 @@ pub struct Admitted {
     /// The client: the peer, or the address a trusted proxy in front of us
     /// names; never what an untrusted peer claims.
     pub client: IpAddr,
+    /// A configured protocol upgrade the request offers (phase `upgrade`
+    /// takes it instead of `forward`).
+    pub upgrade: Option<super::upgrade::Offer>,
 }
 
 impl Cx<'_> {
@@ -66,7 +69,7 @@ impl Cx<'_> {
 }
 
 /// Header limits → framing → authority (421 when SNI does not cover it) →
-/// path normalisation → client address.
+/// path normalisation → client address → a protocol upgrade it offers.
 pub async fn admit(
     proxy: &Proxy,
     cx: &Cx<'_>,
@@ -86,5 +89,10 @@ pub async fn admit(
     path::normalize(req, proxy.path)?;
     // Read before `forward` rewrites X-Forwarded-For.
     let client = headers::client_ip(req.headers(), cx.peer, &proxy.trusted);
-    Ok(Admitted { host, client })
+    let upgrade = super::upgrade::offered(&proxy.upgrade, req);
+    Ok(Admitted {
+        host,
+        client,
+        upgrade,
+    })
 }

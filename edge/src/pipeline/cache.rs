@@ -21,7 +21,7 @@ pub struct Cached<'p> {
     pub route: RouteCache,
 }
 
-/// `Some` when the cache is on and the route is cacheable.
+/// `Some` when the cache is on and the route is cacheable (never for an upgrade).
 pub async fn cache<'p>(
     proxy: &'p Proxy,
     cx: &Cx<'_>,
@@ -29,6 +29,9 @@ pub async fn cache<'p>(
     route: &Route<'_>,
     req: &mut Request<Body>,
 ) -> Option<Cached<'p>> {
+    if admitted.upgrade.is_some() {
+        return None;
+    }
     let (store, route) = proxy.cache.as_ref().zip(route.cache)?;
     crate::cache::strip_unkeyed(req.headers_mut());
     crate::cache::announce_surrogate(req.headers_mut());

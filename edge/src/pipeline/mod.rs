@@ -2,7 +2,9 @@
 //!
 //! `handle` is the whole order a request goes through, one named phase after
 //! another, each a plain async fn in its own module: `admit` → `route` → `limit`
-//! → `cache` → `select` → `forward` → `respond`. Listeners call it with an
+//! → `cache` → `select` → `forward` → `respond`; a request that offers a
+//! configured protocol upgrade (WebSocket) takes `upgrade` in place of
+//! `forward` (and skips the cache). Listeners call it with an
 //! `http::Request<Body>` and write back what it returns; it never fails: every
 //! error becomes a response in `respond` and nowhere else. The pipeline knows no
 //! listener and no client protocol beyond `req.version()` and `Peer`.
@@ -18,6 +20,7 @@ mod respond;
 mod route;
 mod select;
 mod sticky;
+mod upgrade;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -30,6 +33,7 @@ pub use crate::chain::error_chain;
 pub use headers::{request_id, strip_hop_by_hop, to_upstream, Peer, REQUEST_ID};
 pub use limit::{gcra, Rules as RateLimitRules, Store as RateLimitStore};
 pub use route::Routes;
+pub use upgrade::Tunnel;
 
 use crate::access_log::AccessLog;
 use crate::body::{Body, BodyLimits};
@@ -67,6 +71,8 @@ pub struct Proxy {
     redis: Option<Arc<Redis>>,
     /// The access log (kept across reloads), when it is on.
     access: Option<Arc<AccessLog>>,
+    /// `[upgrade]`: the protocols passed to backends, and tunnel idle time.
+    upgrade: crate::config::Upgrade,
 }
 
 /// The backend label when no pool was chosen.
@@ -137,6 +143,7 @@ impl Proxy {
             sticky,
             redis: None,
             access: None,
+            upgrade: config.upgrade.clone(),
             body: BodyLimits {
                 max_bytes: config.client.max_body_bytes,
                 idle: config.client.body_idle_timeout,
@@ -259,7 +266,7 @@ pub async fn handle(
 ) -> Response<Body> {
     let mut cx = Cx::new(peer, &req, proxy.access.is_some());
     let reply = async {
-        let admitted = admit::admit(proxy, &cx, &mut req).await?;
+        let mut admitted = admit::admit(proxy, &cx, &mut req).await?;
         if let Some(r) = cx.log.as_mut() {
             r.client = Some(admitted.client);
         }
@@ -269,7 +276,14 @@ pub async fn handle(
         }
         let cached = cache::cache(proxy, &cx, &admitted, &route, &mut req).await;
         select::select(proxy, &mut cx, &admitted, &route, &mut req).await;
-        let resp = forward::forward(proxy, &cx, admitted, &route, cached, req).await?;
+        let resp = match admitted.upgrade.take() {
+            None => forward::forward(proxy, &cx, admitted, &route, cached, req).await?,
+            // In place of forward: the backend's 101 (with a tunnel for the
+            // listener) or its refusal, which stays plain HTTP.
+            Some(offer) => {
+                upgrade::upgrade(proxy, &cx, metrics, admitted, &route, offer, req).await?
+            }
+        };
         Ok(Reply::Forwarded(resp))
     }
     .await;

@@ -39,14 +39,18 @@ pub async fn respond(
                     r.sticky = outcome;
                 }
             }
-            let upstream_version = resp.version();
-            let h = resp.headers_mut();
+            let (mut head, body) = resp.into_parts();
+            let h = &mut head.headers;
             strip_hop_by_hop(h);
+            // A 101 the backend agreed to keeps what makes it one.
+            if let Some(tunnel) = head.extensions.get::<super::Tunnel>() {
+                tunnel.restore(h);
+            }
             h.insert(REQUEST_ID, cx.id.clone());
-            headers::append_via(h, upstream_version);
+            headers::append_via(h, head.version);
             // The version is per hop: the client gets its own back.
-            *resp.version_mut() = cx.version;
-            resp
+            head.version = cx.version;
+            Response::from_parts(head, body)
         }
         Ok(Reply::Answered(mut resp)) => {
             resp.headers_mut().insert(REQUEST_ID, cx.id.clone());

@@ -28,6 +28,7 @@ use crate::BoxError;
 
 mod attempt;
 mod config;
+mod upgrade;
 
 use attempt::{is_sick_answer, may_eject, Attempt, InFlight, Tried};
 pub use config::{DnsStatus, EndpointStatus, PoolConfig, PoolStatus};
@@ -175,7 +176,8 @@ impl<B: ReqBody> Pool<B> {
     /// Builds a pool; fails only when an extra root certificate is unusable.
     pub fn new(cfg: PoolConfig) -> Result<Self, rustls::Error> {
         // Discovery may bring https endpoints later, so TLS is always ready.
-        let tls = Some(tls_connector(&cfg)?);
+        let tls = Some(tls_connector(&cfg, cfg.protocol)?);
+        let tls_h1 = Some(tls_connector(&cfg, Protocol::H1)?);
         let backends = cfg
             .endpoints
             .iter()
@@ -223,6 +225,7 @@ impl<B: ReqBody> Pool<B> {
                 connect_timeout: cfg.connect_timeout,
                 idle_timeout: cfg.idle_timeout,
                 tls,
+                tls_h1,
                 max_pending: cfg.max_pending_connects,
                 pending: AtomicUsize::new(0),
                 queue: cfg.connection_queue,
@@ -459,17 +462,7 @@ impl<B: ReqBody> Pool<B> {
             // slow one would just get the request twice.
             let (error, again, elsewhere_only) = match result {
                 Ok(mut resp) => {
-                    resp.extensions_mut().insert(ServedBy {
-                        id: backend.id,
-                        endpoint: backend.label.clone(),
-                        tries: u32::try_from(tried.len()).unwrap_or(u32::MAX),
-                    });
-                    if let Some(&region) = members.region.get(i) {
-                        resp.extensions_mut().insert(Served {
-                            endpoint: backend.label.clone(),
-                            region,
-                        });
-                    }
+                    self.mark_served(&members, i, &tried, &mut resp);
                     if is_sick_answer(resp.status()) {
                         // A reachable endpoint answering errors: eject it unless
                         // that would leave less than the minimum share available.
@@ -526,6 +519,28 @@ impl<B: ReqBody> Pool<B> {
             }
             tracing::debug!(pool = %self.name, error = %error, "trying again on another connection");
             req = again;
+        }
+    }
+
+    /// Names the endpoint that answered (and its region) on the response.
+    fn mark_served<T>(
+        &self,
+        members: &Members<B>,
+        i: usize,
+        tried: &Tried,
+        resp: &mut Response<T>,
+    ) {
+        let backend = &members.backends[i];
+        resp.extensions_mut().insert(ServedBy {
+            id: backend.id,
+            endpoint: backend.label.clone(),
+            tries: u32::try_from(tried.len()).unwrap_or(u32::MAX),
+        });
+        if let Some(&region) = members.region.get(i) {
+            resp.extensions_mut().insert(Served {
+                endpoint: backend.label.clone(),
+                region,
+            });
         }
     }
 
