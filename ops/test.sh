@@ -20,6 +20,8 @@ command -v gtlsclient >/dev/null 2>&1 || apt_missing+=(ngtcp2-client)
 command -v dnsmasq >/dev/null 2>&1 || apt_missing+=(dnsmasq-base)
 # redis-server is the shared L2 of the cache tests (started per test on a free port).
 command -v redis-server >/dev/null 2>&1 || apt_missing+=(redis-server)
+# pebble is the real ACME CA of the ACME tests (Debian's 2.4.0, on free loopback ports).
+command -v pebble >/dev/null 2>&1 || apt_missing+=(pebble)
 # prometheus and promtool check the alert rules and scrape edge in a test.
 command -v promtool >/dev/null 2>&1 || apt_missing+=(prometheus)
 # chromium (headless) renders the admin status page in a test.

@@ -5,6 +5,7 @@
 //! place failures become responses; `config` is the only code that knows TOML.
 
 pub mod access_log;
+pub mod acme;
 pub mod body;
 pub mod cache;
 pub mod cert_time;

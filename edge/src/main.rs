@@ -125,6 +125,11 @@ fn check(path: &std::path::Path) -> ExitCode {
             e.to_string() + &edge::pipeline::error_chain(&e),
         ));
     }
+    if let Some(ca) = config.acme.as_ref().and_then(|a| a.ca.as_ref()) {
+        if let Err(e) = edge::tls::load_roots(ca) {
+            late.push(("acme.ca", e.to_string() + &edge::pipeline::error_chain(&e)));
+        }
+    }
     for pool in &config.pools {
         if let Err(e) = edge::pipeline::build_pool(pool) {
             late.push(("pools", e.to_string() + &edge::pipeline::error_chain(&e)));

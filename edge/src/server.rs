@@ -34,7 +34,9 @@ fn build_redis(config: &Config, metrics: &Metrics) -> Result<Option<Arc<Redis>>,
             .as_ref()
             .is_some_and(|s| s.shared && s.key != config::StickyKey::Cookie)
     });
-    if !(cache_l2 || global_limits || shared_sticky) {
+    // Replicas share one ACME certificate and take turns ordering it.
+    let shared_acme = config.acme.is_some();
+    if !(cache_l2 || global_limits || shared_sticky || shared_acme) {
         tracing::info!(redis = %r.describe(), "redis configured but unused (no feature that shares state is on)");
         return Ok(None);
     }
@@ -109,13 +111,13 @@ pub async fn run(config: Config, reload: Option<Reloader>) -> Result<(), Error> 
     // inside it): the Arc is leaked so each TLS connection's SNI can refer to it
     // without a count (see `tls::Sni`).
     let certs = initial_certs(&config)?;
-    let expiries = certs.expiries();
     let resolver: &'static Arc<CertResolver> =
         Box::leak(Box::new(Arc::new(CertResolver::new(certs))));
 
     let metrics = Metrics::new().map_err(|e| Error::Setup(format!("metrics: {e}")))?;
-    metrics.cert_expiries(&expiries);
     let redis = build_redis(&config, &metrics)?;
+    let acme = build_acme(&config, resolver, redis.clone(), &metrics)?;
+    metrics.cert_expiries(&resolver.expiries());
     let cache = build_cache(&config, redis.as_ref(), &metrics)?;
     // Built even without rules, so a reload that adds some has counters (and
     // the Redis of start: a `global` rule added by reload without it counts locally).
@@ -157,7 +159,12 @@ pub async fn run(config: Config, reload: Option<Reloader>) -> Result<(), Error> 
     });
     let alt_svc = alt_svc(&shared.config, tls_addr.port());
     let endpoint = quic::endpoint(udp, resolver.clone(), &shared)?;
-    let acceptor = tokio_rustls::TlsAcceptor::from(tls::tcp_config(resolver.clone())?);
+    let tls_alpn = shared
+        .config
+        .acme
+        .as_ref()
+        .is_some_and(|a| a.challenge == config::AcmeChallenge::TlsAlpn01);
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls::tcp_config(resolver.clone(), tls_alpn)?);
 
     let tls_server = Arc::new(TcpServer::new(
         shared.clone(),
@@ -175,6 +182,7 @@ pub async fn run(config: Config, reload: Option<Reloader>) -> Result<(), Error> 
         if shared.config.http_mode == config::HttpMode::Redirect {
             server.redirect = Some(tls_addr.port());
         }
+        server.acme = acme.as_ref().map(|(m, _)| m.challenges.clone());
         let server = Arc::new(server);
         loops.spawn(server.clone().run(tokio_listener(l, addr)?));
         tracing::info!("listening kind=http addr={addr}");
@@ -188,6 +196,14 @@ pub async fn run(config: Config, reload: Option<Reloader>) -> Result<(), Error> 
         tracing::info!("listening kind=admin addr={addr}");
     }
     spawn_overload_guard(&shared);
+    if let Some((manager, not_after)) = acme {
+        let (shared, certs) = (shared.clone(), resolver.as_ref());
+        let stop = shared.draining.clone();
+        tokio::spawn(async move {
+            let on_new = || shared.metrics.cert_expiries(&certs.expiries());
+            manager.run(certs, not_after, on_new, stop).await;
+        });
+    }
     tracing::info!("edge ready");
     notify_systemd(&[
         sd_notify::NotifyState::Ready,
@@ -248,6 +264,38 @@ async fn withdraw(shared: &Shared) {
         () = tokio::time::sleep(delay) => {}
         () = again => tracing::info!("second signal: stopping now"),
     }
+}
+
+/// The ACME manager and the stored certificate's notAfter, if one was found.
+type AcmeStart = (Arc<crate::acme::Manager>, Option<i64>);
+
+/// The ACME manager when `[acme]` is on, with the stored certificate (if any)
+/// already pinned in `resolver` and its notAfter; the resolver answers
+/// TLS-ALPN-01 through it from now on.
+fn build_acme(
+    config: &Config,
+    resolver: &CertResolver,
+    redis: Option<Arc<Redis>>,
+    metrics: &Metrics,
+) -> Result<Option<AcmeStart>, Error> {
+    let Some(acme) = &config.acme else {
+        return Ok(None);
+    };
+    let manager = crate::acme::Manager::new(acme.clone(), redis, metrics.registry())
+        .map_err(|e| Error::Setup(format!("acme metrics: {e}")))?;
+    let manager = Arc::new(manager);
+    resolver.answer_challenges_with(manager.challenges.clone());
+    let stored = manager.stored();
+    let not_after = stored.as_ref().and_then(tls::Loaded::not_after);
+    if let Some(loaded) = stored {
+        resolver.pin_first(loaded);
+        tracing::info!(
+            "acme: serving the stored certificate for {:?} from {}",
+            acme.domains,
+            acme.storage.display()
+        );
+    }
+    Ok(Some((manager, not_after)))
 }
 
 /// The certificates to serve at start: the configured files, else the local
@@ -457,8 +505,10 @@ async fn apply_reload(shared: &Shared, reload: &Reloader) -> Result<(), String> 
         tracing::warn!("reload: {key} changed; it takes effect on restart");
     }
     shared.proxy.store(Arc::new(proxy));
-    shared.metrics.cert_expiries(&certs.expiries());
     let generation = shared.certs.map(|c| c.replace(certs));
+    if let Some(c) = shared.certs {
+        shared.metrics.cert_expiries(&c.expiries());
+    }
     shared.metrics.reload(true);
     tracing::info!(
         "config reloaded: routes, pools, trusted_proxies, rate limits and certificates replaced \
@@ -510,6 +560,9 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
     }
     if old.limits != new.limits {
         changed.push("limits");
+    }
+    if old.acme != new.acme {
+        changed.push("acme");
     }
     changed
 }

@@ -49,6 +49,10 @@ struct CertSet {
     /// still the one serving.
     generation: u32,
     certs: Vec<Arc<CertifiedKey>>,
+    /// Each certificate's name in logs and metrics.
+    names: Vec<String>,
+    /// `certs[0]` is the ACME certificate, kept ahead of the files on reload.
+    pinned: bool,
 }
 
 /// Picks a certificate by SNI; the first one answers when nothing matches. The
@@ -56,6 +60,8 @@ struct CertSet {
 /// get new certificates at once while open connections keep theirs.
 pub struct CertResolver {
     current: ArcSwap<CertSet>,
+    /// Answers TLS-ALPN-01 (RFC 8737) handshakes while an ACME order is open.
+    challenge: std::sync::OnceLock<Arc<dyn ResolvesServerCert>>,
 }
 
 impl fmt::Debug for CertResolver {
@@ -72,6 +78,7 @@ impl fmt::Debug for CertResolver {
 
 /// Certificates read from files (or generated), not yet serving, each with the
 /// name it is known by in logs and metrics (its file).
+#[derive(Clone)]
 pub struct Loaded(Vec<Arc<CertifiedKey>>, Vec<String>);
 
 impl fmt::Debug for Loaded {
@@ -99,14 +106,44 @@ impl Loaded {
 
     /// Each certificate's name and notAfter (Unix seconds), where it parses.
     pub fn expiries(&self) -> Vec<(String, i64)> {
-        self.0
-            .iter()
-            .zip(&self.1)
-            .filter_map(|(c, name)| {
-                let der = c.end_entity_cert().ok()?;
-                Some((name.clone(), crate::cert_time::not_after(der)?))
+        expiries(&self.0, &self.1)
+    }
+
+    /// A private key and its chain in one PEM text (as an ACME order stores
+    /// them), known as `name`.
+    pub fn from_pem_bundle(pem: &[u8], name: &str) -> Result<Self, TlsError> {
+        let pem_err = |what| TlsError::Pem {
+            path: name.to_owned(),
+            what,
+        };
+        let chain: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut &pem[..])
+            .collect::<Result<_, _>>()
+            .map_err(|_| pem_err("not a PEM certificate"))?;
+        if chain.is_empty() {
+            return Err(pem_err("no certificate found"));
+        }
+        let key = rustls_pemfile::private_key(&mut &pem[..])
+            .map_err(|_| pem_err("not a PEM key"))?
+            .ok_or_else(|| pem_err("no private key found"))?;
+        let certified = CertifiedKey::new(chain, any_supported_type(&key)?);
+        certified.keys_match()?;
+        Ok(Self(vec![Arc::new(certified)], vec![name.to_owned()]))
+    }
+
+    /// Whether the first certificate is valid for every one of `names`.
+    pub fn covers_all(&self, names: &[String]) -> bool {
+        self.0.first().is_some_and(|c| {
+            names.iter().all(|n| {
+                rustls::pki_types::ServerName::try_from(n.as_str())
+                    .is_ok_and(|name| valid_for(c, &name))
             })
-            .collect()
+        })
+    }
+
+    /// The first certificate's notAfter (Unix seconds).
+    pub fn not_after(&self) -> Option<i64> {
+        let der = self.0.first()?.end_entity_cert().ok()?;
+        crate::cert_time::not_after(der)
     }
 
     /// A fresh self-signed certificate for `localhost` and 127.0.0.1 / ::1.
@@ -131,27 +168,72 @@ impl Loaded {
 
 impl CertResolver {
     pub fn new(loaded: Loaded) -> Self {
-        let Loaded(certs, _) = loaded;
+        let Loaded(certs, names) = loaded;
         Self {
             current: ArcSwap::from_pointee(CertSet {
                 generation: 0,
                 certs,
+                names,
+                pinned: false,
             }),
+            challenge: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Where TLS-ALPN-01 handshakes (ALPN `acme-tls/1` alone) are answered;
+    /// set once, at start. Without it they get no certificate.
+    pub fn answer_challenges_with(&self, challenge: Arc<dyn ResolvesServerCert>) {
+        if self.challenge.set(challenge).is_err() {
+            tracing::warn!("ACME challenge resolver set twice; the first is kept");
+        }
+    }
+
+    /// Serves `loaded`'s certificate first (the ACME one: the default and the
+    /// first match), ahead of the others, which stay; returns the new generation.
+    pub fn pin_first(&self, loaded: Loaded) -> u32 {
+        let old = self.current.rcu(|cur| {
+            let skip = usize::from(cur.pinned);
+            let mut certs = loaded.0.clone();
+            let mut names = loaded.1.clone();
+            certs.extend(cur.certs.iter().skip(skip).cloned());
+            names.extend(cur.names.iter().skip(skip).cloned());
+            CertSet {
+                generation: cur.generation.wrapping_add(1),
+                certs,
+                names,
+                pinned: true,
+            }
+        });
+        old.generation.wrapping_add(1)
+    }
+
+    /// Each serving certificate's name and notAfter (Unix seconds).
+    pub fn expiries(&self) -> Vec<(String, i64)> {
+        let set = self.current.load();
+        expiries(&set.certs, &set.names)
     }
 
     pub fn load(files: &[CertFiles]) -> Result<Self, TlsError> {
         Loaded::read(files).map(Self::new)
     }
 
-    /// Serves `loaded` from the next handshake on; returns the new generation.
+    /// Serves `loaded` from the next handshake on (behind a pinned ACME
+    /// certificate, which stays); returns the new generation.
     pub fn replace(&self, loaded: Loaded) -> u32 {
-        let generation = self.current.load().generation.wrapping_add(1);
-        self.current.store(Arc::new(CertSet {
-            generation,
-            certs: loaded.0,
-        }));
-        generation
+        let old = self.current.rcu(|cur| {
+            let pinned = cur.certs.first().filter(|_| cur.pinned);
+            let mut certs: Vec<_> = pinned.cloned().into_iter().collect();
+            let mut names: Vec<_> = cur.names.iter().take(certs.len()).cloned().collect();
+            certs.extend(loaded.0.iter().cloned());
+            names.extend(loaded.1.iter().cloned());
+            CertSet {
+                generation: cur.generation.wrapping_add(1),
+                certs,
+                names,
+                pinned: cur.pinned,
+            }
+        });
+        old.generation.wrapping_add(1)
     }
 }
 
@@ -175,6 +257,17 @@ impl CertSet {
     }
 }
 
+fn expiries(certs: &[Arc<CertifiedKey>], names: &[String]) -> Vec<(String, i64)> {
+    certs
+        .iter()
+        .zip(names)
+        .filter_map(|(c, name)| {
+            let der = c.end_entity_cert().ok()?;
+            Some((name.clone(), crate::cert_time::not_after(der)?))
+        })
+        .collect()
+}
+
 fn valid_for(c: &CertifiedKey, name: &rustls::pki_types::ServerName<'_>) -> bool {
     c.end_entity_cert()
         .ok()
@@ -184,10 +277,23 @@ fn valid_for(c: &CertifiedKey, name: &rustls::pki_types::ServerName<'_>) -> bool
 
 impl ResolvesServerCert for CertResolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        if is_acme_challenge(&hello) {
+            return self.challenge.get()?.resolve(hello);
+        }
         let set = self.current.load();
         let by_name = hello.server_name().and_then(|sni| set.select(sni));
         set.certs.get(by_name.unwrap_or(0)).cloned()
     }
+}
+
+/// The ALPN protocol of TLS-ALPN-01 validation handshakes (RFC 8737 4).
+pub const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
+
+/// A validation handshake offers `acme-tls/1` and nothing else (RFC 8737 3).
+fn is_acme_challenge(hello: &ClientHello<'_>) -> bool {
+    hello
+        .alpn()
+        .is_some_and(|mut protos| protos.next() == Some(ACME_TLS_ALPN) && protos.next().is_none())
 }
 
 /// The server name (SNI) a TLS connection asked for, as the pipeline needs it:
@@ -307,13 +413,21 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-/// TLS 1.3 and 1.2 for the TCP listener, h2 preferred over http/1.1.
-pub fn tcp_config(resolver: Arc<CertResolver>) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+/// TLS 1.3 and 1.2 for the TCP listener, h2 preferred over http/1.1; with
+/// `acme_alpn`, `acme-tls/1` too, for TLS-ALPN-01 validation (only a client
+/// that offers it alone gets it: see `is_acme_challenge`).
+pub fn tcp_config(
+    resolver: Arc<CertResolver>,
+    acme_alpn: bool,
+) -> Result<Arc<rustls::ServerConfig>, TlsError> {
     let mut cfg = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
         .with_no_client_auth()
         .with_cert_resolver(resolver);
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    if acme_alpn {
+        cfg.alpn_protocols.push(ACME_TLS_ALPN.to_vec());
+    }
     Ok(Arc::new(cfg))
 }
 

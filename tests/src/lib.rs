@@ -11,6 +11,7 @@ pub mod edge;
 pub mod load;
 pub mod origin;
 pub mod origin_process;
+pub mod pebble;
 pub mod pki;
 pub mod process;
 pub mod prometheus;
@@ -30,6 +31,7 @@ pub use edge::{
 pub use load::{errors, served_by, Answers, KeepAlive, Load, Reply};
 pub use origin::{echo_header, echo_headers, Origin, OriginOptions, OriginTls};
 pub use origin_process::{OriginLog, OriginProcess};
+pub use pebble::Pebble;
 pub use pki::{LeafFiles, Pki};
 pub use process::{eventually, poll_until, wait_for, wait_until};
 pub use raw_origin::RawOrigin;

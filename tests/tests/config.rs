@@ -94,6 +94,10 @@ async fn check_accepts_every_example_config_in_ops() -> anyhow::Result<()> {
         examples.iter().any(|p| p.ends_with("geo/edge.toml")),
         "ops/geo/edge.toml is checked too: {examples:?}"
     );
+    assert!(
+        examples.iter().any(|p| p.ends_with("examples/acme.toml")),
+        "ops/examples/acme.toml is checked too: {examples:?}"
+    );
     for example in examples {
         let out = run_edge(
             ["check".as_ref(), "-c".as_ref(), example.as_os_str()],

@@ -5,6 +5,7 @@
 //! key path and line. Only this module knows TOML; the library crates take their
 //! own plain config structs.
 
+mod acme;
 mod cache;
 mod pools;
 mod quic;
@@ -12,6 +13,7 @@ mod rate_limits;
 mod redis;
 mod regions;
 mod sticky;
+pub use acme::{Acme, AcmeChallenge};
 mod upgrade;
 use cache::read_cache;
 pub use cache::{Cache, CacheStatuses};
@@ -78,6 +80,8 @@ pub struct Config {
     pub limits: Limits,
     /// `[[rate_limits]]`, in config order (every matching rule applies).
     pub rate_limits: Vec<RateLimit>,
+    /// `[acme]`: certificates ordered from an ACME CA; `None` without the table.
+    pub acme: Option<Acme>,
     /// `[upgrade]`: HTTP/1.1 upgrades (WebSocket) and their tunnels.
     pub upgrade: Upgrade,
 }
@@ -347,6 +351,7 @@ impl Config {
             quic: Quic::default(),
             log: Log::default(),
             drain: Drain::default(),
+            acme: None,
             upgrade: Upgrade::default(),
         }
     }
@@ -530,7 +535,7 @@ fn read(cx: &mut Cx<'_>, doc: &toml_edit::Table, base: &Path) -> Config {
     let defaults = Config::with_upstreams(Vec::new());
     let listen = root.or(cx, "listen", defaults.listen);
     let http_listen = root.opt(cx, "http_listen");
-    let http_mode = root.or(cx, "http_mode", defaults.http_mode);
+    let http_mode = root.opt::<HttpMode>(cx, "http_mode");
     let admin = root.opt(cx, "admin").or(defaults.admin);
     let trusted_proxies = root.or(cx, "trusted_proxies", Vec::new());
     let workers = root.opt::<usize>(cx, "workers").and_then(|n| {
@@ -554,6 +559,13 @@ fn read(cx: &mut Cx<'_>, doc: &toml_edit::Table, base: &Path) -> Config {
     }
     let alt_svc = read_alt_svc(cx, &mut root, defaults.alt_svc);
     let tls = read_tls(cx, &mut root, base, defaults.tls);
+    let acme = acme::read_acme(cx, &mut root, base, &state_dir, http_listen.is_some());
+    // With ACME on, plaintext requests go to https (challenge paths excepted).
+    let http_mode = http_mode.unwrap_or(if acme.is_some() {
+        HttpMode::Redirect
+    } else {
+        defaults.http_mode
+    });
     let client = read_client(cx, &mut root);
     let geo = regions::read_geo(cx, &mut root, base);
     let pools = read_pools(cx, &mut root, base, geo.as_ref());
@@ -591,6 +603,7 @@ fn read(cx: &mut Cx<'_>, doc: &toml_edit::Table, base: &Path) -> Config {
         quic,
         log,
         drain,
+        acme,
         upgrade,
     }
 }

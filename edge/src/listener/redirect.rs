@@ -41,6 +41,30 @@ pub fn to_https<B>(req: &Request<B>, https_port: u16) -> Option<Response<Body>> 
     Some(resp)
 }
 
+/// The answer to an ACME HTTP-01 validation request (RFC 8555 8.3): the key
+/// authorization of an open order's token, else 404; `None` for other paths.
+pub fn acme_answer<B>(
+    challenges: &crate::acme::Challenges,
+    req: &Request<B>,
+) -> Option<Response<Body>> {
+    let token = req.uri().path().strip_prefix(ACME_CHALLENGE)?;
+    let answer = challenges.http01(token);
+    let status = match answer {
+        Some(_) => StatusCode::OK,
+        None => StatusCode::NOT_FOUND,
+    };
+    let answer = answer.unwrap_or_default();
+    let len = http::HeaderValue::from(answer.len());
+    let mut resp = Response::new(Body::full(bytes::Bytes::from(answer)));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(CONTENT_LENGTH, len);
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/octet-stream"),
+    );
+    Some(resp)
+}
+
 /// The request's host without its port (HTTP/1.1 Host, else the h2 authority),
 /// with IPv6 literals in brackets.
 fn host_of<B>(req: &Request<B>) -> Option<String> {

@@ -28,6 +28,8 @@ pub struct TcpServer {
     pub alt_svc: Option<HeaderValue>,
     /// The https port to send plaintext requests to (`http_mode = "redirect"`).
     pub redirect: Option<u16>,
+    /// The open ACME order's HTTP-01 answers (plaintext listener, `[acme]` on).
+    pub acme: Option<Arc<crate::acme::Challenges>>,
     pub(super) h1: hyper::server::conn::http1::Builder,
     pub(super) h2: hyper::server::conn::http2::Builder<TokioExecutor>,
 }
@@ -59,6 +61,7 @@ impl TcpServer {
             tls,
             alt_svc,
             redirect: None,
+            acme: None,
         }
     }
 
@@ -147,6 +150,14 @@ impl TcpServer {
         };
         let proto = match stream.get_ref().1.alpn_protocol() {
             Some(b"h2") => Proto::H2,
+            // A TLS-ALPN-01 validation: the handshake was the answer.
+            Some(crate::tls::ACME_TLS_ALPN) => {
+                let mut stream = stream;
+                if let Err(e) = tokio::io::AsyncWriteExt::shutdown(&mut stream).await {
+                    tracing::debug!(%peer, error = %e, "closing an acme-tls/1 validation");
+                }
+                return;
+            }
             _ => Proto::H1,
         };
         let sni = stream.get_ref().1.server_name();
@@ -175,6 +186,13 @@ impl TcpServer {
     }
 
     pub(super) async fn respond(&self, peer: Peer, req: Request<Body>) -> Response<Body> {
+        if let Some(resp) = self
+            .acme
+            .as_ref()
+            .and_then(|c| super::redirect::acme_answer(c, &req))
+        {
+            return resp;
+        }
         if let Some(resp) = self
             .redirect
             .and_then(|p| super::redirect::to_https(&req, p))
