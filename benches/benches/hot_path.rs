@@ -2,7 +2,7 @@
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use edge::config::Route;
-use edge::pipeline::{request_id, strip_hop_by_hop, to_upstream, Peer, Routes};
+use edge::pipeline::{request_id, strip_hop_by_hop, to_upstream, Peer, Routes, Trace};
 use http::{HeaderMap, HeaderValue, Request};
 
 fn header_rewrite(c: &mut Criterion) {
@@ -72,7 +72,8 @@ fn upstream_rewrite(c: &mut Criterion) {
     c.bench_function("to_upstream_browser_get", |b| {
         b.iter(|| {
             let mut req = base.clone();
-            to_upstream(&mut req, peer, &trusted, &id, host.clone());
+            let trace = Trace::of(req.headers());
+            to_upstream(&mut req, peer, &trusted, &id, &trace, host.clone());
             req
         })
     });
