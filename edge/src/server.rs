@@ -443,6 +443,9 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
     {
         changed.push("a listener address");
     }
+    if old.proxy_protocol != new.proxy_protocol {
+        changed.push("proxy_protocol");
+    }
     if old.tls.handshake_timeout != new.tls.handshake_timeout {
         changed.push("tls.handshake_timeout");
     }

@@ -7,6 +7,7 @@
 
 mod cache;
 mod pools;
+mod proxy_protocol;
 mod quic;
 mod rate_limits;
 mod redis;
@@ -16,6 +17,7 @@ mod upgrade;
 use cache::read_cache;
 pub use cache::{Cache, CacheStatuses};
 use pools::read_pools;
+pub use proxy_protocol::ProxyProtocol;
 use quic::read_quic;
 pub use quic::{Quic, Retry};
 pub use rate_limits::{LimitFallback, LimitKey, LimitScope, Rate, RateLimit};
@@ -50,6 +52,8 @@ pub struct Config {
     pub admin: Option<SocketAddr>,
     /// Peers whose `X-Forwarded-For` is extended rather than replaced.
     pub trusted_proxies: Vec<IpNet>,
+    /// `[proxy_protocol]`: PROXY headers from trusted load balancers on TCP.
+    pub proxy_protocol: ProxyProtocol,
     /// Tokio worker threads; `None` is one per core.
     pub workers: Option<NonZeroUsize>,
     /// Where edge keeps what it generates and must find again after a restart
@@ -321,6 +325,7 @@ impl Config {
             http_mode: HttpMode::Proxy,
             admin: Some(parse_const(DEFAULT_ADMIN)),
             trusted_proxies: Vec::new(),
+            proxy_protocol: ProxyProtocol::default(),
             workers: None,
             state_dir: default_state_dir(),
             alt_svc: AltSvc {
@@ -487,6 +492,7 @@ fn read(cx: &mut Cx<'_>, doc: &toml_edit::Table, base: &Path) -> Config {
     let http_mode = root.or(cx, "http_mode", defaults.http_mode);
     let admin = root.opt(cx, "admin").or(defaults.admin);
     let trusted_proxies = root.or(cx, "trusted_proxies", Vec::new());
+    let proxy_protocol = proxy_protocol::read_proxy_protocol(cx, &mut root);
     let workers = root.opt::<usize>(cx, "workers").and_then(|n| {
         let workers = NonZeroUsize::new(n);
         if workers.is_none() {
@@ -528,6 +534,7 @@ fn read(cx: &mut Cx<'_>, doc: &toml_edit::Table, base: &Path) -> Config {
         http_mode,
         admin,
         trusted_proxies,
+        proxy_protocol,
         workers,
         state_dir,
         alt_svc,
