@@ -19,7 +19,7 @@ fn one_pool_without_routes_gets_a_catch_all_route() {
     let c = parse("[pools.web]\nendpoints = [\"http://127.0.0.1:8080\"]\n").expect("valid");
     assert_eq!(c.routes.len(), 1);
     assert_eq!(c.routes[0].pool, "web");
-    assert_eq!(c.listen, DEFAULT_LISTEN.parse().expect("addr"));
+    assert_eq!(c.listen, [DEFAULT_LISTEN.parse().expect("addr")]);
     assert_eq!(c.pools[0].settings.idle_timeout, Duration::from_secs(90));
     assert_eq!(c.pools[0].settings.protocol, Protocol::H2);
 }
@@ -61,7 +61,12 @@ endpoints = ["http://127.0.0.1:8081", "http://127.0.0.1:8082"]
 "#,
     )
     .expect("valid");
-    assert_eq!(c.http_listen, Some("127.0.0.1:8080".parse().expect("addr")));
+    assert_eq!(
+        c.http_listen,
+        ["127.0.0.1:8080"
+            .parse::<std::net::SocketAddr>()
+            .expect("addr")]
+    );
     assert_eq!(c.trusted_proxies.len(), 2);
     assert!(!c.alt_svc.enabled);
     assert_eq!(c.alt_svc.max_age, Duration::from_secs(3600));
