@@ -52,7 +52,7 @@ fi
 # WebSocket client and echo server of tests/tests/websocket.rs). The tests find it as
 # $EDGE_TEST_PYTHON.
 venv=.venv
-py_packages=(aioquic niquests mmdb-writer h2 websockets)
+py_packages=(aioquic niquests mmdb-writer h2 websockets grpcio)
 if ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
   apt-get update </dev/null
   apt-get install -y python3-venv </dev/null
@@ -61,7 +61,7 @@ if [[ ! -x $venv/bin/python3 ]]; then
   rm -rf "$venv"
   python3 -m venv "$venv"
 fi
-if ! "$venv/bin/python3" -c 'import aioquic, niquests, mmdb_writer, h2, websockets' >/dev/null 2>&1; then
+if ! "$venv/bin/python3" -c 'import aioquic, niquests, mmdb_writer, h2, websockets, grpc' >/dev/null 2>&1; then
   "$venv/bin/python3" -m pip install --quiet --disable-pip-version-check "${py_packages[@]}" </dev/null
 fi
 export EDGE_TEST_PYTHON="$PWD/$venv/bin/python3"

@@ -201,6 +201,89 @@ impl ProxyError {
     }
 }
 
+impl ErrorKind {
+    /// The gRPC status a gRPC client gets for this error (its codes, not HTTP's:
+    /// grpc-go and grpcio retry on UNAVAILABLE, and read DEADLINE_EXCEEDED as a
+    /// timeout). Exhaustive, like `status`.
+    pub fn grpc_status(self) -> u8 {
+        const CANCELLED: u8 = 1;
+        const DEADLINE_EXCEEDED: u8 = 4;
+        const RESOURCE_EXHAUSTED: u8 = GRPC_RESOURCE_EXHAUSTED;
+        const UNIMPLEMENTED: u8 = 12;
+        const INTERNAL: u8 = 13;
+        const UNAVAILABLE: u8 = 14;
+        match self {
+            ErrorKind::BadRequest | ErrorKind::Internal => INTERNAL,
+            ErrorKind::NoRoute => UNIMPLEMENTED,
+            ErrorKind::BodyTooLarge | ErrorKind::HeadersTooLarge => RESOURCE_EXHAUSTED,
+            ErrorKind::UpstreamTimeout | ErrorKind::RequestTimeout => DEADLINE_EXCEEDED,
+            ErrorKind::ClientClosed => CANCELLED,
+            ErrorKind::MisdirectedRequest
+            | ErrorKind::UpstreamConnect
+            | ErrorKind::UpstreamFailed
+            | ErrorKind::NoHealthyEndpoint
+            | ErrorKind::Overloaded => UNAVAILABLE,
+        }
+    }
+}
+
+/// Whether a request is gRPC (`content-type: application/grpc` or `+proto`, ...).
+pub fn is_grpc(headers: &http::HeaderMap) -> bool {
+    headers
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            let v = v.trim_start();
+            v.len() >= 16
+                && v.as_bytes()[..16].eq_ignore_ascii_case(b"application/grpc")
+                && matches!(v.as_bytes().get(16), None | Some(b'+' | b';'))
+        })
+}
+
+/// `grpc-message` is percent-encoded (gRPC over HTTP/2): printable ASCII but `%` as is.
+fn grpc_message(text: &str) -> HeaderValue {
+    let mut out = String::with_capacity(text.len());
+    for b in text.bytes() {
+        if (0x20..=0x7e).contains(&b) && b != b'%' {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    HeaderValue::from_str(&out).unwrap_or_else(|_| HeaderValue::from_static("edge error"))
+}
+
+impl ProxyError {
+    /// For a gRPC client: a trailers-only answer (HTTP 200, no body, the status
+    /// in `grpc-status` and `grpc-message`), which every gRPC library reads as
+    /// the call's status, where a text page would be a protocol error to it.
+    pub fn to_grpc_response(&self, request_id: &HeaderValue) -> Response<Body> {
+        let message = format!(
+            "{} (edge, request id {})",
+            self.public_message(),
+            String::from_utf8_lossy(request_id.as_bytes())
+        );
+        let mut resp = grpc_trailers_only(self.kind.grpc_status(), &message);
+        resp.headers_mut().insert(REQUEST_ID, request_id.clone());
+        resp
+    }
+}
+
+/// gRPC's RESOURCE_EXHAUSTED, for a rate limit's refusal.
+pub const GRPC_RESOURCE_EXHAUSTED: u8 = 8;
+
+/// A trailers-only gRPC answer: HTTP 200, no body, `grpc-status` and
+/// `grpc-message` in the one HEADERS frame that ends the stream.
+pub fn grpc_trailers_only(code: u8, message: &str) -> Response<Body> {
+    // Empty, not an empty DATA frame: the HEADERS frame must end the stream.
+    let mut resp = Response::new(Body::Empty);
+    let h = resp.headers_mut();
+    h.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+    h.insert("grpc-status", HeaderValue::from(u16::from(code)));
+    h.insert("grpc-message", grpc_message(message));
+    resp
+}
+
 impl From<upstream::Error> for ProxyError {
     fn from(e: upstream::Error) -> Self {
         let kind = match &e {
@@ -263,6 +346,32 @@ mod tests {
     use super::*;
 
     /// Pins the kind -> status table: changing a client-visible status is a decision.
+    #[test]
+    fn grpc_errors_are_trailers_only_with_mapped_status() {
+        let id = HeaderValue::from_static("req-1");
+        let e = ProxyError::new(ErrorKind::NoHealthyEndpoint, "pool web: all down");
+        let resp = e.to_grpc_response(&id);
+        assert_eq!(resp.status(), StatusCode::OK);
+        let h = resp.headers();
+        assert_eq!(h["grpc-status"], "14");
+        assert_eq!(h["content-type"], "application/grpc");
+        assert_eq!(
+            h["grpc-message"],
+            "no backend available (edge, request id req-1)"
+        );
+        assert_eq!(ErrorKind::UpstreamTimeout.grpc_status(), 4);
+        assert_eq!(ErrorKind::BodyTooLarge.grpc_status(), 8);
+        assert_eq!(ErrorKind::UpstreamConnect.grpc_status(), 14);
+        assert_eq!(grpc_message("50% é"), "50%25 %C3%A9");
+        let ct = |v: &'static str| {
+            let mut m = http::HeaderMap::new();
+            m.insert(CONTENT_TYPE, HeaderValue::from_static(v));
+            is_grpc(&m)
+        };
+        assert!(ct("application/grpc") && ct("application/grpc+proto"));
+        assert!(!ct("application/grpc-web") && !ct("application/json"));
+    }
+
     #[test]
     fn every_kind_has_its_status() {
         let table = [

@@ -204,10 +204,10 @@ fn apply_flags(mut config: Config, args: &RunArgs) -> Config {
         config.routes = vec![Route::catch_all(DEFAULT_POOL)];
     }
     if let Some(a) = args.listen {
-        config.listen = a;
+        config.listen = vec![a];
     }
     if let Some(a) = args.http_listen {
-        config.http_listen = Some(a);
+        config.http_listen = vec![a];
     }
     if let Some(a) = args.admin {
         config.admin = Some(a);

@@ -186,6 +186,7 @@ struct SlotMetrics {
     write_idle: IntCounterVec,
     h2_closes: IntCounterVec,
     h2_premature: prometheus::IntCounter,
+    proxy_protocol: IntCounterVec,
     overload: IntGauge,
     shed: prometheus::IntCounter,
     rss: IntGauge,
@@ -222,6 +223,13 @@ impl SlotMetrics {
             ),
             &["reason"],
         )?;
+        let proxy_protocol = IntCounterVec::new(
+            Opts::new(
+                "proxy_proxy_protocol_total",
+                "PROXY protocol headers on the TCP listeners, by result (v1, v2, local: accepted; untrusted, missing, invalid, too_large, timeout: connection closed).",
+            ),
+            &["result"],
+        )?;
         let h2_premature = prometheus::IntCounter::new(
             "proxy_h2_premature_resets_total",
             "HTTP/2 streams the client reset before their response was complete.",
@@ -248,6 +256,7 @@ impl SlotMetrics {
         registry.register(Box::new(write_idle.clone()))?;
         registry.register(Box::new(h2_closes.clone()))?;
         registry.register(Box::new(h2_premature.clone()))?;
+        registry.register(Box::new(proxy_protocol.clone()))?;
         registry.register(Box::new(overload.clone()))?;
         registry.register(Box::new(shed.clone()))?;
         registry.register(Box::new(rss.clone()))?;
@@ -257,6 +266,7 @@ impl SlotMetrics {
             write_idle,
             h2_closes,
             h2_premature,
+            proxy_protocol,
             overload,
             shed,
             rss,
@@ -648,6 +658,11 @@ impl Metrics {
             .write_idle
             .with_label_values(&[proto.as_str()])
             .inc();
+    }
+
+    /// Counts a PROXY protocol header read (or refused) on a TCP listener.
+    pub fn proxy_protocol(&self, result: &'static str) {
+        self.slots.proxy_protocol.with_label_values(&[result]).inc();
     }
 
     /// Counts an HTTP/2 connection edge closed on a bound (`reason` is one of a fixed few).

@@ -102,10 +102,17 @@ pub type Reloader = Arc<dyn Fn() -> Result<Config, config::ConfigErrors> + Send 
 pub async fn run(config: Config, reload: Option<Reloader>) -> Result<(), Error> {
     let proxy = Proxy::build(&config).await?;
     // Bind everything before serving anything, so a port in use fails cleanly.
-    let (tls_tcp, udp) = listener::bind_tcp_udp(config.listen)?;
-    let http = config.http_listen.map(listener::bind_tcp).transpose()?;
+    let tls_bound = config
+        .listen
+        .iter()
+        .map(|a| listener::bind_tcp_udp(*a))
+        .collect::<Result<Vec<_>, _>>()?;
+    let http = config
+        .http_listen
+        .iter()
+        .map(|a| listener::bind_tcp(*a))
+        .collect::<Result<Vec<_>, _>>()?;
     let admin_listener = config.admin.map(listener::bind_tcp).transpose()?;
-    let tls_addr = local(&tls_tcp)?;
 
     // The resolver lives as long as the process (a reload swaps the certificates
     // inside it): the Arc is leaked so each TLS connection's SNI can refer to it
@@ -128,8 +135,12 @@ pub async fn run(config: Config, reload: Option<Reloader>) -> Result<(), Error> 
     let upgrades = listener::upgrades::Upgrades::new(config.alt_svc.max_age, metrics.registry())
         .map_err(|e| Error::Setup(format!("metrics: {e}")))?;
     let (reload_requests, mut reload_asked) = tokio::sync::mpsc::channel(4);
-    let mut listeners = vec![("https", tls_addr), ("h3", tls_addr)];
-    if let Some(l) = &http {
+    let mut listeners = Vec::new();
+    for (tcp, _) in &tls_bound {
+        let addr = local(tcp)?;
+        listeners.extend([("https", addr), ("h3", addr)]);
+    }
+    for l in &http {
         listeners.push(("http", local(l)?));
     }
     if let Some(l) = &admin_listener {
@@ -157,30 +168,34 @@ pub async fn run(config: Config, reload: Option<Reloader>) -> Result<(), Error> 
         config,
         certs: Some(resolver.as_ref()),
     });
-    let alt_svc = alt_svc(&shared.config, tls_addr.port());
-    let endpoint = quic::endpoint(udp, resolver.clone(), &shared)?;
     let tls_alpn = shared
         .config
         .acme
         .as_ref()
         .is_some_and(|a| a.challenge == config::AcmeChallenge::TlsAlpn01);
     let acceptor = tokio_rustls::TlsAcceptor::from(tls::tcp_config(resolver.clone(), tls_alpn)?);
-
-    let tls_server = Arc::new(TcpServer::new(
-        shared.clone(),
-        Some(acceptor),
-        alt_svc.clone(),
-    ));
     let mut loops = tokio::task::JoinSet::new();
-    loops.spawn(tls_server.run(tokio_listener(tls_tcp, tls_addr)?));
-    tracing::info!("listening kind=https addr={tls_addr}");
-    tracing::info!("listening kind=h3 addr={tls_addr}");
-    loops.spawn(quic::run(endpoint, shared.clone()));
-    if let Some(l) = http {
+    let mut endpoints = Vec::new();
+    // Redirects go to the first TLS address's port.
+    let mut https_port = None;
+    for (tcp, udp) in tls_bound {
+        let addr = local(&tcp)?;
+        https_port.get_or_insert(addr.port());
+        endpoints.push(quic::endpoint(udp, resolver.clone(), &shared)?);
+        let alt_svc = alt_svc(&shared.config, addr.port());
+        let server = TcpServer::new(shared.clone(), Some(acceptor.clone()), alt_svc);
+        loops.spawn(Arc::new(server).run(tokio_listener(tcp, addr)?));
+        tracing::info!("listening kind=https addr={addr}");
+        tracing::info!("listening kind=h3 addr={addr}");
+    }
+    loops.spawn(quic::run(endpoints, shared.clone()));
+    for l in http {
         let addr = local(&l)?;
+        // Plaintext answers advertise h3 on the first TLS address's port.
+        let alt_svc = https_port.and_then(|p| alt_svc(&shared.config, p));
         let mut server = TcpServer::new(shared.clone(), None, alt_svc);
         if shared.config.http_mode == config::HttpMode::Redirect {
-            server.redirect = Some(tls_addr.port());
+            server.redirect = https_port;
         }
         server.acme = acme.as_ref().map(|(m, _)| m.challenges.clone());
         let server = Arc::new(server);
@@ -533,6 +548,9 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
         || old.admin != new.admin
     {
         changed.push("a listener address");
+    }
+    if old.proxy_protocol != new.proxy_protocol {
+        changed.push("proxy_protocol");
     }
     if old.tls.handshake_timeout != new.tls.handshake_timeout {
         changed.push("tls.handshake_timeout");

@@ -492,14 +492,17 @@ impl Edge {
     fn parse_listeners(&mut self, log: &str) -> anyhow::Result<()> {
         let mut https = None;
         let mut h3 = None;
+        // With several addresses per key, the first of each kind is the one
+        // kept here; tests of the others read the lines themselves.
         for (kind, addr) in log.lines().filter_map(parse_listening) {
-            match kind.as_str() {
-                "https" => https = Some(addr),
-                "h3" => h3 = Some(addr),
-                "http" => self.http_addr = Some(addr),
-                "admin" => self.admin_addr = Some(addr),
-                _ => {}
-            }
+            let slot = match kind.as_str() {
+                "https" => &mut https,
+                "h3" => &mut h3,
+                "http" => &mut self.http_addr,
+                "admin" => &mut self.admin_addr,
+                _ => continue,
+            };
+            slot.get_or_insert(addr);
         }
         self.https_addr = https.with_context(|| format!("no `kind=https` line in:\n{log}"))?;
         self.h3_addr = h3.with_context(|| format!("no `kind=h3` line in:\n{log}"))?;

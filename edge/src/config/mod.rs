@@ -8,6 +8,7 @@
 mod acme;
 mod cache;
 mod pools;
+mod proxy_protocol;
 mod quic;
 mod rate_limits;
 mod redis;
@@ -18,6 +19,7 @@ mod upgrade;
 use cache::read_cache;
 pub use cache::{Cache, CacheStatuses};
 use pools::read_pools;
+pub use proxy_protocol::ProxyProtocol;
 use quic::read_quic;
 pub use quic::{Quic, Retry};
 pub use rate_limits::{LimitFallback, LimitKey, LimitScope, Rate, RateLimit};
@@ -36,16 +38,17 @@ use ipnet::IpNet;
 use upstream::discovery::DnsConfig;
 use upstream::{EndpointAddr, PoolConfig};
 
+use walk::{Addrs, Cx, FromToml, Table};
 pub use walk::{ConfigError, ConfigErrors};
-use walk::{Cx, FromToml, Table};
 
 /// The whole validated configuration.
 #[derive(Clone, Debug)]
 pub struct Config {
-    /// TLS over TCP (HTTP/1.1, HTTP/2) and QUIC over UDP (HTTP/3) on one address.
-    pub listen: SocketAddr,
-    /// Plaintext HTTP/1.1 and h2c (prior knowledge).
-    pub http_listen: Option<SocketAddr>,
+    /// TLS over TCP (HTTP/1.1, HTTP/2) and QUIC over UDP (HTTP/3), each on
+    /// every address (at least one; e.g. an IPv4 and an IPv6 one).
+    pub listen: Vec<SocketAddr>,
+    /// Plaintext HTTP/1.1 and h2c (prior knowledge) on each; empty is off.
+    pub http_listen: Vec<SocketAddr>,
     /// What the plaintext listener does with a request.
     pub http_mode: HttpMode,
     /// `/healthz` and `/metrics`.
@@ -56,6 +59,8 @@ pub struct Config {
     pub admin_token: Option<Secret>,
     /// Peers whose `X-Forwarded-For` is extended rather than replaced.
     pub trusted_proxies: Vec<IpNet>,
+    /// `[proxy_protocol]`: PROXY headers from trusted load balancers on TCP.
+    pub proxy_protocol: ProxyProtocol,
     /// Tokio worker threads; `None` is one per core.
     pub workers: Option<NonZeroUsize>,
     /// Where edge keeps what it generates and must find again after a restart
@@ -324,11 +329,12 @@ impl Config {
     /// The built-in defaults with one pool and a catch-all route to it.
     pub fn with_upstreams(endpoints: Vec<EndpointAddr>) -> Self {
         Self {
-            listen: parse_const(DEFAULT_LISTEN),
-            http_listen: None,
+            listen: vec![parse_const(DEFAULT_LISTEN)],
+            http_listen: Vec::new(),
             http_mode: HttpMode::Proxy,
             admin: Some(parse_const(DEFAULT_ADMIN)),
             trusted_proxies: Vec::new(),
+            proxy_protocol: ProxyProtocol::default(),
             workers: None,
             admin_token: None,
             state_dir: default_state_dir(),
@@ -483,61 +489,75 @@ fn read_admin_token(cx: &mut Cx<'_>, root: &mut Table<'_>, base: &Path) -> Optio
 }
 
 /// Two listeners on one address cannot both bind: refused here, naming both
-/// keys, rather than at start with a bare "address in use". (`listen` holds
-/// TCP and UDP; the others TCP only. Port 0 lets the kernel pick, so never
-/// collides.)
+/// keys (or the key twice, for two entries of one list), rather than at start
+/// with a bare "address in use". (`listen` holds TCP and UDP; the others TCP
+/// only. Port 0 lets the kernel pick, so never collides.)
 fn check_listener_collisions(
     cx: &mut Cx<'_>,
     root: &Table<'_>,
-    listen: SocketAddr,
-    http_listen: Option<SocketAddr>,
+    listen: &[SocketAddr],
+    http_listen: &[SocketAddr],
     admin: Option<SocketAddr>,
 ) {
-    let keys = [
-        ("listen", Some(listen)),
-        ("http_listen", http_listen),
-        ("admin", admin),
-    ];
-    for (i, (a, addr_a)) in keys.iter().enumerate() {
-        for (b, addr_b) in &keys[i + 1..] {
-            let (Some(x), Some(y)) = (addr_a, addr_b) else {
+    let keys: Vec<(&'static str, SocketAddr)> = listen
+        .iter()
+        .map(|a| ("listen", *a))
+        .chain(http_listen.iter().map(|a| ("http_listen", *a)))
+        .chain(admin.map(|a| ("admin", a)))
+        .collect();
+    for (i, (a, x)) in keys.iter().enumerate() {
+        for (b, y) in &keys[i + 1..] {
+            if !one_address(x, y) {
                 continue;
-            };
-            let wildcard = x.ip().is_unspecified() || y.ip().is_unspecified();
-            let same_family = x.is_ipv4() == y.is_ipv4();
-            if x.port() != 0
-                && x.port() == y.port()
-                && same_family
-                && (x.ip() == y.ip() || wildcard)
-            {
-                let named = |key: &str, addr: &SocketAddr| {
-                    if root.has(key) {
-                        format!("`{key}` ({addr})")
-                    } else {
-                        format!("`{key}`'s default ({addr})")
-                    }
-                };
-                // Reported at the key the file wrote (the later one if both).
-                let at = if root.has(b) { *b } else { *a };
-                let reason = format!(
-                    "{} and {} are one address: two listeners cannot share it",
-                    named(a, x),
-                    named(b, y)
-                );
-                cx.error(root.line_of(cx, at), at, reason);
             }
+            let named = |key: &str, addr: &SocketAddr| {
+                if root.has(key) {
+                    format!("`{key}` ({addr})")
+                } else {
+                    format!("`{key}`'s default ({addr})")
+                }
+            };
+            // Reported at the key the file wrote (the later one if both).
+            let at = if root.has(b) { *b } else { *a };
+            let reason = format!(
+                "{} and {} are one address: two listeners cannot share it",
+                named(a, x),
+                named(b, y)
+            );
+            cx.error(root.line_of(cx, at), at, reason);
         }
     }
+}
+
+/// Whether binding both would collide: one port (not 0) in one family, on one
+/// address or a wildcard.
+fn one_address(x: &SocketAddr, y: &SocketAddr) -> bool {
+    let wildcard = x.ip().is_unspecified() || y.ip().is_unspecified();
+    x.port() != 0
+        && x.port() == y.port()
+        && x.is_ipv4() == y.is_ipv4()
+        && (x.ip() == y.ip() || wildcard)
 }
 
 fn read(cx: &mut Cx<'_>, doc: &toml_edit::Table, base: &Path) -> Config {
     let mut root = Table::root(doc);
     let defaults = Config::with_upstreams(Vec::new());
-    let listen = root.or(cx, "listen", defaults.listen);
-    let http_listen = root.opt(cx, "http_listen");
+    let listen = match root.opt::<Addrs>(cx, "listen") {
+        Some(Addrs(list)) if list.is_empty() => {
+            let line = root.line_of(cx, "listen");
+            cx.error(line, "listen", "needs at least one address");
+            defaults.listen
+        }
+        Some(Addrs(list)) => list,
+        None => defaults.listen,
+    };
+    let http_listen = root
+        .opt::<Addrs>(cx, "http_listen")
+        .map_or(Vec::new(), |a| a.0);
     let http_mode = root.opt::<HttpMode>(cx, "http_mode");
     let admin = root.opt(cx, "admin").or(defaults.admin);
     let trusted_proxies = root.or(cx, "trusted_proxies", Vec::new());
+    let proxy_protocol = proxy_protocol::read_proxy_protocol(cx, &mut root);
     let workers = root.opt::<usize>(cx, "workers").and_then(|n| {
         let workers = NonZeroUsize::new(n);
         if workers.is_none() {
@@ -547,7 +567,7 @@ fn read(cx: &mut Cx<'_>, doc: &toml_edit::Table, base: &Path) -> Config {
         }
         workers
     });
-    check_listener_collisions(cx, &root, listen, http_listen, admin);
+    check_listener_collisions(cx, &root, &listen, &http_listen, admin);
     let admin_token = read_admin_token(cx, &mut root, base);
     let state_dir = root
         .opt::<PathBuf>(cx, "state_dir")
@@ -559,7 +579,7 @@ fn read(cx: &mut Cx<'_>, doc: &toml_edit::Table, base: &Path) -> Config {
     }
     let alt_svc = read_alt_svc(cx, &mut root, defaults.alt_svc);
     let tls = read_tls(cx, &mut root, base, defaults.tls);
-    let acme = acme::read_acme(cx, &mut root, base, &state_dir, http_listen.is_some());
+    let acme = acme::read_acme(cx, &mut root, base, &state_dir, !http_listen.is_empty());
     // With ACME on, plaintext requests go to https (challenge paths excepted).
     let http_mode = http_mode.unwrap_or(if acme.is_some() {
         HttpMode::Redirect
@@ -587,6 +607,7 @@ fn read(cx: &mut Cx<'_>, doc: &toml_edit::Table, base: &Path) -> Config {
         http_mode,
         admin,
         trusted_proxies,
+        proxy_protocol,
         workers,
         admin_token,
         state_dir,

@@ -19,7 +19,7 @@ fn one_pool_without_routes_gets_a_catch_all_route() {
     let c = parse("[pools.web]\nendpoints = [\"http://127.0.0.1:8080\"]\n").expect("valid");
     assert_eq!(c.routes.len(), 1);
     assert_eq!(c.routes[0].pool, "web");
-    assert_eq!(c.listen, DEFAULT_LISTEN.parse().expect("addr"));
+    assert_eq!(c.listen, [DEFAULT_LISTEN.parse().expect("addr")]);
     assert_eq!(c.pools[0].settings.idle_timeout, Duration::from_secs(90));
     assert_eq!(c.pools[0].settings.protocol, Protocol::H2);
 }
@@ -61,7 +61,12 @@ endpoints = ["http://127.0.0.1:8081", "http://127.0.0.1:8082"]
 "#,
     )
     .expect("valid");
-    assert_eq!(c.http_listen, Some("127.0.0.1:8080".parse().expect("addr")));
+    assert_eq!(
+        c.http_listen,
+        ["127.0.0.1:8080"
+            .parse::<std::net::SocketAddr>()
+            .expect("addr")]
+    );
     assert_eq!(c.trusted_proxies.len(), 2);
     assert!(!c.alt_svc.enabled);
     assert_eq!(c.alt_svc.max_age, Duration::from_secs(3600));
@@ -1051,4 +1056,52 @@ fn admin_token_file_is_read_and_a_short_or_missing_one_refused() {
             "{e}"
         );
     }
+}
+
+#[test]
+fn listen_and_http_listen_take_one_address_or_a_list() {
+    let pool = "[pools.web]\nendpoints = [\"http://127.0.0.1:8081\"]\n";
+    let c = parse(&format!(
+        "listen = [\"127.0.0.1:8443\", \"[::1]:8443\"]\nhttp_listen = \"[::1]:8080\"\n{pool}"
+    ))
+    .expect("valid");
+    let want: Vec<std::net::SocketAddr> = vec![
+        "127.0.0.1:8443".parse().expect("addr"),
+        "[::1]:8443".parse().expect("addr"),
+    ];
+    assert_eq!(c.listen, want);
+    assert_eq!(c.http_listen.len(), 1);
+    let c = parse(&format!("http_listen = []\n{pool}")).expect("valid");
+    assert!(c.http_listen.is_empty());
+    let found = errors(&format!(
+        "listen = []\nhttp_listen = [\"127.0.0.1:80\", \"nope\"]\n{pool}"
+    ));
+    assert_eq!(
+        found,
+        [(1, "listen".to_owned()), (2, "http_listen".to_owned())]
+    );
+}
+
+#[test]
+fn proxy_protocol_defaults_off_and_is_validated() {
+    let pool = "[pools.web]\nendpoints = [\"http://127.0.0.1:8081\"]\n";
+    let c = parse(pool).expect("valid");
+    assert!(!c.proxy_protocol.enabled());
+    let c = parse(&format!(
+        "{pool}[proxy_protocol]\ntrusted = [\"10.0.0.0/8\", \"192.0.2.1\"]\nrequired = false\n"
+    ))
+    .expect("valid");
+    assert!(c.proxy_protocol.trusts("10.1.2.3".parse().expect("ip")));
+    assert!(!c.proxy_protocol.trusts("127.0.0.1".parse().expect("ip")));
+    assert!(!c.proxy_protocol.required);
+    let found = errors(&format!(
+        "{pool}[proxy_protocol]\ntrusted = [\"nope\"]\nmax_header_bytes = 70000\n"
+    ));
+    assert_eq!(
+        found,
+        [
+            (4, "proxy_protocol.trusted".to_owned()),
+            (5, "proxy_protocol.max_header_bytes".to_owned())
+        ]
+    );
 }

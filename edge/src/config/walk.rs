@@ -358,6 +358,19 @@ impl FromToml for SocketAddr {
     }
 }
 
+/// One address or a list of them (`listen`, `http_listen`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Addrs(pub Vec<SocketAddr>);
+
+impl FromToml for Addrs {
+    fn from_toml(v: &Value) -> Result<Self, String> {
+        if v.as_array().is_some() {
+            return Vec::<SocketAddr>::from_toml(v).map(Self);
+        }
+        SocketAddr::from_toml(v).map(|a| Self(vec![a]))
+    }
+}
+
 impl FromToml for IpNet {
     fn from_toml(v: &Value) -> Result<Self, String> {
         let s = expect_str(v, "a network")?;

@@ -12,6 +12,7 @@ mod h1;
 mod h2;
 pub mod idle;
 pub mod overload;
+mod proxy_protocol;
 pub mod quic;
 pub mod redirect;
 pub mod slots;

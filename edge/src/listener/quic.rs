@@ -83,11 +83,20 @@ pub fn endpoint(
 }
 
 /// Accepts QUIC connections until draining starts.
-pub async fn run(endpoint: quinn::Endpoint, shared: Arc<Shared>) {
+/// One limit set (and its metrics) for every endpoint: the caps are the edge's.
+pub async fn run(endpoints: Vec<quinn::Endpoint>, shared: Arc<Shared>) {
     let limits = match Limits::new(shared.config.quic.clone(), shared.metrics.registry()) {
         Ok(l) => l,
         Err(e) => return tracing::error!(error = %e, "QUIC metrics not registered; not listening"),
     };
+    let mut loops = tokio::task::JoinSet::new();
+    for endpoint in endpoints {
+        loops.spawn(accept(endpoint, limits.clone(), shared.clone()));
+    }
+    while loops.join_next().await.is_some() {}
+}
+
+async fn accept(endpoint: quinn::Endpoint, limits: Arc<Limits>, shared: Arc<Shared>) {
     loop {
         let incoming = tokio::select! {
             i = endpoint.accept() => match i {

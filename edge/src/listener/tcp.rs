@@ -2,7 +2,7 @@
 //! h2c by prior knowledge). Both advertise HTTP/3 with Alt-Svc. This module
 //! accepts, shakes hands and tells the protocol; `h1` and `h2` serve it.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,6 +14,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use tokio_rustls::TlsAcceptor;
 
 use super::h1::Parkable;
+use super::proxy_protocol::Accepted;
 use super::{accept_backoff, Shared};
 use crate::body::Body;
 use crate::metrics::Proto;
@@ -116,10 +117,13 @@ impl TcpServer {
         });
     }
 
-    async fn serve(self: Arc<Self>, stream: TcpStream, peer: SocketAddr) {
+    async fn serve(self: Arc<Self>, mut stream: TcpStream, peer: SocketAddr) {
         if let Err(e) = stream.set_nodelay(true) {
             tracing::debug!(error = %e, "TCP_NODELAY not set");
         }
+        let Some(peer) = self.proxy_header(&mut stream, peer).await else {
+            return;
+        };
         if let Some(tls) = self.tls.clone() {
             // Boxed: a plaintext connection's task stays the size of its own state,
             // not of a TLS handshake's (about 7 KiB when inline).
@@ -132,7 +136,36 @@ impl TcpServer {
         self.serve_http(stream, peer, proto, None).await
     }
 
-    async fn serve_tls(self: Arc<Self>, tls: TlsAcceptor, stream: TcpStream, peer: SocketAddr) {
+    /// The client's address: the peer's, or what a trusted load balancer's
+    /// PROXY header names. `None` when the connection is to be closed.
+    async fn proxy_header(&self, stream: &mut TcpStream, peer: SocketAddr) -> Option<IpAddr> {
+        let config = &self.shared.config;
+        if !config.proxy_protocol.enabled() {
+            return Some(peer.ip());
+        }
+        let timeout = config.client.header_read_timeout;
+        let read = super::proxy_protocol::read(stream, peer.ip(), &config.proxy_protocol, timeout);
+        match read.await {
+            Ok(Accepted::None) => Some(peer.ip()),
+            Ok(Accepted::Local) => {
+                self.shared.metrics.proxy_protocol("local");
+                Some(peer.ip())
+            }
+            Ok(Accepted::Client { ip, label }) => {
+                self.shared.metrics.proxy_protocol(label);
+                Some(ip)
+            }
+            Err(refused) => {
+                if let Some(label) = refused.label() {
+                    self.shared.metrics.proxy_protocol(label);
+                    tracing::debug!(%peer, reason = label, "PROXY protocol: connection closed");
+                }
+                None
+            }
+        }
+    }
+
+    async fn serve_tls(self: Arc<Self>, tls: TlsAcceptor, stream: TcpStream, peer: IpAddr) {
         // Boxed too: the handshake's state is dropped once it is done.
         let accept = Box::pin(tls.accept(stream));
         let handshake =
@@ -168,13 +201,13 @@ impl TcpServer {
     async fn serve_http<I: Parkable>(
         self: Arc<Self>,
         io: I,
-        peer: SocketAddr,
+        peer: IpAddr,
         proto: Proto,
         sni: Option<Sni>,
     ) {
         let _open = self.shared.metrics.connection(proto);
         let peer = Peer {
-            ip: peer.ip(),
+            ip: peer,
             tls: self.tls.is_some(),
             sni,
         };

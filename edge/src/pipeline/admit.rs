@@ -67,6 +67,7 @@ impl Cx<'_> {
             sticky: None,
             log,
             request_bytes: None,
+            grpc: crate::error::is_grpc(req.headers()),
         }
     }
 }

@@ -236,7 +236,7 @@ fn secs_up(ns: u64) -> u64 {
 /// matching rule counts the request (in config order, until one refuses).
 pub async fn limit(
     proxy: &Proxy,
-    _cx: &Cx<'_>,
+    cx: &Cx<'_>,
     admitted: &Admitted,
     route: &Route<'_>,
     req: &Request<Body>,
@@ -267,26 +267,33 @@ pub async fn limit(
         };
         if let gcra::Decision::Denied { retry } = decision {
             store.rejected.with_label_values(&[&*rule.name]).inc();
-            return Flow::Answer(Box::new(too_many(rule, retry)));
+            return Flow::Answer(Box::new(too_many(rule, retry, cx.grpc)));
         }
     }
     Flow::Continue
 }
 
 /// The 429: when to come back, and the policy that refused (the IETF
-/// RateLimit header fields draft). `respond` adds the request id.
-fn too_many(rule: &Rule, retry: u64) -> Response<Body> {
+/// RateLimit header fields draft). `respond` adds the request id. A gRPC
+/// client gets it as RESOURCE_EXHAUSTED (trailers-only), with the same fields.
+fn too_many(rule: &Rule, retry: u64, grpc: bool) -> Response<Body> {
     let secs = secs_up(retry);
-    let mut resp = Response::new(Body::full(bytes::Bytes::from_static(
-        b"rate limit exceeded\n",
-    )));
-    *resp.status_mut() = StatusCode::TOO_MANY_REQUESTS;
+    let mut resp = if grpc {
+        let code = crate::error::GRPC_RESOURCE_EXHAUSTED;
+        crate::error::grpc_trailers_only(code, "rate limit exceeded (edge)")
+    } else {
+        let mut resp = Response::new(Body::full(bytes::Bytes::from_static(
+            b"rate limit exceeded\n",
+        )));
+        *resp.status_mut() = StatusCode::TOO_MANY_REQUESTS;
+        resp.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        resp
+    };
     let h = resp.headers_mut();
     h.insert(header::RETRY_AFTER, HeaderValue::from(secs));
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
     h.insert("ratelimit-policy", rule.policy.clone());
     if let Ok(v) = HeaderValue::from_str(&format!("\"{}\";r=0;t={secs}", rule.name)) {
         h.insert("ratelimit", v);

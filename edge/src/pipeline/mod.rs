@@ -243,6 +243,8 @@ pub struct Cx<'p> {
     log: Option<Box<crate::access_log::Record>>,
     /// The request body's bytes as they are read, for that line.
     request_bytes: Option<Arc<std::sync::atomic::AtomicU64>>,
+    /// A gRPC request: edge's own errors become trailers-only gRPC answers.
+    grpc: bool,
 }
 
 /// A phase's verdict on whether the request goes on.
