@@ -32,6 +32,8 @@ fn header_rewrite(c: &mut Criterion) {
 fn route_match(c: &mut Criterion) {
     let routes: Vec<Route> = (0..20)
         .map(|i| Route {
+            name: format!("r{i}"),
+            split: None,
             host: Some(format!("host{i}.example")),
             path_prefix: format!("/svc{i}"),
             pool: "p".to_owned(),
@@ -41,7 +43,7 @@ fn route_match(c: &mut Criterion) {
             cache_statuses: edge::config::CacheStatuses::default(),
         })
         .collect();
-    let table = Routes::new(&routes, |_| Some(0));
+    let table = Routes::new(&routes, |_| Some(0), &Default::default());
     c.bench_function("route_match_20_last", |b| {
         b.iter(|| table.find("host19.example", "/svc19/items/42"))
     });

@@ -62,6 +62,7 @@ impl Cx<'_> {
             backend: NO_BACKEND,
             placed: None,
             sticky: None,
+            gray: None,
             log,
             request_bytes: None,
         }

@@ -1,0 +1,312 @@
+//! Gray release, the part of `route` that picks a split route's version and
+//! the part of `respond` that feeds the rollback guard.
+//!
+//! Choice, first that applies: a rolled-back split sends everything to the
+//! baseline; a trusted peer's version tag is kept (the next hop stays in the
+//! caller's cohort); the first matching target rule; the weights — a hash
+//! bucket of the cohort key when the split has one (the same on every edge,
+//! nothing shared), else a spread of successive requests. The chosen tag
+//! replaces whatever the request carried in the version header.
+//!
+//! The guard's state outlives reloads (kept in `Store` by route name) while the
+//! route's split stays the same; a changed split starts a fresh guard.
+
+mod guard;
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use http::{HeaderName, HeaderValue, Request, StatusCode};
+
+use guard::{Decision, Window};
+
+use super::headers;
+use crate::body::Body;
+use crate::config::{self, Match, StickyKey};
+use crate::locality::Geo;
+use crate::metrics::Metrics;
+
+/// One split route, built with the config.
+pub struct Split {
+    route: String,
+    versions: Vec<Version>,
+    total: u64,
+    key: Option<StickyKey>,
+    targets: Vec<config::Target>,
+    header: HeaderName,
+    /// Spreads keyless requests over the weights.
+    spread: AtomicU64,
+    guard: Option<Arc<Guarded>>,
+}
+
+struct Version {
+    pool: usize,
+    weight: u32,
+    tag: HeaderValue,
+    label: String,
+}
+
+/// A guard's state: kept across reloads while its split is unchanged.
+pub struct Guarded {
+    split: config::Split,
+    started: Instant,
+    window: Mutex<Window>,
+    rolled_back: AtomicBool,
+    /// When the window was last judged (µs since `started`): at most once a
+    /// millisecond, not on every answer.
+    judged: AtomicU64,
+}
+
+/// The guards of every split route, by route name; outlives reloads.
+#[derive(Default)]
+pub struct Store(Mutex<HashMap<String, Arc<Guarded>>>);
+
+/// What `route` chose, for `respond`.
+#[derive(Clone, Copy)]
+pub struct Chosen<'p> {
+    split: &'p Split,
+    version: usize,
+}
+
+impl Split {
+    /// `pool_index` maps a pool name to its slot (config validation made sure it exists).
+    pub fn new(
+        route: &str,
+        split: &config::Split,
+        pool_index: impl Fn(&str) -> Option<usize>,
+        store: &Store,
+    ) -> Option<Self> {
+        let mut versions = Vec::new();
+        for v in &split.versions {
+            versions.push(Version {
+                pool: pool_index(&v.pool)?,
+                weight: v.weight,
+                tag: HeaderValue::from_str(&v.tag).ok()?,
+                label: v.tag.clone(),
+            });
+        }
+        let guard = split.guard.as_ref().map(|g| store.guard(route, split, g));
+        Some(Self {
+            route: route.to_owned(),
+            total: versions.iter().map(|v| u64::from(v.weight)).sum(),
+            versions,
+            key: split.key.clone(),
+            targets: split.targets.clone(),
+            header: HeaderName::from_bytes(split.header.as_bytes()).ok()?,
+            spread: AtomicU64::new(0),
+            guard,
+        })
+    }
+
+    /// Picks the request's version (see the module doc), sets its tag in the
+    /// version header, and returns it with its pool's slot.
+    pub fn choose(
+        &self,
+        req: &mut Request<Body>,
+        client: IpAddr,
+        from_trusted: bool,
+        geo: Option<&Geo>,
+    ) -> (Chosen<'_>, usize) {
+        let version = self.pick(req, client, from_trusted, geo);
+        req.headers_mut()
+            .insert(self.header.clone(), self.versions[version].tag.clone());
+        let chosen = Chosen {
+            split: self,
+            version,
+        };
+        (chosen, self.versions[version].pool)
+    }
+
+    fn rolled_back(&self) -> bool {
+        self.guard
+            .as_ref()
+            .is_some_and(|g| g.rolled_back.load(Ordering::Relaxed))
+    }
+
+    fn pick(&self, req: &Request<Body>, client: IpAddr, trusted: bool, geo: Option<&Geo>) -> usize {
+        if self.rolled_back() {
+            return 0;
+        }
+        let h = req.headers();
+        if trusted {
+            if let Some(v) = h.get(&self.header) {
+                if let Some(i) = self.versions.iter().position(|x| x.tag == v) {
+                    return i;
+                }
+            }
+        }
+        let cohort = self.cohort(h, client);
+        for t in &self.targets {
+            let hit = match &t.when {
+                Match::Header(name, value) => h
+                    .get_all(name.as_str())
+                    .iter()
+                    .any(|v| v.as_bytes() == value.as_bytes()),
+                Match::Cookie(name, value) => {
+                    headers::cookie(h, name).is_some_and(|v| v == value.as_bytes())
+                }
+                Match::Region(region) => {
+                    geo.is_some_and(|g| g.name(g.place(client).client) == region)
+                }
+                Match::Bucket(from, to) => cohort.is_some_and(|c| {
+                    let b = (c % u64::from(config::BUCKETS)) as u8;
+                    (*from..=*to).contains(&b)
+                }),
+            };
+            if hit {
+                return t.version;
+            }
+        }
+        let point = match cohort {
+            // Other bits than the bucket rules': weights and buckets stay independent.
+            Some(c) => (c >> 16) % self.total.max(1),
+            None => spread(self.spread.fetch_add(1, Ordering::Relaxed)) % self.total.max(1),
+        };
+        weighted(self.versions.iter().map(|v| v.weight), point)
+    }
+
+    /// The cohort key's stable hash: the same on every edge for the same user.
+    fn cohort(&self, h: &http::HeaderMap, client: IpAddr) -> Option<u64> {
+        let ip;
+        let user: &[u8] = match self.key.as_ref()? {
+            StickyKey::Header(name) => h.get(name.as_str())?.as_bytes(),
+            StickyKey::ClientIp => {
+                ip = match client {
+                    IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+                    IpAddr::V6(v6) => v6.octets(),
+                };
+                &ip
+            }
+            StickyKey::Cookie => return None,
+        };
+        Some(cohort_hash(&self.route, user))
+    }
+}
+
+/// The version whose cumulative weight range holds `point` (`point` < the total).
+fn weighted(weights: impl Iterator<Item = u32>, point: u64) -> usize {
+    let mut upto = 0u64;
+    let mut last = 0;
+    for (i, w) in weights.enumerate() {
+        upto += u64::from(w);
+        if w > 0 {
+            last = i;
+        }
+        if point < upto {
+            return i;
+        }
+    }
+    last
+}
+
+/// FNV-1a of route and user, then MurmurHash3's finalizer: stable across
+/// processes and releases (no random seed), and well spread in the low bits.
+pub fn cohort_hash(route: &str, user: &[u8]) -> u64 {
+    let mut bytes = Vec::with_capacity(route.len() + 1 + user.len());
+    bytes.extend_from_slice(route.as_bytes());
+    bytes.push(0);
+    bytes.extend_from_slice(user);
+    spread(upstream::hash_ring::key(&bytes))
+}
+
+fn spread(mut h: u64) -> u64 {
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    h ^ (h >> 33)
+}
+
+impl Store {
+    /// The route's guard: the one it had when its split is unchanged, else a fresh one.
+    fn guard(&self, route: &str, split: &config::Split, g: &config::Guard) -> Arc<Guarded> {
+        let mut map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(kept) = map.get(route).filter(|k| k.split == *split) {
+            return Arc::clone(kept);
+        }
+        let fresh = Arc::new(Guarded {
+            split: split.clone(),
+            started: Instant::now(),
+            window: Mutex::new(Window::new(g.clone(), split.versions.len())),
+            rolled_back: AtomicBool::new(false),
+            judged: AtomicU64::new(0),
+        });
+        if map.insert(route.to_owned(), Arc::clone(&fresh)).is_some() {
+            tracing::info!(route, "split changed: the canary guard starts afresh");
+        }
+        fresh
+    }
+
+    /// Forgets the guards of routes no longer split (after a reload).
+    pub fn retain(&self, routes: &[&str]) {
+        let mut map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        map.retain(|name, _| routes.contains(&name.as_str()));
+    }
+}
+
+impl Chosen<'_> {
+    /// Counts the request by version and hands its answer to the guard: an
+    /// error is a 5xx or an upstream failure (connect, reset, timeout).
+    pub fn answered(&self, status: StatusCode, upstream_failed: bool, head: Duration, m: &Metrics) {
+        let s = self.split;
+        m.route_version(&s.route, &s.versions[self.version].label);
+        let Some(g) = &s.guard else { return };
+        if g.rolled_back.load(Ordering::Relaxed) {
+            m.canary_state(&s.route, true);
+            return;
+        }
+        let now = g.started.elapsed();
+        let error = upstream_failed || status.is_server_error();
+        let mut window = g.window.lock().unwrap_or_else(PoisonError::into_inner);
+        window.record(now, self.version, error, head);
+        let us = now.as_micros() as u64;
+        if us.saturating_sub(g.judged.load(Ordering::Relaxed)) < 1000 {
+            return;
+        }
+        g.judged.store(us, Ordering::Relaxed);
+        let decision = window.judge(now);
+        drop(window);
+        if let Decision::Breach { version, why } = decision {
+            if !g.rolled_back.swap(true, Ordering::Relaxed) {
+                let tag = &s.versions[version].label;
+                tracing::warn!(route = %s.route, version = %tag, "canary rolled back: {why}; its weight is 0 until the split changes");
+                m.canary_rollback(&s.route);
+            }
+        } else {
+            m.canary_state(&s.route, false);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn weights_cover_their_share_of_points() {
+        let w = [95u32, 5];
+        assert_eq!(weighted(w.iter().copied(), 0), 0);
+        assert_eq!(weighted(w.iter().copied(), 94), 0);
+        assert_eq!(weighted(w.iter().copied(), 95), 1);
+        assert_eq!(weighted(w.iter().copied(), 99), 1);
+        // A zero weight never wins.
+        assert_eq!(weighted([0u32, 10].into_iter(), 0), 1);
+        assert_eq!(weighted([10u32, 0].into_iter(), 9), 0);
+    }
+
+    #[test]
+    fn cohorts_are_stable_and_spread() {
+        assert_eq!(cohort_hash("api", b"user-1"), cohort_hash("api", b"user-1"));
+        assert_ne!(cohort_hash("api", b"user-1"), cohort_hash("web", b"user-1"));
+        // Pinned value: a change here moves users between cohorts on upgrade.
+        assert_eq!(cohort_hash("api", b"user-1"), 0xd45e_315b_7b67_68bd);
+        let mut buckets = [0u32; 100];
+        for i in 0..10_000 {
+            buckets[(cohort_hash("api", format!("u{i}").as_bytes()) % 100) as usize] += 1;
+        }
+        assert!(buckets.iter().all(|b| (50..150).contains(b)), "{buckets:?}");
+    }
+}
