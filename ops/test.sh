@@ -22,6 +22,8 @@ command -v dnsmasq >/dev/null 2>&1 || apt_missing+=(dnsmasq-base)
 command -v redis-server >/dev/null 2>&1 || apt_missing+=(redis-server)
 # prometheus and promtool check the alert rules and scrape edge in a test.
 command -v promtool >/dev/null 2>&1 || apt_missing+=(prometheus)
+# chromium (headless) renders the admin status page in a test.
+command -v chromium >/dev/null 2>&1 || apt_missing+=(chromium)
 # systemd-analyze verifies the shipped unit (a minimal image may lack systemd).
 command -v systemd-analyze >/dev/null 2>&1 || apt_missing+=(systemd)
 if ((${#apt_missing[@]} > 0)); then

@@ -48,6 +48,8 @@ pub struct AccessLog {
 pub struct Record {
     pub started: Option<SystemTime>,
     pub request_id: Option<HeaderValue>,
+    /// The W3C trace id (continued from the client's `traceparent` or new).
+    pub trace_id: Option<u128>,
     pub client: Option<IpAddr>,
     pub protocol: &'static str,
     pub tls: bool,
@@ -293,6 +295,8 @@ fn json(o: &mut String, r: &Record) {
         escape_bytes_into(o, v);
     };
     s(o, "request_id", value(r.request_id.as_ref()));
+    let trace = r.trace_id.map(|t| format!("{t:032x}")).unwrap_or_default();
+    s(o, "trace_id", trace.as_bytes());
     let client = r.client.map(|c| c.to_string()).unwrap_or_default();
     s(o, "client", client.as_bytes());
     s(o, "protocol", r.protocol.as_bytes());
@@ -349,6 +353,12 @@ fn text(o: &mut String, r: &Record) {
     escape_bytes_into(o, value(r.user_agent.as_ref()));
     o.push_str("\" id=");
     dash(o, value(r.request_id.as_ref()));
+    match r.trace_id {
+        Some(t) => {
+            let _ = write!(o, " trace={t:032x}");
+        }
+        None => o.push_str(" trace=-"),
+    }
     let _ = write!(
         o,
         " req_bytes={} head_ms={:.3} ms={:.3} tries={} tls={} pool=",

@@ -175,11 +175,12 @@ impl ProxyError {
         }
     }
 
-    /// The small text page a client gets, carrying the request id.
-    pub fn to_response(&self, request_id: &HeaderValue) -> Response<Body> {
+    /// The small text page a client gets, carrying the request id and the
+    /// W3C trace id.
+    pub fn to_response(&self, request_id: &HeaderValue, trace_id: &str) -> Response<Body> {
         let status = self.kind.status();
         let text = format!(
-            "{} {}: {}\nrequest id: {}\n",
+            "{} {}: {}\nrequest id: {}\ntrace id: {trace_id}\n",
             status.as_str(),
             status.canonical_reason().unwrap_or(""),
             self.public_message(),
@@ -292,7 +293,7 @@ mod tests {
             ErrorKind::UpstreamConnect,
             "connect to http://10.1.2.3:80 failed",
         );
-        let resp = err.to_response(&id);
+        let resp = err.to_response(&id, "4bf92f3577b34da6a3ce929d0e0e4736");
         assert_eq!(resp.status(), StatusCode::BAD_GATEWAY);
         assert_eq!(resp.headers()[REQUEST_ID], "abc-123");
         let Body::Full(Some(text)) = resp.body() else {
@@ -357,7 +358,8 @@ mod tests {
     #[test]
     fn unavailable_says_when_to_retry() {
         let id = HeaderValue::from_static("x");
-        let resp = ProxyError::new(ErrorKind::NoHealthyEndpoint, "none").to_response(&id);
+        let resp = ProxyError::new(ErrorKind::NoHealthyEndpoint, "none")
+            .to_response(&id, "4bf92f3577b34da6a3ce929d0e0e4736");
         assert_eq!(resp.headers()[RETRY_AFTER], "1");
     }
 }

@@ -43,6 +43,7 @@ pub struct Metrics {
     regions: RegionMetrics,
     tunnels: TunnelMetrics,
     gray: GrayMetrics,
+    handshakes: HandshakeMetrics,
 }
 
 /// Gray release: requests by route and version, canary rollbacks. Routes and
@@ -83,6 +84,88 @@ impl GrayMetrics {
             requests,
             rollbacks,
             state,
+        })
+    }
+}
+
+/// What a QUIC connection's path looked like when it ended (quinn's stats).
+pub struct QuicPath {
+    pub rtt: Duration,
+    pub cwnd: u64,
+    pub sent_packets: u64,
+    pub lost_packets: u64,
+    pub congestion_events: u64,
+    pub datagrams_in: u64,
+    pub datagrams_out: u64,
+}
+
+/// TLS and QUIC handshakes that failed, and the path figures of QUIC
+/// connections as they end.
+struct HandshakeMetrics {
+    failures: IntCounterVec,
+    rtt: prometheus::Histogram,
+    cwnd: prometheus::Histogram,
+    packets: IntCounterVec,
+    congestion: prometheus::IntCounter,
+    datagrams: IntCounterVec,
+}
+
+impl HandshakeMetrics {
+    fn new(registry: &Registry) -> Result<Self, prometheus::Error> {
+        let failures = IntCounterVec::new(
+            Opts::new(
+                "proxy_handshake_failures_total",
+                "Client handshakes that did not complete, by transport (tls, quic) and reason (timeout, eof, reset, no_shared_protocol, bad_certificate, alert, bad_message, peer_closed, transport, other).",
+            ),
+            &["transport", "reason"],
+        )?;
+        let rtt = prometheus::Histogram::with_opts(
+            prometheus::HistogramOpts::new(
+                "proxy_quic_rtt_seconds",
+                "Smoothed RTT of QUIC client connections, observed when each ends.",
+            )
+            .buckets(vec![
+                0.001, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.0,
+            ]),
+        )?;
+        let cwnd = prometheus::Histogram::with_opts(
+            prometheus::HistogramOpts::new(
+                "proxy_quic_cwnd_bytes",
+                "Congestion window of QUIC client connections, observed when each ends.",
+            )
+            .buckets(prometheus::exponential_buckets(12_000.0, 2.0, 12)?),
+        )?;
+        let packets = IntCounterVec::new(
+            Opts::new(
+                "proxy_quic_packets_total",
+                "Packets edge sent on QUIC client connections (result sent) and those declared lost (result lost), counted as connections end.",
+            ),
+            &["result"],
+        )?;
+        let congestion = prometheus::IntCounter::new(
+            "proxy_quic_congestion_events_total",
+            "Congestion events on QUIC client connections, counted as connections end.",
+        )?;
+        let datagrams = IntCounterVec::new(
+            Opts::new(
+                "proxy_quic_datagrams_total",
+                "UDP datagrams of QUIC client connections by direction (in, out), counted as connections end.",
+            ),
+            &["direction"],
+        )?;
+        registry.register(Box::new(failures.clone()))?;
+        registry.register(Box::new(rtt.clone()))?;
+        registry.register(Box::new(cwnd.clone()))?;
+        registry.register(Box::new(packets.clone()))?;
+        registry.register(Box::new(congestion.clone()))?;
+        registry.register(Box::new(datagrams.clone()))?;
+        Ok(Self {
+            failures,
+            rtt,
+            cwnd,
+            packets,
+            congestion,
+            datagrams,
         })
     }
 }
@@ -406,9 +489,9 @@ impl Metrics {
         let requests = IntCounterVec::new(
             Opts::new(
                 "proxy_requests_total",
-                "Requests answered, by backend pool and status.",
+                "Requests answered, by backend pool, client protocol (h1, h2, h3) and status.",
             ),
-            &["backend", "status"],
+            &["backend", "protocol", "status"],
         )?;
         let duration = HistogramVec::new(
             HistogramOpts::new(
@@ -477,6 +560,7 @@ impl Metrics {
         let regions = RegionMetrics::new(&registry)?;
         let tunnels = TunnelMetrics::new(&registry)?;
         let gray = GrayMetrics::new(&registry)?;
+        let handshakes = HandshakeMetrics::new(&registry)?;
         Ok(Self {
             registry,
             requests,
@@ -492,6 +576,7 @@ impl Metrics {
             regions,
             tunnels,
             gray,
+            handshakes,
         })
     }
 
@@ -525,7 +610,7 @@ impl Metrics {
 
     pub fn observe(&self, proto: Proto, backend: &str, status: StatusCode, elapsed: Duration) {
         self.requests
-            .with_label_values(&[backend, status.as_str()])
+            .with_label_values(&[backend, proto.as_str(), status.as_str()])
             .inc();
         self.duration
             .with_label_values(&[proto.as_str(), backend])
@@ -646,6 +731,37 @@ impl Metrics {
         self.slots.overload.set(i64::from(active));
     }
 
+    /// Counts a client handshake that did not complete (`transport` tls or
+    /// quic; `reason` one of a fixed few, see the metric's help).
+    pub fn handshake_failed(&self, transport: &str, reason: &str) {
+        self.handshakes
+            .failures
+            .with_label_values(&[transport, reason])
+            .inc();
+    }
+
+    /// Records a QUIC client connection's path figures as it ends.
+    pub fn quic_connection_ended(&self, p: &QuicPath) {
+        let h = &self.handshakes;
+        h.rtt.observe(p.rtt.as_secs_f64());
+        // Precision loss is irrelevant for a bucket.
+        #[allow(clippy::cast_precision_loss)]
+        h.cwnd.observe(p.cwnd as f64);
+        h.packets
+            .with_label_values(&["sent"])
+            .inc_by(p.sent_packets);
+        h.packets
+            .with_label_values(&["lost"])
+            .inc_by(p.lost_packets);
+        h.congestion.inc_by(p.congestion_events);
+        h.datagrams
+            .with_label_values(&["in"])
+            .inc_by(p.datagrams_in);
+        h.datagrams
+            .with_label_values(&["out"])
+            .inc_by(p.datagrams_out);
+    }
+
     /// The shutdown phase `proxy_draining` shows (0 serving, 1 withdrawn, 2 draining).
     pub fn set_drain_phase(&self, phase: i64) {
         self.slots.drain.set(phase);
@@ -756,7 +872,7 @@ mod tests {
         let c = m.connection(Proto::H3);
         let text = String::from_utf8(m.encode()).expect("utf-8");
         assert!(
-            text.contains("proxy_requests_total{backend=\"api\",status=\"200\"} 2"),
+            text.contains("proxy_requests_total{backend=\"api\",protocol=\"h2\",status=\"200\"} 2"),
             "{text}"
         );
         assert!(

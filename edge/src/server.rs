@@ -123,6 +123,16 @@ pub async fn run(config: Config, reload: Option<Reloader>) -> Result<(), Error> 
         .map_err(|e| Error::Setup(format!("rate limits: {e}")))?;
     let access_log = build_access_log(&config, &metrics)?;
     listener::slots::raise_nofile_limit();
+    let upgrades = listener::upgrades::Upgrades::new(config.alt_svc.max_age, metrics.registry())
+        .map_err(|e| Error::Setup(format!("metrics: {e}")))?;
+    let (reload_requests, mut reload_asked) = tokio::sync::mpsc::channel(4);
+    let mut listeners = vec![("https", tls_addr), ("h3", tls_addr)];
+    if let Some(l) = &http {
+        listeners.push(("http", local(l)?));
+    }
+    if let Some(l) = &admin_listener {
+        listeners.push(("admin", local(l)?));
+    }
     let shared = Arc::new(Shared {
         proxy: ArcSwap::from_pointee(
             proxy
@@ -138,6 +148,10 @@ pub async fn run(config: Config, reload: Option<Reloader>) -> Result<(), Error> 
         tasks: TaskTracker::new(),
         slots: listener::slots::Slots::new(&config),
         overload: listener::overload::Overload::new(config.limits.memory_high),
+        upgrades,
+        reload_requests,
+        listeners,
+        started: std::time::Instant::now(),
         config,
         certs: Some(resolver.as_ref()),
     });
@@ -180,7 +194,7 @@ pub async fn run(config: Config, reload: Option<Reloader>) -> Result<(), Error> 
         sd_notify::NotifyState::Status("serving"),
     ]);
 
-    wait_for_signals(&shared, reload.as_ref()).await;
+    wait_for_signals(&shared, reload.as_ref(), &mut reload_asked).await;
     notify_systemd(&[sd_notify::NotifyState::Stopping]);
     withdraw(&shared).await;
     let grace = shared.config.drain.grace;
@@ -316,7 +330,11 @@ fn tokio_listener(
 }
 
 /// Returns on SIGTERM or SIGINT; reloads on every SIGHUP meanwhile.
-async fn wait_for_signals(shared: &Shared, reload: Option<&Reloader>) {
+async fn wait_for_signals(
+    shared: &Shared,
+    reload: Option<&Reloader>,
+    asked: &mut tokio::sync::mpsc::Receiver<listener::ReloadRequest>,
+) {
     use tokio::signal::unix::{signal, SignalKind};
     let signals = (
         signal(SignalKind::terminate()),
@@ -335,17 +353,15 @@ async fn wait_for_signals(shared: &Shared, reload: Option<&Reloader>) {
         tokio::select! {
             _ = term.recv() => return,
             _ = int.recv() => return,
-            _ = hup.recv() => match reload {
-                Some(reload) => {
-                    let mut reloading = vec![sd_notify::NotifyState::Reloading];
-                    // systemd 253+ (Type=notify-reload) wants the time with it.
-                    reloading.extend(sd_notify::NotifyState::monotonic_usec_now().ok());
-                    notify_systemd(&reloading);
-                    apply_reload(shared, reload).await;
-                    notify_systemd(&[sd_notify::NotifyState::Ready]);
+            _ = hup.recv() => {
+                if reload_now(shared, reload).await.is_err() && reload.is_none() {
+                    tracing::warn!("SIGHUP: started without a config file, nothing to reload");
                 }
-                None => tracing::warn!("SIGHUP: started without a config file, nothing to reload"),
-            },
+            }
+            Some(reply) = asked.recv() => {
+                tracing::info!("reload asked over the admin API");
+                let _ = reply.send(reload_now(shared, reload).await);
+            }
             _ = usr1.recv() => match shared.proxy.load().access_log() {
                 Some(log) => {
                     log.reopen();
@@ -355,6 +371,20 @@ async fn wait_for_signals(shared: &Shared, reload: Option<&Reloader>) {
             },
         }
     }
+}
+
+/// One reload (SIGHUP or `POST /reload`), told to systemd around it.
+async fn reload_now(shared: &Shared, reload: Option<&Reloader>) -> Result<(), String> {
+    let Some(reload) = reload else {
+        return Err("started without a config file: nothing to reload".to_owned());
+    };
+    let mut reloading = vec![sd_notify::NotifyState::Reloading];
+    // systemd 253+ (Type=notify-reload) wants the time with it.
+    reloading.extend(sd_notify::NotifyState::monotonic_usec_now().ok());
+    notify_systemd(&reloading);
+    let result = apply_reload(shared, reload).await;
+    notify_systemd(&[sd_notify::NotifyState::Ready]);
+    result
 }
 
 /// Tells systemd (`Type=notify`, `$NOTIFY_SOCKET`) where edge is: ready,
@@ -367,7 +397,8 @@ fn notify_systemd(states: &[sd_notify::NotifyState<'_>]) {
 
 /// Validates the new config whole, then swaps the pipeline; on any error the
 /// running config keeps serving. Listener settings take effect on restart only.
-async fn apply_reload(shared: &Shared, reload: &Reloader) {
+/// Each refusal is logged and its reason returned (for `POST /reload`).
+async fn apply_reload(shared: &Shared, reload: &Reloader) -> Result<(), String> {
     // Reading and checking the files (an .mmdb among them) is blocking work:
     // off the runtime, which may be a single thread serving traffic.
     let read = reload.clone();
@@ -375,16 +406,17 @@ async fn apply_reload(shared: &Shared, reload: &Reloader) {
         Ok(Ok(c)) => c,
         Err(e) => {
             shared.metrics.reload(false);
-            return tracing::error!(
-                "reload refused: reading the config failed: {e}; the running config keeps serving"
-            );
+            return Err(refused(format!(
+                "reading the config failed: {e}; the running config keeps serving"
+            )));
         }
         Ok(Err(errors)) => {
             shared.metrics.reload(false);
             for line in errors.to_string().lines() {
                 tracing::error!("reload refused: {line}");
             }
-            return tracing::error!("reload refused: the running config keeps serving");
+            tracing::error!("reload refused: the running config keeps serving");
+            return Err(format!("{errors}\nthe running config keeps serving"));
         }
     };
     let proxy = match Proxy::build(&config).await {
@@ -397,7 +429,9 @@ async fn apply_reload(shared: &Shared, reload: &Reloader) {
         Err(e) => {
             shared.metrics.reload(false);
             let chain = crate::pipeline::error_chain(&e);
-            return tracing::error!("reload refused: {e}{chain}; the running config keeps serving");
+            return Err(refused(format!(
+                "{e}{chain}; the running config keeps serving"
+            )));
         }
     };
     let certs =
@@ -406,17 +440,17 @@ async fn apply_reload(shared: &Shared, reload: &Reloader) {
             Ok(Err(e)) => {
                 shared.metrics.reload(false);
                 let chain = crate::pipeline::error_chain(&e);
-                return tracing::error!(
-                    "reload refused: tls.certificates: {e}{chain}; \
+                return Err(refused(format!(
+                    "tls.certificates: {e}{chain}; \
                  the running config and certificates keep serving"
-                );
+                )));
             }
             Err(e) => {
                 shared.metrics.reload(false);
-                return tracing::error!(
-                    "reload refused: reading the certificates failed: {e}; \
+                return Err(refused(format!(
+                    "reading the certificates failed: {e}; \
                  the running config and certificates keep serving"
-                );
+                )));
             }
         };
     let (certs, config) = certs;
@@ -432,6 +466,13 @@ async fn apply_reload(shared: &Shared, reload: &Reloader) {
          (certificate generation {})",
         generation.unwrap_or(0)
     );
+    Ok(())
+}
+
+/// Logs a refused reload's reason and gives it back.
+fn refused(reason: String) -> String {
+    tracing::error!("reload refused: {reason}");
+    reason
 }
 
 /// Settings baked into listeners at start.
@@ -455,6 +496,9 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
     }
     if old.client != new.client {
         changed.push("client");
+    }
+    if old.admin_token != new.admin_token {
+        changed.push("admin_token_file");
     }
     if old.workers != new.workers {
         changed.push("workers");

@@ -109,10 +109,16 @@ async fn assert_breaker_closed(edge: &Edge, backend: &str) -> anyhow::Result<()>
     Ok(())
 }
 
-/// `proxy_requests_total` for `backend` and `status` (0 when absent).
+/// `proxy_requests_total` for `backend` and `status` over every protocol (0 when absent).
 async fn answered(edge: &Edge, backend: &str, status: u16) -> anyhow::Result<f64> {
-    let series = format!("proxy_requests_total{{backend=\"{backend}\",status=\"{status}\"}}");
-    Ok(edge.metric(&series).await?.0.unwrap_or(0.0))
+    let mut sum = 0.0;
+    for protocol in ["h1", "h2", "h3"] {
+        let series = format!(
+            "proxy_requests_total{{backend=\"{backend}\",protocol=\"{protocol}\",status=\"{status}\"}}"
+        );
+        sum += edge.metric(&series).await?.0.unwrap_or(0.0);
+    }
+    Ok(sum)
 }
 
 /// Opens a connection and writes `bytes` on it.

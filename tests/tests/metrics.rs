@@ -65,7 +65,7 @@ async fn requests_total_counts_200s_of_default_backend() -> anyhow::Result<()> {
         .collect();
     assert_eq!(counted, [5.0], "in /metrics:\n{text}");
     assert!(
-        text.contains(r#"proxy_requests_total{backend="default",status="200"} 5"#),
+        text.contains(r#"proxy_requests_total{backend="default",protocol="h1",status="200"} 5"#),
         "exact series named in the README missing:\n{text}"
     );
     Ok(())

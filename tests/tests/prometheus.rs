@@ -104,6 +104,7 @@ const CORE_PANELS: &[&str] = &[
     "Open client connections by protocol",
     "Edge error answers by kind and side",
     "Overload and drain",
+    "Requests/s by client protocol",
 ];
 
 #[tokio::test]

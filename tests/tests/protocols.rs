@@ -153,6 +153,17 @@ async fn alt_svc_moves_niquests_session_from_h2_to_h3() -> anyhow::Result<()> {
     );
     assert_eq!(second["body"], first["body"]);
     assert_eq!(first["body"], "hello");
+    // The move is counted: one client advertised, one came back over QUIC.
+    let value = |(v, _): (Option<f64>, String)| v.unwrap_or(0.0);
+    assert_eq!(
+        value(edge.metric("proxy_alt_svc_clients_total").await?),
+        1.0
+    );
+    assert_eq!(
+        value(edge.metric("proxy_alt_svc_advertised_total").await?),
+        1.0
+    );
+    assert_eq!(value(edge.metric("proxy_h3_upgrades_total").await?), 1.0);
     Ok(())
 }
 

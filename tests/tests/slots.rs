@@ -117,7 +117,7 @@ async fn accept_failures_under_emfile_are_counted_and_rate_limited() -> anyhow::
     // A keep-alive client already connected keeps being served meanwhile.
     let canary = Load::start(http, 1, Duration::from_millis(100), Method::GET, ok);
     poll_until("a canary answer", Duration::from_secs(10), || async {
-        edge.metric("proxy_requests_total{backend=\"default\",status=\"200\"}")
+        edge.metric("proxy_requests_total{backend=\"default\",protocol=\"h1\",status=\"200\"}")
             .await
             .is_ok_and(|(v, _)| v.is_some())
     })

@@ -195,6 +195,11 @@ impl Cache {
     }
 
     /// Refreshes the gauges read at scrape time.
+    /// L1's entries and bytes now, for `/status`.
+    pub fn l1_usage(&self) -> (u64, u64) {
+        (self.l1.entry_count(), self.l1.weighted_size())
+    }
+
     pub fn refresh_metrics(&self) {
         self.metrics.l1_size(self.l1.weighted_size());
     }

@@ -50,6 +50,10 @@ pub struct Config {
     pub http_mode: HttpMode,
     /// `/healthz` and `/metrics`.
     pub admin: Option<SocketAddr>,
+    /// The bearer token the admin API's privileged paths (`/status`, `/reload`,
+    /// `/cache/purge`, the status page) require; without it they answer
+    /// loopback peers only.
+    pub admin_token: Option<Secret>,
     /// Peers whose `X-Forwarded-For` is extended rather than replaced.
     pub trusted_proxies: Vec<IpNet>,
     /// Tokio worker threads; `None` is one per core.
@@ -330,6 +334,7 @@ impl Config {
             admin: Some(parse_const(DEFAULT_ADMIN)),
             trusted_proxies: Vec::new(),
             workers: None,
+            admin_token: None,
             state_dir: default_state_dir(),
             alt_svc: AltSvc {
                 enabled: true,
@@ -439,6 +444,47 @@ where
     s.parse().expect("built-in default parses")
 }
 
+/// A value that must not be printed (a token): its `Debug` says so instead.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(..)")
+    }
+}
+
+/// `admin_token_file`: a file holding the admin API's bearer token (its first
+/// line; at least 16 characters, so a typo'd empty file is not a token).
+fn read_admin_token(cx: &mut Cx<'_>, root: &mut Table<'_>, base: &Path) -> Option<Secret> {
+    let path = base.join(root.opt::<PathBuf>(cx, "admin_token_file")?);
+    let line = root.line_of(cx, "admin_token_file");
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            let token = text.lines().next().unwrap_or("").trim().to_owned();
+            if token.len() < 16 {
+                let reason = format!(
+                    "{}: the token must be at least 16 characters",
+                    path.display()
+                );
+                cx.error(line, "admin_token_file", reason);
+                return None;
+            }
+            Some(Secret(token))
+        }
+        Err(e) => {
+            cx.error(line, "admin_token_file", format!("{}: {e}", path.display()));
+            None
+        }
+    }
+}
+
 /// Two listeners on one address cannot both bind: refused here, naming both
 /// keys, rather than at start with a bare "address in use". (`listen` holds
 /// TCP and UDP; the others TCP only. Port 0 lets the kernel pick, so never
@@ -505,6 +551,7 @@ fn read(cx: &mut Cx<'_>, doc: &toml_edit::Table, base: &Path) -> Config {
         workers
     });
     check_listener_collisions(cx, &root, listen, http_listen, admin);
+    let admin_token = read_admin_token(cx, &mut root, base);
     let state_dir = root
         .opt::<PathBuf>(cx, "state_dir")
         .map_or(defaults.state_dir, |p| base.join(p));
@@ -537,6 +584,7 @@ fn read(cx: &mut Cx<'_>, doc: &toml_edit::Table, base: &Path) -> Config {
         admin,
         trusted_proxies,
         workers,
+        admin_token,
         state_dir,
         alt_svc,
         tls,

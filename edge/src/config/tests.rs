@@ -1017,3 +1017,38 @@ fn upgrade_reads_with_its_defaults_and_refuses_bad_names_and_a_zero_timeout() {
         ]
     );
 }
+
+#[test]
+fn admin_token_file_is_read_and_a_short_or_missing_one_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pool = "[pools.web]\nendpoints = [\"http://127.0.0.1:8081\"]\n";
+    let good = dir.path().join("token");
+    std::fs::write(&good, "0123456789abcdef-token\nignored\n").expect("write");
+    let short = dir.path().join("short");
+    std::fs::write(&short, "abc\n").expect("write");
+    let read = |path: &std::path::Path| {
+        let text = format!(
+            "admin_token_file = {:?}\n{pool}",
+            path.display().to_string()
+        );
+        Config::parse(&text, "edge.toml", Some(dir.path()))
+    };
+    let c = read(&good).expect("valid");
+    assert_eq!(
+        c.admin_token.as_ref().map(Secret::expose),
+        Some("0123456789abcdef-token")
+    );
+    assert_eq!(
+        format!("{:?}", c.admin_token),
+        "Some(Secret(..))",
+        "never printed"
+    );
+    for bad in [short, dir.path().join("missing")] {
+        let e = read(&bad).expect_err("refused");
+        assert_eq!(
+            (e.errors[0].line, e.errors[0].key.as_str()),
+            (1, "admin_token_file"),
+            "{e}"
+        );
+    }
+}

@@ -1,8 +1,11 @@
-//! The admin listener: `/healthz`, `/metrics` and `POST /cache/purge` over plain
-//! HTTP/1.1. Bind it to loopback or a management network; it has no
-//! authentication.
+//! The admin listener over plain HTTP/1.1: `/healthz` and `/metrics` for
+//! anyone who reaches it; the privileged paths — `GET /status` (JSON),
+//! `POST /reload`, `POST /cache/purge` and the status page `GET /` — need
+//! `Authorization: Bearer TOKEN` (or `?token=` for the page) when
+//! `admin_token_file` is set, and answer loopback peers only when it is not.
 
 use std::convert::Infallible;
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -21,8 +24,8 @@ pub async fn run(listener: TcpListener, shared: Arc<Shared>) {
             a = listener.accept() => a,
             () = shared.draining.cancelled() => return,
         };
-        let stream = match accepted {
-            Ok((s, _)) => s,
+        let (stream, peer) = match accepted {
+            Ok(accepted) => accepted,
             Err(e) => {
                 shared.slots.accept_failed(&e, &shared.metrics, "admin");
                 if let Some(pause) = accept_backoff(&e) {
@@ -36,10 +39,23 @@ pub async fn run(listener: TcpListener, shared: Arc<Shared>) {
             let service = hyper::service::service_fn(move |req: Request<Incoming>| {
                 let shared = shared.clone();
                 async move {
-                    if req.uri().path() == "/cache/purge" {
-                        return Ok::<_, Infallible>(purge(&shared, &req).await);
+                    let path = req.uri().path();
+                    if !matches!(path, "/healthz" | "/metrics") {
+                        if let Err(refused) = authorized(&shared, peer.ip(), &req) {
+                            return Ok::<_, Infallible>(*refused);
+                        }
                     }
-                    Ok::<_, Infallible>(route(&shared, &req))
+                    Ok::<_, Infallible>(match path {
+                        "/cache/purge" => purge(&shared, &req).await,
+                        "/reload" => reload(&shared, &req).await,
+                        "/status" => json(StatusCode::OK, &status(&shared)),
+                        "/" => text(
+                            StatusCode::OK,
+                            "text/html; charset=utf-8",
+                            Bytes::from_static(STATUS_PAGE.as_bytes()),
+                        ),
+                        _ => route(&shared, &req),
+                    })
                 }
             });
             let conn = hyper::server::conn::http1::Builder::new()
@@ -73,10 +89,181 @@ fn route(shared: &Shared, req: &Request<Incoming>) -> Response<Body> {
         _ => (
             StatusCode::NOT_FOUND,
             "text/plain",
-            Bytes::from_static(b"not found; try /healthz or /metrics\n"),
+            Bytes::from_static(b"not found; try /healthz, /metrics, /status or /\n"),
         ),
     };
     text(status, content_type, body)
+}
+
+/// The status page: plain HTML and CSS, no external assets; its script polls
+/// `/status` (with the page's `?token=`, when it has one).
+const STATUS_PAGE: &str = include_str!("status.html");
+
+/// Who may use a privileged path: with a token, whoever presents it; without,
+/// loopback peers only (the admin listener bound to a management network with
+/// no token must not hand out reloads and endpoint lists).
+fn allowed(peer: IpAddr, token: Option<&str>, presented: Option<&str>) -> Result<(), StatusCode> {
+    match token {
+        Some(t) if presented.is_some_and(|p| constant_time_eq(p.as_bytes(), t.as_bytes())) => {
+            Ok(())
+        }
+        Some(_) => Err(StatusCode::UNAUTHORIZED),
+        None if peer.is_loopback() || peer.to_canonical().is_loopback() => Ok(()),
+        None => Err(StatusCode::FORBIDDEN),
+    }
+}
+
+/// Compares without stopping at the first difference (no timing oracle).
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn authorized(
+    shared: &Shared,
+    peer: IpAddr,
+    req: &Request<Incoming>,
+) -> Result<(), Box<Response<Body>>> {
+    let bearer = req
+        .headers()
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    let query = req
+        .uri()
+        .query()
+        .unwrap_or("")
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("token="));
+    let token = shared.config.admin_token.as_ref().map(|t| t.expose());
+    allowed(peer, token, bearer.or(query)).map_err(|status| {
+        let why = if status == StatusCode::UNAUTHORIZED {
+            "a bearer token is required (Authorization: Bearer TOKEN)\n"
+        } else {
+            "only loopback peers may use this without admin_token_file\n"
+        };
+        let mut resp = text(status, "text/plain", Bytes::from_static(why.as_bytes()));
+        if status == StatusCode::UNAUTHORIZED {
+            resp.headers_mut().insert(
+                http::header::WWW_AUTHENTICATE,
+                http::HeaderValue::from_static("Bearer"),
+            );
+        }
+        Box::new(resp)
+    })
+}
+
+/// `POST /reload`: the same reload as SIGHUP; 200 when it took, 409 with the
+/// reasons when it was refused (the running config keeps serving).
+async fn reload(shared: &Shared, req: &Request<Incoming>) -> Response<Body> {
+    if req.method() != http::Method::POST {
+        return text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "text/plain",
+            Bytes::from_static(b"use POST\n"),
+        );
+    }
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    if shared.reload_requests.send(tx).await.is_err() {
+        return text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "text/plain",
+            Bytes::from_static(b"shutting down\n"),
+        );
+    }
+    match rx.await {
+        Ok(Ok(())) => json(StatusCode::OK, &serde_json::json!({ "reloaded": true })),
+        Ok(Err(reason)) => json(
+            StatusCode::CONFLICT,
+            &serde_json::json!({ "reloaded": false, "error": reason }),
+        ),
+        Err(_) => text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "text/plain",
+            Bytes::from_static(b"shutting down\n"),
+        ),
+    }
+}
+
+/// `GET /status`: what this edge runs and how its upstreams are.
+fn status(shared: &Shared) -> serde_json::Value {
+    use serde_json::json;
+    let proxy = shared.proxy.load();
+    let pools: Vec<serde_json::Value> = proxy
+        .pool_statuses()
+        .map(|(name, p)| {
+            let endpoints: Vec<serde_json::Value> = p
+                .endpoints
+                .iter()
+                .map(|e| {
+                    json!({
+                        "endpoint": e.endpoint,
+                        "healthy": e.healthy,
+                        "breaker": format!("{:?}", e.breaker).to_lowercase(),
+                        "in_flight": e.in_flight,
+                        "latency_ms": e.ewma.as_secs_f64() * 1000.0,
+                        "ejections": e.ejections,
+                    })
+                })
+                .collect();
+            json!({
+                "name": name,
+                "healthy": p.endpoints.iter().filter(|e| e.healthy).count(),
+                "endpoints": endpoints,
+                "retries": p.retries,
+                "dns": p.dns.as_ref().map(|d| json!({
+                    "failures": d.failures,
+                    "last_success_age_s": d.last_success_age.as_secs_f64(),
+                })),
+            })
+        })
+        .collect();
+    let regions: Vec<serde_json::Value> = proxy
+        .region_statuses()
+        .iter()
+        .map(|r| {
+            json!({
+                "region": r.region,
+                "rtt_ms": r.measured.map(|(d, _)| d.as_secs_f64() * 1000.0),
+                "distance_ms": r.distance.map(|d| d.as_secs_f64() * 1000.0),
+            })
+        })
+        .collect();
+    let listeners: Vec<serde_json::Value> = shared
+        .listeners
+        .iter()
+        .map(|(kind, addr)| json!({ "kind": kind, "addr": addr.to_string() }))
+        .collect();
+    let cache = shared.cache.as_ref().map(|c| {
+        let (entries, bytes) = c.l1_usage();
+        json!({ "l1_entries": entries, "l1_bytes": bytes })
+    });
+    let redis = proxy
+        .redis()
+        .map(|r| json!({ "name": r.name(), "connected": r.connected(), "degraded": r.degraded() }));
+    let state = if shared.draining.is_cancelled() {
+        "draining"
+    } else if shared.withdrawn.is_cancelled() {
+        "withdrawn"
+    } else {
+        "serving"
+    };
+    json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "commit": env!("EDGE_COMMIT"),
+        "state": state,
+        "uptime_s": shared.started.elapsed().as_secs(),
+        "listeners": listeners,
+        "pools": pools,
+        "regions": regions,
+        "cache": cache,
+        "redis": redis,
+    })
+}
+
+fn json(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
+    let mut body = serde_json::to_vec_pretty(value).unwrap_or_default();
+    body.push(b'\n');
+    text(status, "application/json", Bytes::from(body))
 }
 
 fn text(status: StatusCode, content_type: &str, body: Bytes) -> Response<Body> {
@@ -170,5 +357,39 @@ mod tests {
             "https://a/b?c=1"
         );
         assert_eq!(super::percent_decode("%zz%4"), "%zz%4");
+    }
+}
+
+#[cfg(test)]
+mod access {
+    use super::{allowed, constant_time_eq};
+    use http::StatusCode;
+    use std::net::IpAddr;
+
+    #[test]
+    fn privileged_paths_need_the_token_or_a_loopback_peer() {
+        let lo: IpAddr = "127.0.0.1".parse().expect("ip");
+        let lo6: IpAddr = "::1".parse().expect("ip");
+        let mapped: IpAddr = "::ffff:127.0.0.1".parse().expect("ip");
+        let far: IpAddr = "192.0.2.9".parse().expect("ip");
+        // No token configured: loopback only.
+        assert_eq!(allowed(lo, None, None), Ok(()));
+        assert_eq!(allowed(lo6, None, None), Ok(()));
+        assert_eq!(allowed(mapped, None, None), Ok(()));
+        assert_eq!(allowed(far, None, Some("x")), Err(StatusCode::FORBIDDEN));
+        // A token configured: required from everyone, loopback too.
+        let t = Some("0123456789abcdef");
+        assert_eq!(allowed(far, t, Some("0123456789abcdef")), Ok(()));
+        assert_eq!(allowed(lo, t, None), Err(StatusCode::UNAUTHORIZED));
+        assert_eq!(
+            allowed(lo, t, Some("0123456789abcdeX")),
+            Err(StatusCode::UNAUTHORIZED)
+        );
+        assert_eq!(
+            allowed(lo, t, Some("0123456789abcde")),
+            Err(StatusCode::UNAUTHORIZED)
+        );
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
     }
 }

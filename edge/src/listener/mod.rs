@@ -17,6 +17,7 @@ pub mod redirect;
 pub mod slots;
 pub mod tcp;
 mod tunnel;
+pub mod upgrades;
 
 use std::net::{SocketAddr, TcpListener as StdTcpListener, UdpSocket};
 use std::time::Duration;
@@ -50,7 +51,17 @@ pub struct Shared {
     pub slots: slots::Slots,
     /// Pauses accepting and sheds idle connections past `limits.memory_high`.
     pub overload: overload::Overload,
+    /// Clients advertised HTTP/3 over TCP, and those that came back over QUIC.
+    pub upgrades: upgrades::Upgrades,
+    /// `POST /reload`: each request is answered with the reload's outcome.
+    pub reload_requests: tokio::sync::mpsc::Sender<ReloadRequest>,
+    /// The bound listeners (kind, address), for `/status`.
+    pub listeners: Vec<(&'static str, SocketAddr)>,
+    pub started: std::time::Instant,
 }
+
+/// A reload asked for over the admin API, and where its outcome goes.
+pub type ReloadRequest = tokio::sync::oneshot::Sender<Result<(), String>>;
 
 pub use crate::start::BindError;
 

@@ -127,10 +127,18 @@ async fn handshake(incoming: quinn::Incoming, mut slot: limits::Slot, shared: Ar
     slot.handshake_done();
     let conn = match done {
         Ok(Ok(c)) => c,
-        Ok(Err(e)) => return tracing::debug!(%peer, error = %e, "QUIC handshake failed"),
-        Err(_) => return tracing::debug!(%peer, "QUIC handshake timed out"),
+        Ok(Err(e)) => {
+            shared.metrics.handshake_failed("quic", quic_failure(&e));
+            return tracing::debug!(%peer, error = %e, "QUIC handshake failed");
+        }
+        Err(_) => {
+            shared.metrics.handshake_failed("quic", "timeout");
+            return tracing::debug!(%peer, "QUIC handshake timed out");
+        }
     };
-    serve_conn(conn, peer, shared).await;
+    shared.upgrades.arrived_over_quic(peer.ip());
+    serve_conn(conn.clone(), peer, shared.clone()).await;
+    shared.metrics.quic_connection_ended(&path_of(&conn));
     drop(slot);
 }
 
@@ -213,6 +221,39 @@ async fn serve_conn(conn: quinn::Connection, peer: SocketAddr, shared: Arc<Share
                 return tracing::debug!(peer = %peer.ip, error = %e, "HTTP/3 connection ended")
             }
         }
+    }
+}
+
+/// Why a QUIC handshake failed, as one of a few metric labels.
+fn quic_failure(e: &quinn::ConnectionError) -> &'static str {
+    use quinn::ConnectionError as E;
+    match e {
+        E::TimedOut => "timeout",
+        E::ConnectionClosed(_) | E::ApplicationClosed(_) => "peer_closed",
+        E::Reset => "reset",
+        E::TransportError(t) => match u64::from(t.code) {
+            // CRYPTO_ERROR carrying TLS alert 120 (no_application_protocol).
+            0x178 => "no_shared_protocol",
+            // CRYPTO_ERROR with a certificate alert (42..=49).
+            0x12a..=0x131 => "bad_certificate",
+            0x100..=0x1ff => "alert",
+            _ => "transport",
+        },
+        _ => "other",
+    }
+}
+
+/// A connection's path figures from quinn's stats, for the metrics.
+fn path_of(conn: &quinn::Connection) -> crate::metrics::QuicPath {
+    let s = conn.stats();
+    crate::metrics::QuicPath {
+        rtt: s.path.rtt,
+        cwnd: s.path.cwnd,
+        sent_packets: s.path.sent_packets,
+        lost_packets: s.path.lost_packets,
+        congestion_events: s.path.congestion_events,
+        datagrams_in: s.udp_rx.datagrams,
+        datagrams_out: s.udp_tx.datagrams,
     }
 }
 

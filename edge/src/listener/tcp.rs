@@ -136,8 +136,14 @@ impl TcpServer {
             tokio::time::timeout(self.shared.config.tls.handshake_timeout, accept).await;
         let stream = match handshake {
             Ok(Ok(s)) => s,
-            Ok(Err(e)) => return tracing::debug!(%peer, error = %e, "TLS handshake failed"),
-            Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
+            Ok(Err(e)) => {
+                self.shared.metrics.handshake_failed("tls", tls_failure(&e));
+                return tracing::debug!(%peer, error = %e, "TLS handshake failed");
+            }
+            Err(_) => {
+                self.shared.metrics.handshake_failed("tls", "timeout");
+                return tracing::debug!(%peer, "TLS handshake timed out");
+            }
         };
         let proto = match stream.get_ref().1.alpn_protocol() {
             Some(b"h2") => Proto::H2,
@@ -176,9 +182,11 @@ impl TcpServer {
             return resp;
         }
         let proxy = self.shared.proxy.load();
+        let ip = peer.ip;
         let mut resp = pipeline::handle(&proxy, &self.shared.metrics, peer, req).await;
         if let Some(v) = &self.alt_svc {
             resp.headers_mut().insert(ALT_SVC, v.clone());
+            self.shared.upgrades.advertised(ip);
         }
         resp
     }
@@ -241,5 +249,27 @@ fn refuse_preface(stream: &TcpStream) {
     }
     if let Err(e) = socket2::SockRef::from(stream).shutdown(std::net::Shutdown::Write) {
         tracing::debug!(error = %e, "shutdown after a broken h2 preface");
+    }
+}
+
+/// Why a TLS handshake failed, as one of a few metric labels.
+fn tls_failure(e: &std::io::Error) -> &'static str {
+    use rustls::Error as E;
+    match e.get_ref().and_then(|inner| inner.downcast_ref::<E>()) {
+        Some(E::NoApplicationProtocol | E::PeerIncompatible(_)) => "no_shared_protocol",
+        Some(E::InvalidCertificate(_) | E::NoCertificatesPresented) => "bad_certificate",
+        Some(E::AlertReceived(_)) => "alert",
+        Some(
+            E::InvalidMessage(_)
+            | E::InappropriateMessage { .. }
+            | E::InappropriateHandshakeMessage { .. }
+            | E::PeerMisbehaved(_),
+        ) => "bad_message",
+        Some(_) => "other",
+        None => match e.kind() {
+            std::io::ErrorKind::UnexpectedEof => "eof",
+            std::io::ErrorKind::ConnectionReset => "reset",
+            _ => "other",
+        },
     }
 }

@@ -32,6 +32,7 @@ impl Cx<'_> {
     /// the access log's record starts with what the request says of itself.
     pub fn new(peer: Peer, req: &Request<Body>, log: bool) -> Self {
         let id = headers::request_id(req.headers());
+        let trace = super::trace::Trace::of(req.headers());
         // Header values and the URI are cheap clones (shared bytes): the line is
         // formatted only when it is written.
         let log = log.then(|| {
@@ -39,6 +40,7 @@ impl Cx<'_> {
             Box::new(crate::access_log::Record {
                 started: Some(std::time::SystemTime::now()),
                 request_id: Some(id.clone()),
+                trace_id: Some(trace.id),
                 client: Some(peer.ip),
                 protocol: match req.version() {
                     http::Version::HTTP_2 => "HTTP/2",
@@ -58,6 +60,7 @@ impl Cx<'_> {
             started: Instant::now(),
             version: req.version(),
             id,
+            trace,
             peer,
             backend: NO_BACKEND,
             placed: None,

@@ -26,6 +26,7 @@ pub async fn forward(
         cx.peer,
         &proxy.trusted,
         &cx.id,
+        &cx.trace,
         admitted.host.value,
     );
     // Both futures are boxed: inline, the cache's made every request's future

@@ -148,6 +148,7 @@ pub fn to_upstream<B>(
     peer: Peer,
     trusted: &[IpNet],
     id: &HeaderValue,
+    trace: &super::trace::Trace,
     host: HeaderValue,
 ) {
     let version = req.version();
@@ -160,6 +161,7 @@ pub fn to_upstream<B>(
     // is first read); the upstream client would not wait for a 100 of its own.
     h.remove(header::EXPECT);
     h.insert(REQUEST_ID, id.clone());
+    trace.set_upstream(h);
     let prior_for = trusted_peer.then(|| joined(h, &X_FORWARDED_FOR));
     let prior_forwarded = trusted_peer.then(|| joined(h, &header::FORWARDED));
     if !trusted_peer {

@@ -21,6 +21,7 @@ mod respond;
 mod route;
 mod select;
 mod sticky;
+mod trace;
 mod upgrade;
 
 use std::sync::Arc;
@@ -266,6 +267,8 @@ pub struct Cx<'p> {
     /// The client's protocol version (the response gets it back).
     version: Version,
     id: HeaderValue,
+    /// The W3C trace this request belongs to (continued or started here).
+    trace: trace::Trace,
     peer: Peer,
     /// The chosen pool's name for logs and metrics; `none` until `route`.
     backend: &'p str,

@@ -62,7 +62,7 @@ pub async fn respond(
             log_error(&e, &cx.id, cx.backend);
             metrics.error(e.kind.as_str(), e.side().as_str());
             error = e.kind.as_str();
-            e.to_response(&cx.id)
+            e.to_response(&cx.id, &cx.trace.id_hex())
         }
     };
     let head = cx.started.elapsed();

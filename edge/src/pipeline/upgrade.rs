@@ -183,6 +183,7 @@ pub async fn upgrade(
         cx.peer,
         &proxy.trusted,
         &cx.id,
+        &cx.trace,
         admitted.host.value,
     );
     let h = req.headers_mut();

@@ -243,6 +243,11 @@ impl Redis {
     }
 
     /// The Redis this is, for logs (no credentials).
+    /// Whether a connection is held now.
+    pub fn connected(&self) -> bool {
+        self.metrics.connected.get() == 1
+    }
+
     pub fn name(&self) -> &str {
         &self.name
     }

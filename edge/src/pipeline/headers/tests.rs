@@ -64,7 +64,7 @@ fn forwarding_headers_trust_only_configured_proxies() {
         tls: true,
         sni: None,
     };
-    to_upstream(&mut untrusted, peer, &trusted, &id, host.clone());
+    to_upstream(&mut untrusted, peer, &trusted, &id, &trace(), host.clone());
     let h = untrusted.headers();
     assert_eq!(h["x-forwarded-for"], "192.0.2.7");
     assert_eq!(h["x-forwarded-proto"], "https");
@@ -84,7 +84,7 @@ fn forwarding_headers_trust_only_configured_proxies() {
         tls: false,
         sni: None,
     };
-    to_upstream(&mut via_proxy, peer, &trusted, &id, host);
+    to_upstream(&mut via_proxy, peer, &trusted, &id, &trace(), host);
     assert_eq!(via_proxy.headers()["x-forwarded-for"], "1.2.3.4, 10.1.1.1");
 }
 
@@ -117,6 +117,7 @@ fn an_untrusted_peers_forwarding_claims_are_replaced_by_edges_own() {
         peer,
         &trusted,
         &id,
+        &trace(),
         HeaderValue::from_static("a.example:8443"),
     );
     let h = r.headers();
@@ -151,6 +152,7 @@ fn a_trusted_proxys_forwarding_headers_pass_and_forwarded_is_appended() {
         peer,
         &trusted,
         &id,
+        &trace(),
         HeaderValue::from_static("a.example"),
     );
     let h = r.headers();
@@ -246,4 +248,8 @@ fn client_ip_believes_only_trusted_proxies() {
         client_ip(none.headers(), peer("10.0.0.1"), &trusted),
         ip("10.0.0.1")
     );
+}
+
+fn trace() -> crate::pipeline::trace::Trace {
+    crate::pipeline::trace::Trace::of(&http::HeaderMap::new())
 }
