@@ -71,10 +71,11 @@ fn upstream_rewrite(c: &mut Criterion) {
     let trusted = ["10.0.0.0/8".parse().expect("net")];
     let id = HeaderValue::from_static("0b9e6c1e-4a8f-4a51-9b5e-2f1f8f0d2c11");
     let host = HeaderValue::from_static("example.com");
+    let trace = edge::pipeline::Trace::of(base.headers());
     c.bench_function("to_upstream_browser_get", |b| {
         b.iter(|| {
             let mut req = base.clone();
-            to_upstream(&mut req, peer, &trusted, &id, host.clone());
+            to_upstream(&mut req, peer, &trusted, &id, &trace, host.clone());
             req
         })
     });

@@ -390,3 +390,101 @@ async fn a_healthy_canary_is_never_rolled_back() -> anyhow::Result<()> {
     anyhow::ensure!(canary * 3 > sent, "v2 had {canary} of {sent}");
     Ok(())
 }
+
+const TOKEN: &str = "gray-release-admin-token-0123456789";
+
+/// `METHOD /routes/NAME/split` on the admin listener with `body` (JSON), as curl sends it.
+async fn admin_split(
+    edge: &Edge,
+    method: &str,
+    name: &str,
+    token: Option<&str>,
+    body: Option<&str>,
+) -> anyhow::Result<(u16, serde_json::Value)> {
+    let url = format!("http://{}/routes/{name}/split", edge.admin()?);
+    let mut args = vec!["-s".to_owned(), "-X".to_owned(), method.to_owned(), url];
+    if let Some(t) = token {
+        args.extend(["-H".to_owned(), format!("authorization: Bearer {t}")]);
+    }
+    if let Some(b) = body {
+        args.extend(["--data".to_owned(), b.to_owned()]);
+    }
+    let got = edge_tests::curl(&args).await?;
+    let json = serde_json::from_slice(&got.body).unwrap_or(serde_json::Value::Null);
+    Ok((got.status, json))
+}
+
+#[tokio::test]
+async fn the_admin_api_shows_why_a_canary_was_rolled_back_and_sets_weights_live(
+) -> anyhow::Result<()> {
+    let v1 = version_origin("v1").await?;
+    let v2 = Scripted::start(|_| Reply::new(503, &[], "down")).await?;
+    let dir = tempfile::tempdir()?;
+    let token = dir.path().join("admin-token");
+    std::fs::write(&token, format!("{TOKEN}\n"))?;
+    let token_path = edge_tests::toml_path(&token);
+    let c = config(
+        &v1.url(),
+        &v2.url(),
+        &guarded("2s", 50),
+        &[("admin_token_file", &token_path)],
+    );
+    let pki = Pki::generate(dir.path())?;
+    let toml = render(&c, &pki)?;
+    let edge = Edge::start_with_toml(dir, pki, &toml).await?;
+
+    let (code, view) = admin_split(&edge, "GET", "api", Some(TOKEN), None).await?;
+    assert_eq!(
+        (code, view["state"].as_str()),
+        (200, Some("serving")),
+        "{view}"
+    );
+    assert_eq!(view["versions"][1]["weight"], 50);
+    until_rolled_back(&edge, 8).await?;
+    let (_, view) = admin_split(&edge, "GET", "api", Some(TOKEN), None).await?;
+    assert_eq!(view["state"], "rolled_back", "{view}");
+    let why = view["why"].as_str().unwrap_or_default();
+    assert!(why.starts_with("v2: error rate 100.0%"), "{view}");
+
+    // The token guards it; unknown routes and tags are refused with the reason.
+    let weights = r#"{"v1": 0, "v2": 100}"#;
+    assert_eq!(
+        admin_split(&edge, "PUT", "api", None, Some(weights))
+            .await?
+            .0,
+        401
+    );
+    assert_eq!(
+        admin_split(&edge, "PUT", "web", Some(TOKEN), Some(weights))
+            .await?
+            .0,
+        404
+    );
+    let (code, e) = admin_split(&edge, "PUT", "api", Some(TOKEN), Some(r#"{"v9": 1}"#)).await?;
+    assert_eq!(code, 422, "{e}");
+    let (code, e) = admin_split(
+        &edge,
+        "PUT",
+        "api",
+        Some(TOKEN),
+        Some(r#"{"v1": 0, "v2": 0}"#),
+    )
+    .await?;
+    assert_eq!(code, 422, "{e}");
+    let (code, e) = admin_split(&edge, "PUT", "api", Some(TOKEN), Some("[1]")).await?;
+    assert_eq!(code, 400, "{e}");
+
+    // v2 fixed; all traffic to it, live: the guard is reset with the weights.
+    v2.set(|_| Reply::ok(&[], "v2"));
+    let (code, view) = admin_split(&edge, "PUT", "api", Some(TOKEN), Some(weights)).await?;
+    assert_eq!(
+        (code, view["state"].as_str()),
+        (200, Some("serving")),
+        "{view}"
+    );
+    assert_eq!(view["versions"][0]["weight"], 0);
+    let after = burst(&edge, 50, 8, none).await?;
+    assert!(after.iter().all(|g| g.status == 200 && g.text() == "v2"));
+    assert_eq!(metric(&edge, STATE).await?, 0.0);
+    Ok(())
+}

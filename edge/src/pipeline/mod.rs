@@ -32,10 +32,11 @@ use ipnet::IpNet;
 use upstream::Pool;
 
 pub use crate::chain::error_chain;
-pub use gray::Store as GrayStore;
+pub use gray::{Store as GrayStore, View as SplitView};
 pub use headers::{request_id, strip_hop_by_hop, to_upstream, Peer, REQUEST_ID};
 pub use limit::{gcra, Rules as RateLimitRules, Store as RateLimitStore};
 pub use route::Routes;
+pub use trace::Trace;
 pub use upgrade::Tunnel;
 
 use crate::access_log::AccessLog;

@@ -8,14 +8,16 @@
 //! nothing shared), else a spread of successive requests. The chosen tag
 //! replaces whatever the request carried in the version header.
 //!
-//! The guard's state outlives reloads (kept in `Store` by route name) while the
-//! route's split stays the same; a changed split starts a fresh guard.
+//! A split's live state (weights in effect, the guard's window, rolled back
+//! or not) outlives reloads, kept in `Store` by route name, while the route's
+//! split stays the same; a changed split starts afresh. The admin API sets the
+//! weights through `Store::set_weights`, which also resets the guard.
 
 mod guard;
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -33,28 +35,31 @@ use crate::metrics::Metrics;
 pub struct Split {
     route: String,
     versions: Vec<Version>,
-    total: u64,
     key: Option<StickyKey>,
     targets: Vec<config::Target>,
     header: HeaderName,
     /// Spreads keyless requests over the weights.
     spread: AtomicU64,
-    guard: Option<Arc<Guarded>>,
+    live: Arc<Live>,
 }
 
 struct Version {
     pool: usize,
-    weight: u32,
     tag: HeaderValue,
     label: String,
 }
 
-/// A guard's state: kept across reloads while its split is unchanged.
-pub struct Guarded {
+/// A split's state: kept across reloads while its split is unchanged.
+pub struct Live {
     split: config::Split,
+    /// The weights in effect: the config's, or what the admin API set.
+    weights: Vec<AtomicU32>,
     started: Instant,
-    window: Mutex<Window>,
+    /// `Some` with a guard.
+    window: Option<Mutex<Window>>,
     rolled_back: AtomicBool,
+    /// Why the guard rolled the canary back, for the admin API.
+    why: Mutex<Option<String>>,
     /// When the window was last judged (µs since `started`): at most once a
     /// millisecond, not on every answer.
     judged: AtomicU64,
@@ -62,7 +67,16 @@ pub struct Guarded {
 
 /// The guards of every split route, by route name; outlives reloads.
 #[derive(Default)]
-pub struct Store(Mutex<HashMap<String, Arc<Guarded>>>);
+pub struct Store(Mutex<HashMap<String, Arc<Live>>>);
+
+/// A split as the admin API shows it.
+pub struct View {
+    /// (tag, pool, weight in effect) of each version, baseline first.
+    pub versions: Vec<(String, String, u32)>,
+    pub guarded: bool,
+    pub rolled_back: bool,
+    pub why: Option<String>,
+}
 
 /// What `route` chose, for `respond`.
 #[derive(Clone, Copy)]
@@ -83,21 +97,19 @@ impl Split {
         for v in &split.versions {
             versions.push(Version {
                 pool: pool_index(&v.pool)?,
-                weight: v.weight,
                 tag: HeaderValue::from_str(&v.tag).ok()?,
                 label: v.tag.clone(),
             });
         }
-        let guard = split.guard.as_ref().map(|g| store.guard(route, split, g));
+        let live = store.live(route, split);
         Some(Self {
             route: route.to_owned(),
-            total: versions.iter().map(|v| u64::from(v.weight)).sum(),
             versions,
             key: split.key.clone(),
             targets: split.targets.clone(),
             header: HeaderName::from_bytes(split.header.as_bytes()).ok()?,
             spread: AtomicU64::new(0),
-            guard,
+            live,
         })
     }
 
@@ -121,9 +133,7 @@ impl Split {
     }
 
     fn rolled_back(&self) -> bool {
-        self.guard
-            .as_ref()
-            .is_some_and(|g| g.rolled_back.load(Ordering::Relaxed))
+        self.live.rolled_back.load(Ordering::Relaxed)
     }
 
     fn pick(&self, req: &Request<Body>, client: IpAddr, trusted: bool, geo: Option<&Geo>) -> usize {
@@ -160,12 +170,14 @@ impl Split {
                 return t.version;
             }
         }
+        let weights = || self.live.weights.iter().map(|w| w.load(Ordering::Relaxed));
+        let total = weights().map(u64::from).sum::<u64>().max(1);
         let point = match cohort {
             // Other bits than the bucket rules': weights and buckets stay independent.
-            Some(c) => (c >> 16) % self.total.max(1),
-            None => spread(self.spread.fetch_add(1, Ordering::Relaxed)) % self.total.max(1),
+            Some(c) => (c >> 16) % total,
+            None => spread(self.spread.fetch_add(1, Ordering::Relaxed)) % total,
         };
-        weighted(self.versions.iter().map(|v| v.weight), point)
+        weighted(weights(), point)
     }
 
     /// The cohort key's stable hash: the same on every edge for the same user.
@@ -221,23 +233,100 @@ fn spread(mut h: u64) -> u64 {
 }
 
 impl Store {
-    /// The route's guard: the one it had when its split is unchanged, else a fresh one.
-    fn guard(&self, route: &str, split: &config::Split, g: &config::Guard) -> Arc<Guarded> {
+    /// The route's state: the one it had when its split is unchanged, else a fresh one.
+    fn live(&self, route: &str, split: &config::Split) -> Arc<Live> {
         let mut map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(kept) = map.get(route).filter(|k| k.split == *split) {
             return Arc::clone(kept);
         }
-        let fresh = Arc::new(Guarded {
+        let fresh = Arc::new(Live {
             split: split.clone(),
+            weights: split
+                .versions
+                .iter()
+                .map(|v| AtomicU32::new(v.weight))
+                .collect(),
             started: Instant::now(),
-            window: Mutex::new(Window::new(g.clone(), split.versions.len())),
+            window: split
+                .guard
+                .as_ref()
+                .map(|g| Mutex::new(Window::new(g.clone(), split.versions.len()))),
             rolled_back: AtomicBool::new(false),
+            why: Mutex::new(None),
             judged: AtomicU64::new(0),
         });
         if map.insert(route.to_owned(), Arc::clone(&fresh)).is_some() {
-            tracing::info!(route, "split changed: the canary guard starts afresh");
+            tracing::info!(route, "split changed: its weights and guard start afresh");
         }
         fresh
+    }
+
+    /// The split route `route` as it runs now.
+    pub fn view(&self, route: &str) -> Option<View> {
+        let live = {
+            let map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+            Arc::clone(map.get(route)?)
+        };
+        let versions = live
+            .split
+            .versions
+            .iter()
+            .zip(&live.weights)
+            .map(|(v, w)| (v.tag.clone(), v.pool.clone(), w.load(Ordering::Relaxed)))
+            .collect();
+        let why = live
+            .why
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        Some(View {
+            versions,
+            guarded: live.window.is_some(),
+            rolled_back: live.rolled_back.load(Ordering::Relaxed),
+            why,
+        })
+    }
+
+    /// Sets the weights of `route`'s versions (by tag; versions not named keep
+    /// theirs) and resets its guard: a fresh window, not rolled back.
+    pub fn set_weights(
+        &self,
+        route: &str,
+        weights: &[(String, u32)],
+        m: &Metrics,
+    ) -> Result<(), String> {
+        let map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let live = map
+            .get(route)
+            .ok_or_else(|| format!("no split route named {route:?}"))?;
+        let tags: Vec<&str> = live.split.versions.iter().map(|v| v.tag.as_str()).collect();
+        let mut next: Vec<u32> = live
+            .weights
+            .iter()
+            .map(|w| w.load(Ordering::Relaxed))
+            .collect();
+        for (tag, w) in weights {
+            let i = tags
+                .iter()
+                .position(|t| t == tag)
+                .ok_or_else(|| format!("no version tagged {tag:?} (the split has {tags:?})"))?;
+            next[i] = *w;
+        }
+        if next.iter().all(|w| *w == 0) {
+            return Err("the weights would add up to 0".to_owned());
+        }
+        for (a, w) in live.weights.iter().zip(&next) {
+            a.store(*w, Ordering::Relaxed);
+        }
+        if let Some(window) = &live.window {
+            let g = live.split.guard.clone().unwrap_or_default();
+            *window.lock().unwrap_or_else(PoisonError::into_inner) = Window::new(g, next.len());
+            live.rolled_back.store(false, Ordering::Relaxed);
+            *live.why.lock().unwrap_or_else(PoisonError::into_inner) = None;
+            m.canary_state(route, false);
+        }
+        tracing::info!(route, weights = ?next, "split weights set by the admin API; the guard starts afresh");
+        Ok(())
     }
 
     /// Forgets the guards of routes no longer split (after a reload).
@@ -253,14 +342,15 @@ impl Chosen<'_> {
     pub fn answered(&self, status: StatusCode, upstream_failed: bool, head: Duration, m: &Metrics) {
         let s = self.split;
         m.route_version(&s.route, &s.versions[self.version].label);
-        let Some(g) = &s.guard else { return };
+        let g = &s.live;
+        let Some(window) = &g.window else { return };
         if g.rolled_back.load(Ordering::Relaxed) {
             m.canary_state(&s.route, true);
             return;
         }
         let now = g.started.elapsed();
         let error = upstream_failed || status.is_server_error();
-        let mut window = g.window.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut window = window.lock().unwrap_or_else(PoisonError::into_inner);
         window.record(now, self.version, error, head);
         let us = now.as_micros() as u64;
         if us.saturating_sub(g.judged.load(Ordering::Relaxed)) < 1000 {
@@ -273,6 +363,8 @@ impl Chosen<'_> {
             if !g.rolled_back.swap(true, Ordering::Relaxed) {
                 let tag = &s.versions[version].label;
                 tracing::warn!(route = %s.route, version = %tag, "canary rolled back: {why}; its weight is 0 until the split changes");
+                let why = format!("{tag}: {why}");
+                *g.why.lock().unwrap_or_else(PoisonError::into_inner) = Some(why);
                 m.canary_rollback(&s.route);
             }
         } else {
