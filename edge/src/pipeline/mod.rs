@@ -4,7 +4,9 @@
 //! another, each a plain async fn in its own module: `admit` → `route` → `limit`
 //! → `cache` → `select` → `forward` → `respond`; a request that offers a
 //! configured protocol upgrade (WebSocket) takes `upgrade` in place of
-//! `forward` (and skips the cache). Listeners call it with an
+//! `forward` (and skips the cache). A split route's version (gray release) is
+//! chosen in `route` and its answer fed to the rollback guard in `respond`
+//! (`gray`). Listeners call it with an
 //! `http::Request<Body>` and write back what it returns; it never fails: every
 //! error becomes a response in `respond` and nowhere else. The pipeline knows no
 //! listener and no client protocol beyond `req.version()` and `Peer`.
