@@ -32,6 +32,8 @@ fn header_rewrite(c: &mut Criterion) {
 fn route_match(c: &mut Criterion) {
     let routes: Vec<Route> = (0..20)
         .map(|i| Route {
+            name: format!("r{i}"),
+            split: None,
             host: Some(format!("host{i}.example")),
             path_prefix: format!("/svc{i}"),
             pool: "p".to_owned(),
@@ -41,7 +43,7 @@ fn route_match(c: &mut Criterion) {
             cache_statuses: edge::config::CacheStatuses::default(),
         })
         .collect();
-    let table = Routes::new(&routes, |_| Some(0));
+    let table = Routes::new(&routes, |_| Some(0), &Default::default());
     c.bench_function("route_match_20_last", |b| {
         b.iter(|| table.find("host19.example", "/svc19/items/42"))
     });
@@ -69,10 +71,10 @@ fn upstream_rewrite(c: &mut Criterion) {
     let trusted = ["10.0.0.0/8".parse().expect("net")];
     let id = HeaderValue::from_static("0b9e6c1e-4a8f-4a51-9b5e-2f1f8f0d2c11");
     let host = HeaderValue::from_static("example.com");
+    let trace = Trace::of(base.headers());
     c.bench_function("to_upstream_browser_get", |b| {
         b.iter(|| {
             let mut req = base.clone();
-            let trace = Trace::of(req.headers());
             to_upstream(&mut req, peer, &trusted, &id, &trace, host.clone());
             req
         })

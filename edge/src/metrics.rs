@@ -42,7 +42,50 @@ pub struct Metrics {
     endpoints: EndpointMetrics,
     regions: RegionMetrics,
     tunnels: TunnelMetrics,
+    gray: GrayMetrics,
     handshakes: HandshakeMetrics,
+}
+
+/// Gray release: requests by route and version, canary rollbacks. Routes and
+/// tags come from config, so the series are bounded by it.
+struct GrayMetrics {
+    requests: IntCounterVec,
+    rollbacks: IntCounterVec,
+    state: IntGaugeVec,
+}
+
+impl GrayMetrics {
+    fn new(registry: &Registry) -> Result<Self, prometheus::Error> {
+        let requests = IntCounterVec::new(
+            Opts::new(
+                "proxy_route_version_requests_total",
+                "Requests of split routes by route and the version (tag) they were sent to.",
+            ),
+            &["route", "version"],
+        )?;
+        let rollbacks = IntCounterVec::new(
+            Opts::new(
+                "proxy_canary_rollbacks_total",
+                "Times the guard rolled a split route's canary back (its weight to 0).",
+            ),
+            &["route"],
+        )?;
+        let state = IntGaugeVec::new(
+            Opts::new(
+                "proxy_canary_state",
+                "A guarded split route's canary: 0 serving, 1 rolled back (until the split changes).",
+            ),
+            &["route"],
+        )?;
+        registry.register(Box::new(requests.clone()))?;
+        registry.register(Box::new(rollbacks.clone()))?;
+        registry.register(Box::new(state.clone()))?;
+        Ok(Self {
+            requests,
+            rollbacks,
+            state,
+        })
+    }
 }
 
 /// What a QUIC connection's path looked like when it ended (quinn's stats).
@@ -526,6 +569,7 @@ impl Metrics {
         let endpoints = EndpointMetrics::new(&registry)?;
         let regions = RegionMetrics::new(&registry)?;
         let tunnels = TunnelMetrics::new(&registry)?;
+        let gray = GrayMetrics::new(&registry)?;
         let handshakes = HandshakeMetrics::new(&registry)?;
         Ok(Self {
             registry,
@@ -541,6 +585,7 @@ impl Metrics {
             endpoints,
             regions,
             tunnels,
+            gray,
             handshakes,
         })
     }
@@ -619,6 +664,28 @@ impl Metrics {
     /// Counts a sticky pool's answer by what became of the pin.
     pub fn sticky(&self, pool: &str, outcome: &'static str) {
         self.sticky.with_label_values(&[pool, outcome]).inc();
+    }
+
+    /// Counts a split route's request by the version it went to.
+    pub fn route_version(&self, route: &str, version: &str) {
+        self.gray
+            .requests
+            .with_label_values(&[route, version])
+            .inc();
+    }
+
+    /// Sets a guarded route's canary state (rolled back or not).
+    pub fn canary_state(&self, route: &str, rolled_back: bool) {
+        self.gray
+            .state
+            .with_label_values(&[route])
+            .set(i64::from(rolled_back));
+    }
+
+    /// Counts a rollback of a route's canary.
+    pub fn canary_rollback(&self, route: &str) {
+        self.gray.rollbacks.with_label_values(&[route]).inc();
+        self.canary_state(route, true);
     }
 
     pub fn reload(&self, ok: bool) {

@@ -487,7 +487,8 @@ async fn apply_reload(shared: &Shared, reload: &Reloader) -> Result<(), String> 
             .with_cache(shared.cache.clone())
             .with_rate_limits(shared.proxy.load().rate_limit_store())
             .with_redis(shared.proxy.load().redis())
-            .with_access_log(shared.proxy.load().access_log()),
+            .with_access_log(shared.proxy.load().access_log())
+            .with_gray(shared.proxy.load().gray_store()),
         Err(e) => {
             shared.metrics.reload(false);
             let chain = crate::pipeline::error_chain(&e);

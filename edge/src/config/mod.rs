@@ -13,6 +13,7 @@ mod quic;
 mod rate_limits;
 mod redis;
 mod regions;
+mod split;
 mod sticky;
 pub use acme::{Acme, AcmeChallenge};
 mod upgrade;
@@ -25,6 +26,7 @@ pub use quic::{Quic, Retry};
 pub use rate_limits::{LimitFallback, LimitKey, LimitScope, Rate, RateLimit};
 pub use redis::{Redis, RedisTarget};
 pub use regions::{Geo, GeoRegion, Prefer};
+pub use split::{Guard, Match, Split, SplitVersion, Target, BUCKETS, DEFAULT_HEADER};
 pub use sticky::{is_cookie_name, Sticky, StickyKey, MIN_SECRET};
 pub use upgrade::Upgrade;
 mod walk;
@@ -239,6 +241,8 @@ impl walk::FromToml for EncodedSeparators {
 
 #[derive(Clone, Debug)]
 pub struct Route {
+    /// The route's name in metrics and the admin API (default: host and path prefix).
+    pub name: String,
     /// Lower-case host without port; `None` matches every host.
     pub host: Option<String>,
     pub path_prefix: String,
@@ -251,6 +255,8 @@ pub struct Route {
     pub max_body_bytes: Option<u64>,
     /// The statuses this route's cache may store.
     pub cache_statuses: CacheStatuses,
+    /// Gray release: versions sharing the route (`pool` is then the baseline's).
+    pub split: Option<Split>,
 }
 
 /// A pool: the upstream crate's own settings, plus what only a file names.
@@ -297,6 +303,7 @@ impl Route {
     /// Every host and path to `pool`, cached when the cache is on.
     pub fn catch_all(pool: &str) -> Self {
         Self {
+            name: "*/".to_owned(),
             host: None,
             path_prefix: "/".to_owned(),
             pool: pool.to_owned(),
@@ -304,6 +311,7 @@ impl Route {
             cache_set_cookie: false,
             max_body_bytes: None,
             cache_statuses: CacheStatuses::default(),
+            split: None,
         }
     }
 }
@@ -589,7 +597,7 @@ fn read(cx: &mut Cx<'_>, doc: &toml_edit::Table, base: &Path) -> Config {
     let client = read_client(cx, &mut root);
     let geo = regions::read_geo(cx, &mut root, base);
     let pools = read_pools(cx, &mut root, base, geo.as_ref());
-    let routes = read_routes(cx, &mut root, &pools);
+    let routes = read_routes(cx, &mut root, &pools, geo.as_ref());
     let cache = read_cache(cx, &mut root);
     let redis = redis::read_redis(cx, &mut root, base);
     let redis = merge_legacy_redis(cx, &root, &cache, redis);
@@ -850,7 +858,12 @@ where
     }
 }
 
-fn read_routes(cx: &mut Cx<'_>, root: &mut Table<'_>, pools: &[Pool]) -> Vec<Route> {
+fn read_routes(
+    cx: &mut Cx<'_>,
+    root: &mut Table<'_>,
+    pools: &[Pool],
+    geo: Option<&Geo>,
+) -> Vec<Route> {
     let line = root.line_of(cx, "routes");
     let tables = root.tables(cx, "routes");
     if tables.is_empty() {
@@ -872,7 +885,7 @@ fn read_routes(cx: &mut Cx<'_>, root: &mut Table<'_>, pools: &[Pool]) -> Vec<Rou
             }
         };
     }
-    let mut routes = Vec::new();
+    let mut routes: Vec<Route> = Vec::new();
     for mut t in tables {
         let host = t.opt::<String>(cx, "host").map(|h| normalize_host(&h));
         let path_prefix: String = t.or(cx, "path_prefix", "/".to_owned());
@@ -880,12 +893,51 @@ fn read_routes(cx: &mut Cx<'_>, root: &mut Table<'_>, pools: &[Pool]) -> Vec<Rou
             let line = t.line_of(cx, "path_prefix");
             cx.error(line, &t.path("path_prefix"), "must start with /");
         }
+        let default_name = format!("{}{path_prefix}", host.as_deref().unwrap_or("*"));
+        let name = t.or(cx, "name", default_name);
+        if routes.iter().any(|r| r.name == name) {
+            let line = t.line_of(cx, "name");
+            cx.error(
+                line,
+                &t.path("name"),
+                format!("another route is named {name:?}"),
+            );
+        }
         let cache = t.or(cx, "cache", true);
         let cache_set_cookie = t.or(cx, "cache_set_cookie", false);
         let max_body_bytes = t.opt(cx, "max_body_bytes");
         let cache_statuses = t.or(cx, "cache_statuses", CacheStatuses::default());
-        match t.opt::<String>(cx, "pool") {
-            Some(pool) if pools.iter().any(|p| p.name() == pool) => routes.push(Route {
+        let split = split::read_split(cx, &mut t, pools, geo);
+        let pool = match (t.opt::<String>(cx, "pool"), &split) {
+            (None, Some(s)) => s.versions.first().map(|v| v.pool.clone()),
+            (Some(_), Some(_)) => {
+                let line = t.line_of(cx, "pool");
+                cx.error(
+                    line,
+                    &t.path("pool"),
+                    "a route has a pool or a split, not both",
+                );
+                None
+            }
+            (Some(pool), None) if pools.iter().any(|p| p.name() == pool) => Some(pool),
+            (Some(pool), None) => {
+                let line = t.line_of(cx, "pool");
+                cx.error(
+                    line,
+                    &t.path("pool"),
+                    format!("no pool named {pool:?} ([pools.{pool}])"),
+                );
+                None
+            }
+            (None, None) => {
+                let line = t.line();
+                cx.error(line, &t.path("pool"), "missing (required)");
+                None
+            }
+        };
+        if let Some(pool) = pool {
+            routes.push(Route {
+                name,
                 host,
                 path_prefix,
                 pool,
@@ -893,19 +945,8 @@ fn read_routes(cx: &mut Cx<'_>, root: &mut Table<'_>, pools: &[Pool]) -> Vec<Rou
                 cache_set_cookie,
                 max_body_bytes,
                 cache_statuses,
-            }),
-            Some(pool) => {
-                let line = t.line_of(cx, "pool");
-                cx.error(
-                    line,
-                    &t.path("pool"),
-                    format!("no pool named {pool:?} ([pools.{pool}])"),
-                );
-            }
-            None => {
-                let line = t.line();
-                cx.error(line, &t.path("pool"), "missing (required)");
-            }
+                split,
+            });
         }
         t.finish(cx);
     }

@@ -45,6 +45,13 @@ pub async fn run(listener: TcpListener, shared: Arc<Shared>) {
                             return Ok::<_, Infallible>(*refused);
                         }
                     }
+                    let split_route = path
+                        .strip_prefix("/routes/")
+                        .and_then(|r| r.strip_suffix("/split"))
+                        .map(percent_decode);
+                    if let Some(name) = split_route {
+                        return Ok(split(&shared, &name, req).await);
+                    }
                     Ok::<_, Infallible>(match path {
                         "/cache/purge" => purge(&shared, &req).await,
                         "/reload" => reload(&shared, &req).await,
@@ -182,6 +189,67 @@ async fn reload(shared: &Shared, req: &Request<Incoming>) -> Response<Body> {
             Bytes::from_static(b"shutting down\n"),
         ),
     }
+}
+
+/// Largest `PUT /routes/NAME/split` body read.
+const MAX_SPLIT_BODY: usize = 16 * 1024;
+
+/// `GET /routes/NAME/split`: the split's versions, weights in effect and guard
+/// state (with why it rolled back); `PUT` with `{"TAG": WEIGHT, ...}` sets
+/// weights live and resets the guard.
+async fn split(shared: &Shared, name: &str, req: Request<Incoming>) -> Response<Body> {
+    let store = shared.proxy.load().gray_store();
+    if req.method() == http::Method::PUT {
+        use http_body_util::BodyExt as _;
+        let body = http_body_util::Limited::new(req.into_body(), MAX_SPLIT_BODY);
+        let bytes = match body.collect().await {
+            Ok(b) => b.to_bytes(),
+            Err(e) => return problem(StatusCode::BAD_REQUEST, format!("body: {e}")),
+        };
+        let weights: std::collections::BTreeMap<String, u32> = match serde_json::from_slice(&bytes)
+        {
+            Ok(w) => w,
+            Err(e) => {
+                let reason = format!("expected {{\"TAG\": WEIGHT, ...}}: {e}");
+                return problem(StatusCode::BAD_REQUEST, reason);
+            }
+        };
+        let weights: Vec<(String, u32)> = weights.into_iter().collect();
+        if let Err(reason) = store.set_weights(name, &weights, &shared.metrics) {
+            let status = match store.view(name) {
+                None => StatusCode::NOT_FOUND,
+                Some(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            };
+            return problem(status, reason);
+        }
+    } else if req.method() != http::Method::GET {
+        return problem(StatusCode::METHOD_NOT_ALLOWED, "use GET or PUT".to_owned());
+    }
+    let Some(v) = store.view(name) else {
+        return problem(
+            StatusCode::NOT_FOUND,
+            format!("no split route named {name:?}"),
+        );
+    };
+    let versions: Vec<serde_json::Value> = v
+        .versions
+        .iter()
+        .map(
+            |(tag, pool, weight)| serde_json::json!({ "tag": tag, "pool": pool, "weight": weight }),
+        )
+        .collect();
+    let state = match (v.guarded, v.rolled_back) {
+        (false, _) => "unguarded",
+        (true, false) => "serving",
+        (true, true) => "rolled_back",
+    };
+    let body =
+        serde_json::json!({ "route": name, "versions": versions, "state": state, "why": v.why });
+    json(StatusCode::OK, &body)
+}
+
+fn problem(status: StatusCode, reason: String) -> Response<Body> {
+    json(status, &serde_json::json!({ "error": reason }))
 }
 
 /// `GET /status`: what this edge runs and how its upstreams are.

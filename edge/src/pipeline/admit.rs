@@ -65,6 +65,7 @@ impl Cx<'_> {
             backend: NO_BACKEND,
             placed: None,
             sticky: None,
+            gray: None,
             log,
             request_bytes: None,
             grpc: crate::error::is_grpc(req.headers()),

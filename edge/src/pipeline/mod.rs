@@ -4,7 +4,9 @@
 //! another, each a plain async fn in its own module: `admit` → `route` → `limit`
 //! → `cache` → `select` → `forward` → `respond`; a request that offers a
 //! configured protocol upgrade (WebSocket) takes `upgrade` in place of
-//! `forward` (and skips the cache). Listeners call it with an
+//! `forward` (and skips the cache). A split route's version (gray release) is
+//! chosen in `route` and its answer fed to the rollback guard in `respond`
+//! (`gray`). Listeners call it with an
 //! `http::Request<Body>` and write back what it returns; it never fails: every
 //! error becomes a response in `respond` and nowhere else. The pipeline knows no
 //! listener and no client protocol beyond `req.version()` and `Peer`.
@@ -13,6 +15,7 @@ mod admit;
 mod authority;
 mod cache;
 mod forward;
+mod gray;
 mod headers;
 mod limit;
 mod path;
@@ -31,6 +34,7 @@ use ipnet::IpNet;
 use upstream::Pool;
 
 pub use crate::chain::error_chain;
+pub use gray::{Store as GrayStore, View as SplitView};
 pub use headers::{request_id, strip_hop_by_hop, to_upstream, Peer, REQUEST_ID};
 pub use limit::{gcra, Rules as RateLimitRules, Store as RateLimitStore};
 pub use route::Routes;
@@ -75,6 +79,11 @@ pub struct Proxy {
     access: Option<Arc<AccessLog>>,
     /// `[upgrade]`: the protocols passed to backends, and tunnel idle time.
     upgrade: crate::config::Upgrade,
+    /// Split routes' guards by route name; outlives reloads (see `with_gray`).
+    gray: Arc<gray::Store>,
+    /// The config's routes, for `with_gray` to rebuild them on the kept guards.
+    route_config: Vec<crate::config::Route>,
+    pool_names: Vec<String>,
 }
 
 /// The backend label when no pool was chosen.
@@ -125,9 +134,12 @@ impl Proxy {
             pool.start_health_checks();
             pools.push(pool);
         }
-        let routes = Routes::new(&config.routes, |name| {
-            config.pools.iter().position(|p| p.name() == name)
-        });
+        let gray = Arc::new(gray::Store::default());
+        let routes = Routes::new(
+            &config.routes,
+            |name| config.pools.iter().position(|p| p.name() == name),
+            &gray,
+        );
         Ok(Self {
             routes,
             pools,
@@ -146,6 +158,9 @@ impl Proxy {
             redis: None,
             access: None,
             upgrade: config.upgrade.clone(),
+            gray,
+            route_config: config.routes.clone(),
+            pool_names: config.pools.iter().map(|p| p.name().to_owned()).collect(),
             body: BodyLimits {
                 max_bytes: config.client.max_body_bytes,
                 idle: config.client.body_idle_timeout,
@@ -189,6 +204,31 @@ impl Proxy {
     /// The shared Redis, for the next config's `Proxy`.
     pub fn redis(&self) -> Option<Arc<Redis>> {
         self.redis.clone()
+    }
+
+    /// Keeps split routes' guards in `store` (the previous config's): a route
+    /// whose split is unchanged keeps its guard, rolled back or not.
+    pub fn with_gray(mut self, store: Arc<gray::Store>) -> Self {
+        let names = &self.pool_names;
+        self.routes = Routes::new(
+            &self.route_config,
+            |name| names.iter().position(|p| p == name),
+            &store,
+        );
+        let split: Vec<&str> = self
+            .route_config
+            .iter()
+            .filter(|r| r.split.is_some())
+            .map(|r| r.name.as_str())
+            .collect();
+        store.retain(&split);
+        self.gray = store;
+        self
+    }
+
+    /// The split routes' guards, for the next config's `Proxy`.
+    pub fn gray_store(&self) -> Arc<gray::Store> {
+        Arc::clone(&self.gray)
     }
 
     /// Serves cacheable routes through `cache` (when `Some`).
@@ -239,6 +279,8 @@ pub struct Cx<'p> {
     placed: Option<(&'p Geo, Placed)>,
     /// A sticky pool's pin, for `respond` to remember where the user went.
     sticky: Option<sticky::Pin<'p>>,
+    /// A split route's chosen version, for `respond` to count and guard.
+    gray: Option<gray::Chosen<'p>>,
     /// The access log's line for this request, when the log is on.
     log: Option<Box<crate::access_log::Record>>,
     /// The request body's bytes as they are read, for that line.

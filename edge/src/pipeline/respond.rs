@@ -28,6 +28,7 @@ pub async fn respond(
     reply: Result<Reply, ProxyError>,
 ) -> Response<Body> {
     let mut error = "";
+    let upstream_failed = matches!(&reply, Err(e) if e.side() == Side::Upstream);
     let resp = match reply {
         Ok(Reply::Forwarded(mut resp)) => {
             if let Some((geo, placed)) = &cx.placed {
@@ -70,6 +71,9 @@ pub async fn respond(
     };
     let head = cx.started.elapsed();
     metrics.observe(Proto::of(cx.version), cx.backend, resp.status(), head);
+    if let Some(chosen) = &cx.gray {
+        chosen.answered(resp.status(), upstream_failed, head, metrics);
+    }
     match (access, cx.log.take()) {
         (Some(log), Some(record)) => logged(cx, log, *record, resp, head, error),
         _ => resp,

@@ -1,5 +1,6 @@
 //! Phase `route`: host and path prefix to a route and its pool (first match in
-//! config order wins), and the request body put under the route's limits.
+//! config order wins) — for a split route, the version `gray` picks — and the
+//! request body put under the route's limits.
 
 use std::sync::Arc;
 
@@ -23,6 +24,11 @@ pub struct Route<'p> {
     pub sticky: Option<&'p super::sticky::Sticky>,
 }
 
+/// A request from a trusted proxy (whose version tag is honoured).
+fn from_trusted(proxy: &Proxy, cx: &Cx<'_>) -> bool {
+    proxy.trusted.iter().any(|n| n.contains(&cx.peer.ip))
+}
+
 /// Finds the request's route (404 without one) and limits its body (413 for a
 /// declared length past the limit); names the pool in `cx` for logs and metrics.
 pub async fn route<'p>(
@@ -34,8 +40,17 @@ pub async fn route<'p>(
     let matched = proxy
         .routes
         .find_route(&admitted.host.host, req.uri().path());
-    let (matched, pool) = matched
-        .and_then(|m| Some((m, proxy.pools.get(m.pool)?)))
+    let mut matched = matched
+        .ok_or_else(|| ProxyError::new(ErrorKind::NoRoute, "no route for this host and path"))?;
+    if let Some(split) = matched.split {
+        let trusted = from_trusted(proxy, cx);
+        let (chosen, pool) = split.choose(req, admitted.client, trusted, proxy.geo.as_deref());
+        cx.gray = Some(chosen);
+        matched.pool = pool;
+    }
+    let pool = proxy
+        .pools
+        .get(matched.pool)
         .ok_or_else(|| ProxyError::new(ErrorKind::NoRoute, "no route for this host and path"))?;
     cx.backend = pool.name();
     if cx.log.is_some() {
@@ -97,32 +112,46 @@ struct Entry {
     /// `Some` when the route's responses go through the cache.
     cache: Option<RouteCache>,
     max_body_bytes: Option<u64>,
+    split: Option<super::gray::Split>,
 }
 
 /// What a request matched: the pool's slot and the route's cache settings.
-#[derive(Clone, Copy, Debug)]
-pub struct Matched {
+#[derive(Clone, Copy)]
+pub struct Matched<'r> {
     pub pool: usize,
     pub cache: Option<RouteCache>,
     /// The route's own request body limit, if it has one.
     pub max_body_bytes: Option<u64>,
+    /// A split route's versions (`pool` is then the baseline's until chosen).
+    pub split: Option<&'r super::gray::Split>,
 }
 
 impl Routes {
     /// `pool_index` maps a pool name to its slot; config validation guarantees it exists.
-    pub fn new(routes: &[config::Route], pool_index: impl Fn(&str) -> Option<usize>) -> Self {
+    /// A split route's guard is taken from `store` when its split is unchanged.
+    /// A split route is not cached: its versions may answer differently.
+    pub fn new(
+        routes: &[config::Route],
+        pool_index: impl Fn(&str) -> Option<usize>,
+        store: &super::gray::Store,
+    ) -> Self {
         let routes = routes
             .iter()
             .filter_map(|r| {
+                let split = match &r.split {
+                    Some(s) => Some(super::gray::Split::new(&r.name, s, &pool_index, store)?),
+                    None => None,
+                };
                 Some(Entry {
                     host: r.host.clone(),
                     path_prefix: r.path_prefix.clone(),
                     pool: pool_index(&r.pool)?,
-                    cache: r.cache.then_some(RouteCache {
+                    cache: (r.cache && split.is_none()).then_some(RouteCache {
                         set_cookie: r.cache_set_cookie,
                         statuses: r.cache_statuses,
                     }),
                     max_body_bytes: r.max_body_bytes,
+                    split,
                 })
             })
             .collect();
@@ -135,7 +164,7 @@ impl Routes {
     }
 
     /// The route for a request, with its cache settings.
-    pub fn find_route(&self, host: &str, path: &str) -> Option<Matched> {
+    pub fn find_route(&self, host: &str, path: &str) -> Option<Matched<'_>> {
         self.routes
             .iter()
             .find(|r| {
@@ -145,6 +174,7 @@ impl Routes {
                 pool: r.pool,
                 cache: r.cache,
                 max_body_bytes: r.max_body_bytes,
+                split: r.split.as_ref(),
             })
     }
 }
@@ -163,6 +193,8 @@ mod tests {
 
     fn route(host: Option<&str>, prefix: &str, pool: &str) -> config::Route {
         config::Route {
+            name: prefix.to_owned(),
+            split: None,
             host: host.map(str::to_owned),
             path_prefix: prefix.to_owned(),
             pool: pool.to_owned(),
@@ -183,6 +215,7 @@ mod tests {
                 route(None, "/", "default"),
             ],
             |name| pools.iter().position(|p| *p == name),
+            &Default::default(),
         );
         assert_eq!(routes.find("api.example", "/static/x"), Some(0));
         assert_eq!(routes.find("www.example", "/static/x"), Some(1));
@@ -193,7 +226,11 @@ mod tests {
 
     #[test]
     fn no_route_when_nothing_matches() {
-        let routes = Routes::new(&[route(Some("a.example"), "/", "p")], |_| Some(0));
+        let routes = Routes::new(
+            &[route(Some("a.example"), "/", "p")],
+            |_| Some(0),
+            &Default::default(),
+        );
         assert_eq!(routes.find("b.example", "/"), None);
     }
 }
