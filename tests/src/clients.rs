@@ -407,6 +407,57 @@ fn response_complete(received: &[u8]) -> bool {
     }
 }
 
+/// A server script of `tests/py/` (`NAME serve`) that prints `{"port": N}` on
+/// its first line once listening on loopback; killed on drop.
+pub struct PyServer {
+    child: tokio::process::Child,
+    name: &'static str,
+    pub port: u16,
+}
+
+impl PyServer {
+    pub async fn start(name: &'static str) -> anyhow::Result<Self> {
+        use anyhow::Context as _;
+        use tokio::io::AsyncBufReadExt as _;
+        let mut child = tokio::process::Command::new(process::python())
+            .arg(py_script(name))
+            .arg("serve")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("starting {name} serve"))?;
+        let stdout = child.stdout.take().context("no stdout")?;
+        let mut line = String::new();
+        tokio::time::timeout(
+            Duration::from_secs(20),
+            tokio::io::BufReader::new(stdout).read_line(&mut line),
+        )
+        .await
+        .with_context(|| format!("{name} printed no port within 20 s"))??;
+        let port = serde_json::from_str::<serde_json::Value>(&line)
+            .with_context(|| format!("{name} said {line:?}"))?["port"]
+            .as_u64()
+            .and_then(|p| u16::try_from(p).ok())
+            .context("no port")?;
+        Ok(Self { child, name, port })
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for PyServer {
+    fn drop(&mut self) {
+        if let Err(e) = self.child.start_kill() {
+            eprintln!("killing {}: {e}", self.name);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -3,57 +3,10 @@
 //! over TLS (h2), with trailers and `grpc-status` passing intact, and edge's
 //! own errors reaching a gRPC client as gRPC statuses, not text pages.
 
-use std::process::Stdio;
-use std::time::Duration;
-
-use anyhow::Context as _;
-use edge_tests::clients::py_script;
-use edge_tests::process::python;
+use edge_tests::clients::PyServer;
 use edge_tests::{python_json, Edge, EdgeConfig, PYTHON_TIMEOUT};
-use tokio::io::{AsyncBufReadExt, BufReader};
 
 /// The grpcio server of `grpc_check.py serve`; killed (by its pid) on drop.
-struct GrpcServer {
-    child: tokio::process::Child,
-    port: u16,
-}
-
-impl GrpcServer {
-    async fn start() -> anyhow::Result<Self> {
-        let mut child = tokio::process::Command::new(python())
-            .arg(py_script("grpc_check.py"))
-            .arg("serve")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true)
-            .spawn()
-            .context("starting grpc_check.py serve")?;
-        let stdout = child.stdout.take().context("no stdout")?;
-        let mut line = String::new();
-        tokio::time::timeout(
-            Duration::from_secs(20),
-            BufReader::new(stdout).read_line(&mut line),
-        )
-        .await
-        .context("grpc_check.py printed no port within 20 s")??;
-        let port = serde_json::from_str::<serde_json::Value>(&line)
-            .with_context(|| format!("grpc_check.py said {line:?}"))?["port"]
-            .as_u64()
-            .and_then(|p| u16::try_from(p).ok())
-            .context("no port")?;
-        Ok(Self { child, port })
-    }
-}
-
-impl Drop for GrpcServer {
-    fn drop(&mut self) {
-        if let Err(e) = self.child.start_kill() {
-            eprintln!("killing grpc_check.py: {e}");
-        }
-    }
-}
-
 async fn call(target: &str, extra: &[&str]) -> anyhow::Result<serde_json::Value> {
     let mut args = vec!["call", "--target", target];
     args.extend_from_slice(extra);
@@ -77,7 +30,7 @@ fn assert_calls_intact(seen: &serde_json::Value, over: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpcio_unary_and_streaming_pass_over_h2c_and_tls() -> anyhow::Result<()> {
-    let server = GrpcServer::start().await?;
+    let server = PyServer::start("grpc_check.py").await?;
     let edge = Edge::start(&EdgeConfig::new(format!(
         "http://127.0.0.1:{}",
         server.port
@@ -121,9 +74,8 @@ async fn a_down_backend_is_unavailable_to_a_grpc_client() -> anyhow::Result<()> 
 /// the same edge's other calls pass.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backend_timeout_is_deadline_exceeded_to_a_grpc_client() -> anyhow::Result<()> {
-    let server = GrpcServer::start().await?;
-    let config = EdgeConfig::new(format!("http://127.0.0.1:{}", server.port))
-        .pool_setting("response_timeout", "\"500ms\"");
+    let server = PyServer::start("grpc_check.py").await?;
+    let config = EdgeConfig::new(server.url()).pool_setting("response_timeout", "\"500ms\"");
     let edge = Edge::start(&config).await?;
     let seen = call(&edge.http()?.to_string(), &["--only", "Slow"]).await?;
     assert_eq!(seen["Slow"]["code"], "DEADLINE_EXCEEDED", "{seen}");
@@ -136,8 +88,8 @@ async fn a_backend_timeout_is_deadline_exceeded_to_a_grpc_client() -> anyhow::Re
 /// not a 429 text page (which grpcio would read as UNAVAILABLE and retry).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rate_limit_is_resource_exhausted_to_a_grpc_client() -> anyhow::Result<()> {
-    let server = GrpcServer::start().await?;
-    let config = EdgeConfig::new(format!("http://127.0.0.1:{}", server.port))
+    let server = PyServer::start("grpc_check.py").await?;
+    let config = EdgeConfig::new(server.url())
         .section("[[rate_limits]]\nname = \"grpc\"\nkey = \"route\"\nrate = \"1/m\"\nburst = 1\n");
     let edge = Edge::start(&config).await?;
     let target = edge.http()?.to_string();

@@ -6,66 +6,19 @@
 //! CVE-2026-2833 class), and an upgrade edge does not offer (a body, a protocol
 //! not configured) goes on as a plain request with `Upgrade` stripped.
 
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use edge_tests::clients::py_script;
-use edge_tests::process::python;
+use edge_tests::clients::PyServer;
 use edge_tests::{
     poll_until, python_json, Edge, EdgeConfig, KeepAlive, Origin, PoolConfig, RawOrigin,
     RouteConfig, PYTHON_TIMEOUT,
 };
 use http::Method;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// The `websockets` echo server of `tests/py/ws_echo.py`; killed (by its pid) on drop.
-struct EchoServer {
-    child: tokio::process::Child,
-    port: u16,
-}
-
-impl EchoServer {
-    async fn start() -> anyhow::Result<Self> {
-        let mut child = tokio::process::Command::new(python())
-            .arg(py_script("ws_echo.py"))
-            .arg("serve")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true)
-            .spawn()
-            .context("starting ws_echo.py serve")?;
-        let stdout = child.stdout.take().context("no stdout")?;
-        let mut line = String::new();
-        tokio::time::timeout(
-            Duration::from_secs(20),
-            BufReader::new(stdout).read_line(&mut line),
-        )
-        .await
-        .context("ws_echo.py printed no port within 20 s")??;
-        let port = serde_json::from_str::<serde_json::Value>(&line)
-            .with_context(|| format!("ws_echo.py said {line:?}"))?["port"]
-            .as_u64()
-            .and_then(|p| u16::try_from(p).ok())
-            .context("no port")?;
-        Ok(Self { child, port })
-    }
-
-    fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-}
-
-impl Drop for EchoServer {
-    fn drop(&mut self) {
-        if let Err(e) = self.child.start_kill() {
-            eprintln!("killing ws_echo.py: {e}");
-        }
-    }
-}
-
 /// Edge with `/ws` → pool `ws` (`ws_url`) and everything else → `default`
 /// (`http_url`, the canary's origin), plus the `extra` sections. The `ws` pool
 /// keeps the default protocol (h2): upgrades take an h1 connection of their own.
@@ -113,7 +66,7 @@ const TEN_MB: usize = 10 * 1024 * 1024;
 async fn websocket_echo_over_h1_and_tls_carries_10_mb_both_ways_and_close_codes(
 ) -> anyhow::Result<()> {
     let origin = Origin::start().await?;
-    let echo = EchoServer::start().await?;
+    let echo = PyServer::start("ws_echo.py").await?;
     let edge = edge_for(origin.url(), echo.url(), &[]).await?;
     let size = TEN_MB.to_string();
     let plain = format!("ws://127.0.0.1:{}/ws/echo", edge.http()?.port());
@@ -286,7 +239,7 @@ async fn an_upgrade_with_a_body_or_for_another_protocol_is_plain_http() -> anyho
 async fn an_idle_tunnel_is_closed_after_the_timeout_while_a_canary_gets_200() -> anyhow::Result<()>
 {
     let origin = Origin::start().await?;
-    let echo = EchoServer::start().await?;
+    let echo = PyServer::start("ws_echo.py").await?;
     let edge = edge_for(
         origin.url(),
         echo.url(),
@@ -338,7 +291,7 @@ async fn an_idle_tunnel_is_closed_after_the_timeout_while_a_canary_gets_200() ->
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_open_tunnel_is_closed_within_the_drain_grace() -> anyhow::Result<()> {
     let origin = Origin::start().await?;
-    let echo = EchoServer::start().await?;
+    let echo = PyServer::start("ws_echo.py").await?;
     let extra = [
         "[upgrade]\nidle_timeout = \"5m\"",
         "[drain]\ndelay = \"0s\"\ngrace = \"3s\"",
@@ -374,7 +327,7 @@ async fn an_open_tunnel_is_closed_within_the_drain_grace() -> anyhow::Result<()>
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn websocket_over_h2_extended_connect_is_bridged_to_the_h1_backend() -> anyhow::Result<()> {
     let origin = Origin::start().await?;
-    let echo = EchoServer::start().await?;
+    let echo = PyServer::start("ws_echo.py").await?;
     let edge = edge_for(origin.url(), echo.url(), &[]).await?;
     let port = edge.https_addr.port().to_string();
     let ca = edge.pki.ca_cert.to_string_lossy().into_owned();
@@ -435,7 +388,7 @@ fn upgrade_request(path: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_that_drop_their_tunnels_never_open_the_backends_breaker() -> anyhow::Result<()> {
     let origin = Origin::start().await?;
-    let echo = EchoServer::start().await?;
+    let echo = PyServer::start("ws_echo.py").await?;
     let edge = edge_for(origin.url(), echo.url(), &[]).await?;
     // Twice the breaker's 5 consecutive failures: clients that go away right
     // after the 101, and clients that go away before any answer came.

@@ -6,7 +6,6 @@ use http::{Request, Response};
 
 use super::admit::Admitted;
 use super::cache::Cached;
-use super::headers;
 use super::route::Route;
 use super::{Cx, Proxy};
 use crate::body::Body;
@@ -21,14 +20,7 @@ pub async fn forward(
     cached: Option<Cached<'_>>,
     mut req: Request<Body>,
 ) -> Result<Response<Body>, ProxyError> {
-    headers::to_upstream(
-        &mut req,
-        cx.peer,
-        &proxy.trusted,
-        &cx.id,
-        &cx.trace,
-        admitted.host.value,
-    );
+    cx.to_upstream(proxy, admitted.host.value, &mut req);
     // Both futures are boxed: inline, the cache's made every request's future
     // 13.8 KB, copied whole by hyper and by each layer above (2.9 KB boxed).
     if let Some(c) = cached {

@@ -289,6 +289,14 @@ pub struct Cx<'p> {
     grpc: bool,
 }
 
+impl Cx<'_> {
+    /// Rewrites `req` into what the upstream gets (`headers::to_upstream`): the
+    /// one place `forward` and `upgrade` both go through.
+    fn to_upstream(&self, proxy: &Proxy, host: HeaderValue, req: &mut Request<Body>) {
+        headers::to_upstream(req, self.peer, &proxy.trusted, &self.id, &self.trace, host);
+    }
+}
+
 /// A phase's verdict on whether the request goes on.
 pub enum Flow {
     Continue,

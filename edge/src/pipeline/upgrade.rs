@@ -28,7 +28,6 @@ use http::header::{CONNECTION, CONTENT_LENGTH, TE, TRANSFER_ENCODING, UPGRADE};
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Version};
 
 use super::admit::Admitted;
-use super::headers;
 use super::route::Route;
 use super::{Cx, Proxy};
 use crate::body::Body;
@@ -178,14 +177,7 @@ pub async fn upgrade(
     offer: Offer,
     mut req: Request<Body>,
 ) -> Result<Response<Body>, ProxyError> {
-    headers::to_upstream(
-        &mut req,
-        cx.peer,
-        &proxy.trusted,
-        &cx.id,
-        &cx.trace,
-        admitted.host.value,
-    );
+    cx.to_upstream(proxy, admitted.host.value, &mut req);
     let h = req.headers_mut();
     // `to_upstream` took every hop-by-hop field out; these two are this hop's
     // own. TE would need naming in Connection too, and a tunnel has no use for it.

@@ -439,12 +439,8 @@ impl<B: ReqBody> Pool<B> {
         // and a connect that failed put no load on anyone.
         let mut pinned = prefer.is_some() || (key.is_some() && members.maglev.is_some());
         loop {
-            let chosen = self.choose(&members, &tried, key, regions.as_deref(), prefer.take());
-            let Some((i, admit)) = chosen else {
-                return Err(Error::NoEndpoints {
-                    pool: self.name.clone(),
-                });
-            };
+            let (i, admit) =
+                self.choose_or_fail(&members, &tried, key, regions.as_deref(), prefer.take())?;
             let backend = &members.backends[i];
             let fresh = tried.contains(i);
             tried.push(i);
@@ -636,6 +632,21 @@ impl<B: ReqBody> Pool<B> {
 
     /// An endpoint whose breaker admits a request, preferring ones not tried yet,
     /// and in a regional pool, regions in the order of `regions`.
+    /// [`Self::choose`], or the error a request gets when no endpoint can take it.
+    fn choose_or_fail(
+        &self,
+        members: &Members<B>,
+        tried: &Tried,
+        key: Option<u64>,
+        regions: Option<&[RegionId]>,
+        prefer: Option<u64>,
+    ) -> Result<(usize, Admit), Error> {
+        self.choose(members, tried, key, regions, prefer)
+            .ok_or_else(|| Error::NoEndpoints {
+                pool: self.name.clone(),
+            })
+    }
+
     fn choose(
         &self,
         members: &Members<B>,

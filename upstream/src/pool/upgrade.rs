@@ -32,12 +32,8 @@ impl<B: ReqBody> Pool<B> {
         let mut tried = Tried::default();
         let mut req = req;
         loop {
-            let chosen = self.choose(&members, &tried, key, regions.as_deref(), prefer.take());
-            let Some((i, admit)) = chosen else {
-                return Err(Error::NoEndpoints {
-                    pool: self.name.clone(),
-                });
-            };
+            let (i, admit) =
+                self.choose_or_fail(&members, &tried, key, regions.as_deref(), prefer.take())?;
             let backend = &members.backends[i];
             tried.push(i);
             let mut attempt = Attempt::new(backend, admit);
