@@ -10,6 +10,7 @@
 pub mod admin;
 mod h1;
 mod h2;
+mod h2_frames;
 pub mod idle;
 pub mod overload;
 mod proxy_protocol;
