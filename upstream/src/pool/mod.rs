@@ -434,9 +434,10 @@ impl<B: ReqBody> Pool<B> {
         let regions = self.preference(&members, req.extensions().get::<Locality>());
         let mut prefer = req.extensions().get::<Prefer>().map(|p| p.0);
         // A request pinned to one endpoint (sticky) whose first try could not
-        // even connect gets its next try free of the budget: a burst of pinned
-        // users meeting a freshly dead endpoint must not drain it for everyone,
-        // and a connect that failed put no load on anyone.
+        // even connect (or, if safe, was broken off on a reused connection)
+        // gets its next try free of the budget: a burst of pinned users meeting
+        // a freshly dead endpoint must not drain it for everyone, and neither
+        // put load on anyone.
         let mut pinned = prefer.is_some() || (key.is_some() && members.maglev.is_some());
         loop {
             let (i, admit) =
@@ -503,6 +504,19 @@ impl<B: ReqBody> Pool<B> {
                     // A stale pooled connection is not the endpoint's fault; a timeout is.
                     let timeout = matches!(error, Error::Timeout { .. });
                     attempt.failed_if(!reused || timeout);
+                    // A pinned endpoint that just died can leave a pooled
+                    // connection edge has not seen close yet: a safe request
+                    // written on it is broken off before any answer. Like a
+                    // failed connect, that loaded nobody: the next try is free.
+                    if let Some(r) = safe_replay.filter(|_| pinned && reused && !timeout) {
+                        if self.has_untried(&members, &tried) {
+                            pinned = false;
+                            self.retries.fetch_add(1, Ordering::Relaxed);
+                            tracing::debug!(pool = %self.name, error = %error, "pinned endpoint's connection broke off; choosing another");
+                            req = r.rebuild();
+                            continue;
+                        }
+                    }
                     match safe_replay {
                         Some(r) => (error, r.rebuild(), timeout),
                         None => return Err(error),
