@@ -434,7 +434,7 @@ impl<B: ReqBody> Pool<B> {
         let regions = self.preference(&members, req.extensions().get::<Locality>());
         let mut prefer = req.extensions().get::<Prefer>().map(|p| p.0);
         // A request pinned to one endpoint (sticky) whose first try could not
-        // even connect (or, if safe, was broken off on a reused connection)
+        // even connect (or, if safe, was broken off before any answer)
         // gets its next try free of the budget: a burst of pinned users meeting
         // a freshly dead endpoint must not drain it for everyone, and neither
         // put load on anyone.
@@ -505,10 +505,11 @@ impl<B: ReqBody> Pool<B> {
                     let timeout = matches!(error, Error::Timeout { .. });
                     attempt.failed_if(!reused || timeout);
                     // A pinned endpoint that just died can leave a pooled
-                    // connection edge has not seen close yet: a safe request
-                    // written on it is broken off before any answer. Like a
-                    // failed connect, that loaded nobody: the next try is free.
-                    if let Some(r) = safe_replay.filter(|_| pinned && reused && !timeout) {
+                    // connection edge has not seen close yet, or accept in the
+                    // kernel a connection it never serves: a safe request sent
+                    // on it is broken off before any answer. Like a failed
+                    // connect, that loaded nobody: the next try is free.
+                    if let Some(r) = safe_replay.filter(|_| pinned && !timeout) {
                         if self.has_untried(&members, &tried) {
                             pinned = false;
                             self.retries.fetch_add(1, Ordering::Relaxed);
