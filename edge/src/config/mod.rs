@@ -4,6 +4,11 @@
 //! missing files and dangling pool names are all reported together, each with its
 //! key path and line. Only this module knows TOML; the library crates take their
 //! own plain config structs.
+//!
+//! Long (past 900 lines) because the top-level keys and their cross-checks
+//! (listener collisions, the admin token) live here; sections with their own
+//! rules already have their own modules (`pools`, `cache`, `acme`, ...), and the
+//! top-level listener keys are the next to move out.
 
 mod acme;
 mod cache;

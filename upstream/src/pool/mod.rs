@@ -1,5 +1,9 @@
 //! A pool: its endpoints, how one is chosen, and how a request survives one
 //! endpoint's failure (retry elsewhere when provably safe, within a budget).
+//!
+//! Long (past 800 lines): choosing (`choose`, `pick`, locality) and sending
+//! (`send_tries`, retries, the budget) share the members and the tried set;
+//! `choose`/`pick` are the part to move into a `choose.rs` of their own.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
