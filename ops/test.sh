@@ -97,7 +97,9 @@ failed=0
 # (The overload test, which pushes edge's RSS past a mark, runs alone below.)
 cargo test --workspace --no-fail-fast -- --test-threads=2 --skip 1gib \
   --skip overload_stops_accepting_and_sheds_idle_connections || failed=1
-cargo test -p edge-tests --test slots -- --test-threads=1 overload || failed=1
+# These two say --workspace like the run above: with `-p edge-tests` cargo
+# unifies features over fewer packages and rebuilds every dependency (4 min).
+cargo test --workspace --test slots -- --test-threads=1 overload || failed=1
 # The streaming tests one at a time: each already keeps both cores busy.
-cargo test -p edge-tests --test streaming -- --test-threads=1 || failed=1
+cargo test --workspace --test streaming -- --test-threads=1 || failed=1
 exit "$failed"

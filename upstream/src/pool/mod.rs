@@ -437,8 +437,8 @@ impl<B: ReqBody> Pool<B> {
         let key = req.extensions().get::<HashKey>().map(|k| k.0);
         let regions = self.preference(&members, req.extensions().get::<Locality>());
         let mut prefer = req.extensions().get::<Prefer>().map(|p| p.0);
-        // A request pinned to one endpoint (sticky) whose first try could not
-        // even connect (or, if safe, was broken off before any answer)
+        // A request pinned to one endpoint (sticky) whose first try was never
+        // sent (or, if safe, was broken off before any answer)
         // gets its next try free of the budget: a burst of pinned users meeting
         // a freshly dead endpoint must not drain it for everyone, and neither
         // put load on anyone.
@@ -495,7 +495,10 @@ impl<B: ReqBody> Pool<B> {
                 }
                 Err(Failed::Unsent(unsent, error)) => {
                     attempt.failed_if(error.is_connect());
-                    if pinned && error.is_connect() && self.has_untried(&members, &tried) {
+                    // Never sent (a failed connect, or a pooled connection
+                    // hyper saw close before the request left): nobody was
+                    // loaded, whatever the cause.
+                    if pinned && self.has_untried(&members, &tried) {
                         pinned = false;
                         self.retries.fetch_add(1, Ordering::Relaxed);
                         tracing::debug!(pool = %self.name, error = %error, "pinned endpoint unreachable; choosing another");
