@@ -41,6 +41,7 @@ fn route_match(c: &mut Criterion) {
             cache_set_cookie: false,
             max_body_bytes: None,
             cache_statuses: edge::config::CacheStatuses::default(),
+            require_client_cert: false,
         })
         .collect();
     let table = Routes::new(&routes, |_| Some(0), &Default::default());
@@ -67,6 +68,7 @@ fn upstream_rewrite(c: &mut Criterion) {
         ip: "192.0.2.10".parse().expect("ip"),
         tls: true,
         sni: None,
+        client_cert: None,
     };
     let trusted = ["10.0.0.0/8".parse().expect("net")];
     let id = HeaderValue::from_static("0b9e6c1e-4a8f-4a51-9b5e-2f1f8f0d2c11");
@@ -75,7 +77,7 @@ fn upstream_rewrite(c: &mut Criterion) {
     c.bench_function("to_upstream_browser_get", |b| {
         b.iter(|| {
             let mut req = base.clone();
-            to_upstream(&mut req, peer, &trusted, &id, &trace, host.clone());
+            to_upstream(&mut req, &peer, &trusted, &id, &trace, host.clone());
             req
         })
     });

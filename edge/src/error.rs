@@ -38,6 +38,8 @@ pub enum ErrorKind {
     /// Edge itself is out of resources or shedding load (file descriptors,
     /// connection caps, requests in flight): no backend is at fault.
     Overloaded,
+    /// The route needs a verified client certificate and the connection has none.
+    ClientCertRequired,
 }
 
 /// nginx's "client closed request": logged and counted, never sent.
@@ -82,6 +84,7 @@ impl ErrorKind {
             ErrorKind::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             ErrorKind::ClientClosed => CLIENT_CLOSED_REQUEST,
             ErrorKind::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorKind::ClientCertRequired => StatusCode::FORBIDDEN,
         }
     }
 
@@ -93,7 +96,8 @@ impl ErrorKind {
             | ErrorKind::BodyTooLarge
             | ErrorKind::HeadersTooLarge
             | ErrorKind::RequestTimeout
-            | ErrorKind::ClientClosed => Side::Client,
+            | ErrorKind::ClientClosed
+            | ErrorKind::ClientCertRequired => Side::Client,
             ErrorKind::UpstreamConnect
             | ErrorKind::UpstreamFailed
             | ErrorKind::UpstreamTimeout
@@ -118,6 +122,7 @@ impl ErrorKind {
             ErrorKind::RequestTimeout => "request body not received in time",
             ErrorKind::ClientClosed => "client closed the request",
             ErrorKind::Overloaded => "edge is overloaded",
+            ErrorKind::ClientCertRequired => "a client certificate is required",
         }
     }
 
@@ -137,6 +142,7 @@ impl ErrorKind {
             ErrorKind::RequestTimeout => "request_timeout",
             ErrorKind::ClientClosed => "client_closed",
             ErrorKind::Overloaded => "overloaded",
+            ErrorKind::ClientCertRequired => "client_cert_required",
         }
     }
 }
@@ -209,6 +215,7 @@ impl ErrorKind {
         const CANCELLED: u8 = 1;
         const DEADLINE_EXCEEDED: u8 = 4;
         const RESOURCE_EXHAUSTED: u8 = GRPC_RESOURCE_EXHAUSTED;
+        const PERMISSION_DENIED: u8 = 7;
         const UNIMPLEMENTED: u8 = 12;
         const INTERNAL: u8 = 13;
         const UNAVAILABLE: u8 = 14;
@@ -218,6 +225,7 @@ impl ErrorKind {
             ErrorKind::BodyTooLarge | ErrorKind::HeadersTooLarge => RESOURCE_EXHAUSTED,
             ErrorKind::UpstreamTimeout | ErrorKind::RequestTimeout => DEADLINE_EXCEEDED,
             ErrorKind::ClientClosed => CANCELLED,
+            ErrorKind::ClientCertRequired => PERMISSION_DENIED,
             ErrorKind::MisdirectedRequest
             | ErrorKind::UpstreamConnect
             | ErrorKind::UpstreamFailed
@@ -388,6 +396,7 @@ mod tests {
             (ErrorKind::RequestTimeout, 408, Side::Client),
             (ErrorKind::ClientClosed, 499, Side::Client),
             (ErrorKind::Overloaded, 503, Side::Internal),
+            (ErrorKind::ClientCertRequired, 403, Side::Client),
         ];
         for (kind, status, side) in table {
             assert_eq!(kind.status().as_u16(), status, "{kind:?}");

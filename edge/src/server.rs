@@ -173,7 +173,15 @@ pub async fn run(config: Config, reload: Option<Reloader>) -> Result<(), Error> 
         .acme
         .as_ref()
         .is_some_and(|a| a.challenge == config::AcmeChallenge::TlsAlpn01);
-    let acceptor = tokio_rustls::TlsAcceptor::from(tls::tcp_config(resolver.clone(), tls_alpn)?);
+    let clients = match &shared.config.tls.client_auth {
+        Some(auth) => Some(tls::client_verifier(auth)?),
+        None => None,
+    };
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls::tcp_config(
+        resolver.clone(),
+        tls_alpn,
+        clients.clone(),
+    )?);
     let mut loops = tokio::task::JoinSet::new();
     let mut endpoints = Vec::new();
     // Redirects go to the first TLS address's port.
@@ -181,7 +189,12 @@ pub async fn run(config: Config, reload: Option<Reloader>) -> Result<(), Error> 
     for (tcp, udp) in tls_bound {
         let addr = local(&tcp)?;
         https_port.get_or_insert(addr.port());
-        endpoints.push(quic::endpoint(udp, resolver.clone(), &shared)?);
+        endpoints.push(quic::endpoint(
+            udp,
+            resolver.clone(),
+            clients.clone(),
+            &shared,
+        )?);
         let alt_svc = alt_svc(&shared.config, addr.port());
         let server = TcpServer::new(shared.clone(), Some(acceptor.clone()), alt_svc);
         loops.spawn(Arc::new(server).run(tokio_listener(tcp, addr)?));
@@ -555,6 +568,9 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
     }
     if old.tls.handshake_timeout != new.tls.handshake_timeout {
         changed.push("tls.handshake_timeout");
+    }
+    if old.tls.client_auth != new.tls.client_auth {
+        changed.push("tls.client_auth");
     }
     if old.state_dir != new.state_dir {
         changed.push("state_dir");

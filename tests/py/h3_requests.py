@@ -2,6 +2,7 @@
 
 Usage: h3_requests.py --ca CA.pem --host 127.0.0.1 --port PORT --spec JSON
                       [--server-name NAME] [--insecure] [--peer-cert]
+                      [--client-cert PEM --client-key PEM]
 
 JSON is a list of requests: {"method", "path", "headers": [[name, value]],
 "big_header_bytes": N (adds an `x-big` header of N bytes), "body_bytes": N}.
@@ -13,6 +14,7 @@ stream. Exits non-zero only if the connection itself could not be used.
 certificate verification; --peer-cert prints {"peer_certificate": {"subject",
 "dns_names", "serial", "der"}, "results": [...]} instead, describing the certificate
 the server sent ("serial" in lower-case hex, "der" the certificate in base64).
+--client-cert/--client-key present a client certificate (mTLS).
 """
 
 import argparse
@@ -121,11 +123,15 @@ async def main():
     parser.add_argument("--spec", required=True)
     parser.add_argument("--insecure", action="store_true")
     parser.add_argument("--peer-cert", action="store_true")
+    parser.add_argument("--client-cert")
+    parser.add_argument("--client-key")
     args = parser.parse_args()
     specs = json.loads(args.spec)
 
     config = QuicConfiguration(is_client=True, alpn_protocols=H3_ALPN)
     config.load_verify_locations(args.ca)
+    if args.client_cert:
+        config.load_cert_chain(args.client_cert, args.client_key)
     if args.insecure:
         config.verify_mode = ssl.CERT_NONE
     config.server_name = args.server_name

@@ -344,6 +344,17 @@ pub async fn h3_requests_sni(
     run_h3_requests(edge, spec, &extra).await
 }
 
+/// Like [`h3_requests`], presenting `client` as the client certificate (mTLS).
+pub async fn h3_requests_as(
+    edge: &Edge,
+    client: &crate::LeafFiles,
+    spec: &serde_json::Value,
+) -> anyhow::Result<serde_json::Value> {
+    let cert = client.cert.to_string_lossy();
+    let key = client.key.to_string_lossy();
+    run_h3_requests(edge, spec, &["--client-cert", &cert, "--client-key", &key]).await
+}
+
 /// `h3_requests.py` at edge's HTTP/3 address with the test CA, `spec` and `extra`.
 async fn run_h3_requests(
     edge: &Edge,

@@ -78,6 +78,7 @@ impl Pki {
                 IpAddr::V4(Ipv4Addr::LOCALHOST),
                 IpAddr::V6(Ipv6Addr::LOCALHOST),
             ],
+            ExtendedKeyUsagePurpose::ServerAuth,
         )?;
         Ok(Self {
             ca_cert,
@@ -90,7 +91,32 @@ impl Pki {
     /// Signs a leaf for the DNS names `names` (the first is also its common name)
     /// with this CA, written to `dir/STEM.pem` and `dir/STEM.key`.
     pub fn issue_leaf(&self, dir: &Path, stem: &str, names: &[&str]) -> anyhow::Result<LeafFiles> {
-        issue(&self.ca, dir, stem, names, &[])
+        issue(
+            &self.ca,
+            dir,
+            stem,
+            names,
+            &[],
+            ExtendedKeyUsagePurpose::ServerAuth,
+        )
+    }
+
+    /// Signs a client certificate (mTLS) for `names` (the first is also its
+    /// common name), written to `dir/STEM.pem` and `dir/STEM.key`.
+    pub fn issue_client(
+        &self,
+        dir: &Path,
+        stem: &str,
+        names: &[&str],
+    ) -> anyhow::Result<LeafFiles> {
+        issue(
+            &self.ca,
+            dir,
+            stem,
+            names,
+            &[],
+            ExtendedKeyUsagePurpose::ClientAuth,
+        )
     }
 
     /// The `localhost` leaf generated with the CA.
@@ -108,6 +134,7 @@ fn issue(
     stem: &str,
     names: &[&str],
     ips: &[IpAddr],
+    usage: ExtendedKeyUsagePurpose,
 ) -> anyhow::Result<LeafFiles> {
     let mut params =
         CertificateParams::new(names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>())?;
@@ -118,7 +145,7 @@ fn issue(
         .subject_alt_names
         .extend(ips.iter().copied().map(SanType::IpAddress));
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    params.extended_key_usages = vec![usage];
     let key = KeyPair::generate()?;
     let cert = params.signed_by(&key, &ca.cert, &ca.key)?;
     let files = LeafFiles {

@@ -20,6 +20,7 @@ mod redis;
 mod regions;
 mod split;
 mod sticky;
+mod tls;
 pub use acme::{Acme, AcmeChallenge};
 mod upgrade;
 use cache::read_cache;
@@ -33,6 +34,8 @@ pub use redis::{Redis, RedisTarget};
 pub use regions::{Geo, GeoRegion, Prefer};
 pub use split::{Guard, Match, Split, SplitVersion, Target, BUCKETS, DEFAULT_HEADER};
 pub use sticky::{is_cookie_name, Sticky, StickyKey, MIN_SECRET};
+use tls::read_tls;
+pub use tls::{CertFiles, ClientAuth, ClientAuthMode, Tls, CLIENT_CERT_HEADER};
 pub use upgrade::Upgrade;
 mod walk;
 
@@ -162,19 +165,6 @@ pub struct AltSvc {
     pub max_age: Duration,
 }
 
-#[derive(Clone, Debug)]
-pub struct Tls {
-    pub handshake_timeout: Duration,
-    /// Served by SNI; the first is the default. Empty: a self-signed one is made at start.
-    pub certificates: Vec<CertFiles>,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct CertFiles {
-    pub cert: PathBuf,
-    pub key: PathBuf,
-}
-
 /// Downstream (client-facing) timeouts and limits, the same on h1, h2 and h3.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Client {
@@ -260,6 +250,9 @@ pub struct Route {
     pub max_body_bytes: Option<u64>,
     /// The statuses this route's cache may store.
     pub cache_statuses: CacheStatuses,
+    /// Only clients that presented a verified certificate (`[tls.client_auth]`)
+    /// may use this route; others get 403.
+    pub require_client_cert: bool,
     /// Gray release: versions sharing the route (`pool` is then the baseline's).
     pub split: Option<Split>,
 }
@@ -316,6 +309,7 @@ impl Route {
             cache_set_cookie: false,
             max_body_bytes: None,
             cache_statuses: CacheStatuses::default(),
+            require_client_cert: false,
             split: None,
         }
     }
@@ -355,10 +349,7 @@ impl Config {
                 enabled: true,
                 max_age: Duration::from_secs(86400),
             },
-            tls: Tls {
-                handshake_timeout: Duration::from_secs(10),
-                certificates: Vec::new(),
-            },
+            tls: Tls::default(),
             client: Client::default(),
             routes: vec![Route::catch_all(DEFAULT_POOL)],
             pools: vec![Pool::new(DEFAULT_POOL, endpoints)],
@@ -602,7 +593,7 @@ fn read(cx: &mut Cx<'_>, doc: &toml_edit::Table, base: &Path) -> Config {
     let client = read_client(cx, &mut root);
     let geo = regions::read_geo(cx, &mut root, base);
     let pools = read_pools(cx, &mut root, base, geo.as_ref());
-    let routes = read_routes(cx, &mut root, &pools, geo.as_ref());
+    let routes = read_routes(cx, &mut root, &pools, geo.as_ref(), &tls);
     let cache = read_cache(cx, &mut root);
     let redis = redis::read_redis(cx, &mut root, base);
     let redis = merge_legacy_redis(cx, &root, &cache, redis);
@@ -734,27 +725,6 @@ fn read_alt_svc(cx: &mut Cx<'_>, root: &mut Table<'_>, d: AltSvc) -> AltSvc {
     out
 }
 
-fn read_tls(cx: &mut Cx<'_>, root: &mut Table<'_>, base: &Path, d: Tls) -> Tls {
-    let Some(mut t) = root.table(cx, "tls") else {
-        return d;
-    };
-    let handshake_timeout = t.or(cx, "handshake_timeout", d.handshake_timeout);
-    let mut certificates = Vec::new();
-    for mut c in t.tables(cx, "certificates") {
-        let cert = existing_file(cx, &mut c, "cert", base);
-        let key = existing_file(cx, &mut c, "key", base);
-        if let (Some(cert), Some(key)) = (cert, key) {
-            certificates.push(CertFiles { cert, key });
-        }
-        c.finish(cx);
-    }
-    t.finish(cx);
-    Tls {
-        handshake_timeout,
-        certificates,
-    }
-}
-
 /// A required path that must name a readable file.
 fn existing_file(
     cx: &mut Cx<'_>,
@@ -868,6 +838,7 @@ fn read_routes(
     root: &mut Table<'_>,
     pools: &[Pool],
     geo: Option<&Geo>,
+    tls: &Tls,
 ) -> Vec<Route> {
     let line = root.line_of(cx, "routes");
     let tables = root.tables(cx, "routes");
@@ -912,6 +883,15 @@ fn read_routes(
         let cache_set_cookie = t.or(cx, "cache_set_cookie", false);
         let max_body_bytes = t.opt(cx, "max_body_bytes");
         let cache_statuses = t.or(cx, "cache_statuses", CacheStatuses::default());
+        let require_client_cert = t.or(cx, "require_client_cert", false);
+        if require_client_cert && tls.client_auth.is_none() {
+            let line = t.line_of(cx, "require_client_cert");
+            cx.error(
+                line,
+                &t.path("require_client_cert"),
+                "needs [tls.client_auth] (the CA client certificates are verified against)",
+            );
+        }
         let split = split::read_split(cx, &mut t, pools, geo);
         let pool = match (t.opt::<String>(cx, "pool"), &split) {
             (None, Some(s)) => s.versions.first().map(|v| v.pool.clone()),
@@ -950,6 +930,7 @@ fn read_routes(
                 cache_set_cookie,
                 max_body_bytes,
                 cache_statuses,
+                require_client_cert,
                 split,
             });
         }

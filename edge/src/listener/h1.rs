@@ -129,7 +129,7 @@ pub(crate) async fn serve<I: Parkable>(server: Arc<TcpServer>, io: I, peer: Peer
             eager = parked_at.is_none_or(|at| at.elapsed() >= PARK_AFTER);
         }
         // Boxed so the parked task holds only the socket, not the burst's state.
-        match Box::pin(burst(&server, parked, peer, eager)).await {
+        match Box::pin(burst(&server, parked, peer.clone(), eager)).await {
             Burst::Ended => return,
             Burst::Switched(s) => {
                 return Box::pin(super::tunnel::run(&server.shared, s, peer)).await
@@ -163,6 +163,7 @@ async fn burst<I: Parkable>(
     });
     let svc_state = state.clone();
     let svc_server = server.clone();
+    let svc_peer = peer.clone();
     let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
         svc_state.begin(&req);
         // hyper's half of an upgrade the request asked for; it completes only
@@ -170,6 +171,7 @@ async fn burst<I: Parkable>(
         let client_upgrade = req.extensions_mut().remove::<OnUpgrade>();
         let server = svc_server.clone();
         let state = svc_state.clone();
+        let peer = svc_peer.clone();
         async move {
             let mut resp = server.respond(peer, req.map(Body::Incoming)).await;
             if resp.status() == StatusCode::SWITCHING_PROTOCOLS {

@@ -166,9 +166,11 @@ pub(super) async fn serve<I: Parkable>(server: Arc<TcpServer>, io: I, peer: Peer
     });
     let svc_server = server.clone();
     let svc_state = state.clone();
+    let svc_peer = peer.clone();
     let service = hyper::service::service_fn(move |req: Request| {
         let server = svc_server.clone();
         let state = svc_state.clone();
+        let peer = svc_peer.clone();
         async move { Ok::<_, Infallible>(stream(&server, &state, peer, req).await) }
     });
     let conn = server.h2.serve_connection(io, service);
@@ -270,7 +272,7 @@ async fn stream(
     // the response is a 2xx.
     let client_upgrade = req.extensions_mut().remove::<hyper::upgrade::OnUpgrade>();
     let mut resp = server
-        .respond(peer, req.map(|b| Body::boxed(DrainOnDrop(Some(b)))))
+        .respond(peer.clone(), req.map(|b| Body::boxed(DrainOnDrop(Some(b)))))
         .await;
     if let Some(tunnel) = resp.extensions_mut().remove::<crate::pipeline::Tunnel>() {
         tunnel_stream(server, peer, tunnel, client_upgrade, &mut resp);

@@ -41,10 +41,11 @@ type H3Send = h3::server::RequestStream<h3_quinn::SendStream<Bytes>, Bytes>;
 pub fn endpoint(
     socket: UdpSocket,
     resolver: Arc<CertResolver>,
+    clients: Option<Arc<dyn rustls::server::danger::ClientCertVerifier>>,
     shared: &Shared,
 ) -> Result<quinn::Endpoint, crate::start::StartError> {
     let client = &shared.config.client;
-    let crypto = QuicServerConfig::try_from(tls::quic_config(resolver)?)
+    let crypto = QuicServerConfig::try_from(tls::quic_config(resolver, clients)?)
         .map_err(|e| crate::start::StartError::Setup(e.to_string()))?;
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     let mut transport = quinn::TransportConfig::default();
@@ -157,6 +158,10 @@ async fn serve_conn(conn: quinn::Connection, peer: SocketAddr, shared: Arc<Share
         .handshake_data()
         .and_then(|d| d.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
         .and_then(|d| d.server_name);
+    let chain = conn.peer_identity().and_then(|id| {
+        id.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
+            .ok()
+    });
     let limit = super::tcp::backstop(shared.config.client.max_header_bytes);
     let max_field_section = u64::try_from(limit).unwrap_or(u64::MAX);
     let quic = conn.clone();
@@ -175,6 +180,7 @@ async fn serve_conn(conn: quinn::Connection, peer: SocketAddr, shared: Arc<Share
             .certs
             .zip(sni.as_deref())
             .map(|(c, n)| Sni::new(c, n)),
+        client_cert: tls::client_cert_value(chain.as_deref().map(Vec::as_slice)),
     };
     let mut draining = false;
     // Made once, not per accepted request.
@@ -220,6 +226,7 @@ async fn serve_conn(conn: quinn::Connection, peer: SocketAddr, shared: Arc<Share
             Ok(Some(resolver)) => {
                 let shared = shared.clone();
                 let in_flight = InFlight::enter(&in_flight);
+                let peer = peer.clone();
                 tokio::spawn(async move {
                     serve_stream(resolver, peer, shared).await;
                     drop(in_flight);
@@ -314,13 +321,14 @@ async fn serve_stream(
         .and_then(|v| v.parse().ok());
     let req = req.map(|()| Body::H3(H3Body::new(recv, len)));
     let proxy = shared.proxy.load();
+    let ip = peer.ip;
     let resp = pipeline::handle(&proxy, &shared.metrics, peer, req).await;
     let write_idle = shared.config.client.write_idle_timeout;
     if let Err(e) = write_response(&mut send, resp, write_idle).await {
         if e.is::<WriteIdle>() {
             shared.metrics.write_idle_timeout(Proto::H3);
         }
-        tracing::debug!(peer = %peer.ip, error = %e, "HTTP/3 response not completed");
+        tracing::debug!(peer = %ip, error = %e, "HTTP/3 response not completed");
     }
 }
 

@@ -133,7 +133,7 @@ impl TcpServer {
         let Some(proto) = sniff_h2c(&stream, client.header_read_timeout).await else {
             return;
         };
-        self.serve_http(stream, peer, proto, None).await
+        self.serve_http(stream, peer, proto, None, None).await
     }
 
     /// The client's address: the peer's, or what a trusted load balancer's
@@ -193,9 +193,14 @@ impl TcpServer {
             }
             _ => Proto::H1,
         };
-        let sni = stream.get_ref().1.server_name();
-        let sni = self.shared.certs.zip(sni).map(|(c, n)| Sni::new(c, n));
-        self.serve_http(stream, peer, proto, sni).await;
+        let tls = stream.get_ref().1;
+        let sni = self
+            .shared
+            .certs
+            .zip(tls.server_name())
+            .map(|(c, n)| Sni::new(c, n));
+        let client_cert = crate::tls::client_cert_value(tls.peer_certificates());
+        self.serve_http(stream, peer, proto, sni, client_cert).await;
     }
 
     async fn serve_http<I: Parkable>(
@@ -204,12 +209,14 @@ impl TcpServer {
         peer: IpAddr,
         proto: Proto,
         sni: Option<Sni>,
+        client_cert: Option<http::HeaderValue>,
     ) {
         let _open = self.shared.metrics.connection(proto);
         let peer = Peer {
             ip: peer,
             tls: self.tls.is_some(),
             sni,
+            client_cert,
         };
         if proto == Proto::H1 {
             return super::h1::serve(self, io, peer).await;

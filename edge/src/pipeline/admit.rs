@@ -93,7 +93,7 @@ pub async fn admit(
     }
     path::normalize(req, proxy.path)?;
     // Read before `forward` rewrites X-Forwarded-For.
-    let client = headers::client_ip(req.headers(), cx.peer, &proxy.trusted);
+    let client = headers::client_ip(req.headers(), &cx.peer, &proxy.trusted);
     let upgrade = super::upgrade::offered(&proxy.upgrade, req);
     Ok(Admitted {
         host,

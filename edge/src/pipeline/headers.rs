@@ -87,19 +87,22 @@ pub fn framing(headers: &HeaderMap) -> Result<(), ProxyError> {
 }
 
 /// What the pipeline knows of the connection a request arrived on.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct Peer {
     pub ip: IpAddr,
     pub tls: bool,
     /// The TLS server name the connection asked for, when it named one.
     pub sni: Option<crate::tls::Sni>,
+    /// The client certificate rustls verified (`[tls.client_auth]`), as the
+    /// upstream header's value (`tls::client_cert_value`).
+    pub client_cert: Option<HeaderValue>,
 }
 
 /// The client's address: the peer's, unless the peer is a trusted proxy; then
 /// the nearest address in `X-Forwarded-For` (right to left) that is not itself a
 /// trusted proxy. A chain of nothing but trusted proxies gives its first entry;
 /// an unparsable entry stops the walk at the last good address.
-pub fn client_ip(h: &HeaderMap, peer: Peer, trusted: &[IpNet]) -> IpAddr {
+pub fn client_ip(h: &HeaderMap, peer: &Peer, trusted: &[IpNet]) -> IpAddr {
     let is_trusted = |ip: &IpAddr| trusted.iter().any(|n| n.contains(ip));
     if !is_trusted(&peer.ip) {
         return peer.ip;
@@ -139,13 +142,23 @@ fn is_forwarding(name: &HeaderName) -> bool {
     name.as_str().starts_with("x-forwarded-") || FORWARDING.contains(name)
 }
 
+/// With `[tls.client_auth]` the client certificate header is edge's: whatever
+/// the request carried is removed, and the connection's verified certificate,
+/// if it has one, is what the upstream gets.
+pub fn set_client_cert(h: &mut HeaderMap, name: &HeaderName, cert: Option<&HeaderValue>) {
+    h.remove(name);
+    if let Some(v) = cert {
+        h.insert(name.clone(), v.clone());
+    }
+}
+
 /// Turns a client request into the upstream request: hop-by-hop headers out,
 /// forwarding headers owned by edge (an untrusted peer's removed, edge's own
 /// in; a trusted proxy's kept and appended to), origin-form target, Host set
 /// to the canonical authority. The one place for cached and uncached routes.
 pub fn to_upstream<B>(
     req: &mut Request<B>,
-    peer: Peer,
+    peer: &Peer,
     trusted: &[IpNet],
     id: &HeaderValue,
     trace: &super::trace::Trace,

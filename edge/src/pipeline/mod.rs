@@ -55,6 +55,8 @@ pub struct Proxy {
     routes: Routes,
     pools: Vec<Arc<Pool<Body>>>,
     trusted: Vec<IpNet>,
+    /// The client certificate header, with `[tls.client_auth]`.
+    client_cert_header: Option<http::HeaderName>,
     /// Header fields a request may carry.
     max_headers: usize,
     /// Header section size a request may carry, counted as RFC 9113 does.
@@ -144,6 +146,7 @@ impl Proxy {
             routes,
             pools,
             trusted: config.trusted_proxies.clone(),
+            client_cert_header: config.tls.client_auth.as_ref().map(|a| a.header.clone()),
             max_headers: config.client.max_headers,
             max_header_bytes: config.client.max_header_bytes,
             path: path::Policy {
@@ -293,7 +296,10 @@ impl Cx<'_> {
     /// Rewrites `req` into what the upstream gets (`headers::to_upstream`): the
     /// one place `forward` and `upgrade` both go through.
     fn to_upstream(&self, proxy: &Proxy, host: HeaderValue, req: &mut Request<Body>) {
-        headers::to_upstream(req, self.peer, &proxy.trusted, &self.id, &self.trace, host);
+        headers::to_upstream(req, &self.peer, &proxy.trusted, &self.id, &self.trace, host);
+        if let Some(name) = &proxy.client_cert_header {
+            headers::set_client_cert(req.headers_mut(), name, self.peer.client_cert.as_ref());
+        }
     }
 }
 

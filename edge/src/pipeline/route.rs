@@ -42,6 +42,12 @@ pub async fn route<'p>(
         .find_route(&admitted.host.host, req.uri().path());
     let mut matched = matched
         .ok_or_else(|| ProxyError::new(ErrorKind::NoRoute, "no route for this host and path"))?;
+    if matched.require_client_cert && cx.peer.client_cert.is_none() {
+        return Err(ProxyError::new(
+            ErrorKind::ClientCertRequired,
+            "this route needs a client certificate",
+        ));
+    }
     if let Some(split) = matched.split {
         let trusted = from_trusted(proxy, cx);
         let (chosen, pool) = split.choose(req, admitted.client, trusted, proxy.geo.as_deref());
@@ -112,6 +118,7 @@ struct Entry {
     /// `Some` when the route's responses go through the cache.
     cache: Option<RouteCache>,
     max_body_bytes: Option<u64>,
+    require_client_cert: bool,
     split: Option<super::gray::Split>,
 }
 
@@ -122,6 +129,8 @@ pub struct Matched<'r> {
     pub cache: Option<RouteCache>,
     /// The route's own request body limit, if it has one.
     pub max_body_bytes: Option<u64>,
+    /// Only a client with a verified certificate may use the route.
+    pub require_client_cert: bool,
     /// A split route's versions (`pool` is then the baseline's until chosen).
     pub split: Option<&'r super::gray::Split>,
 }
@@ -151,6 +160,7 @@ impl Routes {
                         statuses: r.cache_statuses,
                     }),
                     max_body_bytes: r.max_body_bytes,
+                    require_client_cert: r.require_client_cert,
                     split,
                 })
             })
@@ -174,6 +184,7 @@ impl Routes {
                 pool: r.pool,
                 cache: r.cache,
                 max_body_bytes: r.max_body_bytes,
+                require_client_cert: r.require_client_cert,
                 split: r.split.as_ref(),
             })
     }
@@ -202,6 +213,7 @@ mod tests {
             cache_set_cookie: false,
             max_body_bytes: None,
             cache_statuses: config::CacheStatuses::default(),
+            require_client_cert: false,
         }
     }
 

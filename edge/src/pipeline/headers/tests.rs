@@ -63,8 +63,9 @@ fn forwarding_headers_trust_only_configured_proxies() {
         ip: "192.0.2.7".parse().expect("ip"),
         tls: true,
         sni: None,
+        client_cert: None,
     };
-    to_upstream(&mut untrusted, peer, &trusted, &id, &trace(), host.clone());
+    to_upstream(&mut untrusted, &peer, &trusted, &id, &trace(), host.clone());
     let h = untrusted.headers();
     assert_eq!(h["x-forwarded-for"], "192.0.2.7");
     assert_eq!(h["x-forwarded-proto"], "https");
@@ -83,8 +84,9 @@ fn forwarding_headers_trust_only_configured_proxies() {
         ip: "10.1.1.1".parse().expect("ip"),
         tls: false,
         sni: None,
+        client_cert: None,
     };
-    to_upstream(&mut via_proxy, peer, &trusted, &id, &trace(), host);
+    to_upstream(&mut via_proxy, &peer, &trusted, &id, &trace(), host);
     assert_eq!(via_proxy.headers()["x-forwarded-for"], "1.2.3.4, 10.1.1.1");
 }
 
@@ -111,10 +113,11 @@ fn an_untrusted_peers_forwarding_claims_are_replaced_by_edges_own() {
         ip: "2001:db8::7".parse().expect("ip"),
         tls: true,
         sni: None,
+        client_cert: None,
     };
     to_upstream(
         &mut r,
-        peer,
+        &peer,
         &trusted,
         &id,
         &trace(),
@@ -146,10 +149,11 @@ fn a_trusted_proxys_forwarding_headers_pass_and_forwarded_is_appended() {
         ip: "10.0.0.9".parse().expect("ip"),
         tls: false,
         sni: None,
+        client_cert: None,
     };
     to_upstream(
         &mut r,
-        peer,
+        &peer,
         &trusted,
         &id,
         &trace(),
@@ -216,11 +220,12 @@ fn client_ip_believes_only_trusted_proxies() {
         ip: ip.parse().expect("ip"),
         tls: false,
         sni: None,
+        client_cert: None,
     };
     let ip = |s: &str| s.parse::<std::net::IpAddr>().expect("ip");
     let spoofed = req(&[("x-forwarded-for", "127.2.0.1")]);
     assert_eq!(
-        client_ip(spoofed.headers(), peer("127.1.0.1"), &trusted),
+        client_ip(spoofed.headers(), &peer("127.1.0.1"), &trusted),
         ip("127.1.0.1"),
         "an untrusted peer's X-Forwarded-For is ignored"
     );
@@ -230,22 +235,22 @@ fn client_ip_believes_only_trusted_proxies() {
         ("x-forwarded-for", "10.0.0.2"),
     ]);
     assert_eq!(
-        client_ip(chain.headers(), peer("10.0.0.1"), &trusted),
+        client_ip(chain.headers(), &peer("10.0.0.1"), &trusted),
         ip("1.2.3.4")
     );
     let all_trusted = req(&[("x-forwarded-for", "10.0.0.3, 10.0.0.2")]);
     assert_eq!(
-        client_ip(all_trusted.headers(), peer("10.0.0.1"), &trusted),
+        client_ip(all_trusted.headers(), &peer("10.0.0.1"), &trusted),
         ip("10.0.0.3")
     );
     let garbage = req(&[("x-forwarded-for", "nonsense, 10.0.0.2")]);
     assert_eq!(
-        client_ip(garbage.headers(), peer("10.0.0.1"), &trusted),
+        client_ip(garbage.headers(), &peer("10.0.0.1"), &trusted),
         ip("10.0.0.2")
     );
     let none = req(&[]);
     assert_eq!(
-        client_ip(none.headers(), peer("10.0.0.1"), &trusted),
+        client_ip(none.headers(), &peer("10.0.0.1"), &trusted),
         ip("10.0.0.1")
     );
 }

@@ -11,10 +11,14 @@ use arc_swap::ArcSwap;
 
 use rustls::crypto::ring::sign::any_supported_type;
 use rustls::pki_types::{CertificateDer, DnsName, PrivateKeyDer};
+use rustls::server::danger::ClientCertVerifier;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 
 use crate::config::CertFiles;
+
+mod client_auth;
+pub use client_auth::{client_cert_value, client_verifier};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -41,6 +45,9 @@ pub enum TlsError {
     /// Generating the self-signed certificate failed.
     #[error("generating a self-signed certificate failed")]
     Generate(#[from] rcgen::Error),
+    /// The client CA bundle cannot verify client certificates.
+    #[error("client certificate verifier")]
+    Verifier(#[from] rustls::server::VerifierBuilderError),
 }
 
 /// One loaded set of certificates, swapped whole on reload.
@@ -416,14 +423,20 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 /// TLS 1.3 and 1.2 for the TCP listener, h2 preferred over http/1.1; with
 /// `acme_alpn`, `acme-tls/1` too, for TLS-ALPN-01 validation (only a client
 /// that offers it alone gets it: see `is_acme_challenge`).
+/// `clients`: the client certificate verifier (`client_verifier`), when
+/// `[tls.client_auth]` is set.
 pub fn tcp_config(
     resolver: Arc<CertResolver>,
     acme_alpn: bool,
+    clients: Option<Arc<dyn ClientCertVerifier>>,
 ) -> Result<Arc<rustls::ServerConfig>, TlsError> {
-    let mut cfg = rustls::ServerConfig::builder_with_provider(provider())
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
-        .with_no_client_auth()
-        .with_cert_resolver(resolver);
+    let builder = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?;
+    let mut cfg = match clients {
+        Some(v) => builder.with_client_cert_verifier(v),
+        None => builder.with_no_client_auth(),
+    }
+    .with_cert_resolver(resolver);
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     if acme_alpn {
         cfg.alpn_protocols.push(ACME_TLS_ALPN.to_vec());
@@ -433,11 +446,17 @@ pub fn tcp_config(
 
 /// TLS 1.3 only, ALPN h3, for QUIC. 0-RTT stays off until the 425 rule for unsafe
 /// methods is in place.
-pub fn quic_config(resolver: Arc<CertResolver>) -> Result<rustls::ServerConfig, TlsError> {
-    let mut cfg = rustls::ServerConfig::builder_with_provider(provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_no_client_auth()
-        .with_cert_resolver(resolver);
+pub fn quic_config(
+    resolver: Arc<CertResolver>,
+    clients: Option<Arc<dyn ClientCertVerifier>>,
+) -> Result<rustls::ServerConfig, TlsError> {
+    let builder = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?;
+    let mut cfg = match clients {
+        Some(v) => builder.with_client_cert_verifier(v),
+        None => builder.with_no_client_auth(),
+    }
+    .with_cert_resolver(resolver);
     cfg.alpn_protocols = vec![b"h3".to_vec()];
     Ok(cfg)
 }
