@@ -147,3 +147,52 @@ async fn the_trace_id_is_on_error_pages_and_in_the_access_log() -> anyhow::Resul
     assert_eq!(line["trace_id"], TRACE, "{line}");
     Ok(())
 }
+
+/// Values new on every request (the request id, the traceparent) go out as
+/// HPACK never-indexed literals on both HTTP/2 sides: indexed, each would
+/// evict fields that repeat, on a client's connection and on the upstream
+/// connection every client shares.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_request_ids_are_never_indexed_in_hpack_on_either_side() -> anyhow::Result<()> {
+    const N: usize = 60;
+    let origin = edge_tests::clients::PyServer::start("hpack_probe.py").await?;
+    let edge = Edge::start(&EdgeConfig::new(origin.url()).protocol("h2")).await?;
+    let http = edge.http()?;
+
+    // Downstream: edge's answers on one h2c connection.
+    let got = edge_tests::python_json(
+        "hpack_probe.py",
+        &[
+            "client".to_owned(),
+            http.ip().to_string(),
+            http.port().to_string(),
+            format!("--n={N}"),
+        ],
+        Duration::from_secs(30),
+    )
+    .await?;
+    let answers = got["answers"].as_array().expect("answers");
+    assert_eq!(answers.len(), N, "{got}");
+    for a in answers {
+        assert_eq!(a["status"], "200", "{got}");
+        assert!(
+            a["never_indexed"]
+                .as_array()
+                .is_some_and(|n| n.iter().any(|n| n == "x-request-id")),
+            "x-request-id indexed in an answer: {got}"
+        );
+    }
+    // Upstream: what the origin saw on edge's pooled connection; the last
+    // request came after N others through the same table.
+    let last = answers.len();
+    let seen = get(http, "/", &[]).await?;
+    let seen: serde_json::Value = serde_json::from_slice(&seen.body)?;
+    let names = seen["never_indexed"].as_array().expect("names");
+    for field in ["x-request-id", "traceparent"] {
+        assert!(
+            names.iter().any(|n| n == field),
+            "{field} indexed upstream after {last} requests: {seen}"
+        );
+    }
+    Ok(())
+}

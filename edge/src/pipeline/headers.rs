@@ -14,20 +14,28 @@ const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 /// The client's id when it is well formed (1 to 128 of `A-Za-z0-9-_.:+/=`), else a new UUID.
+///
+/// Marked sensitive: HTTP/2 then sends it as a never-indexed literal, since a
+/// value new on every request would only evict repeating fields from HPACK's
+/// dynamic table (on the client's connection and on the shared upstream one).
 pub fn request_id(headers: &HeaderMap) -> HeaderValue {
-    if let Some(v) = headers.get(&REQUEST_ID) {
-        let b = v.as_bytes();
-        let ok = (1..=128).contains(&b.len())
-            && b.iter()
-                .all(|c| c.is_ascii_alphanumeric() || b"-_.:+/=".contains(c));
-        if ok {
-            return v.clone();
-        }
-    }
-    let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
-    let id = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buf);
-    // A hyphenated UUID is ASCII hex and dashes: always a valid header value.
-    HeaderValue::from_str(id).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
+    let mut id = headers
+        .get(&REQUEST_ID)
+        .filter(|v| {
+            let b = v.as_bytes();
+            (1..=128).contains(&b.len())
+                && b.iter()
+                    .all(|c| c.is_ascii_alphanumeric() || b"-_.:+/=".contains(c))
+        })
+        .cloned()
+        .unwrap_or_else(|| {
+            let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
+            let id = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buf);
+            // A hyphenated UUID is ASCII hex and dashes: always a valid header value.
+            HeaderValue::from_str(id).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
+        });
+    id.set_sensitive(true);
+    id
 }
 
 /// The configured header limits, the same on h1, h2 and h3, so every protocol

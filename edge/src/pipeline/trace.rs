@@ -58,7 +58,9 @@ impl Trace {
     /// the parent); a started trace takes no `tracestate`.
     pub fn set_upstream(&self, h: &mut HeaderMap) {
         let value = format!("00-{:032x}-{:016x}-{:02x}", self.id, self.span, self.flags);
-        if let Ok(v) = HeaderValue::from_str(&value) {
+        if let Ok(mut v) = HeaderValue::from_str(&value) {
+            // New on every request: never indexed in HPACK (see `request_id`).
+            v.set_sensitive(true);
             h.insert(TRACEPARENT.clone(), v);
         }
         if !self.continued {
