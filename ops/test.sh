@@ -28,10 +28,18 @@ command -v promtool >/dev/null 2>&1 || apt_missing+=(prometheus)
 command -v chromium >/dev/null 2>&1 || apt_missing+=(chromium)
 # systemd-analyze verifies the shipped unit (a minimal image may lack systemd).
 command -v systemd-analyze >/dev/null 2>&1 || apt_missing+=(systemd)
+# PowerDNS runs the GeoDNS example of ops/geo/powerdns/ in a test (its own config
+# folder on a loopback port; the package's service is held back below). Its zone
+# comes from the lua2 backend, a package of its own.
+if ! command -v pdns_server >/dev/null 2>&1 ||
+  ! compgen -G '/usr/lib/*/pdns/liblua2backend.so' >/dev/null; then
+  apt_missing+=(pdns-server pdns-backend-lua2)
+fi
 if ((${#apt_missing[@]} > 0)); then
   apt-get update </dev/null
   # The tests start their own daemons on loopback ports: keep the packages'
-  # services (prometheus listens on *:9090 by default) from starting on install.
+  # services (prometheus listens on *:9090 by default, pdns on *:53) from
+  # starting on install.
   hold_services=
   if [[ ! -e /usr/sbin/policy-rc.d ]]; then
     printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d

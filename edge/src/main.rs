@@ -30,6 +30,8 @@ enum Command {
     Run(RunArgs),
     /// Validate a config file: prints every error with its key and line; exit 2 if any.
     Check {
+        /// Config file (TOML) to validate, with everything it names (certificate
+        /// and key files, CA bundles, the admin token file) read as `run` would.
         #[arg(short = 'c', long = "config", value_name = "FILE")]
         config: PathBuf,
     },
@@ -77,28 +79,9 @@ fn parse_endpoint(s: &str) -> Result<EndpointAddr, String> {
 }
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
-        Ok(cli) => cli,
-        Err(e)
-            if matches!(
-                e.kind(),
-                clap::error::ErrorKind::DisplayHelp
-                    | clap::error::ErrorKind::DisplayVersion
-                    | clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
-            ) =>
-        {
-            e.exit()
-        }
-        Err(e) => {
-            let text = e.to_string();
-            let first = text.lines().next().unwrap_or("invalid arguments");
-            eprintln!(
-                "edge: {} (see 'edge --help')",
-                first.trim_start_matches("error: ")
-            );
-            return ExitCode::from(2);
-        }
-    };
+    // clap's own report on bad arguments: which argument, the allowed values,
+    // a "similar argument" tip and the usage line; exit 2 (help and --version: 0).
+    let cli = Cli::parse();
     match cli.command {
         Command::Check { config } => check(&config),
         Command::Run(args) => match run(args) {

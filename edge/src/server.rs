@@ -165,6 +165,10 @@ pub async fn run(config: Config, reload: Option<Reloader>) -> Result<(), Error> 
         reload_requests,
         listeners,
         started: std::time::Instant::now(),
+        loaded: ArcSwap::from_pointee(listener::Loaded {
+            config: config.clone(),
+            restart_pending: Vec::new(),
+        }),
         config,
         certs: Some(resolver.as_ref()),
     });
@@ -530,10 +534,15 @@ async fn apply_reload(shared: &Shared, reload: &Reloader) -> Result<(), String> 
             }
         };
     let (certs, config) = certs;
-    for key in restart_only_changes(&shared.config, &config) {
+    let restart_pending = restart_only_changes(&shared.config, &config);
+    for key in &restart_pending {
         tracing::warn!("reload: {key} changed; it takes effect on restart");
     }
     shared.proxy.store(Arc::new(proxy));
+    shared.loaded.store(Arc::new(listener::Loaded {
+        config,
+        restart_pending,
+    }));
     let generation = shared.certs.map(|c| c.replace(certs));
     if let Some(c) = shared.certs {
         shared.metrics.cert_expiries(&c.expiries());
@@ -598,6 +607,17 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
     }
     if old.acme != new.acme {
         changed.push("acme");
+    }
+    // Read from the start config: the QUIC endpoint's limits, the access log's
+    // writer and the SIGTERM timings.
+    if old.quic != new.quic {
+        changed.push("quic");
+    }
+    if old.log != new.log {
+        changed.push("log");
+    }
+    if old.drain != new.drain {
+        changed.push("drain");
     }
     changed
 }

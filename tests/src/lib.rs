@@ -13,6 +13,7 @@ pub mod origin;
 pub mod origin_process;
 pub mod pebble;
 pub mod pki;
+pub mod powerdns;
 pub mod process;
 pub mod prometheus;
 pub mod raw_origin;

@@ -190,3 +190,89 @@ async fn the_status_page_renders_in_chromium_lists_pools_and_follows_health() ->
     assert!(page.contains("<td class=\"bad\">unhealthy</td>"), "{page}");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_shows_the_effective_settings_without_secrets_and_follows_a_reload(
+) -> anyhow::Result<()> {
+    const PASSWORD: &str = "redis-pa55word-never-shown";
+    let origin = OriginProcess::start(TEST_ORIGIN, "127.0.0.1:0", 0).await?;
+    let redis = edge_tests::redis::Redis::start().await?;
+    let redis_url = redis.url();
+    let dir = tempfile::tempdir()?;
+    let token = dir.path().join("admin-token");
+    std::fs::write(&token, format!("{TOKEN}\n"))?;
+    let with_password = redis_url.replacen("redis://", &format!("redis://edge:{PASSWORD}@"), 1);
+    let config = EdgeConfig::new(origin.url())
+        .protocol("h1")
+        .pool_setting("max_retries", "1")
+        .top_setting("admin_token_file", &edge_tests::toml_path(&token))
+        .section(&format!("[redis]\nurl = \"{with_password}\""));
+    let edge = Edge::start(&config).await?;
+    let bearer = format!("Bearer {TOKEN}");
+    let get_config = || async {
+        let got = get(edge.admin()?, "/config", &[("authorization", &bearer)]).await?;
+        let body = String::from_utf8_lossy(&got.body).into_owned();
+        anyhow::Ok((got.status, body))
+    };
+
+    // The token is required (a token is configured: no loopback exception).
+    assert_eq!(get(edge.admin()?, "/config", &[]).await?.status, 401);
+    let wrong = [("authorization", "Bearer wrong-token-000000")];
+    assert_eq!(get(edge.admin()?, "/config", &wrong).await?.status, 401);
+
+    let (code, body) = get_config().await?;
+    assert_eq!(code, 200, "{body}");
+    // Neither the Redis password nor the admin token appears anywhere.
+    assert!(!body.contains(PASSWORD), "{body}");
+    assert!(!body.contains(TOKEN), "{body}");
+    let c: serde_json::Value = serde_json::from_str(&body)?;
+    let c = &c["config"];
+    let host = redis_url.trim_start_matches("redis://");
+    assert_eq!(
+        c["redis"]["url"],
+        format!("redis://<redacted>@{host}"),
+        "{c}"
+    );
+    assert_eq!(c["admin_token"], "<redacted>", "{c}");
+    // What the file says, and the defaults it leaves out.
+    assert_eq!(c["pools"][0]["name"], "default", "{c}");
+    assert_eq!(c["pools"][0]["endpoints"][0], origin.url(), "{c}");
+    assert_eq!(c["pools"][0]["protocol"], "h1", "{c}");
+    assert_eq!(c["pools"][0]["max_retries"], 1, "{c}");
+    assert_eq!(c["routes"][0]["pool"], "default", "{c}");
+    assert_eq!(c["routes"][0]["path_prefix"], "/", "{c}");
+    assert_eq!(c["client"]["idle_timeout"], "1m", "{c}");
+
+    // SIGHUP with a changed value: /config shows the new one.
+    let path = &edge.config_path;
+    let text = std::fs::read_to_string(path)?;
+    assert!(text.contains("max_retries = 1"), "{text}");
+    std::fs::write(path, text.replace("max_retries = 1", "max_retries = 4"))?;
+    edge.signal("HUP").await?;
+    eventually(
+        "the reloaded max_retries in /config",
+        Duration::from_secs(10),
+        || async {
+            let (_, body) = get_config().await?;
+            let c: serde_json::Value = serde_json::from_str(&body)?;
+            Ok((c["config"]["pools"][0]["max_retries"] == 4).then_some(()))
+        },
+    )
+    .await?;
+
+    // POST /reload too, and a restart-only change is listed as pending.
+    let text = std::fs::read_to_string(path)?;
+    std::fs::write(path, text.replace("max_age = \"24h\"", "max_age = \"1h\""))?;
+    let (code, r) = post(&edge, "/reload", &bearer).await?;
+    assert_eq!(code, 200, "{r}");
+    let (_, body) = get_config().await?;
+    let c: serde_json::Value = serde_json::from_str(&body)?;
+    assert_eq!(c["config"]["alt_svc"]["max_age"], "1h", "{body}");
+    assert_eq!(
+        c["restart_pending"],
+        serde_json::json!(["alt_svc"]),
+        "{body}"
+    );
+    assert!(!body.contains(PASSWORD), "{body}");
+    Ok(())
+}

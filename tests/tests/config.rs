@@ -211,3 +211,60 @@ async fn version_names_the_commit_and_check_names_both_colliding_listeners() -> 
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_errors_name_the_argument_and_suggest_a_similar_one_and_check_help_describes_c(
+) -> anyhow::Result<()> {
+    let deadline = Duration::from_secs(10);
+    // (arguments, what stderr must hold): the argument named, and clap's tip.
+    let cases: [(&[&str], &[&str]); 4] = [
+        (
+            &["check", "--confg", "edge.toml"],
+            &[
+                "unexpected argument '--confg'",
+                "similar argument exists: '--config'",
+            ],
+        ),
+        (
+            &["chek", "-c", "edge.toml"],
+            &[
+                "unrecognized subcommand 'chek'",
+                "similar subcommand exists: 'check'",
+            ],
+        ),
+        (
+            &["check", "-c"],
+            &["a value is required for '--config <FILE>'"],
+        ),
+        (
+            &["run", "--upstream-protocol", "h3"],
+            &["invalid value 'h3'", "possible values: h1, h2"],
+        ),
+    ];
+    for (args, expected) in cases {
+        let out = run_edge(args, deadline).await?;
+        assert_eq!(out.code, Some(2), "edge {args:?}:\n{}", out.stderr);
+        for text in expected {
+            assert!(
+                out.stderr.contains(text),
+                "edge {args:?} does not say {text:?}:\n{}",
+                out.stderr
+            );
+        }
+        assert!(out.stderr.contains("try '--help'"), "{}", out.stderr);
+    }
+
+    let out = run_edge(["check", "--help"], deadline).await?;
+    out.ensure_success("edge check --help")?;
+    let option = out
+        .stdout
+        .lines()
+        .find(|l| l.trim_start().starts_with("-c, --config <FILE>"))
+        .unwrap_or_default();
+    assert!(
+        option.contains("Config file (TOML) to validate"),
+        "edge check --help:\n{}",
+        out.stdout
+    );
+    Ok(())
+}

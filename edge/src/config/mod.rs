@@ -12,6 +12,7 @@
 
 mod acme;
 mod cache;
+pub mod effective;
 mod pools;
 mod proxy_protocol;
 mod quic;

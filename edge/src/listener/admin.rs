@@ -1,6 +1,7 @@
 //! The admin listener over plain HTTP/1.1: `/healthz` and `/metrics` for
 //! anyone who reaches it; the privileged paths — `GET /status` (JSON),
-//! `POST /reload`, `POST /cache/purge` and the status page `GET /` — need
+//! `GET /config` (effective, secrets redacted), `POST /reload`,
+//! `POST /cache/purge` and the status page `GET /` — need
 //! `Authorization: Bearer TOKEN` (or `?token=` for the page) when
 //! `admin_token_file` is set, and answer loopback peers only when it is not.
 
@@ -56,6 +57,7 @@ pub async fn run(listener: TcpListener, shared: Arc<Shared>) {
                         "/cache/purge" => purge(&shared, &req).await,
                         "/reload" => reload(&shared, &req).await,
                         "/status" => json(StatusCode::OK, &status(&shared)),
+                        "/config" => effective_config(&shared, &req),
                         "/" => text(
                             StatusCode::OK,
                             "text/html; charset=utf-8",
@@ -96,7 +98,7 @@ fn route(shared: &Shared, req: &Request<Incoming>) -> Response<Body> {
         _ => (
             StatusCode::NOT_FOUND,
             "text/plain",
-            Bytes::from_static(b"not found; try /healthz, /metrics, /status or /\n"),
+            Bytes::from_static(b"not found; try /healthz, /metrics, /status, /config or /\n"),
         ),
     };
     text(status, content_type, body)
@@ -189,6 +191,21 @@ async fn reload(shared: &Shared, req: &Request<Incoming>) -> Response<Body> {
             Bytes::from_static(b"shutting down\n"),
         ),
     }
+}
+
+/// `GET /config`: the config last loaded (at start or by the last reload that
+/// took) after defaults, secrets redacted, and the keys of it that wait for a
+/// restart.
+fn effective_config(shared: &Shared, req: &Request<Incoming>) -> Response<Body> {
+    if req.method() != http::Method::GET {
+        return problem(StatusCode::METHOD_NOT_ALLOWED, "use GET".to_owned());
+    }
+    let loaded = shared.loaded.load();
+    let body = serde_json::json!({
+        "restart_pending": loaded.restart_pending,
+        "config": crate::config::effective::to_json(&loaded.config),
+    });
+    json(StatusCode::OK, &body)
 }
 
 /// Largest `PUT /routes/NAME/split` body read.

@@ -38,6 +38,9 @@ pub struct Shared {
     pub proxy: ArcSwap<Proxy>,
     pub metrics: Metrics,
     pub config: Config,
+    /// The config last loaded (at start, or by the last reload that took),
+    /// with the keys that wait for a restart, for `GET /config`.
+    pub loaded: ArcSwap<Loaded>,
     /// The HTTP cache, kept across reloads; `None` when `[cache]` is off.
     pub cache: Option<std::sync::Arc<crate::cache::Cache>>,
     /// Cancelled when the edge starts draining.
@@ -60,6 +63,13 @@ pub struct Shared {
     /// The bound listeners (kind, address), for `/status`.
     pub listeners: Vec<(&'static str, SocketAddr)>,
     pub started: std::time::Instant,
+}
+
+/// A config as loaded, and which of its settings the running edge does not
+/// use yet (listener addresses and the like take effect on restart).
+pub struct Loaded {
+    pub config: Config,
+    pub restart_pending: Vec<&'static str>,
 }
 
 /// A reload asked for over the admin API, and where its outcome goes.
