@@ -65,12 +65,7 @@ pub fn to_json(config: &Config) -> Value {
         "workers": workers.map(|w| w.get()),
         "state_dir": path(state_dir),
         "alt_svc": { "enabled": alt_svc.enabled, "max_age": dur(alt_svc.max_age) },
-        "tls": {
-            "handshake_timeout": dur(tls.handshake_timeout),
-            "certificates": tls.certificates.iter()
-                .map(|c| json!({ "cert": path(&c.cert), "key": path(&c.key) }))
-                .collect::<Vec<_>>(),
-        },
+        "tls": tls_json(tls),
         "client": client_json(client),
         "routes": routes.iter().map(route_json).collect::<Vec<_>>(),
         "pools": pools.iter().map(|p| pool_json(p, geo.as_ref())).collect::<Vec<_>>(),
@@ -164,6 +159,25 @@ fn client_json(c: &Client) -> Value {
     })
 }
 
+fn tls_json(t: &super::Tls) -> Value {
+    let super::Tls {
+        handshake_timeout,
+        certificates,
+        client_auth,
+    } = t;
+    json!({
+        "handshake_timeout": dur(*handshake_timeout),
+        "certificates": certificates.iter()
+            .map(|c| json!({ "cert": path(&c.cert), "key": path(&c.key) }))
+            .collect::<Vec<_>>(),
+        "client_auth": client_auth.as_ref().map(|a| json!({
+            "ca": path(&a.ca),
+            "mode": snake(&a.mode),
+            "header": a.header.as_str(),
+        })),
+    })
+}
+
 fn route_json(r: &Route) -> Value {
     let Route {
         name,
@@ -174,6 +188,7 @@ fn route_json(r: &Route) -> Value {
         cache_set_cookie,
         max_body_bytes,
         cache_statuses,
+        require_client_cert,
         split,
     } = r;
     let statuses: Vec<u16> = (200..=599)
@@ -188,6 +203,7 @@ fn route_json(r: &Route) -> Value {
         "cache_set_cookie": cache_set_cookie,
         "max_body_bytes": max_body_bytes,
         "cache_statuses": statuses,
+        "require_client_cert": require_client_cert,
         "split": split.as_ref().map(split_json),
     })
 }
