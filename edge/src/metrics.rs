@@ -383,6 +383,7 @@ struct EndpointMetrics {
     ewma: GaugeVec,
     retries: IntCounterVec,
     budget_exhausted: IntCounterVec,
+    hedges: IntCounterVec,
     dns_failures: IntGaugeVec,
     dns_age: GaugeVec,
     dns_lookups: IntCounterVec,
@@ -426,6 +427,13 @@ impl EndpointMetrics {
                 "Retries refused because the retry budget was spent.",
             ),
             &["backend"],
+        )?;
+        let hedges = IntCounterVec::new(
+            Opts::new(
+                "proxy_hedges_total",
+                "Hedges sent for slow tries, by outcome: won (answered first) or lost (cancelled or failed).",
+            ),
+            &["backend", "outcome"],
         )?;
         let dns_failures = IntGaugeVec::new(
             Opts::new(
@@ -472,6 +480,7 @@ impl EndpointMetrics {
         registry.register(Box::new(ewma.clone()))?;
         registry.register(Box::new(retries.clone()))?;
         registry.register(Box::new(budget_exhausted.clone()))?;
+        registry.register(Box::new(hedges.clone()))?;
         Ok(Self {
             healthy,
             breaker,
@@ -479,6 +488,7 @@ impl EndpointMetrics {
             ewma,
             retries,
             budget_exhausted,
+            hedges,
             dns_failures,
             dns_age,
             dns_lookups,
@@ -846,6 +856,16 @@ impl Metrics {
                 &m.budget_exhausted.with_label_values(&[pool]),
                 status.budget_exhausted,
             );
+            if status.hedges_won + status.hedges_lost > 0 {
+                advance(
+                    &m.hedges.with_label_values(&[pool, "won"]),
+                    status.hedges_won,
+                );
+                advance(
+                    &m.hedges.with_label_values(&[pool, "lost"]),
+                    status.hedges_lost,
+                );
+            }
         }
     }
 

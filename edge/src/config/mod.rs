@@ -12,6 +12,7 @@
 
 mod acme;
 mod cache;
+mod hedge;
 mod pools;
 mod proxy_protocol;
 mod quic;
