@@ -20,6 +20,9 @@ pub struct Split {
     pub targets: Vec<Target>,
     /// The request header naming the chosen version's tag upstream.
     pub header: String,
+    /// The W3C `baggage` member that also carries the tag (honoured from
+    /// trusted peers, set upstream), when on.
+    pub baggage: Option<String>,
     /// The automatic rollback guard, when on.
     pub guard: Option<Guard>,
 }
@@ -98,7 +101,13 @@ pub(super) fn read_split(
 ) -> Option<Split> {
     let split_line = route.line_of(cx, "split");
     let tables = route.tables(cx, "split");
-    let rest = ["split_key", "targets", "version_header", "guard"];
+    let rest = [
+        "split_key",
+        "targets",
+        "version_header",
+        "version_baggage",
+        "guard",
+    ];
     if tables.is_empty() {
         for key in rest.into_iter().filter(|k| route.has(k)) {
             let line = route.line_of(cx, key);
@@ -168,14 +177,43 @@ pub(super) fn read_split(
             format!("{header:?} is not a header name"),
         );
     }
+    let baggage = read_baggage(cx, route, &versions);
     let guard = read_guard(cx, route);
     Some(Split {
         versions,
         key,
         targets,
         header: header.to_ascii_lowercase(),
+        baggage,
         guard,
     })
+}
+
+/// `version_baggage = "edge-version"`: a baggage member key (a token), and
+/// every tag a value it can carry as written (no percent-encoding needed).
+fn read_baggage(
+    cx: &mut Cx<'_>,
+    route: &mut Table<'_>,
+    versions: &[SplitVersion],
+) -> Option<String> {
+    let key = route.opt::<String>(cx, "version_baggage")?;
+    let line = route.line_of(cx, "version_baggage");
+    let token = |b: u8| b.is_ascii_alphanumeric() || b"!#$&'*+-.^_`|~".contains(&b);
+    if key.is_empty() || !key.bytes().all(token) {
+        let reason =
+            format!("{key:?} is not a baggage member key (a token, like \"edge-version\")");
+        cx.error(line, &route.path("version_baggage"), reason);
+        return None;
+    }
+    let plain = |b: u8| b.is_ascii_graphic() && !b",;\\\"%".contains(&b);
+    for v in versions.iter().filter(|v| !v.tag.bytes().all(plain)) {
+        let reason = format!(
+            "tag {:?} cannot travel in baggage as written (no comma, semicolon, quote, backslash, percent or space)",
+            v.tag
+        );
+        cx.error(line, &route.path("version_baggage"), reason);
+    }
+    Some(key)
 }
 
 /// `targets = [{ header = "x-canary", value = "always", pool = "api-v2" }, ...]`.
@@ -450,6 +488,28 @@ split_key = "client_ip"
         has(9, "routes[1].pool", "not both");
         has(10, "routes[1].split[1].pool", "its own pool and tag");
         has(14, "routes[2].split_key", "only used with split");
+    }
+
+    #[test]
+    fn baggage_needs_a_token_key_and_plain_tags() {
+        let split =
+            r#"split = [{ pool = "v1", weight = 1 }, { pool = "v2", weight = 1, tag = "v 2" }]"#;
+        let ok = format!("[[routes]]\npath_prefix = \"/\"\nsplit = [{{ pool = \"v1\", weight = 1 }}, {{ pool = \"v2\", weight = 1 }}]\nversion_baggage = \"edge-version\"\n");
+        let c = parse(&ok).expect("valid");
+        let s = c.routes[0].split.as_ref().expect("split");
+        assert_eq!(s.baggage.as_deref(), Some("edge-version"));
+        let got = errors(&format!(
+            "[[routes]]\npath_prefix = \"/\"\n{split}\nversion_baggage = \"edge version\"\n[[routes]]\npath_prefix = \"/b\"\n{split}\nversion_baggage = \"v\"\n"
+        ));
+        let has = |line: usize, key: &str, reason: &str| {
+            assert!(
+                got.iter()
+                    .any(|(l, k, r)| *l == line && k == key && r.contains(reason)),
+                "no {line} {key} {reason:?} in {got:#?}"
+            );
+        };
+        has(4, "routes[0].version_baggage", "not a baggage member key");
+        has(8, "routes[1].version_baggage", "cannot travel in baggage");
     }
 
     #[test]

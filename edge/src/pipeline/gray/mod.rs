@@ -6,13 +6,16 @@
 //! caller's cohort); the first matching target rule; the weights — a hash
 //! bucket of the cohort key when the split has one (the same on every edge,
 //! nothing shared), else a spread of successive requests. The chosen tag
-//! replaces whatever the request carried in the version header.
+//! replaces whatever the request carried in the version header (and, with
+//! `version_baggage`, in that W3C baggage member: a trusted peer's is honoured
+//! after the header, the other members travel on untouched).
 //!
 //! A split's live state (weights in effect, the guard's window, rolled back
 //! or not) outlives reloads, kept in `Store` by route name, while the route's
 //! split stays the same; a changed split starts afresh. The admin API sets the
 //! weights through `Store::set_weights`, which also resets the guard.
 
+mod baggage;
 mod guard;
 
 use std::collections::HashMap;
@@ -38,6 +41,8 @@ pub struct Split {
     key: Option<StickyKey>,
     targets: Vec<config::Target>,
     header: HeaderName,
+    /// The baggage member carrying the tag too, when on.
+    baggage: Option<String>,
     /// Spreads keyless requests over the weights.
     spread: AtomicU64,
     live: Arc<Live>,
@@ -108,6 +113,7 @@ impl Split {
             key: split.key.clone(),
             targets: split.targets.clone(),
             header: HeaderName::from_bytes(split.header.as_bytes()).ok()?,
+            baggage: split.baggage.clone(),
             spread: AtomicU64::new(0),
             live,
         })
@@ -123,8 +129,12 @@ impl Split {
         geo: Option<&Geo>,
     ) -> (Chosen<'_>, usize) {
         let version = self.pick(req, client, from_trusted, geo);
+        let tag = &self.versions[version];
         req.headers_mut()
-            .insert(self.header.clone(), self.versions[version].tag.clone());
+            .insert(self.header.clone(), tag.tag.clone());
+        if let Some(key) = &self.baggage {
+            baggage::set_member(req.headers_mut(), key, &tag.label);
+        }
         let chosen = Chosen {
             split: self,
             version,
@@ -144,6 +154,12 @@ impl Split {
         if trusted {
             if let Some(v) = h.get(&self.header) {
                 if let Some(i) = self.versions.iter().position(|x| x.tag == v) {
+                    return i;
+                }
+            }
+            let carried = self.baggage.as_deref().and_then(|k| baggage::member(h, k));
+            if let Some(v) = carried {
+                if let Some(i) = self.versions.iter().position(|x| x.label == v) {
                     return i;
                 }
             }
