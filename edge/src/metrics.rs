@@ -57,6 +57,8 @@ struct GrayMetrics {
     requests: IntCounterVec,
     rollbacks: IntCounterVec,
     state: IntGaugeVec,
+    step: IntGaugeVec,
+    weight: IntGaugeVec,
 }
 
 impl GrayMetrics {
@@ -84,11 +86,29 @@ impl GrayMetrics {
         )?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(rollbacks.clone()))?;
+        let step = IntGaugeVec::new(
+            Opts::new(
+                "proxy_canary_step",
+                "A split route's progressive step in effect, from 1 (0: below the first).",
+            ),
+            &["route"],
+        )?;
+        let weight = IntGaugeVec::new(
+            Opts::new(
+                "proxy_canary_weight",
+                "A progressive split route's canary weight in effect, percent.",
+            ),
+            &["route"],
+        )?;
         registry.register(Box::new(state.clone()))?;
+        registry.register(Box::new(step.clone()))?;
+        registry.register(Box::new(weight.clone()))?;
         Ok(Self {
             requests,
             rollbacks,
             state,
+            step,
+            weight,
         })
     }
 }
@@ -695,6 +715,16 @@ impl Metrics {
             .state
             .with_label_values(&[route])
             .set(i64::from(rolled_back));
+    }
+
+    /// A progressive route's step in effect and its canary's weight.
+    pub fn canary_step(&self, route: &str, step: usize, weight: u32) {
+        let step = i64::try_from(step).unwrap_or(i64::MAX);
+        self.gray.step.with_label_values(&[route]).set(step);
+        self.gray
+            .weight
+            .with_label_values(&[route])
+            .set(i64::from(weight));
     }
 
     /// Counts a rollback of a route's canary.

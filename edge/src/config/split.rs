@@ -25,6 +25,9 @@ pub struct Split {
     pub baggage: Option<String>,
     /// The automatic rollback guard, when on.
     pub guard: Option<Guard>,
+    /// Progressive delivery, when on: the canary's weights (percent, rising)
+    /// and how long the guard must stay clean on one before the next.
+    pub steps: Option<(Vec<u32>, Duration)>,
 }
 
 /// One `{ pool, weight, tag }` of a split.
@@ -107,6 +110,8 @@ pub(super) fn read_split(
         "version_header",
         "version_baggage",
         "guard",
+        "steps",
+        "step_after",
     ];
     if tables.is_empty() {
         for key in rest.into_iter().filter(|k| route.has(k)) {
@@ -179,6 +184,7 @@ pub(super) fn read_split(
     }
     let baggage = read_baggage(cx, route, &versions);
     let guard = read_guard(cx, route);
+    let steps = read_steps(cx, route, versions.len(), guard.is_some());
     Some(Split {
         versions,
         key,
@@ -186,7 +192,62 @@ pub(super) fn read_split(
         header: header.to_ascii_lowercase(),
         baggage,
         guard,
+        steps,
     })
+}
+
+/// `steps = [5, 25, 50, 100]` with `step_after = "5m"`: rising percentages of
+/// the one canary, moved up while the guard stays clean.
+fn read_steps(
+    cx: &mut Cx<'_>,
+    route: &mut Table<'_>,
+    versions: usize,
+    guarded: bool,
+) -> Option<(Vec<u32>, Duration)> {
+    let after = positive(cx, route, "step_after", Duration::ZERO);
+    let after_line = route.line_of(cx, "step_after");
+    let Some(steps) = route.opt::<Vec<u32>>(cx, "steps") else {
+        if !after.is_zero() {
+            cx.error(
+                after_line,
+                &route.path("step_after"),
+                "only used with steps",
+            );
+        }
+        return None;
+    };
+    let line = route.line_of(cx, "steps");
+    let key = route.path("steps");
+    let rising = steps.windows(2).all(|w| w[0] < w[1]);
+    if steps.is_empty() || !rising || steps.iter().any(|s| !(1..=100).contains(s)) {
+        cx.error(
+            line,
+            &key,
+            "expected rising percentages from 1 to 100, like [5, 25, 50, 100]",
+        );
+    }
+    if versions != 2 {
+        cx.error(
+            line,
+            &key,
+            "steps need exactly two versions (the baseline and one canary)",
+        );
+    }
+    if !guarded {
+        cx.error(
+            line,
+            &key,
+            "steps need a guard (it decides when to move up)",
+        );
+    }
+    if after.is_zero() {
+        cx.error(
+            line,
+            &route.path("step_after"),
+            "missing (required with steps)",
+        );
+    }
+    Some((steps, after))
 }
 
 /// `version_baggage = "edge-version"`: a baggage member key (a token), and
@@ -510,6 +571,59 @@ split_key = "client_ip"
         };
         has(4, "routes[0].version_baggage", "not a baggage member key");
         has(8, "routes[1].version_baggage", "cannot travel in baggage");
+    }
+
+    #[test]
+    fn steps_are_rising_percentages_of_one_guarded_canary() {
+        let route = |rest: &str| {
+            format!("[[routes]]\npath_prefix = \"/\"\nsplit = [{{ pool = \"v1\", weight = 1 }}, {{ pool = \"v2\", weight = 1 }}]\n{rest}\n")
+        };
+        let c = parse(&route(
+            "guard = {}\nsteps = [5, 50, 100]\nstep_after = \"5m\"",
+        ))
+        .expect("valid");
+        let s = c.routes[0].split.as_ref().expect("split");
+        assert_eq!(s.steps, Some((vec![5, 50, 100], Duration::from_secs(300))));
+        for (rest, key, reason) in [
+            (
+                "guard = {}\nsteps = [50, 5]\nstep_after = \"1m\"",
+                "steps",
+                "rising",
+            ),
+            (
+                "guard = {}\nsteps = [5, 101]\nstep_after = \"1m\"",
+                "steps",
+                "rising",
+            ),
+            (
+                "guard = {}\nsteps = []\nstep_after = \"1m\"",
+                "steps",
+                "rising",
+            ),
+            (
+                "steps = [5, 100]\nstep_after = \"1m\"",
+                "steps",
+                "need a guard",
+            ),
+            ("guard = {}\nsteps = [5, 100]", "step_after", "missing"),
+            (
+                "guard = {}\nstep_after = \"1m\"",
+                "step_after",
+                "only used with steps",
+            ),
+            (
+                "guard = {}\nsteps = [5, 100]\nstep_after = \"soon\"",
+                "step_after",
+                "invalid duration",
+            ),
+        ] {
+            let got = errors(&route(rest));
+            let key = format!("routes[0].{key}");
+            assert!(
+                got.iter().any(|(_, k, r)| *k == key && r.contains(reason)),
+                "{rest}: no {key} {reason:?} in {got:#?}"
+            );
+        }
     }
 
     #[test]

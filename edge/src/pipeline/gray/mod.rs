@@ -17,6 +17,7 @@
 
 mod baggage;
 mod guard;
+mod steps;
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -27,6 +28,7 @@ use std::time::{Duration, Instant};
 use http::{HeaderName, HeaderValue, Request, StatusCode};
 
 use guard::{Decision, Window};
+use steps::Steps;
 
 use super::headers;
 use crate::body::Body;
@@ -65,6 +67,8 @@ pub struct Live {
     rolled_back: AtomicBool,
     /// Why the guard rolled the canary back, for the admin API.
     why: Mutex<Option<String>>,
+    /// Progressive steps, when the split has them.
+    steps: Option<Mutex<Steps>>,
     /// When the window was last judged (µs since `started`): at most once a
     /// millisecond, not on every answer.
     judged: AtomicU64,
@@ -81,6 +85,9 @@ pub struct View {
     pub guarded: bool,
     pub rolled_back: bool,
     pub why: Option<String>,
+    /// With progressive steps: the step in effect (from 1; 0 below the first)
+    /// and how many there are.
+    pub step: Option<(usize, usize)>,
 }
 
 /// What `route` chose, for `respond`.
@@ -257,11 +264,17 @@ impl Store {
         }
         let fresh = Arc::new(Live {
             split: split.clone(),
-            weights: split
-                .versions
-                .iter()
-                .map(|v| AtomicU32::new(v.weight))
-                .collect(),
+            weights: match &split.steps {
+                Some((steps, _)) => {
+                    let first = steps.first().copied().unwrap_or(100);
+                    vec![AtomicU32::new(100 - first), AtomicU32::new(first)]
+                }
+                None => split
+                    .versions
+                    .iter()
+                    .map(|v| AtomicU32::new(v.weight))
+                    .collect(),
+            },
             started: Instant::now(),
             window: split
                 .guard
@@ -269,6 +282,9 @@ impl Store {
                 .map(|g| Mutex::new(Window::new(g.clone(), split.versions.len()))),
             rolled_back: AtomicBool::new(false),
             why: Mutex::new(None),
+            steps: split.steps.as_ref().map(|(steps, after)| {
+                Mutex::new(Steps::new(steps.clone(), *after, Duration::ZERO))
+            }),
             judged: AtomicU64::new(0),
         });
         if map.insert(route.to_owned(), Arc::clone(&fresh)).is_some() {
@@ -295,11 +311,16 @@ impl Store {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clone();
+        let step = live
+            .steps
+            .as_ref()
+            .map(|s| s.lock().unwrap_or_else(PoisonError::into_inner).position());
         Some(View {
             versions,
             guarded: live.window.is_some(),
             rolled_back: live.rolled_back.load(Ordering::Relaxed),
             why,
+            step,
         })
     }
 
@@ -333,6 +354,12 @@ impl Store {
         }
         for (a, w) in live.weights.iter().zip(&next) {
             a.store(*w, Ordering::Relaxed);
+        }
+        if let Some(steps) = &live.steps {
+            let canary = next.get(1).copied().unwrap_or(0);
+            let mut steps = steps.lock().unwrap_or_else(PoisonError::into_inner);
+            steps.set(canary, live.started.elapsed());
+            m.canary_step(route, steps.position().0, canary);
         }
         if let Some(window) = &live.window {
             let g = live.split.guard.clone().unwrap_or_default();
@@ -375,17 +402,37 @@ impl Chosen<'_> {
         g.judged.store(us, Ordering::Relaxed);
         let decision = window.judge(now);
         drop(window);
-        if let Decision::Breach { version, why } = decision {
-            if !g.rolled_back.swap(true, Ordering::Relaxed) {
-                let tag = &s.versions[version].label;
-                tracing::warn!(route = %s.route, version = %tag, "canary rolled back: {why}; its weight is 0 until the split changes");
-                let why = format!("{tag}: {why}");
-                *g.why.lock().unwrap_or_else(PoisonError::into_inner) = Some(why);
-                m.canary_rollback(&s.route);
+        match decision {
+            Decision::Breach { version, why } => {
+                if !g.rolled_back.swap(true, Ordering::Relaxed) {
+                    let tag = &s.versions[version].label;
+                    tracing::warn!(route = %s.route, version = %tag, "canary rolled back: {why}; its weight is 0 until the split changes");
+                    let why = format!("{tag}: {why}");
+                    *g.why.lock().unwrap_or_else(PoisonError::into_inner) = Some(why);
+                    m.canary_rollback(&s.route);
+                }
             }
-        } else {
-            m.canary_state(&s.route, false);
+            clean => {
+                m.canary_state(&s.route, false);
+                self.step_up(&clean, now, m);
+            }
         }
+    }
+
+    /// With progressive steps, moves the canary up when the guard has been
+    /// clean long enough on the step in effect.
+    fn step_up(&self, decision: &Decision, now: Duration, m: &Metrics) {
+        let s = self.split;
+        let Some(steps) = &s.live.steps else { return };
+        let mut steps = steps.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(w) = steps.judged(decision, now) {
+            s.live.weights[0].store(100 - w, Ordering::Relaxed);
+            s.live.weights[1].store(w, Ordering::Relaxed);
+            let (at, of) = steps.position();
+            tracing::info!(route = %s.route, step = at, of, weight = w, "canary clean for its step: moved up");
+        }
+        let weight = s.live.weights[1].load(Ordering::Relaxed);
+        m.canary_step(&s.route, steps.position().0, weight);
     }
 }
 
