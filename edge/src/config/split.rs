@@ -555,8 +555,12 @@ split_key = "client_ip"
     fn baggage_needs_a_token_key_and_plain_tags() {
         let split =
             r#"split = [{ pool = "v1", weight = 1 }, { pool = "v2", weight = 1, tag = "v 2" }]"#;
-        let ok = format!("[[routes]]\npath_prefix = \"/\"\nsplit = [{{ pool = \"v1\", weight = 1 }}, {{ pool = \"v2\", weight = 1 }}]\nversion_baggage = \"edge-version\"\n");
-        let c = parse(&ok).expect("valid");
+        let ok = r#"[[routes]]
+path_prefix = "/"
+split = [{ pool = "v1", weight = 1 }, { pool = "v2", weight = 1 }]
+version_baggage = "edge-version"
+"#;
+        let c = parse(ok).expect("valid");
         let s = c.routes[0].split.as_ref().expect("split");
         assert_eq!(s.baggage.as_deref(), Some("edge-version"));
         let got = errors(&format!(

@@ -397,7 +397,7 @@ mod tests {
         let mut c = HedgeConfig::new(HedgeAfter::Percentile(95.0));
         c.min_samples = 10;
         let h = Hedging::new(c.clone());
-        assert_eq!(h.delay(0), c.initial, "no samples yet");
+        assert_eq!(h.delay(1_000), c.initial, "no samples yet");
         for _ in 0..20 {
             h.observe(Duration::from_micros(300), 1_000);
         }
