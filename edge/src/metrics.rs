@@ -57,6 +57,8 @@ struct GrayMetrics {
     requests: IntCounterVec,
     rollbacks: IntCounterVec,
     state: IntGaugeVec,
+    step: IntGaugeVec,
+    weight: IntGaugeVec,
 }
 
 impl GrayMetrics {
@@ -84,11 +86,29 @@ impl GrayMetrics {
         )?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(rollbacks.clone()))?;
+        let step = IntGaugeVec::new(
+            Opts::new(
+                "proxy_canary_step",
+                "A split route's progressive step in effect, from 1 (0: below the first).",
+            ),
+            &["route"],
+        )?;
+        let weight = IntGaugeVec::new(
+            Opts::new(
+                "proxy_canary_weight",
+                "A progressive split route's canary weight in effect, percent.",
+            ),
+            &["route"],
+        )?;
         registry.register(Box::new(state.clone()))?;
+        registry.register(Box::new(step.clone()))?;
+        registry.register(Box::new(weight.clone()))?;
         Ok(Self {
             requests,
             rollbacks,
             state,
+            step,
+            weight,
         })
     }
 }
@@ -383,6 +403,7 @@ struct EndpointMetrics {
     ewma: GaugeVec,
     retries: IntCounterVec,
     budget_exhausted: IntCounterVec,
+    hedges: IntCounterVec,
     dns_failures: IntGaugeVec,
     dns_age: GaugeVec,
     dns_lookups: IntCounterVec,
@@ -426,6 +447,13 @@ impl EndpointMetrics {
                 "Retries refused because the retry budget was spent.",
             ),
             &["backend"],
+        )?;
+        let hedges = IntCounterVec::new(
+            Opts::new(
+                "proxy_hedges_total",
+                "Hedges sent for slow tries, by outcome: won (answered first) or lost (cancelled or failed).",
+            ),
+            &["backend", "outcome"],
         )?;
         let dns_failures = IntGaugeVec::new(
             Opts::new(
@@ -472,6 +500,7 @@ impl EndpointMetrics {
         registry.register(Box::new(ewma.clone()))?;
         registry.register(Box::new(retries.clone()))?;
         registry.register(Box::new(budget_exhausted.clone()))?;
+        registry.register(Box::new(hedges.clone()))?;
         Ok(Self {
             healthy,
             breaker,
@@ -479,6 +508,7 @@ impl EndpointMetrics {
             ewma,
             retries,
             budget_exhausted,
+            hedges,
             dns_failures,
             dns_age,
             dns_lookups,
@@ -687,6 +717,16 @@ impl Metrics {
             .set(i64::from(rolled_back));
     }
 
+    /// A progressive route's step in effect and its canary's weight.
+    pub fn canary_step(&self, route: &str, step: usize, weight: u32) {
+        let step = i64::try_from(step).unwrap_or(i64::MAX);
+        self.gray.step.with_label_values(&[route]).set(step);
+        self.gray
+            .weight
+            .with_label_values(&[route])
+            .set(i64::from(weight));
+    }
+
     /// Counts a rollback of a route's canary.
     pub fn canary_rollback(&self, route: &str) {
         self.gray.rollbacks.with_label_values(&[route]).inc();
@@ -846,6 +886,16 @@ impl Metrics {
                 &m.budget_exhausted.with_label_values(&[pool]),
                 status.budget_exhausted,
             );
+            if status.hedges_won + status.hedges_lost > 0 {
+                advance(
+                    &m.hedges.with_label_values(&[pool, "won"]),
+                    status.hedges_won,
+                );
+                advance(
+                    &m.hedges.with_label_values(&[pool, "lost"]),
+                    status.hedges_lost,
+                );
+            }
         }
     }
 

@@ -10,7 +10,11 @@
 //!   which no request reaches it — also across a SIGHUP with the same split —
 //!   until a SIGHUP with a changed split resets the guard;
 //! - a v2 300 ms slower is rolled back on its p99;
-//! - a healthy v2 is never rolled back over several windows of load.
+//! - a healthy v2 is never rolled back over several windows of load;
+//! - the tag travels in W3C baggage too (`version_baggage`): honoured from a
+//!   trusted peer, replaced from a client, the other members kept;
+//! - progressive steps: a clean canary moves up 10 → 50 → 100% every 300 ms,
+//!   as the admin API shows.
 //!
 //! Guards here use a 1–3 s window and 30–50 requests so each test stays short.
 
@@ -486,5 +490,107 @@ async fn the_admin_api_shows_why_a_canary_was_rolled_back_and_sets_weights_live(
     let after = burst(&edge, 50, 8, none).await?;
     assert!(after.iter().all(|g| g.status == 200 && g.text() == "v2"));
     assert_eq!(metric(&edge, STATE).await?, 0.0);
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_version_travels_in_baggage_beside_the_other_members() -> anyhow::Result<()> {
+    let echo = |name: &'static str| {
+        Scripted::start(move |seen| {
+            let bag = seen.header("baggage").unwrap_or("-").to_owned();
+            Reply::ok(&[("x-seen-baggage", bag.as_str())], name)
+        })
+    };
+    let (v1, v2) = (echo("v1").await?, echo("v2").await?);
+    // All weight on v1: only a carried tag reaches v2.
+    let split = r#"split = [{ pool = "default", weight = 100, tag = "v1" }, { pool = "v2", weight = 0 }]
+version_baggage = "edge-version""#;
+    let plain = config(&v1.url(), &v2.url(), split, &[]);
+    let trusting = config(
+        &v1.url(),
+        &v2.url(),
+        split,
+        &[("trusted_proxies", "[\"127.0.0.1/32\"]")],
+    );
+    let (edge, peer) = (start(&plain).await?, start(&trusting).await?);
+    let ask = |edge: &Edge, baggage: &'static str| {
+        let addr = edge.http_addr;
+        async move {
+            let addr = addr.ok_or_else(|| anyhow::anyhow!("no http"))?;
+            get(addr, "/", &[("baggage", baggage)]).await
+        }
+    };
+    let bag = "userId=alice;p=1, edge-version=v2, span=x";
+
+    // From a trusted peer, the baggage member alone picks the version, and the
+    // other members reach the origin as they came.
+    let hop = ask(&peer, bag).await?;
+    assert_eq!(
+        (hop.text().as_str(), hop.header("x-seen-baggage")),
+        ("v2", Some("userId=alice;p=1,span=x,edge-version=v2"))
+    );
+    // From a client: not trusted; placed by the weights, and the origin sees
+    // edge's tag in the baggage, the client's other members kept.
+    let forged = ask(&edge, bag).await?;
+    assert_eq!(
+        (forged.text().as_str(), forged.header("x-seen-baggage")),
+        ("v1", Some("userId=alice;p=1,span=x,edge-version=v1"))
+    );
+    // No baggage at all: edge starts one.
+    let addr = edge.http_addr.ok_or_else(|| anyhow::anyhow!("no http"))?;
+    let fresh = get(addr, "/", &[]).await?;
+    assert_eq!(fresh.header("x-seen-baggage"), Some("edge-version=v1"));
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_clean_canary_moves_up_its_steps() -> anyhow::Result<()> {
+    let (v1, v2) = (version_origin("v1").await?, version_origin("v2").await?);
+    let dir = tempfile::tempdir()?;
+    let token = dir.path().join("admin-token");
+    std::fs::write(&token, format!("{TOKEN}\n"))?;
+    let token_path = edge_tests::toml_path(&token);
+    let split = format!(
+        "{}\nsteps = [10, 50, 100]\nstep_after = \"300ms\"",
+        guarded("2s", 20)
+    );
+    let c = config(
+        &v1.url(),
+        &v2.url(),
+        &split,
+        &[("admin_token_file", &token_path)],
+    );
+    let pki = Pki::generate(dir.path())?;
+    let toml = render(&c, &pki)?;
+    let edge = Edge::start_with_toml(dir, pki, &toml).await?;
+
+    let (_, view) = admin_split(&edge, "GET", "api", Some(TOKEN), None).await?;
+    assert_eq!(
+        view["step"],
+        serde_json::json!({ "at": 1, "of": 3 }),
+        "{view}"
+    );
+    assert_eq!(view["versions"][1]["weight"], 10, "{view}");
+    // Traffic keeps the guard judging; each clean step_after moves the canary up.
+    for (at, weight) in [(2, 50), (3, 100)] {
+        let view = eventually("the next step", DEADLINE, || async {
+            burst(&edge, 40, 8, none).await?;
+            let (_, view) = admin_split(&edge, "GET", "api", Some(TOKEN), None).await?;
+            Ok((view["step"]["at"] == at).then_some(view))
+        })
+        .await?;
+        assert_eq!(view["versions"][1]["weight"], weight, "{view}");
+        assert_eq!(view["versions"][0]["weight"], 100 - weight, "{view}");
+        assert_eq!(view["state"], "serving", "{view}");
+    }
+    assert_eq!(
+        metric(&edge, "proxy_canary_weight{route=\"api\"}").await?,
+        100.0
+    );
+    let after = burst(&edge, 40, 8, none).await?;
+    assert!(
+        after.iter().all(|g| g.text() == "v2"),
+        "the last step sends everything to the canary"
+    );
     Ok(())
 }

@@ -231,6 +231,8 @@ fn split_json(s: &Split) -> Value {
         "key": s.key.as_ref().map(sticky_key),
         "targets": targets,
         "header": s.header,
+        "baggage": s.baggage,
+        "steps": s.steps.as_ref().map(|(steps, after)| json!({ "steps": steps, "step_after": dur(*after) })),
         "guard": s.guard.as_ref().map(|g| json!({
             "max_error_ratio": g.max_error_ratio,
             "max_p99_ratio": g.max_p99_ratio,
@@ -318,6 +320,13 @@ fn pool_json(p: &Pool, geo: Option<&Geo>) -> Value {
         "max_connections_per_endpoint": s.max_connections_per_endpoint,
         "connection_queue": s.connection_queue,
         "connection_queue_timeout": dur(s.connection_queue_timeout),
+        "hedge": s.hedge.as_ref().map(|h| json!({
+            "after": match h.after {
+                upstream::HedgeAfter::Fixed(d) => dur(d),
+                upstream::HedgeAfter::Percentile(p) => format!("p{p}"),
+            },
+            "max": h.max,
+        })),
         "dns": dns.as_ref().map(dns_json),
         "regional_dns": regional_dns.iter()
             .map(|(r, d)| json!({ "region": region(*r), "dns": dns_json(d) }))

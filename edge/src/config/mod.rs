@@ -13,6 +13,7 @@
 mod acme;
 mod cache;
 pub mod effective;
+mod hedge;
 mod pools;
 mod proxy_protocol;
 mod quic;

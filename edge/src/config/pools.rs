@@ -90,6 +90,7 @@ pub(super) fn read_pools(
         pool.response_timeout = positive(cx, &mut t, "response_timeout", pool.response_timeout);
         pool.idle_timeout = positive(cx, &mut t, "idle_timeout", pool.idle_timeout);
         read_resilience(cx, &mut t, &mut pool);
+        pool.hedge = super::hedge::read_hedge(cx, &mut t);
         pool.health_check = read_health_check(cx, &mut t);
         let sticky = super::sticky::read_sticky(cx, &mut t, base);
         // A header or client-address key places users by consistent hashing.

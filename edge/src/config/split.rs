@@ -20,8 +20,14 @@ pub struct Split {
     pub targets: Vec<Target>,
     /// The request header naming the chosen version's tag upstream.
     pub header: String,
+    /// The W3C `baggage` member that also carries the tag (honoured from
+    /// trusted peers, set upstream), when on.
+    pub baggage: Option<String>,
     /// The automatic rollback guard, when on.
     pub guard: Option<Guard>,
+    /// Progressive delivery, when on: the canary's weights (percent, rising)
+    /// and how long the guard must stay clean on one before the next.
+    pub steps: Option<(Vec<u32>, Duration)>,
 }
 
 /// One `{ pool, weight, tag }` of a split.
@@ -98,7 +104,15 @@ pub(super) fn read_split(
 ) -> Option<Split> {
     let split_line = route.line_of(cx, "split");
     let tables = route.tables(cx, "split");
-    let rest = ["split_key", "targets", "version_header", "guard"];
+    let rest = [
+        "split_key",
+        "targets",
+        "version_header",
+        "version_baggage",
+        "guard",
+        "steps",
+        "step_after",
+    ];
     if tables.is_empty() {
         for key in rest.into_iter().filter(|k| route.has(k)) {
             let line = route.line_of(cx, key);
@@ -168,14 +182,99 @@ pub(super) fn read_split(
             format!("{header:?} is not a header name"),
         );
     }
+    let baggage = read_baggage(cx, route, &versions);
     let guard = read_guard(cx, route);
+    let steps = read_steps(cx, route, versions.len(), guard.is_some());
     Some(Split {
         versions,
         key,
         targets,
         header: header.to_ascii_lowercase(),
+        baggage,
         guard,
+        steps,
     })
+}
+
+/// `steps = [5, 25, 50, 100]` with `step_after = "5m"`: rising percentages of
+/// the one canary, moved up while the guard stays clean.
+fn read_steps(
+    cx: &mut Cx<'_>,
+    route: &mut Table<'_>,
+    versions: usize,
+    guarded: bool,
+) -> Option<(Vec<u32>, Duration)> {
+    let after = positive(cx, route, "step_after", Duration::ZERO);
+    let after_line = route.line_of(cx, "step_after");
+    let Some(steps) = route.opt::<Vec<u32>>(cx, "steps") else {
+        if !after.is_zero() {
+            cx.error(
+                after_line,
+                &route.path("step_after"),
+                "only used with steps",
+            );
+        }
+        return None;
+    };
+    let line = route.line_of(cx, "steps");
+    let key = route.path("steps");
+    let rising = steps.windows(2).all(|w| w[0] < w[1]);
+    if steps.is_empty() || !rising || steps.iter().any(|s| !(1..=100).contains(s)) {
+        cx.error(
+            line,
+            &key,
+            "expected rising percentages from 1 to 100, like [5, 25, 50, 100]",
+        );
+    }
+    if versions != 2 {
+        cx.error(
+            line,
+            &key,
+            "steps need exactly two versions (the baseline and one canary)",
+        );
+    }
+    if !guarded {
+        cx.error(
+            line,
+            &key,
+            "steps need a guard (it decides when to move up)",
+        );
+    }
+    if after.is_zero() {
+        cx.error(
+            line,
+            &route.path("step_after"),
+            "missing (required with steps)",
+        );
+    }
+    Some((steps, after))
+}
+
+/// `version_baggage = "edge-version"`: a baggage member key (a token), and
+/// every tag a value it can carry as written (no percent-encoding needed).
+fn read_baggage(
+    cx: &mut Cx<'_>,
+    route: &mut Table<'_>,
+    versions: &[SplitVersion],
+) -> Option<String> {
+    let key = route.opt::<String>(cx, "version_baggage")?;
+    let line = route.line_of(cx, "version_baggage");
+    let token = |b: u8| b.is_ascii_alphanumeric() || b"!#$&'*+-.^_`|~".contains(&b);
+    if key.is_empty() || !key.bytes().all(token) {
+        let reason =
+            format!("{key:?} is not a baggage member key (a token, like \"edge-version\")");
+        cx.error(line, &route.path("version_baggage"), reason);
+        return None;
+    }
+    let plain = |b: u8| b.is_ascii_graphic() && !b",;\\\"%".contains(&b);
+    for v in versions.iter().filter(|v| !v.tag.bytes().all(plain)) {
+        let reason = format!(
+            "tag {:?} cannot travel in baggage as written (no comma, semicolon, quote, backslash, percent or space)",
+            v.tag
+        );
+        cx.error(line, &route.path("version_baggage"), reason);
+    }
+    Some(key)
 }
 
 /// `targets = [{ header = "x-canary", value = "always", pool = "api-v2" }, ...]`.
@@ -450,6 +549,85 @@ split_key = "client_ip"
         has(9, "routes[1].pool", "not both");
         has(10, "routes[1].split[1].pool", "its own pool and tag");
         has(14, "routes[2].split_key", "only used with split");
+    }
+
+    #[test]
+    fn baggage_needs_a_token_key_and_plain_tags() {
+        let split =
+            r#"split = [{ pool = "v1", weight = 1 }, { pool = "v2", weight = 1, tag = "v 2" }]"#;
+        let ok = r#"[[routes]]
+path_prefix = "/"
+split = [{ pool = "v1", weight = 1 }, { pool = "v2", weight = 1 }]
+version_baggage = "edge-version"
+"#;
+        let c = parse(ok).expect("valid");
+        let s = c.routes[0].split.as_ref().expect("split");
+        assert_eq!(s.baggage.as_deref(), Some("edge-version"));
+        let got = errors(&format!(
+            "[[routes]]\npath_prefix = \"/\"\n{split}\nversion_baggage = \"edge version\"\n[[routes]]\npath_prefix = \"/b\"\n{split}\nversion_baggage = \"v\"\n"
+        ));
+        let has = |line: usize, key: &str, reason: &str| {
+            assert!(
+                got.iter()
+                    .any(|(l, k, r)| *l == line && k == key && r.contains(reason)),
+                "no {line} {key} {reason:?} in {got:#?}"
+            );
+        };
+        has(4, "routes[0].version_baggage", "not a baggage member key");
+        has(8, "routes[1].version_baggage", "cannot travel in baggage");
+    }
+
+    #[test]
+    fn steps_are_rising_percentages_of_one_guarded_canary() {
+        let route = |rest: &str| {
+            format!("[[routes]]\npath_prefix = \"/\"\nsplit = [{{ pool = \"v1\", weight = 1 }}, {{ pool = \"v2\", weight = 1 }}]\n{rest}\n")
+        };
+        let c = parse(&route(
+            "guard = {}\nsteps = [5, 50, 100]\nstep_after = \"5m\"",
+        ))
+        .expect("valid");
+        let s = c.routes[0].split.as_ref().expect("split");
+        assert_eq!(s.steps, Some((vec![5, 50, 100], Duration::from_secs(300))));
+        for (rest, key, reason) in [
+            (
+                "guard = {}\nsteps = [50, 5]\nstep_after = \"1m\"",
+                "steps",
+                "rising",
+            ),
+            (
+                "guard = {}\nsteps = [5, 101]\nstep_after = \"1m\"",
+                "steps",
+                "rising",
+            ),
+            (
+                "guard = {}\nsteps = []\nstep_after = \"1m\"",
+                "steps",
+                "rising",
+            ),
+            (
+                "steps = [5, 100]\nstep_after = \"1m\"",
+                "steps",
+                "need a guard",
+            ),
+            ("guard = {}\nsteps = [5, 100]", "step_after", "missing"),
+            (
+                "guard = {}\nstep_after = \"1m\"",
+                "step_after",
+                "only used with steps",
+            ),
+            (
+                "guard = {}\nsteps = [5, 100]\nstep_after = \"soon\"",
+                "step_after",
+                "invalid duration",
+            ),
+        ] {
+            let got = errors(&route(rest));
+            let key = format!("routes[0].{key}");
+            assert!(
+                got.iter().any(|(_, k, r)| *k == key && r.contains(reason)),
+                "{rest}: no {key} {reason:?} in {got:#?}"
+            );
+        }
     }
 
     #[test]

@@ -260,8 +260,12 @@ async fn split(shared: &Shared, name: &str, req: Request<Incoming>) -> Response<
         (true, false) => "serving",
         (true, true) => "rolled_back",
     };
-    let body =
-        serde_json::json!({ "route": name, "versions": versions, "state": state, "why": v.why });
+    let step = v
+        .step
+        .map(|(at, of)| serde_json::json!({ "at": at, "of": of }));
+    let body = serde_json::json!({
+        "route": name, "versions": versions, "state": state, "why": v.why, "step": step,
+    });
     json(StatusCode::OK, &body)
 }
 

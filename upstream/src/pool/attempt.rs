@@ -9,9 +9,10 @@ use std::time::Instant;
 use http::StatusCode;
 
 use super::ReqBody;
-use crate::backend::Backend;
+use crate::backend::{Backend, Failed};
 use crate::breaker::Admit;
 use crate::clock::now_ms;
+use crate::error::{Blame, Error};
 
 /// Answers that mean the endpoint is sick (as opposed to the request being wrong).
 pub(super) fn is_sick_answer(status: StatusCode) -> bool {
@@ -95,6 +96,28 @@ impl<'a, B: ReqBody> Attempt<'a, B> {
             self.backend.ejections.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(endpoint = %self.backend.addr, "circuit breaker opened: endpoint answering errors");
         }
+    }
+
+    /// Time since the try started.
+    pub(super) fn elapsed(&self) -> std::time::Duration {
+        self.started.elapsed()
+    }
+
+    /// Records an exchange that produced no response: a failure of the
+    /// endpoint unless edge or the client is to blame, nothing was sent for
+    /// another reason than a failed connect, or a pooled connection went stale
+    /// (a timeout always counts).
+    pub(super) fn failed(&mut self, failed: &Failed<B>) {
+        let counts = match failed {
+            Failed::Unsent(_, error) | Failed::Sent { error, .. }
+                if error.blame() != Blame::Upstream =>
+            {
+                false
+            }
+            Failed::Unsent(_, error) => error.is_connect(),
+            Failed::Sent { error, reused } => !reused || matches!(error, Error::Timeout { .. }),
+        };
+        self.failed_if(counts);
     }
 
     /// Records a failure when `counts`; otherwise only releases a probe.

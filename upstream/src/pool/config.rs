@@ -7,7 +7,7 @@ use rustls::pki_types::CertificateDer;
 
 use geo::spillover::Overprovisioning;
 
-use super::Protocol;
+use super::{HedgeConfig, Protocol};
 use crate::balance::Policy;
 use crate::breaker::{BreakerConfig, State};
 use crate::endpoint::EndpointAddr;
@@ -67,6 +67,8 @@ pub struct PoolConfig {
     pub connection_queue: usize,
     /// ...each for at most this long; then 503 (local overload, not the endpoint's fault).
     pub connection_queue_timeout: Duration,
+    /// Hedge slow tries of body-less idempotent requests (off when None).
+    pub hedge: Option<HedgeConfig>,
 }
 
 impl PoolConfig {
@@ -101,6 +103,7 @@ impl PoolConfig {
             max_connections_per_endpoint: 1024,
             connection_queue: 1024,
             connection_queue_timeout: Duration::from_secs(1),
+            hedge: None,
         }
     }
 }
@@ -134,6 +137,9 @@ pub struct EndpointStatus {
 #[derive(Clone, Debug)]
 pub struct PoolStatus {
     pub retries: u64,
+    /// Hedges sent that answered first, and hedges sent that did not (cancelled or failed).
+    pub hedges_won: u64,
+    pub hedges_lost: u64,
     pub budget_exhausted: u64,
     pub dns: Option<DnsStatus>,
     pub endpoints: Vec<EndpointStatus>,

@@ -32,10 +32,13 @@ use crate::BoxError;
 
 mod attempt;
 mod config;
+mod hedge;
 mod upgrade;
 
 use attempt::{is_sick_answer, may_eject, Attempt, InFlight, Tried};
 pub use config::{DnsStatus, EndpointStatus, PoolConfig, PoolStatus};
+use hedge::Hedging;
+pub use hedge::{HedgeAfter, HedgeConfig, LatencyWindow};
 
 /// What a request body must be to travel upstream. `Default` is the empty body,
 /// used to rebuild a body-less request for the one retry on a fresh connection.
@@ -92,6 +95,8 @@ pub struct Pool<B> {
     in_flight: Arc<AtomicUsize>,
     retries: AtomicU64,
     budget_exhausted: AtomicU64,
+    /// Set when slow tries of replayable requests are hedged.
+    hedging: Option<Hedging>,
 }
 
 /// The endpoint set requests go to, swapped whole when discovery changes it.
@@ -249,6 +254,7 @@ impl<B: ReqBody> Pool<B> {
             in_flight: Arc::default(),
             retries: AtomicU64::new(0),
             budget_exhausted: AtomicU64::new(0),
+            hedging: cfg.hedge.map(Hedging::new),
         })
     }
 
@@ -417,6 +423,8 @@ impl<B: ReqBody> Pool<B> {
     /// status in `retry_statuses`). Each further try goes to an endpoint not tried
     /// yet, or (after a reset, never after a timeout or a status) a fresh
     /// connection to a tried one when none is left; each spends from the budget.
+    /// In a hedging pool, a replayable try slow to answer gets a hedge beside it
+    /// (see `hedge`), spending from the same tries and budget.
     pub async fn send(&self, req: Request<B>) -> Result<Response<UpstreamBody>, Error> {
         let _admitted = self.admit()?;
         match self.request_timeout {
@@ -446,19 +454,40 @@ impl<B: ReqBody> Pool<B> {
         loop {
             let (i, admit) =
                 self.choose_or_fail(&members, &tried, key, regions.as_deref(), prefer.take())?;
-            let backend = &members.backends[i];
             let fresh = tried.contains(i);
             tried.push(i);
-            let mut attempt = Attempt::new(backend, admit);
-            let result = backend
-                .exchange(
-                    &self.connector,
-                    req,
-                    fresh,
-                    self.response_timeout,
-                    replay.as_ref(),
-                )
-                .await;
+            let attempt = Attempt::new(&members.backends[i], admit);
+            let (i, mut attempt, result) = match self.hedging.as_ref().zip(safe_replay) {
+                Some((hedging, r)) => {
+                    let choose =
+                        |t: &Tried| self.choose(&members, t, key, regions.as_deref(), None);
+                    let first = (i, attempt, fresh, req);
+                    hedging
+                        .race(self, &members, &mut tried, first, r, choose)
+                        .await
+                }
+                None => {
+                    let result = members.backends[i]
+                        .exchange(
+                            &self.connector,
+                            req,
+                            fresh,
+                            self.response_timeout,
+                            replay.as_ref(),
+                        )
+                        .await;
+                    (i, attempt, result)
+                }
+            };
+            let backend = &members.backends[i];
+            match &result {
+                Ok(_) => {
+                    if let Some(h) = &self.hedging {
+                        h.observe(attempt.elapsed(), now_ms());
+                    }
+                }
+                Err(failed) => attempt.failed(failed),
+            }
             // A timeout is worth another try only on another endpoint: the same
             // slow one would just get the request twice.
             let (error, again, elsewhere_only) = match result {
@@ -490,11 +519,9 @@ impl<B: ReqBody> Pool<B> {
                 Err(Failed::Unsent(_, error) | Failed::Sent { error, .. })
                     if error.blame() != Blame::Upstream =>
                 {
-                    attempt.failed_if(false);
                     return Err(error);
                 }
                 Err(Failed::Unsent(unsent, error)) => {
-                    attempt.failed_if(error.is_connect());
                     // Never sent (a failed connect, or a pooled connection
                     // hyper saw close before the request left): nobody was
                     // loaded, whatever the cause.
@@ -507,10 +534,8 @@ impl<B: ReqBody> Pool<B> {
                     }
                     (error, *unsent, false)
                 }
-                Err(Failed::Sent { error, reused }) => {
-                    // A stale pooled connection is not the endpoint's fault; a timeout is.
+                Err(Failed::Sent { error, .. }) => {
                     let timeout = matches!(error, Error::Timeout { .. });
-                    attempt.failed_if(!reused || timeout);
                     // A pinned endpoint that just died can leave a pooled
                     // connection edge has not seen close yet, or accept in the
                     // kernel a connection it never serves: a safe request sent
@@ -786,7 +811,10 @@ impl<B: ReqBody> Pool<B> {
                 lookups: a.lookups + b.lookups,
                 failed_lookups: a.failed_lookups + b.failed_lookups,
             });
+        let (hedges_won, hedges_lost) = self.hedging.as_ref().map_or((0, 0), Hedging::counts);
         PoolStatus {
+            hedges_won,
+            hedges_lost,
             retries: self.retries.load(Ordering::Relaxed),
             budget_exhausted: self.budget_exhausted.load(Ordering::Relaxed),
             dns,

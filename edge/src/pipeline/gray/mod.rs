@@ -6,14 +6,18 @@
 //! caller's cohort); the first matching target rule; the weights — a hash
 //! bucket of the cohort key when the split has one (the same on every edge,
 //! nothing shared), else a spread of successive requests. The chosen tag
-//! replaces whatever the request carried in the version header.
+//! replaces whatever the request carried in the version header (and, with
+//! `version_baggage`, in that W3C baggage member: a trusted peer's is honoured
+//! after the header, the other members travel on untouched).
 //!
 //! A split's live state (weights in effect, the guard's window, rolled back
 //! or not) outlives reloads, kept in `Store` by route name, while the route's
 //! split stays the same; a changed split starts afresh. The admin API sets the
 //! weights through `Store::set_weights`, which also resets the guard.
 
+mod baggage;
 mod guard;
+mod steps;
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -24,6 +28,7 @@ use std::time::{Duration, Instant};
 use http::{HeaderName, HeaderValue, Request, StatusCode};
 
 use guard::{Decision, Window};
+use steps::Steps;
 
 use super::headers;
 use crate::body::Body;
@@ -38,6 +43,8 @@ pub struct Split {
     key: Option<StickyKey>,
     targets: Vec<config::Target>,
     header: HeaderName,
+    /// The baggage member carrying the tag too, when on.
+    baggage: Option<String>,
     /// Spreads keyless requests over the weights.
     spread: AtomicU64,
     live: Arc<Live>,
@@ -60,6 +67,8 @@ pub struct Live {
     rolled_back: AtomicBool,
     /// Why the guard rolled the canary back, for the admin API.
     why: Mutex<Option<String>>,
+    /// Progressive steps, when the split has them.
+    steps: Option<Mutex<Steps>>,
     /// When the window was last judged (µs since `started`): at most once a
     /// millisecond, not on every answer.
     judged: AtomicU64,
@@ -76,6 +85,9 @@ pub struct View {
     pub guarded: bool,
     pub rolled_back: bool,
     pub why: Option<String>,
+    /// With progressive steps: the step in effect (from 1; 0 below the first)
+    /// and how many there are.
+    pub step: Option<(usize, usize)>,
 }
 
 /// What `route` chose, for `respond`.
@@ -108,6 +120,7 @@ impl Split {
             key: split.key.clone(),
             targets: split.targets.clone(),
             header: HeaderName::from_bytes(split.header.as_bytes()).ok()?,
+            baggage: split.baggage.clone(),
             spread: AtomicU64::new(0),
             live,
         })
@@ -123,8 +136,12 @@ impl Split {
         geo: Option<&Geo>,
     ) -> (Chosen<'_>, usize) {
         let version = self.pick(req, client, from_trusted, geo);
+        let tag = &self.versions[version];
         req.headers_mut()
-            .insert(self.header.clone(), self.versions[version].tag.clone());
+            .insert(self.header.clone(), tag.tag.clone());
+        if let Some(key) = &self.baggage {
+            baggage::set_member(req.headers_mut(), key, &tag.label);
+        }
         let chosen = Chosen {
             split: self,
             version,
@@ -144,6 +161,12 @@ impl Split {
         if trusted {
             if let Some(v) = h.get(&self.header) {
                 if let Some(i) = self.versions.iter().position(|x| x.tag == v) {
+                    return i;
+                }
+            }
+            let carried = self.baggage.as_deref().and_then(|k| baggage::member(h, k));
+            if let Some(v) = carried {
+                if let Some(i) = self.versions.iter().position(|x| x.label == v) {
                     return i;
                 }
             }
@@ -241,11 +264,17 @@ impl Store {
         }
         let fresh = Arc::new(Live {
             split: split.clone(),
-            weights: split
-                .versions
-                .iter()
-                .map(|v| AtomicU32::new(v.weight))
-                .collect(),
+            weights: match &split.steps {
+                Some((steps, _)) => {
+                    let first = steps.first().copied().unwrap_or(100);
+                    vec![AtomicU32::new(100 - first), AtomicU32::new(first)]
+                }
+                None => split
+                    .versions
+                    .iter()
+                    .map(|v| AtomicU32::new(v.weight))
+                    .collect(),
+            },
             started: Instant::now(),
             window: split
                 .guard
@@ -253,6 +282,9 @@ impl Store {
                 .map(|g| Mutex::new(Window::new(g.clone(), split.versions.len()))),
             rolled_back: AtomicBool::new(false),
             why: Mutex::new(None),
+            steps: split.steps.as_ref().map(|(steps, after)| {
+                Mutex::new(Steps::new(steps.clone(), *after, Duration::ZERO))
+            }),
             judged: AtomicU64::new(0),
         });
         if map.insert(route.to_owned(), Arc::clone(&fresh)).is_some() {
@@ -279,11 +311,16 @@ impl Store {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clone();
+        let step = live
+            .steps
+            .as_ref()
+            .map(|s| s.lock().unwrap_or_else(PoisonError::into_inner).position());
         Some(View {
             versions,
             guarded: live.window.is_some(),
             rolled_back: live.rolled_back.load(Ordering::Relaxed),
             why,
+            step,
         })
     }
 
@@ -317,6 +354,12 @@ impl Store {
         }
         for (a, w) in live.weights.iter().zip(&next) {
             a.store(*w, Ordering::Relaxed);
+        }
+        if let Some(steps) = &live.steps {
+            let canary = next.get(1).copied().unwrap_or(0);
+            let mut steps = steps.lock().unwrap_or_else(PoisonError::into_inner);
+            steps.set(canary, live.started.elapsed());
+            m.canary_step(route, steps.position().0, canary);
         }
         if let Some(window) = &live.window {
             let g = live.split.guard.clone().unwrap_or_default();
@@ -359,17 +402,37 @@ impl Chosen<'_> {
         g.judged.store(us, Ordering::Relaxed);
         let decision = window.judge(now);
         drop(window);
-        if let Decision::Breach { version, why } = decision {
-            if !g.rolled_back.swap(true, Ordering::Relaxed) {
-                let tag = &s.versions[version].label;
-                tracing::warn!(route = %s.route, version = %tag, "canary rolled back: {why}; its weight is 0 until the split changes");
-                let why = format!("{tag}: {why}");
-                *g.why.lock().unwrap_or_else(PoisonError::into_inner) = Some(why);
-                m.canary_rollback(&s.route);
+        match decision {
+            Decision::Breach { version, why } => {
+                if !g.rolled_back.swap(true, Ordering::Relaxed) {
+                    let tag = &s.versions[version].label;
+                    tracing::warn!(route = %s.route, version = %tag, "canary rolled back: {why}; its weight is 0 until the split changes");
+                    let why = format!("{tag}: {why}");
+                    *g.why.lock().unwrap_or_else(PoisonError::into_inner) = Some(why);
+                    m.canary_rollback(&s.route);
+                }
             }
-        } else {
-            m.canary_state(&s.route, false);
+            clean => {
+                m.canary_state(&s.route, false);
+                self.step_up(&clean, now, m);
+            }
         }
+    }
+
+    /// With progressive steps, moves the canary up when the guard has been
+    /// clean long enough on the step in effect.
+    fn step_up(&self, decision: &Decision, now: Duration, m: &Metrics) {
+        let s = self.split;
+        let Some(steps) = &s.live.steps else { return };
+        let mut steps = steps.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(w) = steps.judged(decision, now) {
+            s.live.weights[0].store(100 - w, Ordering::Relaxed);
+            s.live.weights[1].store(w, Ordering::Relaxed);
+            let (at, of) = steps.position();
+            tracing::info!(route = %s.route, step = at, of, weight = w, "canary clean for its step: moved up");
+        }
+        let weight = s.live.weights[1].load(Ordering::Relaxed);
+        m.canary_step(&s.route, steps.position().0, weight);
     }
 }
 
