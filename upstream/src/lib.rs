@@ -39,7 +39,8 @@ pub use error::{Blame, Error};
 pub use health::HealthCheck;
 pub use locality::{Locality, RegionId, RttObserver, Served};
 pub use pool::{
-    DnsStatus, EndpointStatus, HashKey, Pool, PoolConfig, PoolStatus, Prefer, Protocol, ServedBy,
+    DnsStatus, EndpointStatus, HashKey, Pool, PoolConfig, PoolStatus, Prefer, Protocol, ReqBody,
+    ServedBy,
 };
 
 /// The error type request and response bodies carry through the proxy.
