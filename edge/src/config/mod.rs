@@ -12,6 +12,7 @@
 
 mod acme;
 mod cache;
+mod forecast;
 mod pools;
 mod proxy_protocol;
 mod quic;
@@ -24,6 +25,7 @@ pub use acme::{Acme, AcmeChallenge};
 mod upgrade;
 use cache::read_cache;
 pub use cache::{Cache, CacheStatuses};
+pub use forecast::{Forecast, MIN_HISTORY as FORECAST_MIN_HISTORY};
 use pools::read_pools;
 pub use proxy_protocol::ProxyProtocol;
 use quic::read_quic;
@@ -96,6 +98,8 @@ pub struct Config {
     pub acme: Option<Acme>,
     /// `[upgrade]`: HTTP/1.1 upgrades (WebSocket) and their tunnels.
     pub upgrade: Upgrade,
+    /// `[forecast]`: per-pool rate forecasts and pre-warming; `None` (off) without the table.
+    pub forecast: Option<Forecast>,
 }
 
 /// `[drain]`: how the edge leaves on SIGTERM.
@@ -372,6 +376,7 @@ impl Config {
             drain: Drain::default(),
             acme: None,
             upgrade: Upgrade::default(),
+            forecast: None,
         }
     }
 
@@ -613,6 +618,7 @@ fn read(cx: &mut Cx<'_>, doc: &toml_edit::Table, base: &Path) -> Config {
     sticky::check_shared(cx, &pools, redis.is_some());
     let quic = read_quic(cx, &mut root);
     let upgrade = upgrade::read_upgrade(cx, &mut root);
+    let forecast = forecast::read_forecast(cx, &mut root);
     root.finish(cx);
     Config {
         listen,
@@ -639,6 +645,7 @@ fn read(cx: &mut Cx<'_>, doc: &toml_edit::Table, base: &Path) -> Config {
         drain,
         acme,
         upgrade,
+        forecast,
     }
 }
 
