@@ -42,6 +42,10 @@ impl History {
         self.points.len()
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.points.is_empty()
+    }
+
     /// The latest bucket's rate (0 before any).
     pub fn last(&self) -> f64 {
         self.points.back().copied().unwrap_or(0.0)
@@ -118,20 +122,20 @@ mod tests {
 
     #[test]
     fn too_short_a_history_is_no_forecast() {
-        let err = forecast(&[1.0; FORECAST_MIN_HISTORY - 1], 3).unwrap_err();
+        let err = forecast(&[1.0; FORECAST_MIN_HISTORY - 1], 3).expect_err("too short");
         assert!(matches!(err, FitError::NotEnoughHistory { .. }), "{err}");
     }
 
     #[test]
     fn a_flat_history_forecasts_its_level() {
-        assert_eq!(forecast(&[0.0; 20], 2).unwrap(), vec![0.0, 0.0]);
-        assert_eq!(forecast(&[7.0; 20], 2).unwrap(), vec![7.0, 7.0]);
+        assert_eq!(forecast(&[0.0; 20], 2).expect("flat"), vec![0.0, 0.0]);
+        assert_eq!(forecast(&[7.0; 20], 2).expect("flat"), vec![7.0, 7.0]);
     }
 
     #[test]
     fn a_rising_history_forecasts_a_rise() {
         let h: Vec<f64> = (0..30).map(|i| 10.0 + 2.0 * f64::from(i)).collect();
-        let f = forecast(&h, 3).unwrap();
+        let f = forecast(&h, 3).expect("fits");
         assert!(f[0] > 66.0 && f[2] > f[0], "{f:?}");
     }
 
@@ -145,7 +149,7 @@ mod tests {
             .collect();
         let mut errors = Vec::new();
         for end in per_day..series.len() - 1 {
-            let f = forecast(&series[..end], 1).unwrap();
+            let f = forecast(&series[..end], 1).expect("fits");
             errors.push((f[0] - series[end]).abs() / series[end]);
         }
         let mape = errors.iter().sum::<f64>() / errors.len() as f64;

@@ -353,7 +353,7 @@ mod tests {
 
     #[test]
     fn counters_are_one_per_pool_name() {
-        let f = Forecast::new(&settings(), &Registry::new()).unwrap();
+        let f = Forecast::new(&settings(), &Registry::new()).expect("registers");
         let a = f.counter("a");
         a.fetch_add(2, Ordering::Relaxed);
         assert_eq!(f.counter("a").load(Ordering::Relaxed), 2);
