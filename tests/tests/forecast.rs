@@ -25,11 +25,11 @@ const MAX_MAPE: f64 = 0.30;
 const FORECAST: &str = "[forecast]\n\
     interval = \"250ms\"\n\
     history = 240\n\
-    horizons = 4\n\
+    horizons = 8\n\
     refit_every = 1\n\
     endpoint_rps = 50\n\
     connection_rps = 20\n\
-    prewarm_rise = 0.15\n\
+    prewarm_rise = 0.1\n\
     prewarm_max = 8\n";
 
 /// The offered rate `t` into the replay: a cosine day between the two rates.
@@ -159,8 +159,11 @@ async fn forecast_tracks_a_daily_load_and_prewarms_before_the_rise() -> anyhow::
         ..OriginOptions::default()
     })
     .await?;
+    // Idle pooled connections close after 1 s, so those pre-warmed on day one
+    // are gone by day two's trough and its rise must be warmed again.
     let config = EdgeConfig::new(origin.url())
         .protocol("h1")
+        .pool_setting("idle_timeout", "\"1s\"")
         .section(FORECAST);
     let edge = Edge::start(&config).await?;
 
@@ -229,11 +232,22 @@ async fn forecast_tracks_a_daily_load_and_prewarms_before_the_rise() -> anyhow::
         mid.accepted >= 2 && mid.open >= 2,
         "half way up the rise the origin held {mid:?}"
     );
-    let prewarmed_before = seen
+    let prewarmed_by = |t: Instant| {
+        seen.values()
+            .filter(|(at, _)| *at < t)
+            .map(|(_, s)| s.prewarmed)
+            .fold(0.0, f64::max)
+    };
+    // Counted from day two's trough: warmed for this rise, not left from day one.
+    let prewarmed_before = prewarmed_by(mid.at) - prewarmed_by(started + DAY - DAY / 8);
+    let first_prewarm = seen
         .values()
-        .filter(|(at, _)| *at < mid.at)
-        .map(|(_, s)| s.prewarmed)
-        .fold(0.0, f64::max);
+        .find(|(_, s)| s.prewarmed > 0.0)
+        .map(|(at, _)| at.duration_since(started));
+    println!("first pre-warm seen {first_prewarm:?} into the replay (second rise from {DAY:?})");
+    println!(
+        "half way up the second rise: origin {mid:?}, {prewarmed_before} pre-warmed before it"
+    );
     assert!(
         prewarmed_before >= 1.0,
         "no pre-warmed connection counted before half way up the rise: {seen:?}"
