@@ -27,6 +27,8 @@ const LAYERS: &[(&str, u8)] = &[
     ("access_log", 3),
     ("start", 3),
     ("cache", 4),
+    // Per-pool rate forecasts and pre-warming (config and upstream pools below it).
+    ("forecast", 4),
     // ACME orders and their challenge answers (config, tls, metrics below it).
     ("acme", 4),
     ("pipeline", 5),

@@ -12,6 +12,7 @@ pub mod cert_time;
 pub mod chain;
 pub mod config;
 pub mod error;
+pub mod forecast;
 pub mod listener;
 pub mod local_ca;
 pub mod locality;

@@ -131,6 +131,12 @@ pub async fn run(config: Config, reload: Option<Reloader>) -> Result<(), Error> 
     let limits = crate::pipeline::RateLimitStore::new(redis.clone(), metrics.registry())
         .map_err(|e| Error::Setup(format!("rate limits: {e}")))?;
     let access_log = build_access_log(&config, &metrics)?;
+    let forecast = config
+        .forecast
+        .as_ref()
+        .map(|f| crate::forecast::Forecast::new(f, metrics.registry()))
+        .transpose()
+        .map_err(|e| Error::Setup(format!("forecast metrics: {e}")))?;
     listener::slots::raise_nofile_limit();
     let upgrades = listener::upgrades::Upgrades::new(config.alt_svc.max_age, metrics.registry())
         .map_err(|e| Error::Setup(format!("metrics: {e}")))?;
@@ -152,7 +158,8 @@ pub async fn run(config: Config, reload: Option<Reloader>) -> Result<(), Error> 
                 .with_cache(cache.clone())
                 .with_rate_limits(Some(limits))
                 .with_redis(redis.clone())
-                .with_access_log(access_log),
+                .with_access_log(access_log)
+                .with_forecast(forecast.clone()),
         ),
         metrics,
         cache,
@@ -228,6 +235,19 @@ pub async fn run(config: Config, reload: Option<Reloader>) -> Result<(), Error> 
         tracing::info!("listening kind=admin addr={addr}");
     }
     spawn_overload_guard(&shared);
+    if let Some(f) = forecast {
+        let (pools, stop) = (shared.clone(), shared.draining.clone());
+        tokio::spawn(f.run(move || pools.proxy.load().pools().to_vec(), stop));
+        tracing::info!(
+            "forecast on: request rate per pool in buckets of {:?}",
+            shared
+                .config
+                .forecast
+                .as_ref()
+                .map(|f| f.interval)
+                .unwrap_or_default()
+        );
+    }
     if let Some((manager, not_after)) = acme {
         let (shared, certs) = (shared.clone(), resolver.as_ref());
         let stop = shared.draining.clone();
@@ -505,6 +525,7 @@ async fn apply_reload(shared: &Shared, reload: &Reloader) -> Result<(), String> 
             .with_rate_limits(shared.proxy.load().rate_limit_store())
             .with_redis(shared.proxy.load().redis())
             .with_access_log(shared.proxy.load().access_log())
+            .with_forecast(shared.proxy.load().forecast())
             .with_gray(shared.proxy.load().gray_store()),
         Err(e) => {
             shared.metrics.reload(false);
@@ -595,6 +616,9 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
     }
     if old.workers != new.workers {
         changed.push("workers");
+    }
+    if old.forecast != new.forecast {
+        changed.push("forecast");
     }
     if old.cache != new.cache {
         changed.push("cache");

@@ -454,6 +454,58 @@ impl<B: ReqBody> Backend<B> {
         }
     }
 
+    /// Opens connections ahead of demand until `target` HTTP/1.1 ones are open
+    /// (each parked idle), or the shared HTTP/2 one is; returns how many it
+    /// opened. A failed connect ends the warming and is only logged: judging
+    /// the endpoint is the request path's job.
+    pub(crate) async fn prewarm(&self, connector: &Connector, target: usize) -> usize {
+        if !self.h1_only.load(Ordering::Relaxed) {
+            if self.live_h2().is_some() {
+                return 0;
+            }
+            return match self.checkout(connector, false).await {
+                Ok(co) => {
+                    if let Sender::H1(send) = co.sender {
+                        let idle = H1Idle {
+                            send,
+                            state: co.state,
+                        };
+                        park(&self.h1_idle, &self.h1_freed, idle);
+                    }
+                    usize::from(!co.reused)
+                }
+                Err(e) => {
+                    tracing::debug!(endpoint = %self.addr, error = %e, "pre-warm connect failed");
+                    0
+                }
+            };
+        }
+        let open = self.h1_limit - self.h1_slots.available_permits();
+        let mut opened = 0;
+        for _ in open..target.min(self.h1_limit) {
+            let Ok(slot) = self.h1_slots.clone().try_acquire_owned() else {
+                break;
+            };
+            match connector
+                .connect(&self.addr, Protocol::H1, Some(slot))
+                .await
+            {
+                Ok((Sender::H1(send), state)) => {
+                    park(&self.h1_idle, &self.h1_freed, H1Idle { send, state });
+                }
+                // Asked for HTTP/1.1; only ALPN could say otherwise, and an
+                // endpoint is HTTP/1.1-only because ALPN said so.
+                Ok((Sender::H2(_), _)) => {}
+                Err(e) => {
+                    tracing::debug!(endpoint = %self.addr, error = %e, "pre-warm connect failed");
+                    break;
+                }
+            }
+            opened += 1;
+        }
+        opened
+    }
+
     fn live_h2(&self) -> Option<Checkout<B>> {
         let guard = self.h2.load();
         let conn = guard.as_ref()?;

@@ -40,7 +40,7 @@ pub use health::HealthCheck;
 pub use locality::{Locality, RegionId, RttObserver, Served};
 pub use pool::{
     DnsStatus, EndpointStatus, HashKey, HedgeAfter, HedgeConfig, LatencyWindow, Pool, PoolConfig,
-    PoolStatus, Prefer, Protocol, ServedBy,
+    PoolStatus, Prefer, Protocol, ReqBody, ServedBy,
 };
 
 /// The error type request and response bodies carry through the proxy.

@@ -49,6 +49,7 @@ pub fn to_json(config: &Config) -> Value {
         rate_limits,
         acme,
         upgrade,
+        forecast,
     } = config;
     json!({
         "listen": strings(listen),
@@ -90,6 +91,32 @@ pub fn to_json(config: &Config) -> Value {
             "protocols": upgrade.protocols,
             "idle_timeout": dur(upgrade.idle_timeout),
         },
+        "forecast": forecast.as_ref().map(forecast_json),
+    })
+}
+
+fn forecast_json(f: &super::Forecast) -> Value {
+    let super::Forecast {
+        interval,
+        history,
+        horizons,
+        refit_every,
+        endpoint_rps,
+        prewarm,
+        prewarm_rise,
+        connection_rps,
+        prewarm_max,
+    } = f;
+    json!({
+        "interval": dur(*interval),
+        "history": history,
+        "horizons": horizons,
+        "refit_every": refit_every,
+        "endpoint_rps": endpoint_rps,
+        "prewarm": prewarm,
+        "prewarm_rise": prewarm_rise,
+        "connection_rps": connection_rps,
+        "prewarm_max": prewarm_max,
     })
 }
 

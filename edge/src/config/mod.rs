@@ -13,6 +13,7 @@
 mod acme;
 mod cache;
 pub mod effective;
+mod forecast;
 mod hedge;
 mod pools;
 mod proxy_protocol;
@@ -27,6 +28,7 @@ pub use acme::{Acme, AcmeChallenge};
 mod upgrade;
 use cache::read_cache;
 pub use cache::{Cache, CacheStatuses};
+pub use forecast::{Forecast, MIN_HISTORY as FORECAST_MIN_HISTORY};
 use pools::read_pools;
 pub use proxy_protocol::ProxyProtocol;
 use quic::read_quic;
@@ -101,6 +103,8 @@ pub struct Config {
     pub acme: Option<Acme>,
     /// `[upgrade]`: HTTP/1.1 upgrades (WebSocket) and their tunnels.
     pub upgrade: Upgrade,
+    /// `[forecast]`: per-pool rate forecasts and pre-warming; `None` (off) without the table.
+    pub forecast: Option<Forecast>,
 }
 
 /// `[drain]`: how the edge leaves on SIGTERM.
@@ -365,6 +369,7 @@ impl Config {
             drain: Drain::default(),
             acme: None,
             upgrade: Upgrade::default(),
+            forecast: None,
         }
     }
 
@@ -606,6 +611,7 @@ fn read(cx: &mut Cx<'_>, doc: &toml_edit::Table, base: &Path) -> Config {
     sticky::check_shared(cx, &pools, redis.is_some());
     let quic = read_quic(cx, &mut root);
     let upgrade = upgrade::read_upgrade(cx, &mut root);
+    let forecast = forecast::read_forecast(cx, &mut root);
     root.finish(cx);
     Config {
         listen,
@@ -632,6 +638,7 @@ fn read(cx: &mut Cx<'_>, doc: &toml_edit::Table, base: &Path) -> Config {
         drain,
         acme,
         upgrade,
+        forecast,
     }
 }
 

@@ -26,6 +26,7 @@ mod sticky;
 mod trace;
 mod upgrade;
 
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -45,6 +46,7 @@ use crate::access_log::AccessLog;
 use crate::body::{Body, BodyLimits};
 use crate::cache::Cache;
 use crate::config::Config;
+use crate::forecast::Forecast;
 use crate::locality::{Geo, Placed};
 use crate::metrics::{Metrics, Proto};
 use crate::shared::redis::Redis;
@@ -86,6 +88,10 @@ pub struct Proxy {
     /// The config's routes, for `with_gray` to rebuild them on the kept guards.
     route_config: Vec<crate::config::Route>,
     pool_names: Vec<String>,
+    /// `[forecast]` (kept across reloads), when it is on.
+    forecast: Option<Arc<Forecast>>,
+    /// Each pool's request counter for the forecast (same order as `pools`).
+    rates: Vec<Option<Arc<AtomicU64>>>,
 }
 
 /// The backend label when no pool was chosen.
@@ -164,6 +170,8 @@ impl Proxy {
             gray,
             route_config: config.routes.clone(),
             pool_names: config.pools.iter().map(|p| p.name().to_owned()).collect(),
+            forecast: None,
+            rates: Vec::new(),
             body: BodyLimits {
                 max_bytes: config.client.max_body_bytes,
                 idle: config.client.body_idle_timeout,
@@ -232,6 +240,26 @@ impl Proxy {
     /// The split routes' guards, for the next config's `Proxy`.
     pub fn gray_store(&self) -> Arc<gray::Store> {
         Arc::clone(&self.gray)
+    }
+
+    /// Counts every pool's requests for `forecast` (kept across reloads).
+    pub fn with_forecast(mut self, forecast: Option<Arc<Forecast>>) -> Self {
+        self.rates = match &forecast {
+            Some(f) => self.pool_names.iter().map(|n| Some(f.counter(n))).collect(),
+            None => Vec::new(),
+        };
+        self.forecast = forecast;
+        self
+    }
+
+    /// The forecast, for the next config's `Proxy`.
+    pub fn forecast(&self) -> Option<Arc<Forecast>> {
+        self.forecast.clone()
+    }
+
+    /// The pools of this config, for the forecast's task.
+    pub fn pools(&self) -> &[Arc<Pool<Body>>] {
+        &self.pools
     }
 
     /// Serves cacheable routes through `cache` (when `Some`).

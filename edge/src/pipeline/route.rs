@@ -22,6 +22,8 @@ pub struct Route<'p> {
     pub cache: Option<RouteCache>,
     /// `Some` when the pool keeps users on one endpoint.
     pub sticky: Option<&'p super::sticky::Sticky>,
+    /// The pool's request counter, when `[forecast]` is on.
+    pub rate: Option<&'p std::sync::atomic::AtomicU64>,
 }
 
 /// A request from a trusted proxy (whose version tag is honoured).
@@ -72,6 +74,7 @@ pub async fn route<'p>(
         pool,
         cache: matched.cache,
         sticky: proxy.sticky.get(matched.pool).and_then(Option::as_ref),
+        rate: proxy.rates.get(matched.pool).and_then(Option::as_deref),
     })
 }
 

@@ -33,6 +33,7 @@ use crate::BoxError;
 mod attempt;
 mod config;
 mod hedge;
+mod prewarm;
 mod upgrade;
 
 use attempt::{is_sick_answer, may_eject, Attempt, InFlight, Tried};
