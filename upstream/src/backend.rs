@@ -1,5 +1,11 @@
 //! One endpoint at run time: its pooled connections (a shared HTTP/2 one or a stack
 //! of idle HTTP/1.1 ones), its breaker and load, and one exchange on it.
+//!
+//! Just past 700 lines since pre-warming joined the connection code it reuses.
+//! Where it splits next: the HTTP/1.1 idle stack (`park`, `pop_idle_h1`,
+//! `park_h1_when_ready`, `reuse_h1`, `prewarm`) into `backend/h1_idle.rs`, which
+//! is also where the connection leak behind HTTP/2 clients (BENCHMARKS.md,
+//! 2026-12-03 afternoon) is to be looked for.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
