@@ -136,3 +136,59 @@ async fn request_deadline_bounds_all_tries_together() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// Behind HTTP/2 clients an HTTP/1.1 backend's connections are reused as soon
+/// as each response ends: `clients` h2c connections, each sending requests one
+/// after another, never need more upstream connections than there are requests
+/// in flight at once (one per client). The leak this guards against opened a
+/// new upstream connection for every request until the stream's watchdog
+/// forgot the finished response, and exhausted the per-endpoint cap under load.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h1_upstream_connections_are_reused_behind_h2_clients() -> anyhow::Result<()> {
+    const CLIENTS: u64 = 8;
+    const REQUESTS: u64 = 25;
+    let options = OriginOptions {
+        idle_close: None,
+        http1_only: true,
+    };
+    let (origin, edge) = start_pair(options, |c| c.protocol("h1")).await?;
+    let addr = edge.http()?;
+    let mut clients = Vec::new();
+    for _ in 0..CLIENTS {
+        clients.push(tokio::spawn(async move {
+            let io = hyper_util::rt::TokioIo::new(tokio::net::TcpStream::connect(addr).await?);
+            let (mut send, conn) =
+                hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io)
+                    .await?;
+            tokio::spawn(conn);
+            for i in 0..REQUESTS {
+                let req = http::Request::get(format!("http://{addr}/"))
+                    .body(http_body_util::Empty::<bytes::Bytes>::new())?;
+                let resp = tokio::time::timeout(
+                    edge_tests::clients::REQUEST_TIMEOUT,
+                    send.send_request(req),
+                )
+                .await??;
+                let status = resp.status();
+                let body = http_body_util::BodyExt::collect(resp.into_body()).await?;
+                anyhow::ensure!(
+                    status == 200 && body.to_bytes() == "hello",
+                    "request {i}: {status}"
+                );
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for client in clients {
+        client.await??;
+    }
+    assert_eq!(origin.requests(), CLIENTS * REQUESTS);
+    assert!(
+        origin.connections() <= CLIENTS,
+        "{} upstream connections for {CLIENTS} h2 clients ({} open now, peak {})",
+        origin.connections(),
+        origin.open_connections(),
+        origin.peak_connections()
+    );
+    Ok(())
+}

@@ -258,6 +258,16 @@ impl<B: HttpBody + Send + 'static> Severable<B> {
 impl<B> Drop for Severable<B> {
     fn drop(&mut self) {
         self.slot.progress.dropped();
+        // The body goes with its stream, not with the watchdog's handle (which
+        // lives until the next sweep): what it holds upstream, such as an
+        // HTTP/1.1 connection to hand back to its pool, is released now.
+        let body = self
+            .slot
+            .body
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        drop(body);
     }
 }
 
@@ -405,6 +415,39 @@ mod tests {
         }
         assert_eq!(streams.sweep().severed, 1);
         assert!(body.frame().await.is_some_and(|f| f.is_err()));
+    }
+
+    /// A body that says when it is dropped.
+    struct Flagged(Arc<std::sync::atomic::AtomicBool>);
+
+    impl Drop for Flagged {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::SeqCst);
+        }
+    }
+
+    impl HttpBody for Flagged {
+        type Data = Bytes;
+        type Error = BoxError;
+
+        fn poll_frame(
+            self: Pin<&mut Self>,
+            _cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+            Poll::Ready(None)
+        }
+    }
+
+    #[test]
+    fn the_body_is_dropped_with_its_stream_not_with_the_watchdogs_handle() {
+        let gone = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (body, sever) = Severable::new(Flagged(gone.clone()));
+        drop(body);
+        assert!(
+            gone.load(Ordering::SeqCst),
+            "the inner body (and the upstream connection it holds) outlived its stream"
+        );
+        assert!(!sever.sever(), "nothing is left to sever");
     }
 
     #[tokio::test]
