@@ -352,9 +352,46 @@ async fn websocket_over_h2_extended_connect_is_bridged_to_the_h1_backend() -> an
     Ok(())
 }
 
+/// RFC 9220: the same bridge over HTTP/3 (aioquic), the stream's DATA frames
+/// carrying the WebSocket frames; the backend's close finishes the stream.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_h2_extended_connect_answered_200_by_the_backend_is_not_a_tunnel() -> anyhow::Result<()>
-{
+async fn websocket_over_h3_extended_connect_is_bridged_to_the_h1_backend() -> anyhow::Result<()> {
+    let origin = Origin::start().await?;
+    let echo = PyServer::start("ws_echo.py").await?;
+    let edge = edge_for(origin.url(), echo.url(), &[]).await?;
+    let port = edge.h3_addr.port().to_string();
+    let ca = edge.pki.ca_cert.to_string_lossy().into_owned();
+    let out = python_json(
+        "ws_h3.py",
+        &["127.0.0.1", &port, &ca, "/ws/h3"],
+        PYTHON_TIMEOUT,
+    )
+    .await?;
+    assert_eq!(out["enable_connect_protocol"], 1, "{out}");
+    assert_eq!(out["status"], 200, "{out}");
+    assert!(
+        out["via"].as_str().is_some_and(|v| v.contains("edge")),
+        "{out}"
+    );
+    assert_eq!(out["text"], "hello over h3", "{out}");
+    assert_eq!(out["big_intact"], true, "{out}");
+    assert_eq!(out["close_code"], 4001, "{out}");
+    assert_eq!(out["close_reason"], "bye", "{out}");
+    assert_eq!(out["ended"], "stream ended", "{out}");
+    let switched = r#"proxy_upgrades_total{protocol="websocket",result="switched"}"#;
+    assert_eq!(metric(&edge, switched).await?, 1.0);
+    let closed = r#"proxy_tunnels_closed_total{protocol="websocket",reason="closed"}"#;
+    poll_until(
+        "the tunnel is counted closed",
+        Duration::from_secs(5),
+        || async { metric(&edge, closed).await.is_ok_and(|n| n == 1.0) },
+    )
+    .await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_extended_connect_answered_200_by_the_backend_is_not_a_tunnel() -> anyhow::Result<()> {
     let origin = Origin::start().await?;
     let backend = RawOrigin::start().await?;
     let h1 = vec![("protocol".to_owned(), "\"h1\"".to_owned())];
@@ -368,8 +405,16 @@ async fn an_h2_extended_connect_answered_200_by_the_backend_is_not_a_tunnel() ->
     )
     .await?;
     // To an h2 client a 2xx is the open tunnel: a backend that did not
-    // switch must not produce one.
+    // switch must not produce one. Nor to an h3 one (RFC 9220).
     assert_eq!(out["status"], 502, "{out}");
+    let h3_port = edge.h3_addr.port().to_string();
+    let h3 = python_json(
+        "ws_h3.py",
+        &["127.0.0.1", &h3_port, &ca, "/ws/h3"],
+        PYTHON_TIMEOUT,
+    )
+    .await?;
+    assert_eq!(h3["status"], 502, "{h3}");
     let seen = String::from_utf8_lossy(&backend.received()).to_ascii_lowercase();
     assert!(seen.starts_with("get /ws/h2 http/1.1"), "{seen}");
     assert!(seen.contains("upgrade: websocket"), "{seen}");

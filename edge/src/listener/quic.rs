@@ -35,7 +35,7 @@ const INCOMING_BUFFER_TOTAL: u64 = 16 * 1024 * 1024;
 const MAX_INCOMING: usize = 4096;
 
 type H3Conn = h3::server::Connection<h3_quinn::Connection, Bytes>;
-type H3Send = h3::server::RequestStream<h3_quinn::SendStream<Bytes>, Bytes>;
+pub(crate) type H3Send = h3::server::RequestStream<h3_quinn::SendStream<Bytes>, Bytes>;
 
 /// Builds the QUIC endpoint on an already bound UDP socket (GSO/GRO come from quinn-udp).
 pub fn endpoint(
@@ -167,6 +167,8 @@ async fn serve_conn(conn: quinn::Connection, peer: SocketAddr, shared: Arc<Share
     let quic = conn.clone();
     let built = h3::server::builder()
         .max_field_section_size(max_field_section)
+        // RFC 9220: WebSocket over extended CONNECT, as on h2 (RFC 8441).
+        .enable_extended_connect(shared.config.upgrade.allows("websocket").is_some())
         .build(h3_quinn::Connection::new(conn))
         .await;
     let mut h3: H3Conn = match built {
@@ -319,11 +321,36 @@ async fn serve_stream(
         .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse().ok());
-    let req = req.map(|()| Body::H3(H3Body::new(recv, len)));
+    // A WebSocket extended CONNECT (RFC 9220) keeps its stream's receiving
+    // half here: it becomes the client's side of the tunnel if the backend
+    // switches, so the request itself goes on without a body.
+    let websocket = req.method() == http::Method::CONNECT
+        && req.extensions().get::<h3::ext::Protocol>() == Some(&h3::ext::Protocol::WEBSOCKET);
+    let (req, tunnel_recv) = if websocket {
+        let mut req = req.map(|()| Body::Empty);
+        req.extensions_mut()
+            .insert(hyper::ext::Protocol::from_static("websocket"));
+        (req, Some(recv))
+    } else {
+        (req.map(|()| Body::H3(H3Body::new(recv, len))), None)
+    };
     let proxy = shared.proxy.load();
     let ip = peer.ip;
-    let resp = pipeline::handle(&proxy, &shared.metrics, peer, req).await;
+    let mut resp = pipeline::handle(&proxy, &shared.metrics, peer.clone(), req).await;
     let write_idle = shared.config.client.write_idle_timeout;
+    let tunnel = resp.extensions_mut().remove::<pipeline::Tunnel>();
+    if let (Some(tunnel), Some(recv)) = (tunnel, tunnel_recv) {
+        if resp.status().is_success() {
+            let (parts, _) = resp.into_parts();
+            let head = send.send_response(Response::from_parts(parts, ()));
+            match tokio::time::timeout(write_idle, head).await {
+                Ok(Ok(())) => super::tunnel::run_h3(&shared, tunnel, send, recv, peer).await,
+                Ok(Err(e)) => tracing::debug!(peer = %ip, error = %e, "HTTP/3 tunnel not opened"),
+                Err(_) => send.stop_stream(Code::H3_REQUEST_CANCELLED),
+            }
+            return;
+        }
+    }
     if let Err(e) = write_response(&mut send, resp, write_idle).await {
         if e.is::<WriteIdle>() {
             shared.metrics.write_idle_timeout(Proto::H3);

@@ -5,6 +5,9 @@
 //! the connection keeps its slot and shows in the open-connection gauge; an
 //! HTTP/2 one on a task of its own, tracked for drain like connections.
 //!
+//! An HTTP/3 one (RFC 9220) runs on its request stream's task, the stream's
+//! DATA frames copied to and from the backend's connection.
+//!
 //! A tunnel ends when both sides have closed, when either fails, when no byte
 //! moved either way for `upgrade.idle_timeout`, or shortly before the drain
 //! grace runs out. Nothing here is reported to the backend's breaker: once
@@ -16,9 +19,10 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::Buf;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 use super::Shared;
 use crate::pipeline::{Peer, Tunnel};
@@ -79,6 +83,96 @@ pub(crate) async fn run(shared: &Shared, switched: Switched, peer: Peer) {
     tracing::debug!(peer = %peer.ip, protocol, reason, "tunnel closed");
     metrics.tunnel_closed(protocol, reason);
 }
+
+/// The tunnel of an HTTP/3 extended CONNECT (RFC 9220) whose 200 was sent:
+/// the stream's DATA frames to the backend's switched connection and back,
+/// under the same idle, drain and metrics rules as [`run`]. The client's end
+/// of stream is a FIN to the backend; the backend's close finishes the stream.
+pub(crate) async fn run_h3(
+    shared: &Shared,
+    tunnel: Tunnel,
+    mut send: super::quic::H3Send,
+    mut recv: crate::body::H3RecvStream,
+    peer: Peer,
+) {
+    let metrics = &shared.metrics;
+    let protocol = tunnel.protocol.as_str();
+    let idle = tunnel.idle_timeout;
+    let upstream = match tokio::time::timeout(idle, tunnel.upstream).await {
+        Ok(Ok(upstream)) => upstream,
+        Ok(Err(e)) => {
+            tracing::debug!(peer = %peer.ip, protocol, error = %e, "upgrade not completed");
+            send.stop_stream(h3::error::Code::H3_INTERNAL_ERROR);
+            return metrics.tunnel_closed(protocol, "error");
+        }
+        Err(_) => {
+            send.stop_stream(h3::error::Code::H3_REQUEST_CANCELLED);
+            return metrics.tunnel_closed(protocol, "idle");
+        }
+    };
+    let _open = metrics.tunnel_open(protocol);
+    let moved = Arc::new(AtomicBool::new(false));
+    let backend = Counted {
+        io: TokioIo::new(upstream),
+        bytes: metrics.tunnel_bytes(protocol, "downstream"),
+        moved: moved.clone(),
+    };
+    let (mut from_backend, mut to_backend) = tokio::io::split(backend);
+    let sent_up = metrics.tunnel_bytes(protocol, "upstream");
+    let reason = {
+        let up = async {
+            while let Some(mut data) = recv.recv_data().await? {
+                sent_up.inc_by(data.remaining() as u64);
+                moved.store(true, Ordering::Relaxed);
+                while data.has_remaining() {
+                    let n = to_backend.write(data.chunk()).await?;
+                    data.advance(n);
+                }
+            }
+            to_backend.shutdown().await?;
+            Ok::<_, upstream::BoxError>(())
+        };
+        let down = async {
+            let mut buf = bytes::BytesMut::new();
+            loop {
+                buf.reserve(H3_READ);
+                if from_backend.read_buf(&mut buf).await? == 0 {
+                    send.finish().await?;
+                    return Ok::<_, upstream::BoxError>(());
+                }
+                send.send_data(buf.split().freeze()).await?;
+            }
+        };
+        tokio::select! {
+            copied = async { tokio::try_join!(up, down) } => match copied {
+                Ok(_) => "closed",
+                Err(e) => {
+                    tracing::debug!(peer = %peer.ip, protocol, error = %e, "tunnel failed");
+                    "error"
+                }
+            },
+            () = quiet_for(&moved, idle) => "idle",
+            () = drained(shared) => "drain",
+        }
+    };
+    if reason != "closed" {
+        // The stream is cut both ways; the backend gets its FIN (bounded).
+        send.stop_stream(h3::error::Code::H3_REQUEST_CANCELLED);
+        recv.stop_sending(h3::error::Code::H3_REQUEST_CANCELLED);
+        let closing = to_backend.shutdown();
+        if tokio::time::timeout(Duration::from_secs(1), closing)
+            .await
+            .is_err()
+        {
+            tracing::debug!(peer = %peer.ip, protocol, "tunnel close timed out");
+        }
+    }
+    tracing::debug!(peer = %peer.ip, protocol, reason, "tunnel closed");
+    metrics.tunnel_closed(protocol, reason);
+}
+
+/// How much one read from the backend may put in one HTTP/3 DATA frame.
+const H3_READ: usize = 16 * 1024;
 
 /// Returns once no byte moved either way for `idle` (checked on a tick, so a
 /// busy tunnel costs one atomic store per read and no timer resets).

@@ -10,12 +10,12 @@
 //! connection stays HTTP (the Pingora CVE-2026-2833 class: a proxy that tunnels
 //! on the request's say-so lets a backend's 200 smuggle the next request).
 //!
-//! An HTTP/2 extended CONNECT for `websocket` (RFC 8441; edge announces
-//! SETTINGS_ENABLE_CONNECT_PROTOCOL when `websocket` is configured) is bridged
-//! to the same HTTP/1.1 upgrade: the backend gets a `GET` with a fresh
-//! `Sec-WebSocket-Key`, and its 101 becomes the client's 200. Any other answer
-//! is passed on, except a 2xx: to an h2 client a 2xx is the tunnel, so a
-//! backend that did not switch gets 502 instead.
+//! An HTTP/2 or HTTP/3 extended CONNECT for `websocket` (RFC 8441, RFC 9220;
+//! edge announces SETTINGS_ENABLE_CONNECT_PROTOCOL on both when `websocket` is
+//! configured) is bridged to the same HTTP/1.1 upgrade: the backend gets a
+//! `GET` with a fresh `Sec-WebSocket-Key`, and its 101 becomes the client's
+//! 200. Any other answer is passed on, except a 2xx: to such a client a 2xx is
+//! the tunnel, so a backend that did not switch gets 502 instead.
 //!
 //! What it must not do: offer an upgrade for a request with a body, on
 //! HTTP/1.0, or for a protocol not configured (those go on as plain HTTP with
@@ -41,7 +41,7 @@ pub struct Offer {
     protocol: String,
     /// The client's `Upgrade` field, sent on as it is.
     value: HeaderValue,
-    /// An HTTP/2 extended CONNECT (RFC 8441), bridged to an HTTP/1.1 upgrade.
+    /// An HTTP/2 or HTTP/3 extended CONNECT, bridged to an HTTP/1.1 upgrade.
     extended: bool,
 }
 
@@ -49,7 +49,7 @@ pub struct Offer {
 /// body (no `Content-Length` but 0, no `Transfer-Encoding`), `Connection`
 /// naming `upgrade`, and one `Upgrade` field naming one configured protocol.
 pub fn offered(cfg: &Upgrade, req: &Request<Body>) -> Option<Offer> {
-    if req.version() == Version::HTTP_2 {
+    if matches!(req.version(), Version::HTTP_2 | Version::HTTP_3) {
         return extended_connect(cfg, req);
     }
     let h = req.headers();
@@ -81,7 +81,8 @@ pub fn offered(cfg: &Upgrade, req: &Request<Body>) -> Option<Offer> {
     })
 }
 
-/// An HTTP/2 `CONNECT` with `:protocol = websocket` (RFC 8441), when
+/// An HTTP/2 or HTTP/3 `CONNECT` with `:protocol = websocket` (RFC 8441,
+/// RFC 9220; the HTTP/3 listener names it in hyper's extension too), when
 /// `websocket` is configured: the only protocol edge can bridge to HTTP/1.1.
 fn extended_connect(cfg: &Upgrade, req: &Request<Body>) -> Option<Offer> {
     let named = req.extensions().get::<hyper::ext::Protocol>()?;
@@ -148,7 +149,7 @@ pub struct Tunnel {
     pub idle_timeout: Duration,
     /// The backend's `Upgrade` field, for the client's 101.
     upgrade: HeaderValue,
-    /// Bridged from an HTTP/2 extended CONNECT: the client gets a 200.
+    /// Bridged from an extended CONNECT (h2 or h3): the client gets a 200.
     extended: bool,
 }
 
@@ -286,7 +287,7 @@ mod tests {
     }
 
     #[test]
-    fn an_h2_extended_connect_for_websocket_is_offered() {
+    fn an_extended_connect_for_websocket_is_offered_on_h2_and_h3() {
         let cfg = Upgrade::default();
         let mut connect = req(&[("sec-websocket-version", "13")]);
         *connect.method_mut() = Method::CONNECT;
@@ -304,6 +305,11 @@ mod tests {
             .extensions_mut()
             .insert(hyper::ext::Protocol::from_static("connect-udp"));
         assert!(offered(&cfg, &other).is_none(), "only websocket is bridged");
+        *connect.version_mut() = Version::HTTP_3;
+        assert!(
+            offered(&cfg, &connect).is_some_and(|o| o.extended),
+            "RFC 9220"
+        );
     }
 
     #[test]

@@ -13,6 +13,9 @@ impl Protocol {
     pub const WEB_TRANSPORT: Protocol = Protocol(ProtocolInner::WebTransport);
     /// RFC 9298 protocol
     pub const CONNECT_UDP: Protocol = Protocol(ProtocolInner::ConnectUdp);
+    /// WebSocket over HTTP/3 (RFC 9220)
+    // PATCH(edge): h3 0.0.8 knows only webtransport and connect-udp.
+    pub const WEBSOCKET: Protocol = Protocol(ProtocolInner::WebSocket);
 
     /// Return a &str representation of the `:protocol` pseudo-header value
     #[inline]
@@ -20,6 +23,8 @@ impl Protocol {
         match self.0 {
             ProtocolInner::WebTransport => "webtransport",
             ProtocolInner::ConnectUdp => "connect-udp",
+            // PATCH(edge)
+            ProtocolInner::WebSocket => "websocket",
         }
     }
 }
@@ -28,6 +33,8 @@ impl Protocol {
 enum ProtocolInner {
     WebTransport,
     ConnectUdp,
+    // PATCH(edge)
+    WebSocket,
 }
 
 /// Error when parsing the protocol
@@ -40,6 +47,8 @@ impl FromStr for Protocol {
         match s {
             "webtransport" => Ok(Self(ProtocolInner::WebTransport)),
             "connect-udp" => Ok(Self(ProtocolInner::ConnectUdp)),
+            // PATCH(edge)
+            "websocket" => Ok(Self(ProtocolInner::WebSocket)),
             _ => Err(InvalidProtocol),
         }
     }
