@@ -10,6 +10,9 @@ connection ended and when:
   resets     HEADERS then RST_STREAM after a short pause, for many streams
   zerowindow initial window 0, many streams of large responses, never a
              WINDOW_UPDATE
+  lateframes the stream rules after an early answer (h2spec 8.1, 8.1.2.6)
+  closedstreams DATA on reset and closed streams, pseudo-headers in trailers
+             (h2spec 5.1/8, 5.1/11, 8.1.2.1/3)
 """
 
 import argparse
@@ -361,9 +364,66 @@ def lateframes(args):
     return out
 
 
+CLOSED_CASES = ["data_after_rst", "data_after_close", "trailer_pseudo"]
+
+
+def closedstreams(args):
+    """h2spec 5.1/8, 5.1/11 and 8.1.2.1/3: DATA on a stream the client reset,
+    DATA on a stream whose exchange ended both ways, and trailers carrying a
+    pseudo-header. Each case on a new connection, `runs` times; reports the
+    error code of the server's RST_STREAM on stream 1 or GOAWAY, None when it
+    answered neither (a response alone is no answer)."""
+    out = {}
+    for case in CLOSED_CASES:
+        codes = []
+        for _ in range(args.runs):
+            sock = connect(args)
+            conn = h2_conn()
+            if case == "data_after_close":
+                conn.send_headers(1, headers(args.path), end_stream=True)
+            else:
+                post = [(":method", "POST"), (":scheme", SCHEME), (":authority", "localhost"),
+                        (":path", args.path)]
+                conn.send_headers(1, post)
+            sock.sendall(conn.data_to_send())
+            if case == "data_after_rst":
+                sock.sendall(frame(0x3, 0x0, 1, struct.pack(">I", 0x8))
+                             + frame(0x0, 0x1, 1, b"test"))
+            elif case == "trailer_pseudo":
+                block = conn.encoder.encode([(":method", "POST"), ("x-trailer", "1")])
+                sock.sendall(frame(0x0, 0x0, 1, b"test") + frame(0x1, 0x5, 1, block))
+            frames, code, sent = Frames(), None, case != "data_after_close"
+            sock.settimeout(0.2)
+            end = time.monotonic() + 3
+            while time.monotonic() < end and code is None:
+                try:
+                    data = sock.recv(65536)
+                except socket.timeout:
+                    continue
+                except OSError:
+                    break
+                if not data:
+                    break
+                for kind, flags, payload in frames.feed(data):
+                    if kind in (0x0, 0x1) and flags & 0x1 and not sent:
+                        # The response ended: the stream is closed both ways.
+                        sock.sendall(frame(0x0, 0x1, 1, b"test"))
+                        sent = True
+                        end = time.monotonic() + 2
+                    elif kind == 0x3 and sent:
+                        code = int.from_bytes(payload[:4], "big")
+                    elif kind == 0x7:
+                        code = goaway_code(payload)
+            codes.append(code)
+            sock.close()
+        out[case] = codes
+    return out
+
+
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument("mode", choices=["nopreface", "badpreface", "noping", "flood", "resets", "zerowindow", "lateframes"])
+    p.add_argument("mode", choices=["nopreface", "badpreface", "noping", "flood", "resets", "zerowindow", "lateframes",
+                                    "closedstreams"])
     p.add_argument("--runs", type=int, default=40)
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, required=True)

@@ -342,3 +342,46 @@ async fn stream_rules_hold_after_an_early_answer() {
         );
     }
 }
+
+/// STREAM_CLOSED (RFC 9113 5.1, 0x5).
+const STREAM_CLOSED: u64 = 0x5;
+
+/// h2spec 5.1/8 and 5.1/11: DATA on a stream the client reset, and on one
+/// whose exchange ended both ways, is a STREAM_CLOSED error; h2spec 8.1.2.1/3:
+/// trailers carrying a pseudo-header make the request malformed
+/// (PROTOCOL_ERROR). 20 runs per case, each on a new connection, over TLS.
+#[tokio::test]
+async fn frames_on_closed_streams_and_pseudo_headers_in_trailers_are_errors() {
+    let (_origin, edge) = start_pair(OriginOptions::default(), |c| c)
+        .await
+        .expect("origin and edge start");
+    let out = under_attack(
+        &edge,
+        args(
+            &edge,
+            "closedstreams",
+            true,
+            &["--path", "/upload", "--runs", "20"],
+        ),
+    )
+    .await;
+    let r = &out.report;
+    for (case, want) in [
+        ("data_after_rst", STREAM_CLOSED),
+        ("data_after_close", STREAM_CLOSED),
+        ("trailer_pseudo", PROTOCOL_ERROR),
+    ] {
+        let codes = r[case].as_array().expect("codes");
+        assert_eq!(codes.len(), 20, "{case}: {r}");
+        let wrong: Vec<_> = codes.iter().filter(|c| c.as_u64() != Some(want)).collect();
+        assert!(
+            wrong.is_empty(),
+            "{case}: {} of 20 runs did not get error {want:#x}: {wrong:?}",
+            wrong.len()
+        );
+    }
+    eprintln!(
+        "3 cases x 20 runs, each the error h2spec asks; canary {} x 200",
+        out.canary_ok
+    );
+}

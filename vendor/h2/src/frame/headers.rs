@@ -558,6 +558,17 @@ impl Continuation {
 // ===== impl Pseudo =====
 
 impl Pseudo {
+    /// PATCH(edge): whether any pseudo-header field was present (trailers
+    /// must carry none).
+    pub(crate) fn has_any(&self) -> bool {
+        self.method.is_some()
+            || self.scheme.is_some()
+            || self.authority.is_some()
+            || self.path.is_some()
+            || self.protocol.is_some()
+            || self.status.is_some()
+    }
+
     pub fn request(method: Method, uri: Uri, protocol: Option<Protocol>) -> Self {
         let parts = uri::Parts::from(uri);
 

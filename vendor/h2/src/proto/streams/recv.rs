@@ -422,6 +422,14 @@ impl Recv {
         // Transition the state
         stream.state.recv_close()?;
 
+        // PATCH(edge): pseudo-header fields are not allowed in trailers
+        // (RFC 9113 8.1): the request or response is malformed, a stream
+        // error of type PROTOCOL_ERROR (RFC 9113 8.1.1; h2spec 8.1.2.1/3).
+        if frame.pseudo().has_any() {
+            proto_err!(stream: "recv_trailers: pseudo-header in trailers; stream={:?};", stream.id);
+            return Err(Error::library_reset(stream.id, Reason::PROTOCOL_ERROR));
+        }
+
         if stream.ensure_content_length_zero().is_err() {
             proto_err!(stream: "recv_trailers: content-length is not zero; stream={:?};",  stream.id);
             return Err(Error::library_reset(stream.id, Reason::PROTOCOL_ERROR));
