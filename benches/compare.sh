@@ -11,9 +11,21 @@
 #
 # Knobs (environment): QUICK, REPS, DURATION (seconds per load run), CONNS,
 # H2_STREAMS, IDLE_N1/IDLE_N2 (idle TCP and TLS connections), QUIC_N1/QUIC_N2,
-# SCENARIOS (any of: h1 h2 h3 1m cache idle features), RESULTS (markdown output
-# file), EDGE_BIN (an edge binary to test instead of building the work tree),
-# PROXIES (the peers to run, default "nginx haproxy caddy edge"; edge always).
+# SCENARIOS (any of: h1 h2 h3 1m cache idle features, and the churn ones: hs
+# hs-rsa resume hs-quic close churn), RESULTS (markdown output file), EDGE_BIN
+# (an edge binary to test instead of building the work tree), PROXIES (the peers
+# to run, default "nginx haproxy caddy edge"; edge always), CLOSE_RATE and
+# CLOSE_CONNS (the `close` scenario's arrival rate and client cap),
+# CHURN_DURATION and CHURN_CONNS (the `churn` scenario).
+#
+# Churn scenarios (benches/src/bin/bench-handshake.rs is the client): `hs` a new
+# TLS 1.3 connection per request (ECDSA P-256), `hs-rsa` the same with an
+# RSA-2048 certificate (every process restarted with it), `resume` TLS 1.3
+# resumed from the previous connection's ticket, `hs-quic` a new QUIC
+# connection per HTTP/3 request (edge and Caddy), `close` plain HTTP/1.1
+# `Connection: close` clients arriving at a fixed rate, and `churn` the origin
+# answering `Connection: close` to every proxied request (upstream port churn,
+# TIME_WAIT counted).
 #
 # `features` is edge alone, three ways on the h1 load: as configured in
 # conf/edge.toml, with one local rate limit that never refuses, and with sticky
@@ -45,6 +57,11 @@ IDLE_N1=${IDLE_N1:-5000}
 IDLE_N2=${IDLE_N2:-15000}
 QUIC_N1=${QUIC_N1:-2000}
 QUIC_N2=${QUIC_N2:-6000}
+CLOSE_RATE=${CLOSE_RATE:-2000}
+CLOSE_CONNS=${CLOSE_CONNS:-500}
+CHURN_CONNS=${CHURN_CONNS:-200}
+if [[ $QUICK == 1 ]]; then CHURN_DURATION=${CHURN_DURATION:-10}; fi
+CHURN_DURATION=${CHURN_DURATION:-60}
 SCENARIOS=${SCENARIOS:-h1 h2 h3 1m cache idle}
 STAMP=$(date -u +%Y%m%dT%H%M%SZ)
 RESULTS=${RESULTS:-$TARGET_DIR/compare/results-$STAMP.md}
@@ -201,6 +218,14 @@ build_edge() {
     cp "$TARGET_DIR/release/edge" "$WORK/bin/edge"
 }
 
+# The churn scenarios' load client (benches/src/bin/bench-handshake.rs).
+build_client() {
+    has hs || has hs-rsa || has resume || has hs-quic || has close || return 0
+    log "cargo build --release -p edge-benches --bin bench-handshake"
+    (cd "$ROOT" && cargo build --release -p edge-benches --bin bench-handshake)
+    cp "$TARGET_DIR/release/bench-handshake" "$WORK/bin/bench-handshake"
+}
+
 # ---------------------------------------------------------------- configs, start
 
 declare -A HTTP_PORT=() TLS_PORT=() ADMIN_PORT=()
@@ -214,6 +239,7 @@ render() { # template output http_port tls_port
         -e "s|@MAXCONN@|$MAXCONN|g" \
         -e "s|@ACCESS_LOG@|${ACCESS_LOG:-off}|g" \
         -e "s|@ACCESS_FILE@|$(dirname "$2")/access.log|g" \
+        -e "s|@ORIGIN_KEEPALIVE@|${ORIGIN_KEEPALIVE:-300s}|g" \
         "$1" >"$2"
     if grep -v '^[[:space:]]*#' "$2" | grep -q '@[A-Z_]*@'; then die "$2: unfilled placeholder"; fi
 }
@@ -334,6 +360,21 @@ run_load() { # scenario row repetition
         res=$("$PY" "$WORK/bench.py" parse-oha "$out.json" "$out.db") || rc=$?
         rm -f "$out.db"
         ;;
+    hs | hs-rsa | resume | hs-quic | close)
+        # One request per connection; the latencies printed are the handshake's.
+        local mode=tls port conns=$CONNS rate=()
+        case $scen in
+        resume) mode=resume ;;
+        hs-quic) mode=quic ;;
+        close) mode=plain conns=$CLOSE_CONNS rate=("$CLOSE_RATE") ;;
+        esac
+        if [[ $mode == plain ]]; then port=$(port_for "$row" http); else port=$(port_for "$row" tls); fi
+        timeout -k 5 $((DURATION + 60)) taskset -c 1 \
+            "$WORK/bin/bench-handshake" "$mode" "127.0.0.1:$port" "$WORK/cert.pem" "$conns" "$DURATION" "${rate[@]}" \
+            >"$out.txt" 2>"$out.err" || rc=$?
+        res=$(sed -n 1p "$out.txt")
+        printf '%s\t%s\t%s\t%s\n' "$scen" "$rep" "$row" "$(sed -n 2p "$out.txt")" >>"$WORK/handshakes.tsv"
+        ;;
     esac
     if [[ -n $pid ]]; then
         cpu=$(($(tree_cpu "$pid") - cpu0))
@@ -358,7 +399,7 @@ run_load() { # scenario row repetition
 # Rows of a scenario, rotated by the repetition so no row always goes first.
 rows_for() { # scenario repetition
     local rows i n
-    if [[ $1 == h3 ]]; then
+    if [[ $1 == h3 || $1 == hs-quic ]]; then
         rows=(caddy edge)
     elif [[ $1 == cache ]]; then
         # Cache hits: the proxies with a response cache configured.
@@ -366,6 +407,9 @@ rows_for() { # scenario repetition
         [[ " ${PROXIES[*]} " == *" nginx "* ]] && rows+=(nginx)
     elif [[ $1 == features ]]; then
         rows=(edge "${FEATURE_ROWS[@]}")
+    elif [[ $1 == hs || $1 == hs-rsa || $1 == resume ]]; then
+        # No `direct`: the origin's TLS port (nginx 1.22 defaults) has no TLS 1.3.
+        rows=("${PROXIES[@]}")
     else
         rows=(direct "${PROXIES[@]}")
     fi
@@ -433,22 +477,94 @@ idle_measure() { # row kind(plain|tls|quic)
         "$kind" "$row" "$n1" "$((rss1 >> 20))" "$n2" "$((rss2 >> 20))" "$(((rss2 - rss1) / (n2 - n1)))")"
 }
 
+# ---------------------------------------------------------------- churn
+
+use_cert() { # ec|rsa: the certificate every process starts with
+    cp "$WORK/$1/cert.pem" "$WORK/cert.pem"
+    cp "$WORK/$1/key.pem" "$WORK/key.pem"
+    cp "$WORK/$1/combined.pem" "$WORK/combined.pem"
+}
+
+restart_origin() {
+    stop origin
+    start origin
+}
+
+restart_all() {
+    local p
+    restart_origin
+    for p in "${!PID_OF[@]}"; do
+        [[ $p == origin ]] && continue
+        stop "$p"
+        start "$p"
+    done
+}
+
+# TIME_WAIT sockets on the origin's port: (on the origin's side, on the proxy's).
+time_wait() {
+    local server client
+    server=$(ss -Htan state time-wait "( sport = :$ORIGIN_PORT )" | wc -l)
+    client=$(ss -Htan state time-wait "( dport = :$ORIGIN_PORT )" | wc -l)
+    echo "$server $client"
+}
+
+churn_run() { # row
+    local row=$1 pid out cpu0 cpu rc=0 res tw0 tw1 peak=0 n
+    pid=${PID_OF[$row]}
+    out=$WORK/runs/churn-$row
+    read -ra tw0 <<<"$(time_wait)"
+    cpu0=$(tree_cpu "$pid")
+    timeout -k 5 $((CHURN_DURATION + 60)) taskset -c 1 \
+        wrk -t1 -c"$CHURN_CONNS" -d"${CHURN_DURATION}s" --latency "http://127.0.0.1:$(port_for "$row" http)/" \
+        >"$out.txt" 2>&1 &
+    local wpid=$!
+    RUNNING[$wpid]=wrk
+    # The most TIME_WAIT sockets seen on the proxy's side while the load runs.
+    while alive "$wpid"; do
+        read -ra tw1 <<<"$(time_wait)"
+        n=$((tw1[1]))
+        ((n > peak)) && peak=$n
+        sleep 1
+    done
+    wait "$wpid" || rc=$?
+    unset "RUNNING[$wpid]"
+    cpu=$(($(tree_cpu "$pid") - cpu0))
+    read -ra tw1 <<<"$(time_wait)"
+    res=$("$PY" "$WORK/bench.py" parse-wrk "$out.txt") || rc=$?
+    [[ $rc == 0 && -n $res ]] || die "churn $row: load run failed (exit $rc)"
+    alive "$pid" || die "$row died during churn"
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$row" "$res" "$cpu" "$HZ" \
+        "$((tw1[0] - tw0[0]))" "$((tw1[1] - tw0[1]))" "$peak" "$(cat /proc/sys/net/ipv4/ip_local_port_range | tr '\t' '-')" >>"$WORK/churn.tsv"
+    log "churn $row: $res; TIME_WAIT origin side +$((tw1[0] - tw0[0])), proxy side +$((tw1[1] - tw0[1])) (peak $peak)"
+}
+
 # ---------------------------------------------------------------- main
 
 main() {
     install_deps
     WORK=$(mktemp -d -t edge-compare.XXXXXX)
     build_edge
+    build_client
     write_helper "$WORK/bench.py"
     mkdir -p "$WORK/runs" "$WORK/www" "$(dirname "$RESULTS")"
     RUNS=$WORK/runs.tsv
     IDLE=$WORK/idle.tsv
     : >"$RUNS"
 
-    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
-        -subj /CN=localhost -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" \
-        -keyout "$WORK/key.pem" -out "$WORK/cert.pem" 2>/dev/null
-    cat "$WORK/cert.pem" "$WORK/key.pem" >"$WORK/combined.pem"
+    # Leaf certificates (CA:FALSE: rustls, in bench-handshake, refuses a CA as a
+    # server's certificate), ECDSA P-256 for every scenario but hs-rsa.
+    local kind
+    for kind in ec rsa; do
+        mkdir -p "$WORK/$kind"
+        local newkey=(-newkey ec -pkeyopt ec_paramgen_curve:P-256)
+        [[ $kind == rsa ]] && newkey=(-newkey rsa:2048)
+        openssl req -x509 "${newkey[@]}" -nodes -days 2 \
+            -subj /CN=localhost -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" \
+            -addext "basicConstraints=critical,CA:FALSE" \
+            -keyout "$WORK/$kind/key.pem" -out "$WORK/$kind/cert.pem" 2>/dev/null
+        cat "$WORK/$kind/cert.pem" "$WORK/$kind/key.pem" >"$WORK/$kind/combined.pem"
+    done
+    use_cert ec
     head -c 1048576 /dev/urandom >"$WORK/www/1m"
 
     local ports
@@ -488,13 +604,37 @@ main() {
 
     local rep scen row
     for ((rep = 1; rep <= REPS; rep++)); do
-        for scen in h1 h2 h3 1m cache features; do
+        for scen in h1 h2 h3 1m cache features hs resume hs-quic close; do
             has "$scen" || continue
             for row in $(rows_for "$scen" "$rep"); do
                 run_load "$scen" "$row" "$rep"
             done
         done
     done
+
+    if has hs-rsa; then
+        # Every process (the origin's TLS port too) restarted with the RSA certificate.
+        use_cert rsa
+        restart_all
+        for ((rep = 1; rep <= REPS; rep++)); do
+            for row in $(rows_for hs-rsa "$rep"); do
+                run_load hs-rsa "$row" "$rep"
+            done
+        done
+        use_cert ec
+        restart_all
+    fi
+
+    if has churn; then
+        # The origin closes every connection after its response: each proxied
+        # request needs a new upstream connection (ephemeral ports, TIME_WAIT).
+        ORIGIN_KEEPALIVE=0 restart_origin
+        : >"$WORK/churn.tsv"
+        for row in "${PROXIES[@]}"; do
+            churn_run "$row"
+        done
+        restart_origin
+    fi
 
     if has idle; then
         : >"$IDLE"
@@ -516,7 +656,7 @@ main() {
         echo "- Load: wrk $(wrk -v 2>&1 | awk 'NR == 1 { print $2 }'), h2load $(h2load --version | awk '{ print $2 }')$([[ -x $OHA ]] && echo ", oha $("$OHA" --version | awk '{ print $2 }')")"
         echo "- Settings: REPS=$REPS DURATION=${DURATION}s CONNS=$CONNS H2_STREAMS=$H2_STREAMS IDLE=$IDLE_N1→$IDLE_N2 QUIC=$QUIC_N1→$QUIC_N2"
         echo
-        "$PY" "$WORK/bench.py" report "$RUNS" "$IDLE"
+        "$PY" "$WORK/bench.py" report "$RUNS" "$IDLE" "$WORK/handshakes.tsv" "$WORK/churn.tsv"
     } >"$RESULTS"
     cp "$RUNS" "${RESULTS%.md}.runs.tsv"
     [[ -s $IDLE ]] && cp "$IDLE" "${RESULTS%.md}.idle.tsv"
@@ -868,6 +1008,11 @@ SCENARIOS = [
     ("1m", "HTTP/1.1 keep-alive, 1 MiB body (wrk, plain HTTP)", "nginx"),
     ("cache", "Cache hits: HTTP/1.1 keep-alive, 2-byte body from the proxy's cache (nginx proxy_cache, edge L1)", "nginx"),
     ("features", "Features on the request path: HTTP/1.1 keep-alive, 2-byte body; edge as configured, with one local rate limit (never refusing), with a sticky cookie on every request, with the access log on (JSON to a file)", "edge"),
+    ("hs", "New TLS 1.3 connection per request, ECDSA P-256 (bench-handshake tls; req/s = handshakes/s, CPU per handshake + request, p50/p99 = handshake latency)", "nginx"),
+    ("hs-rsa", "New TLS 1.3 connection per request, RSA-2048 (bench-handshake tls; as above)", "nginx"),
+    ("resume", "Resumed TLS 1.3 connection per request, tickets (bench-handshake resume; as above)", "haproxy"),
+    ("hs-quic", "New QUIC connection per HTTP/3 request (bench-handshake quic; as above)", "caddy"),
+    ("close", "HTTP/1.1 `Connection: close` clients arriving at a fixed rate, plain TCP (bench-handshake plain; p50/p99 = TCP connect)", "nginx"),
 ]
 ROW_ORDER = ["direct", "nginx", "haproxy", "caddy", "edge", "edge-limit", "edge-sticky", "edge-log"]
 
@@ -972,6 +1117,18 @@ def targets(runs, idle):
     r = per_rep_ratio(runs, "1m", "edge", "nginx")
     if r is not None:
         line("1 MiB", ratio(r), r >= 1.2, "edge ≥ 1.2× nginx")
+    r = per_rep_ratio(runs, "hs", "edge", "nginx")
+    if r is not None:
+        line("TLS handshakes (ECDSA)", ratio(r), r >= 1.15, "edge ≥ 1.15× nginx")
+    r = per_rep_ratio(runs, "hs-rsa", "edge", "nginx")
+    if r is not None:
+        line("TLS handshakes (RSA)", ratio(r), r >= 1.15, "edge ≥ 1.15× nginx")
+    r = per_rep_ratio(runs, "resume", "edge", "haproxy")
+    if r is not None:
+        line("TLS resumed", ratio(r), r >= 1.0, "edge ≥ 1.0× HAProxy")
+    r = per_rep_ratio(runs, "hs-quic", "edge", "caddy")
+    if r is not None:
+        line("QUIC handshakes", ratio(r), r >= 3.0, "edge ≥ 3× Caddy")
     v = idle.get(("edge", "plain"))
     if v:
         b = (v[3] - v[1]) / (v[2] - v[0])
@@ -984,13 +1141,59 @@ def targets(runs, idle):
     return "\n".join(["| target | rule | edge | |", "|---|---|---|---|"] + out)
 
 
-def cmd_report(runs_path, idle_path):
+def resumed_table(path):
+    """How many handshakes of the `resume` rows rustls reported resumed."""
+    if not os.path.exists(path):
+        return ""
+    tally = {}
+    with open(path) as f:
+        for line in f:
+            scen, _rep, row, extra = line.rstrip("\n").split("\t")
+            if scen != "resume":
+                continue
+            words = extra.split()
+            resumed = int(words[words.index("resumed") + 1])
+            tally.setdefault(row, []).append(resumed)
+    if not tally:
+        return ""
+    lines = ["| row | handshakes resumed (sum over repetitions) |", "|---|---|"]
+    for row in ROW_ORDER:
+        if row in tally:
+            lines.append(f"| {row} | {sum(tally[row]):,} |")
+    return "\n".join(lines)
+
+
+def churn_table(path):
+    if not os.path.exists(path) or not os.path.getsize(path):
+        return ""
+    lines = [
+        "| row | req/s | proxy CPU µs/req | p99 ms | errors | TIME_WAIT origin side (+) | TIME_WAIT proxy side (+) | proxy side peak | ephemeral range |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    with open(path) as f:
+        for line in f:
+            row, res, cpu, hz, tw_server, tw_client, peak, ports = line.rstrip("\n").split("\t")
+            ok, window, _p50, p99, errors = res.split()
+            ok, window = int(ok), float(window)
+            cpu_us = float(cpu) / float(hz) * 1e6 / ok if ok else 0.0
+            lines.append(f"| {row} | {fmt_int(ok / window)} | {cpu_us:.1f} | {float(p99):.2f} | {errors} | "
+                         f"{int(tw_server):,} | {int(tw_client):,} | {int(peak):,} | {ports} |")
+    return "\n".join(lines)
+
+
+def cmd_report(runs_path, idle_path, handshakes_path="", churn_path=""):
     runs = load_runs(runs_path)
     idle = load_idle(idle_path)
     parts = []
     for scen, title, ref in SCENARIOS:
         if any(x["scen"] == scen for x in runs):
             parts.append(f"### {title}\n\n{scenario_table(runs, scen, ref)}\n")
+    resumed = resumed_table(handshakes_path)
+    if resumed:
+        parts.append("### Resumption (the `resume` rows)\n\n" + resumed + "\n")
+    churn = churn_table(churn_path)
+    if churn:
+        parts.append("### Upstream churn: the origin closes every connection (wrk, plain HTTP)\n\n" + churn + "\n")
     if idle:
         parts.append("### Memory per idle connection (RSS slope between N1 and N2)\n\n" + idle_table(idle) + "\n")
     parts.append("### Targets\n\n" + targets(runs, idle) + "\n")
