@@ -3,5 +3,6 @@
 //! only; the features that use it sit above.
 
 pub mod redis;
+pub mod tickets;
 
 pub use self::redis::{Breaker, Conn, Lock, Redis};
