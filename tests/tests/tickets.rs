@@ -4,8 +4,10 @@
 //! over QUIC (aioquic with a saved session ticket, then an h3 request); an
 //! edge with other keys does a full handshake and still answers 200; a reload
 //! puts a new first key in front while the old one keeps decrypting; a bad
-//! key file is refused with the key, the line and the reason; and two edges
-//! on one redis-server (`ticket_keys = "redis"`) resume each other's sessions.
+//! key file is refused with the key, the line and the reason; two edges on
+//! one redis-server (`ticket_keys = "redis"`) resume each other's sessions,
+//! before and after a rotation; and with Redis away an edge serves and
+//! resumes on a key of its own.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -395,5 +397,100 @@ async fn edges_sharing_keys_through_redis_resume_each_others_sessions() -> anyho
     // The keys are in Redis, where the edges put them; not in GET /config.
     let keys = redis.keys().await?;
     assert!(keys.iter().any(|k| k == "edge:tls:ticket_keys"), "{keys:?}");
+    Ok(())
+}
+
+/// The shared set as the edges wrote it: `v1 ROTATED_AT`, then next, current, previous.
+const SHARED_KEYS: &str = "edge:tls:ticket_keys";
+
+/// `proxy_tls_ticket_keys` on `edge` reaches `n`.
+async fn holds_keys(edge: &Edge, n: f64) -> anyhow::Result<()> {
+    eventually(&format!("{n} ticket keys held"), DEADLINE, || async {
+        let held = edge.metric("proxy_tls_ticket_keys").await?.0;
+        Ok((held == Some(n)).then_some(()))
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotation_in_redis_keeps_the_previous_key_and_the_next_is_everywhere_first(
+) -> anyhow::Result<()> {
+    let redis = Redis::start().await?;
+    let origin = Origin::start().await?;
+    let dir = tempfile::tempdir()?;
+    let pki = Pki::generate(dir.path())?;
+    // Long enough that no rotation comes by itself while the test runs; the
+    // replicas read the set every rotation/8 (here under 4 s).
+    let tls = [
+        ("ticket_keys", toml_str("redis")),
+        ("ticket_rotation", toml_str("30s")),
+    ];
+    let section = format!("[redis]\nurl = {}\n", toml_str(&redis.url()));
+    let a = edge(&origin, &pki, &tls, &section).await?;
+    let b = edge(&origin, &pki, &tls, &section).await?;
+    for e in [&a, &b] {
+        holds_keys(e, 2.0).await?;
+    }
+    let first = redis.get(SHARED_KEYS).await?.expect("the shared set");
+    let old: Vec<&str> = first.lines().skip(1).collect();
+    assert_eq!(old.len(), 2, "{first}");
+
+    let before = h2_client(&pki)?;
+    assert_eq!(h2_get(&a, &before).await?, (false, 200));
+
+    // Make the set due: the next read rotates it (one replica, under the lock).
+    redis
+        .set(SHARED_KEYS, &format!("v1 0\n{}\n", old.join("\n")))
+        .await?;
+    for e in [&a, &b] {
+        holds_keys(e, 3.0).await?;
+    }
+    let rotated = redis.get(SHARED_KEYS).await?.expect("the shared set");
+    let new: Vec<&str> = rotated.lines().skip(1).collect();
+    assert_eq!(&new[1..], &old[..], "next became current, current previous");
+    let mut rotations = 0.0;
+    for e in [&a, &b] {
+        rotations += e
+            .metric("proxy_tls_ticket_key_rotations_total")
+            .await?
+            .0
+            .unwrap_or(0.0);
+    }
+    assert_eq!(rotations, 2.0, "the first set, then one rotation");
+
+    // The session from before the rotation (now under the previous key)
+    // resumes on B; one made now (the old next key) too.
+    assert_eq!(h2_get(&b, &before).await?, (true, 200), "previous key on B");
+    let after = h2_client(&pki)?;
+    assert_eq!(h2_get(&a, &after).await?, (false, 200));
+    assert_eq!(h2_get(&b, &after).await?, (true, 200), "current key on B");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_redis_away_an_edge_serves_and_resumes_on_its_own_key() -> anyhow::Result<()> {
+    let origin = Origin::start().await?;
+    let dir = tempfile::tempdir()?;
+    let pki = Pki::generate(dir.path())?;
+    // A port nothing listens on.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let tls = [("ticket_keys", toml_str("redis"))];
+    let section = format!("[redis]\nurl = \"redis://127.0.0.1:{port}\"\ntimeout = \"200ms\"\n");
+    let a = edge(&origin, &pki, &tls, &section).await?;
+
+    let client = h2_client(&pki)?;
+    assert_eq!(h2_get(&a, &client).await?, (false, 200));
+    assert_eq!(
+        h2_get(&a, &client).await?,
+        (true, 200),
+        "own key on the same edge"
+    );
+    let session = dir.path().join("h3.session");
+    h3_requests_resuming(&a, &one_get(), None, Some(&session)).await?;
+    let (resumed, statuses) = h3_requests_resuming(&a, &one_get(), Some(&session), None).await?;
+    assert_eq!((resumed, statuses), (true, vec![200]));
+    assert_eq!(a.metric("proxy_tls_ticket_keys_shared").await?.0, Some(0.0));
     Ok(())
 }
