@@ -494,3 +494,25 @@ async fn with_redis_away_an_edge_serves_and_resumes_on_its_own_key() -> anyhow::
     assert_eq!(a.metric("proxy_tls_ticket_keys_shared").await?.0, Some(0.0));
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_from_an_edge_without_mtls_does_not_resume_past_one_that_requires_it(
+) -> anyhow::Result<()> {
+    let origin = Origin::start().await?;
+    let dir = tempfile::tempdir()?;
+    let pki = Pki::generate(dir.path())?;
+    let keys = key_file(dir.path(), "keys", &[KEY_1])?;
+    let open = with_key_file(&origin, &pki, &keys).await?;
+    let mtls = format!("[tls.client_auth]\nca = {}\n", toml_path(&pki.ca_cert));
+    let strict = edge(&origin, &pki, &[("ticket_keys", toml_path(&keys))], &mtls).await?;
+
+    let client = h2_client(&pki)?;
+    assert_eq!(h2_get(&open, &client).await?, (false, 200));
+    // Resumed, the session would skip the certificate request: it must not
+    // open there, and the client without a certificate is refused.
+    let got = h2_get(&strict, &client).await;
+    assert!(got.is_err(), "served without a client certificate: {got:?}");
+    assert!(tickets(&strict, "invalid").await? >= 1.0);
+    assert_eq!(tickets(&strict, "resumed").await?, 0.0);
+    Ok(())
+}
