@@ -1,6 +1,7 @@
 //! TLS session resumption across edges (`tls.ticket_keys`): two edges started
 //! with the same key file resume each other's sessions over TCP with ALPN h2
-//! (a rustls client with one resumption store, then a real h2 request) and
+//! (a rustls client with one resumption store, then a real h2 request), over
+//! HTTP/1.1 (`openssl s_client -sess_out`/`-sess_in`, "Reused, TLSv1.3") and
 //! over QUIC (aioquic with a saved session ticket, then an h3 request); an
 //! edge with other keys does a full handshake and still answers 200; a reload
 //! puts a new first key in front while the old one keeps decrypting; a bad
@@ -106,6 +107,47 @@ async fn h2_get(edge: &Edge, client: &Arc<rustls::ClientConfig>) -> anyhow::Resu
     Ok((resumed, status))
 }
 
+/// One HTTP/1.1 GET / over TLS 1.3 with `openssl s_client`, saving the session
+/// to `out` or offering the one in `inp`: whether s_client reports it
+/// `Reused, TLSv1.3`, and the response's status line.
+async fn openssl_h1(
+    edge: &Edge,
+    pki: &Pki,
+    inp: Option<&Path>,
+    out: Option<&Path>,
+) -> anyhow::Result<(bool, String)> {
+    let mut cmd = format!(
+        "printf 'GET / HTTP/1.1\\r\\nHost: localhost\\r\\nConnection: close\\r\\n\\r\\n' | \
+         openssl s_client -connect {} -servername localhost -tls1_3 -alpn http/1.1 \
+         -CAfile '{}' -verify_return_error -ign_eof",
+        edge.https_addr,
+        pki.ca_cert.display()
+    );
+    if let Some(p) = inp {
+        cmd.push_str(&format!(" -sess_in '{}'", p.display()));
+    }
+    if let Some(p) = out {
+        cmd.push_str(&format!(" -sess_out '{}'", p.display()));
+    }
+    let got = edge_tests::process::run("sh", ["-c", cmd.as_str()], DEADLINE).await?;
+    let reused = got.stdout.lines().any(|l| l.starts_with("Reused, TLSv1.3"));
+    let new = got.stdout.lines().any(|l| l.starts_with("New, TLSv1.3"));
+    anyhow::ensure!(
+        reused || new,
+        "no TLS 1.3 session line:\n{}{}",
+        got.stdout,
+        got.stderr
+    );
+    let status = got
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("HTTP/1.1 "))
+        .unwrap_or_default()
+        .trim()
+        .to_owned();
+    Ok((reused, status))
+}
+
 fn one_get() -> serde_json::Value {
     serde_json::json!([{ "path": "/" }])
 }
@@ -117,7 +159,7 @@ async fn tickets(edge: &Edge, outcome: &str) -> anyhow::Result<f64> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_session_from_one_edge_resumes_on_another_with_the_same_keys_over_h2_and_h3(
+async fn a_session_from_one_edge_resumes_on_another_with_the_same_keys_over_h1_h2_and_h3(
 ) -> anyhow::Result<()> {
     let origin = Origin::start().await?;
     let dir = tempfile::tempdir()?;
@@ -132,6 +174,17 @@ async fn a_session_from_one_edge_resumes_on_another_with_the_same_keys_over_h2_a
     assert_eq!(h2_get(&b, &client).await?, (true, 200), "A's session on B");
     // And B's new session back on A.
     assert_eq!(h2_get(&a, &client).await?, (true, 200), "B's session on A");
+
+    // h1 with openssl: A's session (saved by s_client) resumes on B.
+    let h1 = dir.path().join("h1.session");
+    let (reused, status) = openssl_h1(&a, &pki, None, Some(&h1)).await?;
+    assert_eq!((reused, status.as_str()), (false, "HTTP/1.1 200 OK"));
+    let (reused, status) = openssl_h1(&b, &pki, Some(&h1), None).await?;
+    assert_eq!(
+        (reused, status.as_str()),
+        (true, "HTTP/1.1 200 OK"),
+        "A's session on B (h1)"
+    );
 
     // h3: the ticket A gave over QUIC resumes on B.
     let session = dir.path().join("h3.session");

@@ -40,8 +40,8 @@ pub use split::{Guard, Match, Split, SplitVersion, Target, BUCKETS, DEFAULT_HEAD
 pub use sticky::{is_cookie_name, Sticky, StickyKey, MIN_SECRET};
 use tls::read_tls;
 pub use tls::{
-    read_ticket_keys, CertFiles, ClientAuth, ClientAuthMode, TicketKey, TicketKeys, Tls,
-    CLIENT_CERT_HEADER, MAX_TICKET_KEYS, TICKET_ROTATION,
+    CertFiles, ClientAuth, ClientAuthMode, TicketKey, TicketKeys, Tls, CLIENT_CERT_HEADER,
+    TICKET_ROTATION,
 };
 pub use upgrade::Upgrade;
 mod walk;

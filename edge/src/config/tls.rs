@@ -38,7 +38,7 @@ const MAX_TICKET_ROTATION: Duration = Duration::from_secs(7 * 24 * 3600);
 /// A key file holds at most this many keys (the current one and those still
 /// accepted): more is a file that is never pruned, which keeps old keys'
 /// tickets decryptable forever.
-pub const MAX_TICKET_KEYS: usize = 8;
+const MAX_TICKET_KEYS: usize = 8;
 
 /// `tls.ticket_keys`: where the keys that encrypt TLS session tickets come from.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -105,7 +105,7 @@ impl TicketKey {
 
 /// Reads a key file: one key per line (64 hex digits), newest first; blank
 /// lines and `#` comments are skipped. The reason names the file's line.
-pub fn read_ticket_keys(path: &Path) -> Result<Vec<TicketKey>, String> {
+fn read_ticket_keys(path: &Path) -> Result<Vec<TicketKey>, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let mut keys: Vec<TicketKey> = Vec::new();
     for (n, line) in text.lines().enumerate() {

@@ -1,7 +1,8 @@
 //! Certificates and the TLS configurations built on them. One resolver serves the
 //! TCP listener (h1, h2) and the QUIC listener (h3): the same certificate answers
 //! for a name whichever protocol the client speaks, and a reload swaps the set
-//! behind it for both at once.
+//! behind it for both at once. Likewise one `Ticketer` (`tickets`) makes and
+//! opens session tickets for both, when `tls.ticket_keys` is set.
 
 use std::fmt;
 use std::path::Path;

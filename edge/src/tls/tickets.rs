@@ -158,10 +158,16 @@ impl Ticketer {
     }
 
     /// Serves `keys` from the next handshake on: `keys[encrypt]` encrypts
-    /// (the last one if out of range), all decrypt.
+    /// (the last one if out of range), all decrypt. The same keys again (a
+    /// reload that left the file alone) change nothing.
     pub fn replace(&self, keys: &[TicketKey], encrypt: usize) {
         let keys: Vec<Sealer> = keys.iter().filter_map(sealer).collect();
         let encrypt = encrypt.min(keys.len().saturating_sub(1));
+        let held = self.set.load();
+        let names = |k: &[Sealer]| k.iter().map(|s| s.name).collect::<Vec<_>>();
+        if !keys.is_empty() && held.encrypt == encrypt && names(&held.keys) == names(&keys) {
+            return;
+        }
         self.metrics
             .keys
             .set(i64::try_from(keys.len()).unwrap_or(i64::MAX));
