@@ -648,12 +648,20 @@ async fn apply_reload(shared: &Shared, reload: &Reloader) -> Result<(), String> 
         shared.metrics.cert_expiries(&c.expiries());
     }
     // A key file read afresh (the config read it): a new first key encrypts
-    // from the next handshake, and the keys still listed keep decrypting.
-    if let (Some(t), config::TicketKeys::File { keys, .. }) = (
+    // from the next handshake, and the keys still listed keep decrypting. Only
+    // the file edge started with: another source waits for the restart.
+    if let (
+        Some(t),
+        config::TicketKeys::File { path: started, .. },
+        config::TicketKeys::File { path, keys },
+    ) = (
         &shared.tickets,
+        &shared.config.tls.ticket_keys,
         &shared.loaded.load().config.tls.ticket_keys,
     ) {
-        t.replace(keys, 0);
+        if started == path {
+            t.replace(keys, 0);
+        }
     }
     shared.metrics.reload(true);
     tracing::info!(

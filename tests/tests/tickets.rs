@@ -569,3 +569,30 @@ async fn a_session_from_an_edge_without_mtls_does_not_resume_past_one_that_requi
     assert_eq!(tickets(&strict, "resumed").await?, 0.0);
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_naming_another_key_source_waits_for_a_restart() -> anyhow::Result<()> {
+    let origin = Origin::start().await?;
+    let dir = tempfile::tempdir()?;
+    let pki = Pki::generate(dir.path())?;
+    let first = key_file(dir.path(), "first", &[KEY_1])?;
+    let other = key_file(dir.path(), "other", &[KEY_2])?;
+    let a = with_key_file(&origin, &pki, &first).await?;
+    let b = with_key_file(&origin, &pki, &first).await?;
+
+    let toml = std::fs::read_to_string(&a.config_path)?;
+    let moved = toml.replace(&toml_path(&first), &toml_path(&other));
+    anyhow::ensure!(moved != toml, "ticket_keys not in the config:\n{toml}");
+    std::fs::write(&a.config_path, moved)?;
+    a.signal("HUP").await?;
+    wait_until("restart pending logged", DEADLINE, || {
+        a.log()
+            .contains("reload: tls.ticket_keys changed; it takes effect on restart")
+    })
+    .await?;
+    // A still encrypts under the file it started with: B (same file) resumes.
+    let client = h2_client(&pki)?;
+    assert_eq!(h2_get(&a, &client).await?, (false, 200));
+    assert_eq!(h2_get(&b, &client).await?, (true, 200), "A kept its keys");
+    Ok(())
+}
