@@ -36,7 +36,8 @@ fn build_redis(config: &Config, metrics: &Metrics) -> Result<Option<Arc<Redis>>,
     });
     // Replicas share one ACME certificate and take turns ordering it.
     let shared_acme = config.acme.is_some();
-    if !(cache_l2 || global_limits || shared_sticky || shared_acme) {
+    let shared_tickets = config.tls.ticket_keys == config::TicketKeys::Redis;
+    if !(cache_l2 || global_limits || shared_sticky || shared_acme || shared_tickets) {
         tracing::info!(redis = %r.describe(), "redis configured but unused (no feature that shares state is on)");
         return Ok(None);
     }
@@ -93,6 +94,72 @@ fn build_cache(
     Ok(Some(cache))
 }
 
+/// The session ticket encrypter for `tls.ticket_keys` (`None` when unset:
+/// rustls's in-process session cache, as before), and in Redis mode the loop
+/// that keeps its keys in step with the other replicas', to be spawned.
+fn build_tickets(
+    config: &Config,
+    redis: Option<&Arc<Redis>>,
+    metrics: &Metrics,
+) -> Result<Option<Tickets>, Error> {
+    let metrics_err = |e: prometheus::Error| Error::Setup(format!("ticket metrics: {e}"));
+    let lifetime = u32::try_from(config.tls.ticket_rotation.as_secs()).unwrap_or(u32::MAX);
+    let context = ticket_context(config);
+    let registry = metrics.registry();
+    match &config.tls.ticket_keys {
+        config::TicketKeys::Local => Ok(None),
+        config::TicketKeys::File { path, keys } => {
+            let t =
+                tls::Ticketer::new(keys, 0, lifetime, context, registry).map_err(metrics_err)?;
+            tracing::info!(
+                "session tickets: {} keys from {}",
+                keys.len(),
+                path.display()
+            );
+            Ok(Some((t, None)))
+        }
+        config::TicketKeys::Redis => {
+            let redis = redis
+                .cloned()
+                .ok_or_else(|| Error::Setup("tls.ticket_keys = \"redis\" needs [redis]".into()))?;
+            // Our own key until the shared set is read (and while Redis is away).
+            let t = tls::Ticketer::new(&[], 0, lifetime, context, registry).map_err(metrics_err)?;
+            let first = t
+                .random_key()
+                .ok_or_else(|| Error::Setup("no randomness for a ticket key".into()))?;
+            t.replace(std::slice::from_ref(&first), 0);
+            let keys = crate::shared::tickets::SharedTicketKeys::new(
+                redis,
+                config.tls.ticket_rotation,
+                registry,
+            )
+            .map_err(metrics_err)?;
+            Ok(Some((t, Some((keys, first)))))
+        }
+    }
+}
+
+/// The Redis-shared ticket key loop and the key serving until it has read the set.
+type SharedTickets = (crate::shared::tickets::SharedTicketKeys, config::TicketKey);
+/// The encrypter, and in Redis mode the loop that feeds it.
+type Tickets = (Arc<tls::Ticketer>, Option<SharedTickets>);
+
+/// What a ticket is bound to besides its key: the client-certificate policy
+/// (mode and CA bundle), so a session made where no certificate was asked for
+/// does not resume on an edge that requires one (rustls leaves that to us).
+fn ticket_context(config: &Config) -> Vec<u8> {
+    use sha2::Digest as _;
+    let Some(auth) = &config.tls.client_auth else {
+        return b"client_auth=none".to_vec();
+    };
+    let mut context = format!("client_auth={:?};ca=", auth.mode).into_bytes();
+    match std::fs::read(&auth.ca) {
+        Ok(ca) => context.extend(sha2::Sha256::digest(ca)),
+        Err(_) => context.extend(auth.ca.display().to_string().into_bytes()),
+    }
+    context
+}
+
 /// Produces a fresh config on SIGHUP: the file read again, with the same flags
 /// applied on top.
 pub type Reloader = Arc<dyn Fn() -> Result<Config, config::ConfigErrors> + Send + Sync>;
@@ -123,6 +190,7 @@ pub async fn run(config: Config, reload: Option<Reloader>) -> Result<(), Error> 
 
     let metrics = Metrics::new().map_err(|e| Error::Setup(format!("metrics: {e}")))?;
     let redis = build_redis(&config, &metrics)?;
+    let tickets = build_tickets(&config, redis.as_ref(), &metrics)?;
     let acme = build_acme(&config, resolver, redis.clone(), &metrics)?;
     metrics.cert_expiries(&resolver.expiries());
     let cache = build_cache(&config, redis.as_ref(), &metrics)?;
@@ -178,6 +246,7 @@ pub async fn run(config: Config, reload: Option<Reloader>) -> Result<(), Error> 
         }),
         config,
         certs: Some(resolver.as_ref()),
+        tickets: tickets.as_ref().map(|(t, _)| t.clone()),
     });
     let tls_alpn = shared
         .config
@@ -192,6 +261,7 @@ pub async fn run(config: Config, reload: Option<Reloader>) -> Result<(), Error> 
         resolver.clone(),
         tls_alpn,
         clients.clone(),
+        shared.tickets.clone(),
     )?);
     let mut loops = tokio::task::JoinSet::new();
     let mut endpoints = Vec::new();
@@ -204,6 +274,7 @@ pub async fn run(config: Config, reload: Option<Reloader>) -> Result<(), Error> 
             udp,
             resolver.clone(),
             clients.clone(),
+            shared.tickets.clone(),
             &shared,
         )?);
         let alt_svc = alt_svc(&shared.config, addr.port());
@@ -235,6 +306,14 @@ pub async fn run(config: Config, reload: Option<Reloader>) -> Result<(), Error> 
         tracing::info!("listening kind=admin addr={addr}");
     }
     spawn_overload_guard(&shared);
+    if let Some((ticketer, Some((keys, first)))) = tickets {
+        let stop = shared.draining.clone();
+        tokio::spawn(keys.run(first, move |k, i| ticketer.replace(k, i), stop));
+        tracing::info!(
+            "session tickets: keys shared through redis, rotated every {:?}",
+            shared.config.tls.ticket_rotation
+        );
+    }
     if let Some(f) = forecast {
         let (pools, stop) = (shared.clone(), shared.draining.clone());
         tokio::spawn(f.run(move || pools.proxy.load().pools().to_vec(), stop));
@@ -568,6 +647,22 @@ async fn apply_reload(shared: &Shared, reload: &Reloader) -> Result<(), String> 
     if let Some(c) = shared.certs {
         shared.metrics.cert_expiries(&c.expiries());
     }
+    // A key file read afresh (the config read it): a new first key encrypts
+    // from the next handshake, and the keys still listed keep decrypting. Only
+    // the file edge started with: another source waits for the restart.
+    if let (
+        Some(t),
+        config::TicketKeys::File { path: started, .. },
+        config::TicketKeys::File { path, keys },
+    ) = (
+        &shared.tickets,
+        &shared.config.tls.ticket_keys,
+        &shared.loaded.load().config.tls.ticket_keys,
+    ) {
+        if started == path {
+            t.replace(keys, 0);
+        }
+    }
     shared.metrics.reload(true);
     tracing::info!(
         "config reloaded: routes, pools, trusted_proxies, rate limits and certificates replaced \
@@ -601,6 +696,18 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
     }
     if old.tls.client_auth != new.tls.client_auth {
         changed.push("tls.client_auth");
+    }
+    // The ticket keys' source and lifetime are set at start; a key file's
+    // contents are re-read on every reload.
+    let source = |t: &config::TicketKeys| match t {
+        config::TicketKeys::Local => None,
+        config::TicketKeys::File { path, .. } => Some(Some(path.clone())),
+        config::TicketKeys::Redis => Some(None),
+    };
+    if source(&old.tls.ticket_keys) != source(&new.tls.ticket_keys)
+        || old.tls.ticket_rotation != new.tls.ticket_rotation
+    {
+        changed.push("tls.ticket_keys");
     }
     if old.state_dir != new.state_dir {
         changed.push("state_dir");

@@ -3,6 +3,7 @@
 Usage: h3_requests.py --ca CA.pem --host 127.0.0.1 --port PORT --spec JSON
                       [--server-name NAME] [--insecure] [--peer-cert]
                       [--client-cert PEM --client-key PEM]
+                      [--session-out FILE] [--session-in FILE]
 
 JSON is a list of requests: {"method", "path", "headers": [[name, value]],
 "big_header_bytes": N (adds an `x-big` header of N bytes), "body_bytes": N}.
@@ -15,12 +16,16 @@ certificate verification; --peer-cert prints {"peer_certificate": {"subject",
 "dns_names", "serial", "der"}, "results": [...]} instead, describing the certificate
 the server sent ("serial" in lower-case hex, "der" the certificate in base64).
 --client-cert/--client-key present a client certificate (mTLS).
+--session-out saves the server's TLS session ticket (waiting for one) to FILE;
+--session-in offers the one saved in FILE (resumption). With either, prints
+{"session_resumed": bool, "results": [...]}.
 """
 
 import argparse
 import base64
 import asyncio
 import json
+import pickle
 import ssl
 import sys
 
@@ -125,6 +130,8 @@ async def main():
     parser.add_argument("--peer-cert", action="store_true")
     parser.add_argument("--client-cert")
     parser.add_argument("--client-key")
+    parser.add_argument("--session-out")
+    parser.add_argument("--session-in")
     args = parser.parse_args()
     specs = json.loads(args.spec)
 
@@ -135,6 +142,10 @@ async def main():
     if args.insecure:
         config.verify_mode = ssl.CERT_NONE
     config.server_name = args.server_name
+    if args.session_in:
+        with open(args.session_in, "rb") as f:
+            config.session_ticket = pickle.load(f)
+    tickets = []
     authority = f"{args.server_name}:{args.port}"
     results = []
     async with connect(
@@ -142,12 +153,25 @@ async def main():
         args.port,
         configuration=config,
         create_protocol=H3Client,
+        session_ticket_handler=tickets.append,
         wait_connected=True,
     ) as client:
         peer = describe_certificate(client._quic.tls._peer_certificate)
+        resumed = client._quic.tls.session_resumed
         for spec in specs:
             results.append(await client.request(authority, spec))
-    if args.peer_cert:
+        if args.session_out:
+            for _ in range(100):
+                if tickets:
+                    break
+                await asyncio.sleep(0.05)
+            if not tickets:
+                raise RuntimeError("no session ticket from the server")
+            with open(args.session_out, "wb") as f:
+                pickle.dump(tickets[-1], f)
+    if args.session_out or args.session_in:
+        print(json.dumps({"session_resumed": resumed, "results": results}))
+    elif args.peer_cert:
         print(json.dumps({"peer_certificate": peer, "results": results}))
     else:
         print(json.dumps(results))

@@ -355,6 +355,42 @@ pub async fn h3_requests_as(
     run_h3_requests(edge, spec, &["--client-cert", &cert, "--client-key", &key]).await
 }
 
+/// Like [`h3_requests`], with TLS session resumption: `session_in` offers the
+/// session saved there, `session_out` saves the one the server gives. Answers
+/// whether the session resumed, and each request's status.
+pub async fn h3_requests_resuming(
+    edge: &Edge,
+    spec: &serde_json::Value,
+    session_in: Option<&std::path::Path>,
+    session_out: Option<&std::path::Path>,
+) -> anyhow::Result<(bool, Vec<u64>)> {
+    let mut extra = Vec::new();
+    let (inp, out) = (
+        session_in.map(|p| p.to_string_lossy().into_owned()),
+        session_out.map(|p| p.to_string_lossy().into_owned()),
+    );
+    if let Some(p) = &inp {
+        extra.extend(["--session-in", p.as_str()]);
+    }
+    if let Some(p) = &out {
+        extra.extend(["--session-out", p.as_str()]);
+    }
+    anyhow::ensure!(!extra.is_empty(), "resuming needs a session file in or out");
+    let got = run_h3_requests(edge, spec, &extra).await?;
+    let resumed = got["session_resumed"]
+        .as_bool()
+        .ok_or_else(|| anyhow::anyhow!("no session_resumed in {got}"))?;
+    let statuses = got["results"]
+        .as_array()
+        .map(|r| {
+            r.iter()
+                .map(|r| r["status"].as_u64().unwrap_or(0))
+                .collect()
+        })
+        .unwrap_or_default();
+    Ok((resumed, statuses))
+}
+
 /// `h3_requests.py` at edge's HTTP/3 address with the test CA, `spec` and `extra`.
 async fn run_h3_requests(
     edge: &Edge,

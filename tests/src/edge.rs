@@ -135,6 +135,8 @@ pub struct EdgeConfig {
     pub certificates: Vec<LeafFiles>,
     /// `[cache]` keys with TOML values; empty leaves the section out.
     pub cache: Vec<(String, String)>,
+    /// `[tls]` keys with TOML values (beside the certificates).
+    pub tls: Vec<(String, String)>,
     /// Whole TOML sections appended as written (`[redis]\nurl = ...`).
     pub sections: Vec<String>,
 }
@@ -155,8 +157,15 @@ impl EdgeConfig {
             }],
             certificates: Vec::new(),
             cache: Vec::new(),
+            tls: Vec::new(),
             sections: Vec::new(),
         }
+    }
+
+    /// Sets `key = value` (value written as TOML) in `[tls]`.
+    pub fn tls_setting(mut self, key: &str, toml_value: &str) -> Self {
+        self.tls.push((key.to_owned(), toml_value.to_owned()));
+        self
     }
 
     /// Appends a whole TOML section, as written.
@@ -221,6 +230,9 @@ impl EdgeConfig {
         }
         out.push_str("\n[alt_svc]\nenabled = true\nmax_age = \"24h\"\n");
         out.push_str("\n[tls]\n");
+        for (key, value) in &self.tls {
+            out.push_str(&format!("{key} = {value}\n"));
+        }
         let default_leaf = [pki.leaf()];
         let certificates = if self.certificates.is_empty() {
             &default_leaf[..]

@@ -93,6 +93,23 @@ impl Redis {
         Ok(keys)
     }
 
+    /// The value of `key`, if set.
+    pub async fn get(&self, key: &str) -> anyhow::Result<Option<String>> {
+        let mut c = self.conn().await?;
+        Ok(redis::cmd("GET").arg(key).query_async(&mut c).await?)
+    }
+
+    /// Sets `key` to `value` (no TTL).
+    pub async fn set(&self, key: &str, value: &str) -> anyhow::Result<()> {
+        let mut c = self.conn().await?;
+        redis::cmd("SET")
+            .arg(key)
+            .arg(value)
+            .query_async::<()>(&mut c)
+            .await?;
+        Ok(())
+    }
+
     /// Overwrites every key under `prefix` with `value` (keeping no TTL).
     pub async fn overwrite(&self, prefix: &str, value: &[u8]) -> anyhow::Result<usize> {
         let mut c = self.conn().await?;

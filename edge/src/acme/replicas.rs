@@ -10,15 +10,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::shared::Redis;
-
-/// Deletes the lock only while it still holds this replica's token.
-const UNLOCK: &str = r#"
-if redis.call("GET", KEYS[1]) == ARGV[1] then
-  return redis.call("DEL", KEYS[1])
-end
-return 0
-"#;
+use crate::shared::{Lock, Redis};
 
 /// How often Redis is asked again while it is still connecting at start.
 const CONNECT_POLL: Duration = Duration::from_millis(100);
@@ -27,20 +19,16 @@ const CONNECT_TRIES: u32 = 30;
 pub struct Replicas {
     redis: Arc<Redis>,
     cert_key: String,
-    lock_key: String,
-    token: String,
-    unlock: redis::Script,
+    lock: Lock,
 }
 
 impl Replicas {
     /// `id` names the certificate (its domains and directory).
     pub fn new(redis: Arc<Redis>, id: &str) -> Self {
         Self {
+            lock: Lock::new(redis.clone(), format!("edge:acme:lock:{id}")),
             redis,
             cert_key: format!("edge:acme:cert:{id}"),
-            lock_key: format!("edge:acme:lock:{id}"),
-            token: format!("{}-{:016x}", std::process::id(), fastrand::u64(..)),
-            unlock: redis::Script::new(UNLOCK),
         }
     }
 
@@ -69,33 +57,12 @@ impl Replicas {
     /// Takes the ordering lock for `ttl`: `Some(false)` when another replica
     /// holds it, `None` when Redis did not answer.
     pub async fn lock(&self, ttl: Duration) -> Option<bool> {
-        let (key, token) = (self.lock_key.clone(), self.token.clone());
-        let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
-        self.redis
-            .call("acme_lock", |mut c| async move {
-                let set: Option<String> = redis::cmd("SET")
-                    .arg(key)
-                    .arg(token)
-                    .arg("NX")
-                    .arg("PX")
-                    .arg(ms)
-                    .query_async(&mut c)
-                    .await?;
-                Ok(set.is_some())
-            })
-            .await
+        self.lock.acquire(ttl).await
     }
 
     /// Releases the lock if it is still ours.
     pub async fn unlock(&self) {
-        let (key, token, script) = (self.lock_key.clone(), self.token.clone(), &self.unlock);
-        let released = self
-            .redis
-            .call("acme_unlock", |mut c| async move {
-                script.key(key).arg(token).invoke_async::<i64>(&mut c).await
-            })
-            .await;
-        if released.is_none() {
+        if !self.lock.release().await {
             tracing::warn!("acme: the ordering lock was not released; it expires by itself");
         }
     }

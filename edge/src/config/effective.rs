@@ -6,7 +6,8 @@
 //! as set or not), the userinfo of every Redis URL (`[redis] url`, `cluster`,
 //! sentinel `nodes`, the older `cache.redis`) and the sentinel `password`.
 //! Files that hold secrets (`admin_token_file`, sticky `secret_file`, TLS keys,
-//! the ACME account under `storage`) appear as paths, never as contents.
+//! `tls.ticket_keys`, the ACME account under `storage`) appear as paths, never
+//! as contents.
 //!
 //! The structs are taken apart field by field (no `..`): a field added to one
 //! of them does not compile here until someone decides how it is shown.
@@ -191,7 +192,15 @@ fn tls_json(t: &super::Tls) -> Value {
         handshake_timeout,
         certificates,
         client_auth,
+        ticket_keys,
+        ticket_rotation,
+        ticket_keys_line: _,
     } = t;
+    // The key file's path and how many keys it held, never a key.
+    let ticket_key_count = match ticket_keys {
+        super::TicketKeys::File { keys, .. } => Some(keys.len()),
+        super::TicketKeys::Local | super::TicketKeys::Redis => None,
+    };
     json!({
         "handshake_timeout": dur(*handshake_timeout),
         "certificates": certificates.iter()
@@ -202,6 +211,12 @@ fn tls_json(t: &super::Tls) -> Value {
             "mode": snake(&a.mode),
             "header": a.header.as_str(),
         })),
+        "ticket_keys": ticket_keys.describe(),
+        "ticket_key_count": ticket_key_count,
+        "ticket_rotation": match ticket_keys {
+            super::TicketKeys::Local => None,
+            _ => Some(dur(*ticket_rotation)),
+        },
     })
 }
 

@@ -39,7 +39,10 @@ pub use regions::{Geo, GeoRegion, Prefer};
 pub use split::{Guard, Match, Split, SplitVersion, Target, BUCKETS, DEFAULT_HEADER};
 pub use sticky::{is_cookie_name, Sticky, StickyKey, MIN_SECRET};
 use tls::read_tls;
-pub use tls::{CertFiles, ClientAuth, ClientAuthMode, Tls, CLIENT_CERT_HEADER};
+pub use tls::{
+    CertFiles, ClientAuth, ClientAuthMode, TicketKey, TicketKeys, Tls, CLIENT_CERT_HEADER,
+    TICKET_ROTATION,
+};
 pub use upgrade::Upgrade;
 mod walk;
 
@@ -609,6 +612,10 @@ fn read(cx: &mut Cx<'_>, doc: &toml_edit::Table, base: &Path) -> Config {
     let drain = read_drain(cx, &mut root);
     let rate_limits = rate_limits::read_rate_limits(cx, &mut root, &pools, redis.is_some());
     sticky::check_shared(cx, &pools, redis.is_some());
+    if tls.ticket_keys == TicketKeys::Redis && redis.is_none() {
+        let reason = "\"redis\" needs [redis] (where the replicas keep their shared keys)";
+        cx.error(tls.ticket_keys_line, "tls.ticket_keys", reason);
+    }
     let quic = read_quic(cx, &mut root);
     let upgrade = upgrade::read_upgrade(cx, &mut root);
     let forecast = forecast::read_forecast(cx, &mut root);

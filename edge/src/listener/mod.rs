@@ -52,6 +52,9 @@ pub struct Shared {
     pub tasks: TaskTracker,
     /// The certificates, for the SNI each TLS connection asked for (421 checks).
     pub certs: Option<&'static crate::tls::CertResolver>,
+    /// The session ticket keys both listeners encrypt with (`tls.ticket_keys`
+    /// set); a reload of a key file swaps them.
+    pub tickets: Option<std::sync::Arc<crate::tls::Ticketer>>,
     /// The TCP listeners' connection caps, in all and per source.
     pub slots: slots::Slots,
     /// Pauses accepting and sheds idle connections past `limits.memory_high`.

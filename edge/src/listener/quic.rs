@@ -42,10 +42,11 @@ pub fn endpoint(
     socket: UdpSocket,
     resolver: Arc<CertResolver>,
     clients: Option<Arc<dyn rustls::server::danger::ClientCertVerifier>>,
+    tickets: Option<Arc<tls::Ticketer>>,
     shared: &Shared,
 ) -> Result<quinn::Endpoint, crate::start::StartError> {
     let client = &shared.config.client;
-    let crypto = QuicServerConfig::try_from(tls::quic_config(resolver, clients)?)
+    let crypto = QuicServerConfig::try_from(tls::quic_config(resolver, clients, tickets)?)
         .map_err(|e| crate::start::StartError::Setup(e.to_string()))?;
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     let mut transport = quinn::TransportConfig::default();

@@ -382,6 +382,73 @@ impl Redis {
     }
 }
 
+/// Deletes a lock only while it still holds the caller's token.
+const UNLOCK: &str = r#"
+if redis.call("GET", KEYS[1]) == ARGV[1] then
+  return redis.call("DEL", KEYS[1])
+end
+return 0
+"#;
+
+/// A lock between replicas: `key` set to this replica's random token with a
+/// TTL (`SET NX PX`), so one replica does a job (order a certificate, rotate
+/// the ticket keys) while the others wait; released only while it still holds
+/// the token (a compare-and-delete script), and expired by itself if the
+/// holder dies.
+pub struct Lock {
+    redis: Arc<Redis>,
+    key: String,
+    token: String,
+    unlock: redis::Script,
+}
+
+impl Lock {
+    pub fn new(redis: Arc<Redis>, key: String) -> Self {
+        Self {
+            redis,
+            key,
+            token: format!("{}-{:016x}", std::process::id(), fastrand::u64(..)),
+            unlock: redis::Script::new(UNLOCK),
+        }
+    }
+
+    pub fn redis(&self) -> &Arc<Redis> {
+        &self.redis
+    }
+
+    /// Takes the lock for `ttl`: `Some(false)` when another replica holds it,
+    /// `None` when Redis did not answer.
+    pub async fn acquire(&self, ttl: Duration) -> Option<bool> {
+        let (key, token) = (self.key.clone(), self.token.clone());
+        let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+        self.redis
+            .call("lock", |mut c| async move {
+                let set: Option<String> = redis::cmd("SET")
+                    .arg(key)
+                    .arg(token)
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(ms)
+                    .query_async(&mut c)
+                    .await?;
+                Ok(set.is_some())
+            })
+            .await
+    }
+
+    /// Releases the lock if it is still ours; `false` when Redis did not
+    /// answer (it then expires by itself).
+    pub async fn release(&self) -> bool {
+        let (key, token, script) = (self.key.clone(), self.token.clone(), &self.unlock);
+        self.redis
+            .call("unlock", |mut c| async move {
+                script.key(key).arg(token).invoke_async::<i64>(&mut c).await
+            })
+            .await
+            .is_some()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

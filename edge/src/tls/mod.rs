@@ -1,7 +1,8 @@
 //! Certificates and the TLS configurations built on them. One resolver serves the
 //! TCP listener (h1, h2) and the QUIC listener (h3): the same certificate answers
 //! for a name whichever protocol the client speaks, and a reload swaps the set
-//! behind it for both at once.
+//! behind it for both at once. Likewise one `Ticketer` (`tickets`) makes and
+//! opens session tickets for both, when `tls.ticket_keys` is set.
 
 use std::fmt;
 use std::path::Path;
@@ -18,7 +19,9 @@ use rustls::sign::CertifiedKey;
 use crate::config::CertFiles;
 
 mod client_auth;
+mod tickets;
 pub use client_auth::{client_cert_value, client_verifier};
+pub use tickets::Ticketer;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -424,11 +427,13 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 /// `acme_alpn`, `acme-tls/1` too, for TLS-ALPN-01 validation (only a client
 /// that offers it alone gets it: see `is_acme_challenge`).
 /// `clients`: the client certificate verifier (`client_verifier`), when
-/// `[tls.client_auth]` is set.
+/// `[tls.client_auth]` is set. `tickets`: the shared session ticket keys
+/// (`tls.ticket_keys`); without them, rustls's in-process session cache.
 pub fn tcp_config(
     resolver: Arc<CertResolver>,
     acme_alpn: bool,
     clients: Option<Arc<dyn ClientCertVerifier>>,
+    tickets: Option<Arc<Ticketer>>,
 ) -> Result<Arc<rustls::ServerConfig>, TlsError> {
     let builder = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?;
@@ -441,14 +446,19 @@ pub fn tcp_config(
     if acme_alpn {
         cfg.alpn_protocols.push(ACME_TLS_ALPN.to_vec());
     }
+    if let Some(t) = tickets {
+        cfg.ticketer = t;
+    }
     Ok(Arc::new(cfg))
 }
 
 /// TLS 1.3 only, ALPN h3, for QUIC. 0-RTT stays off until the 425 rule for unsafe
-/// methods is in place.
+/// methods is in place. The same `tickets` as the TCP config: a session from
+/// either resumes on the other's keys.
 pub fn quic_config(
     resolver: Arc<CertResolver>,
     clients: Option<Arc<dyn ClientCertVerifier>>,
+    tickets: Option<Arc<Ticketer>>,
 ) -> Result<rustls::ServerConfig, TlsError> {
     let builder = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?;
@@ -458,5 +468,8 @@ pub fn quic_config(
     }
     .with_cert_resolver(resolver);
     cfg.alpn_protocols = vec![b"h3".to_vec()];
+    if let Some(t) = tickets {
+        cfg.ticketer = t;
+    }
     Ok(cfg)
 }
