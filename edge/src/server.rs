@@ -95,7 +95,7 @@ fn build_cache(
 }
 
 /// The session ticket encrypter for `tls.ticket_keys` (`None` when unset:
-/// rustls's in-process session cache, as before), and in Redis mode the loop
+/// in-process ticket keys, `tls::local_tickets`), and in Redis mode the loop
 /// that keeps its keys in step with the other replicas', to be spawned.
 fn build_tickets(
     config: &Config,

@@ -596,3 +596,48 @@ async fn a_reload_naming_another_key_source_waits_for_a_restart() -> anyhow::Res
     assert_eq!(h2_get(&b, &client).await?, (true, 200), "A kept its keys");
     Ok(())
 }
+
+/// Without `tls.ticket_keys`, one edge still resumes any number of sessions:
+/// a client's session made before 300 other clients' handshakes resumes after
+/// them, over TCP and over QUIC. (rustls's default, a stateful cache of 256
+/// sessions that each handshake adds two to, had forgotten it.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_shared_keys_an_edge_resumes_sessions_past_any_cache_size() -> anyhow::Result<()> {
+    let origin = Origin::start().await?;
+    let dir = tempfile::tempdir()?;
+    let pki = Pki::generate(dir.path())?;
+    let edge = edge(&origin, &pki, &[], "").await?;
+    let client = h2_client(&pki)?;
+    assert_eq!(h2_get(&edge, &client).await?, (false, 200));
+    let session = dir.path().join("h3.session");
+    h3_requests_resuming(&edge, &one_get(), None, Some(&session)).await?;
+
+    let mut others = (*h2_client(&pki)?).clone();
+    others.resumption = Resumption::disabled();
+    let others = tokio_rustls::TlsConnector::from(Arc::new(others));
+    for i in 0..300 {
+        let tcp = TcpStream::connect(edge.https_addr).await?;
+        let mut tls = others
+            .connect(ServerName::try_from("localhost")?, tcp)
+            .await
+            .map_err(|e| anyhow::anyhow!("other client {i}: {e}"))?;
+        // Read what the edge sends after the handshake (its tickets) until the
+        // close: the session is then surely made and stored, if it is stored.
+        tokio::io::AsyncWriteExt::shutdown(&mut tls).await?;
+        let mut sink = Vec::new();
+        let _ = tokio::time::timeout(
+            DEADLINE,
+            tokio::io::AsyncReadExt::read_to_end(&mut tls, &mut sink),
+        )
+        .await;
+    }
+
+    assert_eq!(
+        h2_get(&edge, &client).await?,
+        (true, 200),
+        "the first session resumes over TCP"
+    );
+    let (resumed, statuses) = h3_requests_resuming(&edge, &one_get(), Some(&session), None).await?;
+    assert_eq!((resumed, statuses), (true, vec![200]), "and over QUIC");
+    Ok(())
+}

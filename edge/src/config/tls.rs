@@ -43,7 +43,8 @@ const MAX_TICKET_KEYS: usize = 8;
 /// `tls.ticket_keys`: where the keys that encrypt TLS session tickets come from.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum TicketKeys {
-    /// Unset: rustls's own in-process session cache; a session resumes only on
+    /// Unset: tickets under keys rustls makes in this process (rotated every
+    /// 6 h; `tls::local_tickets`); a session resumes only on
     /// the edge that made it.
     Local,
     /// A file of keys, newest first: the first encrypts, every one decrypts.

@@ -428,7 +428,7 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 /// that offers it alone gets it: see `is_acme_challenge`).
 /// `clients`: the client certificate verifier (`client_verifier`), when
 /// `[tls.client_auth]` is set. `tickets`: the shared session ticket keys
-/// (`tls.ticket_keys`); without them, rustls's in-process session cache.
+/// (`tls.ticket_keys`); without them, [`local_tickets`].
 pub fn tcp_config(
     resolver: Arc<CertResolver>,
     acme_alpn: bool,
@@ -446,10 +446,28 @@ pub fn tcp_config(
     if acme_alpn {
         cfg.alpn_protocols.push(ACME_TLS_ALPN.to_vec());
     }
-    if let Some(t) = tickets {
-        cfg.ticketer = t;
-    }
+    cfg.ticketer = match tickets {
+        Some(t) => t,
+        None => local_tickets()?,
+    };
     Ok(Arc::new(cfg))
+}
+
+/// Session tickets without `tls.ticket_keys`: stateless tickets under keys
+/// rustls makes in this process and rotates (every 6 hours, the previous one
+/// still decrypting), one set for the TCP and QUIC listeners. Any number of
+/// clients resume on this edge at no memory per session (rustls's default,
+/// a stateful cache of 256 sessions, resumed about a third of 50 busy
+/// clients' handshakes in the harness), and as with the cache no key exists
+/// outside the process: a restart forgets them.
+fn local_tickets() -> Result<Arc<dyn rustls::server::ProducesTickets>, TlsError> {
+    static LOCAL: std::sync::OnceLock<Arc<dyn rustls::server::ProducesTickets>> =
+        std::sync::OnceLock::new();
+    if let Some(t) = LOCAL.get() {
+        return Ok(t.clone());
+    }
+    let made = rustls::crypto::ring::Ticketer::new()?;
+    Ok(LOCAL.get_or_init(|| made).clone())
 }
 
 /// TLS 1.3 only, ALPN h3, for QUIC. 0-RTT stays off until the 425 rule for unsafe
@@ -468,8 +486,9 @@ pub fn quic_config(
     }
     .with_cert_resolver(resolver);
     cfg.alpn_protocols = vec![b"h3".to_vec()];
-    if let Some(t) = tickets {
-        cfg.ticketer = t;
-    }
+    cfg.ticketer = match tickets {
+        Some(t) => t,
+        None => local_tickets()?,
+    };
     Ok(cfg)
 }
