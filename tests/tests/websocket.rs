@@ -324,31 +324,43 @@ async fn an_open_tunnel_is_closed_within_the_drain_grace() -> anyhow::Result<()>
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn websocket_over_h2_extended_connect_is_bridged_to_the_h1_backend() -> anyhow::Result<()> {
+/// An extended CONNECT WebSocket through edge to the `websockets` echo
+/// server with `script` (`ws_h2.py` to the TLS port, `ws_h3.py` to QUIC):
+/// the flag in SETTINGS, the 200, the echo of a text message and of 1 MiB,
+/// the close code, and one tunnel counted switched. The edge, the echo
+/// server (stopped when dropped) and the script's report.
+async fn extended_connect_echo(
+    script: &str,
+    h3: bool,
+) -> anyhow::Result<(Edge, PyServer, serde_json::Value)> {
     let origin = Origin::start().await?;
     let echo = PyServer::start("ws_echo.py").await?;
     let edge = edge_for(origin.url(), echo.url(), &[]).await?;
-    let port = edge.https_addr.port().to_string();
+    let port = if h3 { edge.h3_addr } else { edge.https_addr }
+        .port()
+        .to_string();
     let ca = edge.pki.ca_cert.to_string_lossy().into_owned();
-    let out = python_json(
-        "ws_h2.py",
-        &["127.0.0.1", &port, &ca, "/ws/h2"],
-        PYTHON_TIMEOUT,
-    )
-    .await?;
+    let path = if h3 { "/ws/h3" } else { "/ws/h2" };
+    let out = python_json(script, &["127.0.0.1", &port, &ca, path], PYTHON_TIMEOUT).await?;
     assert_eq!(out["enable_connect_protocol"], 1, "{out}");
     assert_eq!(out["status"], 200, "{out}");
     assert!(
         out["via"].as_str().is_some_and(|v| v.contains("edge")),
         "{out}"
     );
-    assert_eq!(out["text"], "hello over h2", "{out}");
+    let over = if h3 { "hello over h3" } else { "hello over h2" };
+    assert_eq!(out["text"], over, "{out}");
     assert_eq!(out["big_intact"], true, "{out}");
     assert_eq!(out["close_code"], 4001, "{out}");
     assert_eq!(out["close_reason"], "bye", "{out}");
     let switched = r#"proxy_upgrades_total{protocol="websocket",result="switched"}"#;
     assert_eq!(metric(&edge, switched).await?, 1.0);
+    Ok((edge, echo, out))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_over_h2_extended_connect_is_bridged_to_the_h1_backend() -> anyhow::Result<()> {
+    extended_connect_echo("ws_h2.py", false).await?;
     Ok(())
 }
 
@@ -356,30 +368,8 @@ async fn websocket_over_h2_extended_connect_is_bridged_to_the_h1_backend() -> an
 /// carrying the WebSocket frames; the backend's close finishes the stream.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn websocket_over_h3_extended_connect_is_bridged_to_the_h1_backend() -> anyhow::Result<()> {
-    let origin = Origin::start().await?;
-    let echo = PyServer::start("ws_echo.py").await?;
-    let edge = edge_for(origin.url(), echo.url(), &[]).await?;
-    let port = edge.h3_addr.port().to_string();
-    let ca = edge.pki.ca_cert.to_string_lossy().into_owned();
-    let out = python_json(
-        "ws_h3.py",
-        &["127.0.0.1", &port, &ca, "/ws/h3"],
-        PYTHON_TIMEOUT,
-    )
-    .await?;
-    assert_eq!(out["enable_connect_protocol"], 1, "{out}");
-    assert_eq!(out["status"], 200, "{out}");
-    assert!(
-        out["via"].as_str().is_some_and(|v| v.contains("edge")),
-        "{out}"
-    );
-    assert_eq!(out["text"], "hello over h3", "{out}");
-    assert_eq!(out["big_intact"], true, "{out}");
-    assert_eq!(out["close_code"], 4001, "{out}");
-    assert_eq!(out["close_reason"], "bye", "{out}");
+    let (edge, _echo, out) = extended_connect_echo("ws_h3.py", true).await?;
     assert_eq!(out["ended"], "stream ended", "{out}");
-    let switched = r#"proxy_upgrades_total{protocol="websocket",result="switched"}"#;
-    assert_eq!(metric(&edge, switched).await?, 1.0);
     let closed = r#"proxy_tunnels_closed_total{protocol="websocket",reason="closed"}"#;
     poll_until(
         "the tunnel is counted closed",

@@ -61,25 +61,13 @@ pub(crate) async fn run(shared: &Shared, switched: Switched, peer: Peer) {
         moved: moved.clone(),
     };
     let reason = tokio::select! {
-        copied = tokio::io::copy_bidirectional(&mut client, &mut backend) => match copied {
-            Ok(_) => "closed",
-            Err(e) => {
-                tracing::debug!(peer = %peer.ip, protocol, error = %e, "tunnel failed");
-                "error"
-            }
-        },
+        copied = tokio::io::copy_bidirectional(&mut client, &mut backend) => ended(copied, &peer, protocol),
         () = quiet_for(&moved, idle) => "idle",
         () = drained(shared) => "drain",
     };
-    // A FIN (and TLS close_notify) each way, within a bound: a peer that
-    // stopped reading must not hold the task.
+    // A FIN (and TLS close_notify) each way.
     let closing = async { tokio::join!(client.shutdown(), backend.shutdown()) };
-    if tokio::time::timeout(Duration::from_secs(1), closing)
-        .await
-        .is_err()
-    {
-        tracing::debug!(peer = %peer.ip, protocol, "tunnel close timed out");
-    }
+    close_within(closing, &peer, protocol).await;
     tracing::debug!(peer = %peer.ip, protocol, reason, "tunnel closed");
     metrics.tunnel_closed(protocol, reason);
 }
@@ -144,31 +132,44 @@ pub(crate) async fn run_h3(
             }
         };
         tokio::select! {
-            copied = async { tokio::try_join!(up, down) } => match copied {
-                Ok(_) => "closed",
-                Err(e) => {
-                    tracing::debug!(peer = %peer.ip, protocol, error = %e, "tunnel failed");
-                    "error"
-                }
-            },
+            copied = async { tokio::try_join!(up, down) } => ended(copied, &peer, protocol),
             () = quiet_for(&moved, idle) => "idle",
             () = drained(shared) => "drain",
         }
     };
     if reason != "closed" {
-        // The stream is cut both ways; the backend gets its FIN (bounded).
+        // The stream is cut both ways; the backend gets its FIN.
         send.stop_stream(h3::error::Code::H3_REQUEST_CANCELLED);
         recv.stop_sending(h3::error::Code::H3_REQUEST_CANCELLED);
-        let closing = to_backend.shutdown();
-        if tokio::time::timeout(Duration::from_secs(1), closing)
-            .await
-            .is_err()
-        {
-            tracing::debug!(peer = %peer.ip, protocol, "tunnel close timed out");
-        }
+        close_within(to_backend.shutdown(), &peer, protocol).await;
     }
     tracing::debug!(peer = %peer.ip, protocol, reason, "tunnel closed");
     metrics.tunnel_closed(protocol, reason);
+}
+
+/// The reason label of a tunnel whose copying ended by itself.
+fn ended<T, E: std::fmt::Display>(
+    copied: Result<T, E>,
+    peer: &Peer,
+    protocol: &str,
+) -> &'static str {
+    match copied {
+        Ok(_) => "closed",
+        Err(e) => {
+            tracing::debug!(peer = %peer.ip, protocol, error = %e, "tunnel failed");
+            "error"
+        }
+    }
+}
+
+/// A tunnel's closing, bounded: a peer that stopped reading must not hold the task.
+async fn close_within<F: std::future::Future>(closing: F, peer: &Peer, protocol: &str) {
+    if tokio::time::timeout(Duration::from_secs(1), closing)
+        .await
+        .is_err()
+    {
+        tracing::debug!(peer = %peer.ip, protocol, "tunnel close timed out");
+    }
 }
 
 /// How much one read from the backend may put in one HTTP/3 DATA frame.
