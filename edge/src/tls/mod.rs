@@ -419,7 +419,12 @@ pub fn load_roots(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError>
     Ok(certs)
 }
 
+/// The listeners' TLS provider: ring, or aws-lc-rs with the `aws-lc-rs`
+/// feature (see edge/Cargo.toml).
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    #[cfg(feature = "aws-lc-rs")]
+    return Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    #[cfg(not(feature = "aws-lc-rs"))]
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
