@@ -188,11 +188,12 @@ pub async fn run(config: Config, reload: Option<Reloader>) -> Result<(), Error> 
         Some(auth) => Some(tls::client_verifier(auth)?),
         None => None,
     };
-    let acceptor = tokio_rustls::TlsAcceptor::from(tls::tcp_config(
-        resolver.clone(),
-        tls_alpn,
-        clients.clone(),
-    )?);
+    let mut tcp_tls = tls::tcp_config(resolver.clone(), tls_alpn, clients.clone())?;
+    if shared.config.tls.early_data {
+        // Not shared yet: make_mut does not copy.
+        tls::allow_early_data(Arc::make_mut(&mut tcp_tls), false);
+    }
+    let acceptor = tokio_rustls::TlsAcceptor::from(tcp_tls);
     let mut loops = tokio::task::JoinSet::new();
     let mut endpoints = Vec::new();
     // Redirects go to the first TLS address's port.
@@ -601,6 +602,9 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
     }
     if old.tls.client_auth != new.tls.client_auth {
         changed.push("tls.client_auth");
+    }
+    if old.tls.early_data != new.tls.early_data {
+        changed.push("tls.early_data");
     }
     if old.state_dir != new.state_dir {
         changed.push("state_dir");

@@ -191,9 +191,11 @@ fn tls_json(t: &super::Tls) -> Value {
         handshake_timeout,
         certificates,
         client_auth,
+        early_data,
     } = t;
     json!({
         "handshake_timeout": dur(*handshake_timeout),
+        "early_data": early_data,
         "certificates": certificates.iter()
             .map(|c| json!({ "cert": path(&c.cert), "key": path(&c.key) }))
             .collect::<Vec<_>>(),

@@ -444,8 +444,7 @@ pub fn tcp_config(
     Ok(Arc::new(cfg))
 }
 
-/// TLS 1.3 only, ALPN h3, for QUIC. 0-RTT stays off until the 425 rule for unsafe
-/// methods is in place.
+/// TLS 1.3 only, ALPN h3, for QUIC. 0-RTT is off unless `allow_early_data`.
 pub fn quic_config(
     resolver: Arc<CertResolver>,
     clients: Option<Arc<dyn ClientCertVerifier>>,
@@ -459,4 +458,20 @@ pub fn quic_config(
     .with_cert_resolver(resolver);
     cfg.alpn_protocols = vec![b"h3".to_vec()];
     Ok(cfg)
+}
+
+/// The early data a TCP client may send on a resumed TLS 1.3 connection: a
+/// request head or a few, not a body (an unsafe method is refused anyway).
+pub const TCP_EARLY_DATA: u32 = 16 * 1024;
+
+/// Accepts TLS 1.3 early data (0-RTT) on resumed connections (`tls.early_data`):
+/// `TCP_EARLY_DATA` bytes on TCP; on QUIC the stream limits bound it and RFC
+/// 9001 4.6.1 requires the `0xffffffff` sentinel. The listeners mark what
+/// arrives so (`Peer::early_data`) and the pipeline refuses unsafe methods.
+///
+/// rustls accepts early data only with stateful resumption (the session cache,
+/// each ticket usable once: a replayed ClientHello finds it gone) and never with
+/// a `ticketer` (stateless tickets): a config that sets one turns 0-RTT off.
+pub fn allow_early_data(cfg: &mut rustls::ServerConfig, quic: bool) {
+    cfg.max_early_data_size = if quic { u32::MAX } else { TCP_EARLY_DATA };
 }

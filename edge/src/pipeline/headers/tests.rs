@@ -64,6 +64,7 @@ fn forwarding_headers_trust_only_configured_proxies() {
         tls: true,
         sni: None,
         client_cert: None,
+        early_data: false,
     };
     to_upstream(&mut untrusted, &peer, &trusted, &id, &trace(), host.clone());
     let h = untrusted.headers();
@@ -85,6 +86,7 @@ fn forwarding_headers_trust_only_configured_proxies() {
         tls: false,
         sni: None,
         client_cert: None,
+        early_data: false,
     };
     to_upstream(&mut via_proxy, &peer, &trusted, &id, &trace(), host);
     assert_eq!(via_proxy.headers()["x-forwarded-for"], "1.2.3.4, 10.1.1.1");
@@ -114,6 +116,7 @@ fn an_untrusted_peers_forwarding_claims_are_replaced_by_edges_own() {
         tls: true,
         sni: None,
         client_cert: None,
+        early_data: false,
     };
     to_upstream(
         &mut r,
@@ -150,6 +153,7 @@ fn a_trusted_proxys_forwarding_headers_pass_and_forwarded_is_appended() {
         tls: false,
         sni: None,
         client_cert: None,
+        early_data: false,
     };
     to_upstream(
         &mut r,
@@ -221,6 +225,7 @@ fn client_ip_believes_only_trusted_proxies() {
         tls: false,
         sni: None,
         client_cert: None,
+        early_data: false,
     };
     let ip = |s: &str| s.parse::<std::net::IpAddr>().expect("ip");
     let spoofed = req(&[("x-forwarded-for", "127.2.0.1")]);
