@@ -126,6 +126,8 @@ pub struct EdgeConfig {
     pub top: Vec<(String, String)>,
     /// `[client]` keys with TOML values.
     pub client: Vec<(String, String)>,
+    /// `[tls]` keys with TOML values.
+    pub tls: Vec<(String, String)>,
     /// Routes, in order; an empty list renders a single catch-all to `default`.
     pub routes: Vec<RouteConfig>,
     /// Pools.
@@ -147,6 +149,7 @@ impl EdgeConfig {
             admin: true,
             top: Vec::new(),
             client: Vec::new(),
+            tls: Vec::new(),
             routes: Vec::new(),
             pools: vec![PoolConfig {
                 name: "default".to_owned(),
@@ -202,6 +205,12 @@ impl EdgeConfig {
         self
     }
 
+    /// Sets `key = value` (value written as TOML) in `[tls]`.
+    pub fn tls_setting(mut self, key: &str, toml_value: &str) -> Self {
+        self.tls.push((key.to_owned(), toml_value.to_owned()));
+        self
+    }
+
     /// Renders the config, serving the certificate of `pki`.
     pub fn to_toml(&self, pki: &Pki) -> String {
         let mut out = String::from("listen = \"127.0.0.1:0\"\n");
@@ -221,6 +230,9 @@ impl EdgeConfig {
         }
         out.push_str("\n[alt_svc]\nenabled = true\nmax_age = \"24h\"\n");
         out.push_str("\n[tls]\n");
+        for (key, value) in &self.tls {
+            out.push_str(&format!("{key} = {value}\n"));
+        }
         let default_leaf = [pki.leaf()];
         let certificates = if self.certificates.is_empty() {
             &default_leaf[..]

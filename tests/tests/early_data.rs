@@ -1,0 +1,184 @@
+//! TLS 1.3 early data (0-RTT, RFC 8470) with `tls.early_data`: a resumed client
+//! sends its request before the handshake is done. Over QUIC (aioquic with a
+//! saved session ticket) and over TCP (`openssl s_client -early_data`), a GET
+//! so sent reaches the origin marked `Early-Data: 1`; a POST is answered 425 by
+//! edge and never reaches it. Off (the default), 0-RTT is refused and the
+//! request is served after the handshake, unmarked.
+
+use std::path::Path;
+
+use edge_tests::{echo_header, h3_requests_with, s_client, Edge, EdgeConfig, KeepAlive, Origin};
+use serde_json::{json, Value};
+
+async fn start(early_data: bool) -> anyhow::Result<(Origin, Edge)> {
+    let origin = Origin::start().await?;
+    let mut config = EdgeConfig::new(origin.url()).protocol("h1");
+    if early_data {
+        config = config.tls_setting("early_data", "true");
+    }
+    let edge = Edge::start(&config).await?;
+    Ok((origin, edge))
+}
+
+/// A first HTTP/3 connection that only fetches a session ticket into `ticket`.
+async fn h3_ticket(edge: &Edge, ticket: &Path) -> anyhow::Result<()> {
+    let out = h3_requests_with(
+        edge,
+        &json!([{"path": "/"}]),
+        &["--session-out", &ticket.to_string_lossy()],
+    )
+    .await?;
+    assert_eq!(out["results"][0]["status"], 200, "{out}");
+    Ok(())
+}
+
+/// A second connection resuming with `ticket` that sends `spec` at once: in
+/// 0-RTT when the ticket allows it. With `hold`, the client sends nothing more
+/// (its Finished included) until a response head arrives.
+async fn h3_early(edge: &Edge, ticket: &Path, spec: Value, hold: bool) -> anyhow::Result<Value> {
+    let ticket = ticket.to_string_lossy();
+    let mut args = vec!["--session-in", &*ticket, "--early"];
+    if hold {
+        args.push("--hold-finished");
+    }
+    h3_requests_with(edge, &spec, &args).await
+}
+
+fn echoed(result: &Value) -> anyhow::Result<Value> {
+    Ok(serde_json::from_str(
+        result["body"].as_str().unwrap_or_default(),
+    )?)
+}
+
+async fn early_count(edge: &Edge, proto: &str, outcome: &str) -> anyhow::Result<f64> {
+    let series =
+        format!("proxy_early_data_requests_total{{outcome=\"{outcome}\",proto=\"{proto}\"}}");
+    Ok(edge.metric(&series).await?.0.unwrap_or(0.0))
+}
+
+/// The GET is answered while the client still holds back its Finished: edge
+/// served it in 0.5-RTT, from early data, and told the origin so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_get_in_quic_0rtt_is_forwarded_with_early_data_1() -> anyhow::Result<()> {
+    let (origin, edge) = start(true).await?;
+    let ticket = edge.dir.path().join("h3.ticket");
+    h3_ticket(&edge, &ticket).await?;
+
+    let out = h3_early(&edge, &ticket, json!([{"path": "/echo?early"}]), true).await?;
+    assert_eq!(out["handshake"]["session_resumed"], true, "{out}");
+    assert_eq!(out["handshake"]["early_data_accepted"], true, "{out}");
+    let got = &out["results"][0];
+    assert_eq!(got["status"], 200, "{out}");
+    let echo = echoed(got)?;
+    assert_eq!(echo_header(&echo, "early-data"), ["1"], "{echo}");
+    assert_eq!(origin.requests(), 2);
+    assert_eq!(early_count(&edge, "h3", "accepted").await?, 1.0);
+    Ok(())
+}
+
+/// A POST in 0-RTT could be a replay: 425 from edge, nothing at the origin;
+/// the same POST after the handshake is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_post_in_quic_0rtt_is_answered_425_and_never_reaches_the_origin() -> anyhow::Result<()> {
+    let (origin, edge) = start(true).await?;
+    let ticket = edge.dir.path().join("h3.ticket");
+    h3_ticket(&edge, &ticket).await?;
+    assert_eq!(origin.requests(), 1);
+
+    let post = json!([{"method": "POST", "path": "/echo", "body_bytes": 64}]);
+    let out = h3_early(&edge, &ticket, post.clone(), true).await?;
+    assert_eq!(out["handshake"]["early_data_accepted"], true, "{out}");
+    assert_eq!(out["results"][0]["status"], 425, "{out}");
+    assert_eq!(origin.requests(), 1, "the 425 was edge's own");
+    assert_eq!(early_count(&edge, "h3", "too_early").await?, 1.0);
+
+    // After a full handshake (no ticket) the same request goes through.
+    let out = h3_requests_with(&edge, &post, &[]).await?;
+    assert_eq!(out[0]["status"], 200, "{out}");
+    assert_eq!(origin.requests(), 2);
+    Ok(())
+}
+
+/// Off by default: the ticket offers no early data, the resumed client sends
+/// its request after the handshake, and it arrives unmarked; GET /config says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_tls_early_data_0rtt_is_refused_and_the_request_waits_for_the_handshake(
+) -> anyhow::Result<()> {
+    let (_origin, edge) = start(false).await?;
+    let config = KeepAlive::new(edge.admin()?)
+        .request(&http::Method::GET, "/config", "config")
+        .await
+        .map_err(anyhow::Error::msg)?;
+    let config: Value = serde_json::from_str(&config.body)?;
+    assert_eq!(config["config"]["tls"]["early_data"], false, "{config}");
+
+    let ticket = edge.dir.path().join("h3.ticket");
+    h3_ticket(&edge, &ticket).await?;
+    let out = h3_early(&edge, &ticket, json!([{"path": "/echo"}]), false).await?;
+    assert_eq!(out["handshake"]["session_resumed"], true, "{out}");
+    assert_eq!(out["handshake"]["early_data_accepted"], false, "{out}");
+    let got = &out["results"][0];
+    assert_eq!(got["status"], 200, "{out}");
+    assert!(echo_header(&echoed(got)?, "early-data").is_empty(), "{out}");
+    Ok(())
+}
+
+/// `openssl s_client -sess_out`, then `-sess_in -early_data` with `request`.
+async fn tcp_early(edge: &Edge, request: &str) -> anyhow::Result<String> {
+    let dir = edge.dir.path();
+    let (session, first, early, empty) = (
+        dir.join("tcp.session"),
+        dir.join("first.http"),
+        dir.join("early.http"),
+        dir.join("empty"),
+    );
+    std::fs::write(
+        &first,
+        "GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+    )?;
+    std::fs::write(&early, request)?;
+    std::fs::write(&empty, "")?;
+    let ca = &edge.pki.ca_cert;
+    let sess = session.to_string_lossy();
+    let out = s_client(edge.https_addr, ca, &["-sess_out", &sess], &first).await?;
+    assert!(out.contains("HTTP/1.1 200"), "{out}");
+    let early = early.to_string_lossy();
+    let out = s_client(
+        edge.https_addr,
+        ca,
+        &["-sess_in", &sess, "-early_data", &early],
+        &empty,
+    )
+    .await?;
+    assert!(out.contains("Early data was accepted"), "{out}");
+    Ok(out)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_get_in_tls_early_data_is_forwarded_with_early_data_1() -> anyhow::Result<()> {
+    let (origin, edge) = start(true).await?;
+    let get = "GET /echo HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n";
+    let out = tcp_early(&edge, get).await?;
+    assert!(out.contains("HTTP/1.1 200"), "{out}");
+    let body = out
+        .find("{\"")
+        .and_then(|start| out[start..].rfind('}').map(|end| &out[start..=start + end]))
+        .unwrap_or_default();
+    let echo: Value = serde_json::from_str(body)?;
+    assert_eq!(echo_header(&echo, "early-data"), ["1"], "{echo}");
+    assert_eq!(origin.requests(), 2);
+    assert_eq!(early_count(&edge, "h1", "accepted").await?, 1.0);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_post_in_tls_early_data_is_answered_425_and_never_reaches_the_origin(
+) -> anyhow::Result<()> {
+    let (origin, edge) = start(true).await?;
+    let post = "POST /echo HTTP/1.1\r\nHost: localhost\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello";
+    let out = tcp_early(&edge, post).await?;
+    assert!(out.contains("HTTP/1.1 425"), "{out}");
+    assert_eq!(origin.requests(), 1, "only the first connection's GET");
+    assert_eq!(early_count(&edge, "h1", "too_early").await?, 1.0);
+    Ok(())
+}
