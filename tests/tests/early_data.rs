@@ -7,17 +7,22 @@
 
 use std::path::Path;
 
+use edge_tests::scripted::{Reply, Scripted};
 use edge_tests::{echo_header, h3_requests_with, s_client, Edge, EdgeConfig, KeepAlive, Origin};
 use serde_json::{json, Value};
 
 async fn start(early_data: bool) -> anyhow::Result<(Origin, Edge)> {
     let origin = Origin::start().await?;
-    let mut config = EdgeConfig::new(origin.url()).protocol("h1");
+    let edge = start_for(&origin.url(), early_data).await?;
+    Ok((origin, edge))
+}
+
+async fn start_for(origin: &str, early_data: bool) -> anyhow::Result<Edge> {
+    let mut config = EdgeConfig::new(origin).protocol("h1");
     if early_data {
         config = config.tls_setting("early_data", "true");
     }
-    let edge = Edge::start(&config).await?;
-    Ok((origin, edge))
+    Edge::start(&config).await
 }
 
 /// A first HTTP/3 connection that only fetches a session ticket into `ticket`.
@@ -73,6 +78,36 @@ async fn a_get_in_quic_0rtt_is_forwarded_with_early_data_1() -> anyhow::Result<(
     assert_eq!(echo_header(&echo, "early-data"), ["1"], "{echo}");
     assert_eq!(origin.requests(), 2);
     assert_eq!(early_count(&edge, "h3", "accepted").await?, 1.0);
+    Ok(())
+}
+
+/// An origin may refuse early data itself (RFC 8470 5.2): its 425 reaches the
+/// client as it sent it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_origins_425_to_early_data_is_passed_back() -> anyhow::Result<()> {
+    let origin = Scripted::start(|seen| match seen.header("early-data") {
+        Some("1") => Reply::new(425, &[("x-refused-by", "origin")], "too early"),
+        _ => Reply::ok(&[], "ok"),
+    })
+    .await?;
+    let edge = start_for(&origin.url(), true).await?;
+    let ticket = edge.dir.path().join("h3.ticket");
+    h3_ticket(&edge, &ticket).await?;
+
+    let out = h3_early(&edge, &ticket, json!([{"path": "/early"}]), true).await?;
+    assert_eq!(out["handshake"]["early_data_accepted"], true, "{out}");
+    let got = &out["results"][0];
+    assert_eq!(got["status"], 425, "{out}");
+    assert_eq!(got["body"], "too early", "{out}");
+    let refused_by = got["headers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|h| h[0] == "x-refused-by" && h[1] == "origin");
+    assert!(refused_by, "{out}");
+    assert_eq!(origin.count("/early"), 1);
+    assert_eq!(early_count(&edge, "h3", "accepted").await?, 1.0);
+    assert_eq!(early_count(&edge, "h3", "too_early").await?, 0.0);
     Ok(())
 }
 
@@ -180,5 +215,48 @@ async fn a_post_in_tls_early_data_is_answered_425_and_never_reaches_the_origin(
     assert!(out.contains("HTTP/1.1 425"), "{out}");
     assert_eq!(origin.requests(), 1, "only the first connection's GET");
     assert_eq!(early_count(&edge, "h1", "too_early").await?, 1.0);
+    Ok(())
+}
+
+/// Only what came in early data is early: a POST the client sends after the
+/// handshake, on the connection whose GET came in early data, is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_after_the_handshake_on_an_early_data_connection_is_not_early(
+) -> anyhow::Result<()> {
+    let (origin, edge) = start(true).await?;
+    let dir = edge.dir.path();
+    let (session, first, early, after) = (
+        dir.join("tcp.session"),
+        dir.join("first.http"),
+        dir.join("early.http"),
+        dir.join("after.http"),
+    );
+    std::fs::write(
+        &first,
+        "GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+    )?;
+    std::fs::write(&early, "GET /echo HTTP/1.1\r\nHost: localhost\r\n\r\n")?;
+    std::fs::write(
+        &after,
+        "POST /echo HTTP/1.1\r\nHost: localhost\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello",
+    )?;
+    let ca = &edge.pki.ca_cert;
+    let sess = session.to_string_lossy();
+    s_client(edge.https_addr, ca, &["-sess_out", &sess], &first).await?;
+    let early = early.to_string_lossy();
+    let out = s_client(
+        edge.https_addr,
+        ca,
+        &["-sess_in", &sess, "-early_data", &early],
+        &after,
+    )
+    .await?;
+    assert!(out.contains("Early data was accepted"), "{out}");
+    assert_eq!(out.matches("HTTP/1.1 200").count(), 2, "{out}");
+    assert!(!out.contains("HTTP/1.1 425"), "{out}");
+    // The GET's echo names early-data; the POST's does not.
+    assert_eq!(out.matches("\"early-data\"").count(), 1, "{out}");
+    assert_eq!(origin.requests(), 3);
+    assert_eq!(early_count(&edge, "h1", "accepted").await?, 1.0);
     Ok(())
 }
