@@ -24,6 +24,9 @@ once the server has answered (its handshake Finished among it) until the first
 response head arrives, so a response can only come from a server that answered
 in 0.5-RTT, before the handshake completed. With any of these the output is
 {"handshake": {"early_data_accepted", "session_resumed"}, "results": [...]}.
+--record-first-flight FILE writes the datagrams sent before the server's first
+answer (the ClientHello and any 0-RTT packets) as a JSON list of base64 strings,
+for udp_replay.py to replay.
 """
 
 import argparse
@@ -56,6 +59,7 @@ class H3Client(QuicConnectionProtocol):
         # --hold-finished: None (off), a list of held datagrams, or "released".
         self.held = None
         self.answered = False
+        self.first_flight = []
 
     def datagram_received(self, data, addr):
         self.answered = True
@@ -74,6 +78,12 @@ class H3Client(QuicConnectionProtocol):
                 self._timer = self._loop.call_at(timer_at, self._handle_timer)
             self._timer_at = timer_at
             return
+        if not self.answered:
+            # A peek: datagrams_to_send drains the queue, so send what it gives.
+            self._transmit_task = None
+            for data, addr in self._quic.datagrams_to_send(now=self._loop.time()):
+                self.first_flight.append(data)
+                self._transport.sendto(data, addr)
         super().transmit()
 
     def release(self):
@@ -175,6 +185,7 @@ async def main():
     parser.add_argument("--session-in")
     parser.add_argument("--early", action="store_true")
     parser.add_argument("--hold-finished", action="store_true")
+    parser.add_argument("--record-first-flight")
     args = parser.parse_args()
     report_handshake = args.session_out or args.session_in or args.early
     specs = json.loads(args.spec)
@@ -219,6 +230,9 @@ async def main():
                 raise RuntimeError("the server sent no session ticket")
             with open(args.session_out, "wb") as f:
                 pickle.dump(tickets[-1], f)
+    if args.record_first_flight:
+        with open(args.record_first_flight, "w") as f:
+            json.dump([base64.b64encode(d).decode() for d in client.first_flight], f)
     if report_handshake:
         print(json.dumps({"handshake": client.handshake, "results": results}))
     elif args.peer_cert:

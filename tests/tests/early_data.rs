@@ -8,7 +8,10 @@
 use std::path::Path;
 
 use edge_tests::scripted::{Reply, Scripted};
-use edge_tests::{echo_header, h3_requests_with, s_client, Edge, EdgeConfig, KeepAlive, Origin};
+use edge_tests::{
+    echo_header, h3_requests_with, poll_until, python_json, s_client, Edge, EdgeConfig, KeepAlive,
+    Origin, PYTHON_TIMEOUT,
+};
 use serde_json::{json, Value};
 
 async fn start(early_data: bool) -> anyhow::Result<(Origin, Edge)> {
@@ -81,6 +84,61 @@ async fn a_get_in_quic_0rtt_is_forwarded_with_early_data_1() -> anyhow::Result<(
     Ok(())
 }
 
+/// An on-path attacker who captured a client's first flight (ClientHello and
+/// a 0-RTT GET) and sends it again gets nothing to the origin: the ticket was
+/// good for one resumption, so each replay is a full handshake, 0-RTT refused,
+/// that the attacker cannot finish; edge drops it at `tls.handshake_timeout`.
+/// (One replay: quinn routes a second one with the same connection id to the
+/// first until that one is drained, seconds later.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replayed_0rtt_flight_never_reaches_the_origin() -> anyhow::Result<()> {
+    let origin = Origin::start().await?;
+    let config = EdgeConfig::new(origin.url())
+        .protocol("h1")
+        .tls_setting("early_data", "true")
+        .tls_setting("handshake_timeout", "\"1s\"");
+    let edge = Edge::start(&config).await?;
+    let ticket = edge.dir.path().join("h3.ticket");
+    h3_ticket(&edge, &ticket).await?;
+    let flight = edge.dir.path().join("flight.json");
+    let (ticket, flight) = (ticket.to_string_lossy(), flight.to_string_lossy());
+    let args = [
+        "--session-in",
+        &*ticket,
+        "--early",
+        "--hold-finished",
+        "--record-first-flight",
+        &*flight,
+    ];
+    let out = h3_requests_with(&edge, &json!([{"path": "/echo"}]), &args).await?;
+    assert_eq!(out["handshake"]["early_data_accepted"], true, "{out}");
+    assert_eq!(out["results"][0]["status"], 200, "{out}");
+    assert_eq!(origin.requests(), 2);
+
+    let port = edge.h3_addr.port().to_string();
+    let replay = ["--port", &*port, "--datagrams", &*flight, "--times", "1"];
+    let replayed = python_json("udp_replay.py", &replay, PYTHON_TIMEOUT).await?;
+    assert_eq!(
+        replayed["answered"].as_array().map(Vec::len),
+        Some(1),
+        "{replayed}"
+    );
+    let timeouts = "proxy_handshake_failures_total{reason=\"timeout\",transport=\"quic\"}";
+    poll_until(
+        "the replay dropped",
+        std::time::Duration::from_secs(10),
+        || async {
+            edge.metric(timeouts)
+                .await
+                .is_ok_and(|(v, _)| v == Some(1.0))
+        },
+    )
+    .await?;
+    assert_eq!(origin.requests(), 2, "no replay reached the origin");
+    assert_eq!(early_count(&edge, "h3", "accepted").await?, 1.0);
+    Ok(())
+}
+
 /// An origin may refuse early data itself (RFC 8470 5.2): its 425 reaches the
 /// client as it sent it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -131,6 +189,27 @@ async fn a_post_in_quic_0rtt_is_answered_425_and_never_reaches_the_origin() -> a
     let out = h3_requests_with(&edge, &post, &[]).await?;
     assert_eq!(out[0]["status"], 200, "{out}");
     assert_eq!(origin.requests(), 2);
+    Ok(())
+}
+
+/// With `tls.early_data` on, a client that does a full handshake and sends a
+/// POST at once (with its Finished, in one datagram) is not taken for early
+/// data: 200, never 425.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_post_right_after_a_full_quic_handshake_is_not_early() -> anyhow::Result<()> {
+    let (origin, edge) = start(true).await?;
+    let post = json!([{"method": "POST", "path": "/echo", "body_bytes": 16}]);
+    for i in 1..=5 {
+        let out = h3_requests_with(&edge, &post, &[]).await?;
+        assert_eq!(out[0]["status"], 200, "connection {i}: {out}");
+        assert!(
+            echo_header(&echoed(&out[0])?, "early-data").is_empty(),
+            "{out}"
+        );
+    }
+    assert_eq!(origin.requests(), 5);
+    assert_eq!(early_count(&edge, "h3", "too_early").await?, 0.0);
+    assert_eq!(early_count(&edge, "h3", "accepted").await?, 0.0);
     Ok(())
 }
 

@@ -205,6 +205,21 @@ impl Handshake<'_> {
         matches!(self, Handshake::Running { .. })
     }
 
+    /// Whether a running handshake has ended (then it is `Done`), asked as a
+    /// stream is accepted. quinn reports the end of the handshake before the
+    /// streams that came with the client's Finished (one datagram, on a full
+    /// handshake): such a stream is then not taken for early data.
+    fn ended_now(&mut self) -> bool {
+        let Handshake::Running { rest, .. } = self else {
+            return false;
+        };
+        if futures_util::FutureExt::now_or_never(rest).is_none() {
+            return false;
+        }
+        self.finish();
+        true
+    }
+
     /// Resolves when a running handshake ends: `true` when it ended in time
     /// (completed, or the connection failed, which the accept loop then sees),
     /// `false` past its deadline. Never resolves once done.
@@ -314,9 +329,10 @@ async fn serve_conn(
             Ok(Some(resolver)) => {
                 let shared = shared.clone();
                 let in_flight = InFlight::enter(&in_flight);
+                if handshake.ended_now() {
+                    peer.client_cert = client_cert(&quic);
+                }
                 let mut peer = peer.clone();
-                // Conservative: a stream accepted as the handshake ends counts
-                // as early (the worst is a 425 the client retries).
                 peer.early_data = handshake.running();
                 tokio::spawn(async move {
                     serve_stream(resolver, peer, shared).await;
