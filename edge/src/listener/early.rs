@@ -160,6 +160,10 @@ impl<I: AsyncRead + Unpin> AsyncRead for Prefixed<I> {
         let n = this.ahead.len().min(buf.remaining());
         buf.put_slice(&this.ahead[..n]);
         this.ahead.advance(n);
+        if this.ahead.is_empty() {
+            // An emptied Bytes still holds its buffer: not for the connection's life.
+            this.ahead = Bytes::new();
+        }
         Poll::Ready(Ok(()))
     }
 }
