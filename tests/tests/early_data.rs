@@ -6,11 +6,12 @@
 //! request is served after the handshake, unmarked.
 
 use std::path::Path;
+use std::time::Duration;
 
 use edge_tests::scripted::{Reply, Scripted};
 use edge_tests::{
     echo_header, h3_requests_with, poll_until, python_json, s_client, Edge, EdgeConfig, KeepAlive,
-    Origin, PYTHON_TIMEOUT,
+    Origin, Pki, PYTHON_TIMEOUT,
 };
 use serde_json::{json, Value};
 
@@ -210,6 +211,69 @@ async fn a_post_right_after_a_full_quic_handshake_is_not_early() -> anyhow::Resu
     assert_eq!(origin.requests(), 5);
     assert_eq!(early_count(&edge, "h3", "too_early").await?, 0.0);
     assert_eq!(early_count(&edge, "h3", "accepted").await?, 0.0);
+    Ok(())
+}
+
+/// Served from its ClientHello on, a QUIC connection whose handshake then
+/// fails (`require` mTLS, no client certificate) is refused as before, and
+/// counted in `proxy_handshake_failures_total`; with a certificate, resumed
+/// in 0-RTT, the origin gets the certificate the session was made with.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_mtls_a_failed_handshake_is_counted_and_a_0rtt_request_carries_the_certificate(
+) -> anyhow::Result<()> {
+    let origin = Scripted::start(|seen| {
+        Reply::ok(
+            &[],
+            seen.header("x-forwarded-client-cert")
+                .unwrap_or("")
+                .to_owned(),
+        )
+    })
+    .await?;
+    let dir = tempfile::tempdir()?;
+    let pki = Pki::generate(dir.path())?;
+    let alice = pki.issue_client(dir.path(), "alice", &["alice.test"])?;
+    let client_auth = format!(
+        "[tls.client_auth]\nca = {}\nmode = \"require\"\n",
+        edge_tests::toml_path(&pki.ca_cert)
+    );
+    let config = EdgeConfig::new(origin.url())
+        .protocol("h1")
+        .tls_setting("early_data", "true")
+        .section(&client_auth);
+    let edge = Edge::start_with_pki(dir, pki, &config).await?;
+
+    let refused = h3_requests_with(&edge, &json!([{"path": "/"}]), &[]).await;
+    assert!(
+        refused.as_ref().map_or(true, |r| r[0]["status"] != 200),
+        "h3 without a certificate: {refused:?}"
+    );
+    let failures = "proxy_handshake_failures_total{reason=\"alert\",transport=\"quic\"}";
+    poll_until("the refusal counted", Duration::from_secs(10), || async {
+        edge.metric(failures)
+            .await
+            .is_ok_and(|(v, _)| v == Some(1.0))
+    })
+    .await?;
+    assert_eq!(origin.seen().len(), 0);
+
+    let (cert, key) = (alice.cert.to_string_lossy(), alice.key.to_string_lossy());
+    let ticket = edge.dir.path().join("h3.ticket");
+    let ticket = ticket.to_string_lossy();
+    let as_alice = ["--client-cert", &*cert, "--client-key", &*key];
+    let first = [&as_alice[..], &["--session-out", &*ticket]].concat();
+    let out = h3_requests_with(&edge, &json!([{"path": "/"}]), &first).await?;
+    assert_eq!(out["results"][0]["status"], 200, "{out}");
+    let early = [
+        &as_alice[..],
+        &["--session-in", &*ticket, "--early", "--hold-finished"],
+    ]
+    .concat();
+    let out = h3_requests_with(&edge, &json!([{"path": "/early"}]), &early).await?;
+    assert_eq!(out["handshake"]["early_data_accepted"], true, "{out}");
+    assert_eq!(out["results"][0]["status"], 200, "{out}");
+    let xfcc = out["results"][0]["body"].as_str().unwrap_or_default();
+    assert!(xfcc.contains("Subject=\"CN=alice.test\""), "{out}");
     Ok(())
 }
 

@@ -165,6 +165,9 @@ async fn handshake(incoming: quinn::Incoming, mut slot: limits::Slot, shared: Ar
     };
     shared.upgrades.arrived_over_quic(peer.ip());
     serve_conn(conn.clone(), peer, shared.clone(), handshake).await;
+    // Served from the ClientHello on, a connection whose handshake then failed
+    // (a bad client certificate, a client gone) is counted here; edge's own
+    // close (the handshake timeout, counted already; overload) is not.
     shared.metrics.quic_connection_ended(&path_of(&conn));
     drop(slot);
 }
@@ -291,14 +294,25 @@ async fn serve_conn(
             }
         };
         let mut shed_now = false;
+        // Biased: the end of the handshake is seen before what it wakes (a
+        // failed one ends the accept too, and h3 then closes the connection
+        // over the reason); drain and shed fire once each.
         let next = tokio::select! {
-            n = h3.accept() => Some(n),
+            biased;
             in_time = handshake.end() => {
                 if !in_time {
                     shared.metrics.handshake_failed("quic", "timeout");
                     tracing::debug!(peer = %peer.ip, "QUIC handshake timed out after early data");
                     quic.close(quinn::VarInt::from_u32(H3_NO_ERROR), b"handshake timeout");
                     return;
+                }
+                // Served from the ClientHello on, a connection whose handshake
+                // failed (a bad client certificate, a client gone) is counted here.
+                if quic.stats().frame_tx.handshake_done == 0 {
+                    if let Some(e) = quic.close_reason() {
+                        shared.metrics.handshake_failed("quic", quic_failure(&e));
+                        return tracing::debug!(peer = %peer.ip, error = %e, "QUIC handshake failed");
+                    }
                 }
                 handshake.finish();
                 peer.client_cert = client_cert(&quic);
@@ -315,6 +329,7 @@ async fn serve_conn(
                 shed_now = true;
                 None
             }
+            n = h3.accept() => Some(n),
         };
         if shed_now {
             if in_flight.load(Ordering::Relaxed) == 0 {
