@@ -3,6 +3,11 @@
 //! Each connection and each request stream gets its own task. A request that
 //! breaks a per-request limit gets its stream answered or reset (431, or
 //! H3_REQUEST_REJECTED); the connection and its other streams carry on.
+//!
+//! With `tls.early_data` a connection is served from its ClientHello on
+//! (0.5-RTT): a stream accepted before the handshake ends came in 0-RTT and
+//! is marked so for the pipeline (`Peer::early_data`), which answers 425 to
+//! unsafe methods. The handshake must still end within `tls.handshake_timeout`.
 
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicUsize, Ordering};

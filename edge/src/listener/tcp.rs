@@ -1,6 +1,8 @@
 //! TCP listeners: TLS (HTTP/1.1 and HTTP/2 by ALPN) and plaintext (HTTP/1.1 and
 //! h2c by prior knowledge). Both advertise HTTP/3 with Alt-Svc. This module
-//! accepts, shakes hands and tells the protocol; `h1` and `h2` serve it.
+//! accepts, shakes hands and tells the protocol; `h1` and `h2` serve it. TLS
+//! early data (`tls.early_data`) is put back in front of the stream and its
+//! requests marked (`early`).
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;

@@ -263,3 +263,29 @@ fn client_ip_believes_only_trusted_proxies() {
 fn trace() -> crate::pipeline::trace::Trace {
     crate::pipeline::trace::Trace::of(&http::HeaderMap::new())
 }
+
+#[test]
+fn early_data_is_marked_for_the_origin_and_a_clients_mark_is_kept() {
+    let host = HeaderValue::from_static("a.example");
+    let id = HeaderValue::from_static("id-1");
+    let peer = |early_data| Peer {
+        ip: "192.0.2.7".parse().expect("ip"),
+        tls: true,
+        sni: None,
+        client_cert: None,
+        early_data,
+    };
+    let mut early = req(&[]);
+    to_upstream(&mut early, &peer(true), &[], &id, &trace(), host.clone());
+    assert_eq!(early.headers()["early-data"], "1");
+
+    let mut after = req(&[]);
+    to_upstream(&mut after, &peer(false), &[], &id, &trace(), host.clone());
+    assert!(!after.headers().contains_key("early-data"));
+
+    // RFC 8470 5.1: an intermediary must not remove it; it can only make the
+    // origin more careful.
+    let mut claimed = req(&[("early-data", "1")]);
+    to_upstream(&mut claimed, &peer(false), &[], &id, &trace(), host);
+    assert_eq!(claimed.headers()["early-data"], "1");
+}
