@@ -403,3 +403,59 @@ async fn a_request_after_the_handshake_on_an_early_data_connection_is_not_early(
     assert_eq!(early_count(&edge, "h1", "accepted").await?, 1.0);
     Ok(())
 }
+
+/// HTTP/2 over TLS: an h2 client's preface, SETTINGS and request sent as early
+/// data (`openssl s_client -alpn h2`, bytes from `h2_frames.py`), a GOAWAY
+/// after the handshake. The GET reaches the origin marked; the POST does not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2_requests_in_tls_early_data_follow_the_same_rules() -> anyhow::Result<()> {
+    let (origin, edge) = start(true).await?;
+    let dir = edge.dir.path();
+    let ca = &edge.pki.ca_cert;
+    let sess = dir.join("tcp.session");
+    let sess = sess.to_string_lossy();
+    let h2 = ["-alpn", "h2"];
+    for (method, body, early_at_origin) in [("GET", "0", 1), ("POST", "16", 0)] {
+        let (request, close) = (dir.join("h2.request"), dir.join("h2.close"));
+        let (request_s, close_s) = (request.to_string_lossy(), close.to_string_lossy());
+        let frames = [
+            "--request",
+            &*request_s,
+            "--close",
+            &*close_s,
+            "--method",
+            method,
+            "--path",
+            "/echo",
+            "--body-bytes",
+            body,
+        ];
+        python_json("h2_frames.py", &frames, PYTHON_TIMEOUT).await?;
+        // A new session for each: a ticket is good for one resumption. Its
+        // connection sends the same request after the handshake, then GOAWAY.
+        let whole = dir.join("h2.whole");
+        std::fs::write(
+            &whole,
+            [std::fs::read(&request)?, std::fs::read(&close)?].concat(),
+        )?;
+        let first = [&h2[..], &["-sess_out", &*sess]].concat();
+        s_client(edge.https_addr, ca, &first, &whole).await?;
+        let before = origin.requests();
+        let early = [&h2[..], &["-sess_in", &*sess, "-early_data", &*request_s]].concat();
+        let out = s_client(edge.https_addr, ca, &early, &close).await?;
+        assert!(out.contains("Early data was accepted"), "{method}: {out}");
+        assert_eq!(
+            out.matches("[\"early-data\",\"1\"]").count(),
+            early_at_origin,
+            "{method}: {out}"
+        );
+        assert_eq!(
+            origin.requests() - before,
+            early_at_origin as u64,
+            "{method}"
+        );
+    }
+    assert_eq!(early_count(&edge, "h2", "accepted").await?, 1.0);
+    assert_eq!(early_count(&edge, "h2", "too_early").await?, 1.0);
+    Ok(())
+}
