@@ -16,6 +16,8 @@ command -v cc >/dev/null 2>&1 || apt_missing+=(gcc libc6-dev)
 # curl drives h1/h2/h2c, gtlsclient (ngtcp2-client) drives h3.
 command -v curl >/dev/null 2>&1 || apt_missing+=(curl)
 command -v gtlsclient >/dev/null 2>&1 || apt_missing+=(ngtcp2-client)
+# openssl s_client sends TLS 1.3 early data in the early_data tests.
+command -v openssl >/dev/null 2>&1 || apt_missing+=(openssl)
 # dnsmasq (dnsmasq-base) is the real DNS server of the discovery tests.
 command -v dnsmasq >/dev/null 2>&1 || apt_missing+=(dnsmasq-base)
 # redis-server is the shared L2 of the cache tests (started per test on a free port).

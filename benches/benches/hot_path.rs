@@ -69,6 +69,7 @@ fn upstream_rewrite(c: &mut Criterion) {
         tls: true,
         sni: None,
         client_cert: None,
+        early_data: false,
     };
     let trusted = ["10.0.0.0/8".parse().expect("net")];
     let id = HeaderValue::from_static("0b9e6c1e-4a8f-4a51-9b5e-2f1f8f0d2c11");

@@ -40,6 +40,9 @@ pub enum ErrorKind {
     Overloaded,
     /// The route needs a verified client certificate and the connection has none.
     ClientCertRequired,
+    /// An unsafe method arrived in TLS early data, which an attacker can
+    /// replay: the client is to send it again after the handshake (RFC 8470 5.2).
+    TooEarly,
 }
 
 /// nginx's "client closed request": logged and counted, never sent.
@@ -85,6 +88,7 @@ impl ErrorKind {
             ErrorKind::ClientClosed => CLIENT_CLOSED_REQUEST,
             ErrorKind::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
             ErrorKind::ClientCertRequired => StatusCode::FORBIDDEN,
+            ErrorKind::TooEarly => StatusCode::TOO_EARLY,
         }
     }
 
@@ -97,7 +101,8 @@ impl ErrorKind {
             | ErrorKind::HeadersTooLarge
             | ErrorKind::RequestTimeout
             | ErrorKind::ClientClosed
-            | ErrorKind::ClientCertRequired => Side::Client,
+            | ErrorKind::ClientCertRequired
+            | ErrorKind::TooEarly => Side::Client,
             ErrorKind::UpstreamConnect
             | ErrorKind::UpstreamFailed
             | ErrorKind::UpstreamTimeout
@@ -123,6 +128,7 @@ impl ErrorKind {
             ErrorKind::ClientClosed => "client closed the request",
             ErrorKind::Overloaded => "edge is overloaded",
             ErrorKind::ClientCertRequired => "a client certificate is required",
+            ErrorKind::TooEarly => "send this request again after the TLS handshake",
         }
     }
 
@@ -143,6 +149,7 @@ impl ErrorKind {
             ErrorKind::ClientClosed => "client_closed",
             ErrorKind::Overloaded => "overloaded",
             ErrorKind::ClientCertRequired => "client_cert_required",
+            ErrorKind::TooEarly => "too_early",
         }
     }
 }
@@ -230,7 +237,8 @@ impl ErrorKind {
             | ErrorKind::UpstreamConnect
             | ErrorKind::UpstreamFailed
             | ErrorKind::NoHealthyEndpoint
-            | ErrorKind::Overloaded => UNAVAILABLE,
+            | ErrorKind::Overloaded
+            | ErrorKind::TooEarly => UNAVAILABLE,
         }
     }
 }
@@ -397,6 +405,7 @@ mod tests {
             (ErrorKind::ClientClosed, 499, Side::Client),
             (ErrorKind::Overloaded, 503, Side::Internal),
             (ErrorKind::ClientCertRequired, 403, Side::Client),
+            (ErrorKind::TooEarly, 425, Side::Client),
         ];
         for (kind, status, side) in table {
             assert_eq!(kind.status().as_u16(), status, "{kind:?}");

@@ -133,6 +133,7 @@ struct HandshakeMetrics {
     packets: IntCounterVec,
     congestion: prometheus::IntCounter,
     datagrams: IntCounterVec,
+    early_data: IntCounterVec,
 }
 
 impl HandshakeMetrics {
@@ -178,6 +179,14 @@ impl HandshakeMetrics {
             ),
             &["direction"],
         )?;
+        let early_data = IntCounterVec::new(
+            Opts::new(
+                "proxy_early_data_requests_total",
+                "Requests that arrived in TLS 1.3 early data (0-RTT), by protocol (h1, h2, h3) and outcome (accepted: a safe method, passed on with Early-Data: 1; too_early: answered 425 by edge).",
+            ),
+            &["proto", "outcome"],
+        )?;
+        registry.register(Box::new(early_data.clone()))?;
         registry.register(Box::new(failures.clone()))?;
         registry.register(Box::new(rtt.clone()))?;
         registry.register(Box::new(cwnd.clone()))?;
@@ -191,6 +200,7 @@ impl HandshakeMetrics {
             packets,
             congestion,
             datagrams,
+            early_data,
         })
     }
 }
@@ -797,6 +807,14 @@ impl Metrics {
         self.handshakes
             .failures
             .with_label_values(&[transport, reason])
+            .inc();
+    }
+
+    /// Counts a request that arrived in early data (`outcome`: accepted, too_early).
+    pub fn early_data(&self, proto: Proto, outcome: &'static str) {
+        self.handshakes
+            .early_data
+            .with_label_values(&[proto.as_str(), outcome])
             .inc();
     }
 

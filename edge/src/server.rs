@@ -257,11 +257,18 @@ pub async fn run(config: Config, reload: Option<Reloader>) -> Result<(), Error> 
         Some(auth) => Some(tls::client_verifier(auth)?),
         None => None,
     };
+    // Both listeners resume sessions the same way: 0-RTT needs the
+    // single-use session cache; otherwise stateless tickets.
+    let sessions = if shared.config.tls.early_data {
+        tls::Sessions::EarlyData
+    } else {
+        tls::Sessions::Tickets(shared.tickets.clone())
+    };
     let acceptor = tokio_rustls::TlsAcceptor::from(tls::tcp_config(
         resolver.clone(),
         tls_alpn,
         clients.clone(),
-        shared.tickets.clone(),
+        &sessions,
     )?);
     let mut loops = tokio::task::JoinSet::new();
     let mut endpoints = Vec::new();
@@ -274,7 +281,7 @@ pub async fn run(config: Config, reload: Option<Reloader>) -> Result<(), Error> 
             udp,
             resolver.clone(),
             clients.clone(),
-            shared.tickets.clone(),
+            &sessions,
             &shared,
         )?);
         let alt_svc = alt_svc(&shared.config, addr.port());
@@ -708,6 +715,9 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
         || old.tls.ticket_rotation != new.tls.ticket_rotation
     {
         changed.push("tls.ticket_keys");
+    }
+    if old.tls.early_data != new.tls.early_data {
+        changed.push("tls.early_data");
     }
     if old.state_dir != new.state_dir {
         changed.push("state_dir");

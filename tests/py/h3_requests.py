@@ -16,9 +16,18 @@ certificate verification; --peer-cert prints {"peer_certificate": {"subject",
 "dns_names", "serial", "der"}, "results": [...]} instead, describing the certificate
 the server sent ("serial" in lower-case hex, "der" the certificate in base64).
 --client-cert/--client-key present a client certificate (mTLS).
---session-out saves the server's TLS session ticket (waiting for one) to FILE;
---session-in offers the one saved in FILE (resumption). With either, prints
-{"session_resumed": bool, "results": [...]}.
+
+TLS 1.3 session resumption and 0-RTT: --session-out FILE saves the session ticket
+the server sends (waiting for one); --session-in FILE resumes with a saved ticket;
+--early sends the requests without waiting for the handshake (in 0-RTT when the
+ticket allows it); --hold-finished holds back everything the client would send
+once the server has answered (its handshake Finished among it) until the first
+response head arrives, so a response can only come from a server that answered
+in 0.5-RTT, before the handshake completed. With any of these the output is
+{"handshake": {"early_data_accepted", "session_resumed"}, "results": [...]}.
+--record-first-flight FILE writes the datagrams sent before the server's first
+answer (the ClientHello and any 0-RTT packets) as a JSON list of base64 strings,
+for udp_replay.py to replay.
 """
 
 import argparse
@@ -34,7 +43,7 @@ from aioquic.asyncio.protocol import QuicConnectionProtocol
 from aioquic.h3.connection import H3_ALPN, H3Connection
 from aioquic.h3.events import DataReceived, HeadersReceived
 from aioquic.quic.configuration import QuicConfiguration
-from aioquic.quic.events import ConnectionTerminated, StreamReset
+from aioquic.quic.events import ConnectionTerminated, HandshakeCompleted, StreamReset
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
@@ -47,8 +56,50 @@ class H3Client(QuicConnectionProtocol):
         self.h3 = H3Connection(self._quic)
         self.streams = {}
         self.terminated = None
+        self.handshake = None
+        # --hold-finished: None (off), a list of held datagrams, or "released".
+        self.held = None
+        self.answered = False
+        self.first_flight = []
+
+    def datagram_received(self, data, addr):
+        self.answered = True
+        super().datagram_received(data, addr)
+
+    def transmit(self):
+        if isinstance(self.held, list) and self.answered:
+            self._transmit_task = None
+            self.held.extend(self._quic.datagrams_to_send(now=self._loop.time()))
+            # Keep the timers running; what they make is held too.
+            timer_at = self._quic.get_timer()
+            if self._timer is not None and self._timer_at != timer_at:
+                self._timer.cancel()
+                self._timer = None
+            if self._timer is None and timer_at is not None:
+                self._timer = self._loop.call_at(timer_at, self._handle_timer)
+            self._timer_at = timer_at
+            return
+        if not self.answered:
+            # A peek: datagrams_to_send drains the queue, so send what it gives.
+            self._transmit_task = None
+            for data, addr in self._quic.datagrams_to_send(now=self._loop.time()):
+                self.first_flight.append(data)
+                self._transport.sendto(data, addr)
+        super().transmit()
+
+    def release(self):
+        if isinstance(self.held, list):
+            for data, addr in self.held:
+                self._transport.sendto(data, addr)
+            self.held = "released"
+            self.transmit()
 
     def quic_event_received(self, event):
+        if isinstance(event, HandshakeCompleted):
+            self.handshake = {
+                "early_data_accepted": event.early_data_accepted,
+                "session_resumed": event.session_resumed,
+            }
         if isinstance(event, ConnectionTerminated):
             self.terminated = f"connection closed: {event.error_code} {event.reason_phrase}"
             for stream in self.streams.values():
@@ -61,6 +112,7 @@ class H3Client(QuicConnectionProtocol):
             if stream is None:
                 continue
             if isinstance(h3_event, HeadersReceived):
+                self.release()
                 for name, value in h3_event.headers:
                     if name == b":status":
                         stream["status"] = int(value)
@@ -132,7 +184,11 @@ async def main():
     parser.add_argument("--client-key")
     parser.add_argument("--session-out")
     parser.add_argument("--session-in")
+    parser.add_argument("--early", action="store_true")
+    parser.add_argument("--hold-finished", action="store_true")
+    parser.add_argument("--record-first-flight")
     args = parser.parse_args()
+    report_handshake = args.session_out or args.session_in or args.early
     specs = json.loads(args.spec)
 
     config = QuicConfiguration(is_client=True, alpn_protocols=H3_ALPN)
@@ -142,10 +198,10 @@ async def main():
     if args.insecure:
         config.verify_mode = ssl.CERT_NONE
     config.server_name = args.server_name
+    tickets = []
     if args.session_in:
         with open(args.session_in, "rb") as f:
             config.session_ticket = pickle.load(f)
-    tickets = []
     authority = f"{args.server_name}:{args.port}"
     results = []
     async with connect(
@@ -153,24 +209,33 @@ async def main():
         args.port,
         configuration=config,
         create_protocol=H3Client,
+        wait_connected=not args.early,
         session_ticket_handler=tickets.append,
-        wait_connected=True,
     ) as client:
+        if args.hold_finished:
+            client.held = []
         peer = describe_certificate(client._quic.tls._peer_certificate)
-        resumed = client._quic.tls.session_resumed
         for spec in specs:
             results.append(await client.request(authority, spec))
+        client.release()
+        # aioquic's wait_connected only returns if it was waiting as the
+        # handshake completed: wait only when it has not.
+        if args.early and client.handshake is None:
+            await client.wait_connected()
         if args.session_out:
             for _ in range(100):
                 if tickets:
                     break
                 await asyncio.sleep(0.05)
             if not tickets:
-                raise RuntimeError("no session ticket from the server")
+                raise RuntimeError("the server sent no session ticket")
             with open(args.session_out, "wb") as f:
                 pickle.dump(tickets[-1], f)
-    if args.session_out or args.session_in:
-        print(json.dumps({"session_resumed": resumed, "results": results}))
+    if args.record_first_flight:
+        with open(args.record_first_flight, "w") as f:
+            json.dump([base64.b64encode(d).decode() for d in client.first_flight], f)
+    if report_handshake:
+        print(json.dumps({"handshake": client.handshake, "results": results}))
     elif args.peer_cert:
         print(json.dumps({"peer_certificate": peer, "results": results}))
     else:

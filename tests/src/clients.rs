@@ -355,6 +355,16 @@ pub async fn h3_requests_as(
     run_h3_requests(edge, spec, &["--client-cert", &cert, "--client-key", &key]).await
 }
 
+/// Like [`h3_requests`], with further `h3_requests.py` arguments (session
+/// tickets and 0-RTT: `--session-out`, `--session-in`, `--early`, `--hold-finished`).
+pub async fn h3_requests_with(
+    edge: &Edge,
+    spec: &serde_json::Value,
+    extra: &[&str],
+) -> anyhow::Result<serde_json::Value> {
+    run_h3_requests(edge, spec, extra).await
+}
+
 /// Like [`h3_requests`], with TLS session resumption: `session_in` offers the
 /// session saved there, `session_out` saves the one the server gives. Answers
 /// whether the session resumed, and each request's status.
@@ -377,9 +387,9 @@ pub async fn h3_requests_resuming(
     }
     anyhow::ensure!(!extra.is_empty(), "resuming needs a session file in or out");
     let got = run_h3_requests(edge, spec, &extra).await?;
-    let resumed = got["session_resumed"]
+    let resumed = got["handshake"]["session_resumed"]
         .as_bool()
-        .ok_or_else(|| anyhow::anyhow!("no session_resumed in {got}"))?;
+        .ok_or_else(|| anyhow::anyhow!("no handshake.session_resumed in {got}"))?;
     let statuses = got["results"]
         .as_array()
         .map(|r| {
@@ -406,6 +416,32 @@ async fn run_h3_requests(
     ];
     args.extend_from_slice(extra);
     python_json("h3_requests.py", &args, PYTHON_TIMEOUT).await
+}
+
+/// `openssl s_client` to `addr` over TLS 1.3 (SNI `localhost`, trusting `ca`)
+/// with `extra` arguments (`-sess_out F`, `-sess_in F -early_data F`); what it
+/// sends after the handshake is the file `stdin`. It stays until the server
+/// closes (`-ign_eof`): a request should say `Connection: close`. Returns what
+/// it printed (session details, "Early data was accepted", the response).
+pub async fn s_client(
+    addr: SocketAddr,
+    ca: &Path,
+    extra: &[&str],
+    stdin: &Path,
+) -> anyhow::Result<String> {
+    let mut command = tokio::process::Command::new("sh");
+    command
+        .arg("-c")
+        .arg("exec openssl s_client \"$@\" < \"$S_CLIENT_STDIN\"")
+        .arg("s_client")
+        .args(["-connect", &addr.to_string(), "-servername", "localhost"])
+        .args(["-tls1_3", "-ign_eof", "-CAfile"])
+        .arg(ca)
+        .args(extra)
+        .env("S_CLIENT_STDIN", stdin);
+    let out = process::run_command(command, REQUEST_TIMEOUT).await?;
+    out.ensure_success("openssl s_client")?;
+    Ok(out.stdout)
 }
 
 /// Bound on one Python client script.

@@ -126,6 +126,8 @@ pub struct EdgeConfig {
     pub top: Vec<(String, String)>,
     /// `[client]` keys with TOML values.
     pub client: Vec<(String, String)>,
+    /// `[tls]` keys with TOML values.
+    pub tls: Vec<(String, String)>,
     /// Routes, in order; an empty list renders a single catch-all to `default`.
     pub routes: Vec<RouteConfig>,
     /// Pools.
@@ -135,8 +137,6 @@ pub struct EdgeConfig {
     pub certificates: Vec<LeafFiles>,
     /// `[cache]` keys with TOML values; empty leaves the section out.
     pub cache: Vec<(String, String)>,
-    /// `[tls]` keys with TOML values (beside the certificates).
-    pub tls: Vec<(String, String)>,
     /// Whole TOML sections appended as written (`[redis]\nurl = ...`).
     pub sections: Vec<String>,
 }
@@ -149,6 +149,7 @@ impl EdgeConfig {
             admin: true,
             top: Vec::new(),
             client: Vec::new(),
+            tls: Vec::new(),
             routes: Vec::new(),
             pools: vec![PoolConfig {
                 name: "default".to_owned(),
@@ -157,7 +158,6 @@ impl EdgeConfig {
             }],
             certificates: Vec::new(),
             cache: Vec::new(),
-            tls: Vec::new(),
             sections: Vec::new(),
         }
     }

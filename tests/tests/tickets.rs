@@ -371,6 +371,24 @@ async fn a_bad_ticket_keys_file_is_refused_with_its_key_line_and_reason() -> any
     let printed = format!("{}{}", out.stdout, out.stderr);
     let want = format!("{file}:4: tls.ticket_rotation: only with ticket_keys");
     assert!(printed.contains(&want), "no `{want}` in:\n{printed}");
+    // Shared tickets and 0-RTT: rustls takes early data only on single-use
+    // sessions in the process, so the two together are refused.
+    let keys = key_file(dir.path(), "with-early", &[KEY_1])?;
+    let config = format!(
+        "listen = \"127.0.0.1:0\"\n\n[tls]\nearly_data = true\nticket_keys = {}\n\n\
+         [[routes]]\npool = \"default\"\n\n[pools.default]\nendpoints = [\"http://127.0.0.1:9\"]\n",
+        toml_path(&keys)
+    );
+    std::fs::write(&toml, config)?;
+    let out = run_edge(
+        ["check".as_ref(), "-c".as_ref(), toml.as_os_str()],
+        DEADLINE,
+    )
+    .await?;
+    let printed = format!("{}{}", out.stdout, out.stderr);
+    assert_eq!(out.code, Some(2), "{printed}");
+    let want = format!("{file}:5: tls.ticket_keys: not with tls.early_data");
+    assert!(printed.contains(&want), "no `{want}` in:\n{printed}");
     Ok(())
 }
 

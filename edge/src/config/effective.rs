@@ -192,6 +192,7 @@ fn tls_json(t: &super::Tls) -> Value {
         handshake_timeout,
         certificates,
         client_auth,
+        early_data,
         ticket_keys,
         ticket_rotation,
         ticket_keys_line: _,
@@ -203,6 +204,7 @@ fn tls_json(t: &super::Tls) -> Value {
     };
     json!({
         "handshake_timeout": dur(*handshake_timeout),
+        "early_data": early_data,
         "certificates": certificates.iter()
             .map(|c| json!({ "cert": path(&c.cert), "key": path(&c.key) }))
             .collect::<Vec<_>>(),

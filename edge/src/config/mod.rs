@@ -612,6 +612,12 @@ fn read(cx: &mut Cx<'_>, doc: &toml_edit::Table, base: &Path) -> Config {
     let drain = read_drain(cx, &mut root);
     let rate_limits = rate_limits::read_rate_limits(cx, &mut root, &pools, redis.is_some());
     sticky::check_shared(cx, &pools, redis.is_some());
+    if tls.early_data && tls.ticket_keys != TicketKeys::Local {
+        let reason = "not with tls.early_data: rustls accepts 0-RTT only on single-use \
+                      sessions kept in the process, never on tickets (which a replayed \
+                      ClientHello could use again); drop one of the two";
+        cx.error(tls.ticket_keys_line, "tls.ticket_keys", reason);
+    }
     if tls.ticket_keys == TicketKeys::Redis && redis.is_none() {
         let reason = "\"redis\" needs [redis] (where the replicas keep their shared keys)";
         cx.error(tls.ticket_keys_line, "tls.ticket_keys", reason);

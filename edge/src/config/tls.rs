@@ -21,6 +21,9 @@ pub struct Tls {
     pub certificates: Vec<CertFiles>,
     /// Client certificates are asked for (verified against `ca`) when set.
     pub client_auth: Option<ClientAuth>,
+    /// TLS 1.3 early data (0-RTT) on resumed TCP and QUIC connections: safe
+    /// methods are forwarded with `Early-Data: 1`, others answered 425 (RFC 8470).
+    pub early_data: bool,
     /// Where session ticket keys come from (`ticket_keys`).
     pub ticket_keys: TicketKeys,
     /// `ticket_rotation`: how long one key encrypts tickets (and the lifetime
@@ -141,6 +144,7 @@ impl Default for Tls {
             handshake_timeout: Duration::from_secs(10),
             certificates: Vec::new(),
             client_auth: None,
+            early_data: false,
             ticket_keys: TicketKeys::Local,
             ticket_rotation: TICKET_ROTATION,
             ticket_keys_line: 0,
@@ -189,6 +193,7 @@ pub(super) fn read_tls(cx: &mut Cx<'_>, root: &mut Table<'_>, base: &Path, d: Tl
         return d;
     };
     let handshake_timeout = t.or(cx, "handshake_timeout", d.handshake_timeout);
+    let early_data = t.or(cx, "early_data", d.early_data);
     let mut certificates = Vec::new();
     for mut c in t.tables(cx, "certificates") {
         let cert = existing_file(cx, &mut c, "cert", base);
@@ -225,6 +230,7 @@ pub(super) fn read_tls(cx: &mut Cx<'_>, root: &mut Table<'_>, base: &Path, d: Tl
         handshake_timeout,
         certificates,
         client_auth,
+        early_data,
         ticket_keys,
         ticket_rotation,
         ticket_keys_line,

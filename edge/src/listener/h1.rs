@@ -43,6 +43,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
+use super::early::EarlyRequests;
 use super::tcp::TcpServer;
 use crate::body::Body;
 use crate::metrics::Proto;
@@ -94,7 +95,12 @@ enum Burst<I> {
 }
 
 /// Serves one HTTP/1.1 connection until it closes.
-pub(crate) async fn serve<I: Parkable>(server: Arc<TcpServer>, io: I, peer: Peer) {
+pub(crate) async fn serve<I: Parkable>(
+    server: Arc<TcpServer>,
+    io: I,
+    peer: Peer,
+    early: EarlyRequests,
+) {
     let client = &server.shared.config.client;
     let wait = client.header_read_timeout.min(client.idle_timeout);
     let mut parked = Parked {
@@ -129,7 +135,7 @@ pub(crate) async fn serve<I: Parkable>(server: Arc<TcpServer>, io: I, peer: Peer
             eager = parked_at.is_none_or(|at| at.elapsed() >= PARK_AFTER);
         }
         // Boxed so the parked task holds only the socket, not the burst's state.
-        match Box::pin(burst(&server, parked, peer.clone(), eager)).await {
+        match Box::pin(burst(&server, parked, peer.clone(), &early, eager)).await {
             Burst::Ended => return,
             Burst::Switched(s) => {
                 return Box::pin(super::tunnel::run(&server.shared, s, peer)).await
@@ -153,6 +159,7 @@ async fn burst<I: Parkable>(
     server: &Arc<TcpServer>,
     parked: Parked<I>,
     peer: Peer,
+    early: &EarlyRequests,
     eager: bool,
 ) -> Burst<I> {
     let state = Arc::new(BurstState::default());
@@ -164,6 +171,7 @@ async fn burst<I: Parkable>(
     let svc_state = state.clone();
     let svc_server = server.clone();
     let svc_peer = peer.clone();
+    let svc_early = early.clone();
     let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
         svc_state.begin(&req);
         // hyper's half of an upgrade the request asked for; it completes only
@@ -171,7 +179,9 @@ async fn burst<I: Parkable>(
         let client_upgrade = req.extensions_mut().remove::<OnUpgrade>();
         let server = svc_server.clone();
         let state = svc_state.clone();
-        let peer = svc_peer.clone();
+        let mut peer = svc_peer.clone();
+        // Here, not in the future: hyper calls this in request order.
+        peer.early_data = svc_early.next();
         async move {
             let mut resp = server.respond(peer, req.map(Body::Incoming)).await;
             if resp.status() == StatusCode::SWITCHING_PROTOCOLS {

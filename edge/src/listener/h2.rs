@@ -41,6 +41,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
+use super::early::EarlyRequests;
 use super::h1::Parkable;
 use super::h2_frames::Frames;
 use super::idle::{tick_of, Severable, Streams};
@@ -155,7 +156,12 @@ impl Drop for Unanswered<'_> {
 }
 
 /// Serves one HTTP/2 connection until it ends or a bound closes it.
-pub(super) async fn serve<I: Parkable>(server: Arc<TcpServer>, io: I, peer: Peer) {
+pub(super) async fn serve<I: Parkable>(
+    server: Arc<TcpServer>,
+    io: I,
+    peer: Peer,
+    early: EarlyRequests,
+) {
     let state = Arc::new(ConnState::default());
     let io = TokioIo::new(Wire {
         io,
@@ -170,7 +176,10 @@ pub(super) async fn serve<I: Parkable>(server: Arc<TcpServer>, io: I, peer: Peer
     let service = hyper::service::service_fn(move |req: Request| {
         let server = svc_server.clone();
         let state = svc_state.clone();
-        let peer = svc_peer.clone();
+        let mut peer = svc_peer.clone();
+        // Here, not in the future: hyper calls this as it accepts each stream,
+        // in the order their HEADERS arrived.
+        peer.early_data = early.next();
         async move { Ok::<_, Infallible>(stream(&server, &state, peer, req).await) }
     });
     let conn = server.h2.serve_connection(io, service);

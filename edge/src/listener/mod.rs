@@ -8,6 +8,7 @@
 //! stop accepting while idle connections are shed (`overload`).
 
 pub mod admin;
+mod early;
 mod h1;
 mod h2;
 mod h2_frames;

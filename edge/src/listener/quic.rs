@@ -3,6 +3,11 @@
 //! Each connection and each request stream gets its own task. A request that
 //! breaks a per-request limit gets its stream answered or reset (431, or
 //! H3_REQUEST_REJECTED); the connection and its other streams carry on.
+//!
+//! With `tls.early_data` a connection is served from its ClientHello on
+//! (0.5-RTT): a stream accepted before the handshake ends came in 0-RTT and
+//! is marked so for the pipeline (`Peer::early_data`), which answers 425 to
+//! unsafe methods. The handshake must still end within `tls.handshake_timeout`.
 
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -42,11 +47,11 @@ pub fn endpoint(
     socket: UdpSocket,
     resolver: Arc<CertResolver>,
     clients: Option<Arc<dyn rustls::server::danger::ClientCertVerifier>>,
-    tickets: Option<Arc<tls::Ticketer>>,
+    sessions: &tls::Sessions,
     shared: &Shared,
 ) -> Result<quinn::Endpoint, crate::start::StartError> {
     let client = &shared.config.client;
-    let crypto = QuicServerConfig::try_from(tls::quic_config(resolver, clients, tickets)?)
+    let crypto = QuicServerConfig::try_from(tls::quic_config(resolver, clients, sessions)?)
         .map_err(|e| crate::start::StartError::Setup(e.to_string()))?;
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     let mut transport = quinn::TransportConfig::default();
@@ -133,36 +138,124 @@ async fn accept(endpoint: quinn::Endpoint, limits: Arc<Limits>, shared: Arc<Shar
 
 async fn handshake(incoming: quinn::Incoming, mut slot: limits::Slot, shared: Arc<Shared>) {
     let peer = incoming.remote_address();
-    let timeout = shared.config.tls.handshake_timeout;
-    let done = tokio::time::timeout(timeout, incoming).await;
-    slot.handshake_done();
-    let conn = match done {
+    let deadline = tokio::time::Instant::now() + shared.config.tls.handshake_timeout;
+    let early = shared.config.tls.early_data;
+    let done = tokio::time::timeout_at(deadline, establish(incoming, early)).await;
+    let (conn, rest) = match done {
         Ok(Ok(c)) => c,
         Ok(Err(e)) => {
+            slot.handshake_done();
             shared.metrics.handshake_failed("quic", quic_failure(&e));
             return tracing::debug!(%peer, error = %e, "QUIC handshake failed");
         }
         Err(_) => {
+            slot.handshake_done();
             shared.metrics.handshake_failed("quic", "timeout");
             return tracing::debug!(%peer, "QUIC handshake timed out");
         }
     };
+    let handshake = match rest {
+        Some(rest) => Handshake::Running {
+            rest,
+            deadline,
+            slot: &mut slot,
+        },
+        None => {
+            slot.handshake_done();
+            Handshake::Done
+        }
+    };
     shared.upgrades.arrived_over_quic(peer.ip());
-    serve_conn(conn.clone(), peer, shared.clone()).await;
+    serve_conn(conn.clone(), peer, shared.clone(), handshake).await;
+    // Served from the ClientHello on, a connection whose handshake then failed
+    // (a bad client certificate, a client gone) is counted here; edge's own
+    // close (the handshake timeout, counted already; overload) is not.
     shared.metrics.quic_connection_ended(&path_of(&conn));
     drop(slot);
 }
 
-async fn serve_conn(conn: quinn::Connection, peer: SocketAddr, shared: Arc<Shared>) {
+/// The connection once it may carry requests: when its handshake is done, or,
+/// with `tls.early_data`, as soon as the ClientHello is read (its SNI decides
+/// 421, so not before), the rest of the handshake still to come.
+async fn establish(
+    incoming: quinn::Incoming,
+    early: bool,
+) -> Result<(quinn::Connection, Option<quinn::ZeroRttAccepted>), quinn::ConnectionError> {
+    let mut connecting = incoming.accept()?;
+    if !early {
+        return Ok((connecting.await?, None));
+    }
+    connecting.handshake_data().await?;
+    match connecting.into_0rtt() {
+        Ok((conn, rest)) => Ok((conn, Some(rest))),
+        Err(connecting) => Ok((connecting.await?, None)),
+    }
+}
+
+/// Where a connection's handshake stands as it starts serving.
+enum Handshake<'s> {
+    Done,
+    /// Served in 0.5-RTT (`tls.early_data`): a request stream accepted before
+    /// `rest` resolves arrived in early data. The handshake must still end by
+    /// `deadline`, and holds its handshake slot until it does.
+    Running {
+        rest: quinn::ZeroRttAccepted,
+        deadline: tokio::time::Instant,
+        slot: &'s mut limits::Slot,
+    },
+}
+
+impl Handshake<'_> {
+    fn running(&self) -> bool {
+        matches!(self, Handshake::Running { .. })
+    }
+
+    /// Whether a running handshake has ended (then it is `Done`), asked as a
+    /// stream is accepted. quinn reports the end of the handshake before the
+    /// streams that came with the client's Finished (one datagram, on a full
+    /// handshake): such a stream is then not taken for early data.
+    fn ended_now(&mut self) -> bool {
+        let Handshake::Running { rest, .. } = self else {
+            return false;
+        };
+        if futures_util::FutureExt::now_or_never(rest).is_none() {
+            return false;
+        }
+        self.finish();
+        true
+    }
+
+    /// Resolves when a running handshake ends: `true` when it ended in time
+    /// (completed, or the connection failed, which the accept loop then sees),
+    /// `false` past its deadline. Never resolves once done.
+    async fn end(&mut self) -> bool {
+        match self {
+            Handshake::Done => std::future::pending().await,
+            Handshake::Running { rest, deadline, .. } => {
+                tokio::time::timeout_at(*deadline, rest).await.is_ok()
+            }
+        }
+    }
+
+    fn finish(&mut self) {
+        if let Handshake::Running { slot, .. } = self {
+            slot.handshake_done();
+        }
+        *self = Handshake::Done;
+    }
+}
+
+async fn serve_conn(
+    conn: quinn::Connection,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    mut handshake: Handshake<'_>,
+) {
     let _open = shared.metrics.connection(Proto::H3);
     let sni = conn
         .handshake_data()
         .and_then(|d| d.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
         .and_then(|d| d.server_name);
-    let chain = conn.peer_identity().and_then(|id| {
-        id.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
-            .ok()
-    });
     let limit = super::tcp::backstop(shared.config.client.max_header_bytes);
     let max_field_section = u64::try_from(limit).unwrap_or(u64::MAX);
     let quic = conn.clone();
@@ -176,14 +269,17 @@ async fn serve_conn(conn: quinn::Connection, peer: SocketAddr, shared: Arc<Share
         Ok(c) => c,
         Err(e) => return tracing::debug!(%peer, error = %e, "HTTP/3 setup failed"),
     };
-    let peer = Peer {
+    let mut peer = Peer {
         ip: peer.ip(),
         tls: true,
         sni: shared
             .certs
             .zip(sni.as_deref())
             .map(|(c, n)| Sni::new(c, n)),
-        client_cert: tls::client_cert_value(chain.as_deref().map(Vec::as_slice)),
+        // A resumed session's certificate is known from the ClientHello on;
+        // a full handshake's once it is done (read again then, below).
+        client_cert: client_cert(&quic),
+        early_data: false,
     };
     let mut draining = false;
     // Made once, not per accepted request.
@@ -202,8 +298,30 @@ async fn serve_conn(conn: quinn::Connection, peer: SocketAddr, shared: Arc<Share
             }
         };
         let mut shed_now = false;
+        // Biased: the end of the handshake is seen before what it wakes (a
+        // failed one ends the accept too, and h3 then closes the connection
+        // over the reason); drain and shed fire once each.
         let next = tokio::select! {
-            n = h3.accept() => Some(n),
+            biased;
+            in_time = handshake.end() => {
+                if !in_time {
+                    shared.metrics.handshake_failed("quic", "timeout");
+                    tracing::debug!(peer = %peer.ip, "QUIC handshake timed out after early data");
+                    quic.close(quinn::VarInt::from_u32(H3_NO_ERROR), b"handshake timeout");
+                    return;
+                }
+                // Served from the ClientHello on, a connection whose handshake
+                // failed (a bad client certificate, a client gone) is counted here.
+                if quic.stats().frame_tx.handshake_done == 0 {
+                    if let Some(e) = quic.close_reason() {
+                        shared.metrics.handshake_failed("quic", quic_failure(&e));
+                        return tracing::debug!(peer = %peer.ip, error = %e, "QUIC handshake failed");
+                    }
+                }
+                handshake.finish();
+                peer.client_cert = client_cert(&quic);
+                None
+            }
             () = &mut drain, if !draining => {
                 draining = true;
                 if let Err(e) = h3.shutdown(0).await {
@@ -215,6 +333,7 @@ async fn serve_conn(conn: quinn::Connection, peer: SocketAddr, shared: Arc<Share
                 shed_now = true;
                 None
             }
+            n = h3.accept() => Some(n),
         };
         if shed_now {
             if in_flight.load(Ordering::Relaxed) == 0 {
@@ -229,7 +348,11 @@ async fn serve_conn(conn: quinn::Connection, peer: SocketAddr, shared: Arc<Share
             Ok(Some(resolver)) => {
                 let shared = shared.clone();
                 let in_flight = InFlight::enter(&in_flight);
-                let peer = peer.clone();
+                if handshake.ended_now() {
+                    peer.client_cert = client_cert(&quic);
+                }
+                let mut peer = peer.clone();
+                peer.early_data = handshake.running();
                 tokio::spawn(async move {
                     serve_stream(resolver, peer, shared).await;
                     drop(in_flight);
@@ -241,6 +364,15 @@ async fn serve_conn(conn: quinn::Connection, peer: SocketAddr, shared: Arc<Share
             }
         }
     }
+}
+
+/// The client certificate the connection presented, as the upstream header's value.
+fn client_cert(conn: &quinn::Connection) -> Option<http::HeaderValue> {
+    let chain = conn.peer_identity().and_then(|id| {
+        id.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
+            .ok()
+    });
+    tls::client_cert_value(chain.as_deref().map(Vec::as_slice))
 }
 
 /// Why a QUIC handshake failed, as one of a few metric labels.

@@ -1,6 +1,8 @@
 //! TCP listeners: TLS (HTTP/1.1 and HTTP/2 by ALPN) and plaintext (HTTP/1.1 and
 //! h2c by prior knowledge). Both advertise HTTP/3 with Alt-Svc. This module
-//! accepts, shakes hands and tells the protocol; `h1` and `h2` serve it.
+//! accepts, shakes hands and tells the protocol; `h1` and `h2` serve it. TLS
+//! early data (`tls.early_data`) is put back in front of the stream and its
+//! requests marked (`early`).
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -13,6 +15,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio_rustls::TlsAcceptor;
 
+use super::early::{EarlyRequests, Prefixed};
 use super::h1::Parkable;
 use super::proxy_protocol::Accepted;
 use super::{accept_backoff, Shared};
@@ -133,7 +136,8 @@ impl TcpServer {
         let Some(proto) = sniff_h2c(&stream, client.header_read_timeout).await else {
             return;
         };
-        self.serve_http(stream, peer, proto, None, None).await
+        self.serve_http(stream, peer, proto, None, None, EarlyRequests::default())
+            .await
     }
 
     /// The client's address: the peer's, or what a trusted load balancer's
@@ -170,7 +174,7 @@ impl TcpServer {
         let accept = Box::pin(tls.accept(stream));
         let handshake =
             tokio::time::timeout(self.shared.config.tls.handshake_timeout, accept).await;
-        let stream = match handshake {
+        let mut stream = match handshake {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => {
                 self.shared.metrics.handshake_failed("tls", tls_failure(&e));
@@ -200,7 +204,12 @@ impl TcpServer {
             .zip(tls.server_name())
             .map(|(c, n)| Sni::new(c, n));
         let client_cert = crate::tls::client_cert_value(tls.peer_certificates());
-        self.serve_http(stream, peer, proto, sni, client_cert).await;
+        // What the client sent in 0-RTT (tls.early_data), read before the stream.
+        let ahead = super::early::take(stream.get_mut().1);
+        let early = EarlyRequests::of(&ahead, proto);
+        let stream = Prefixed { io: stream, ahead };
+        self.serve_http(stream, peer, proto, sni, client_cert, early)
+            .await;
     }
 
     async fn serve_http<I: Parkable>(
@@ -210,6 +219,7 @@ impl TcpServer {
         proto: Proto,
         sni: Option<Sni>,
         client_cert: Option<http::HeaderValue>,
+        early: EarlyRequests,
     ) {
         let _open = self.shared.metrics.connection(proto);
         let peer = Peer {
@@ -217,12 +227,13 @@ impl TcpServer {
             tls: self.tls.is_some(),
             sni,
             client_cert,
+            early_data: false,
         };
         if proto == Proto::H1 {
-            return super::h1::serve(self, io, peer).await;
+            return super::h1::serve(self, io, peer, early).await;
         }
         // Boxed: the HTTP/2 state stays out of the (small) parked HTTP/1.1 task.
-        Box::pin(super::h2::serve(self, io, peer)).await;
+        Box::pin(super::h2::serve(self, io, peer, early)).await;
     }
 
     pub(super) async fn respond(&self, peer: Peer, req: Request<Body>) -> Response<Body> {

@@ -2,17 +2,19 @@
 //! the header limits and framing rules, one canonical authority the connection
 //! vouches for, a normalised path, and the client's address as edge trusts it.
 //! It reads and rewrites only the request; it never looks at routes or pools.
+//! A request that arrived in TLS early data is judged first (`early_data`).
 
 use std::net::IpAddr;
 use std::time::Instant;
 
-use http::Request;
+use http::{Method, Request};
 
 use super::authority::{self, Authority};
 use super::headers::{self, Peer};
 use super::{path, Cx, Proxy, NO_BACKEND};
 use crate::body::Body;
 use crate::error::{ErrorKind, ProxyError};
+use crate::metrics::{Metrics, Proto};
 
 /// What `admit` established about a request, for the phases after it.
 pub struct Admitted {
@@ -100,4 +102,26 @@ pub async fn admit(
         client,
         upgrade,
     })
+}
+
+/// A request that arrived in TLS early data (0-RTT) may be a replay of one an
+/// attacker captured: only a safe method (RFC 9110 9.2.1: GET, HEAD, OPTIONS;
+/// no body, no effect) goes on, and `to_upstream` marks it `Early-Data: 1`.
+/// Anything else is answered 425 here, before a route, a limit or a backend
+/// sees it; the client sends it again once its handshake is done (RFC 8470 5.2).
+pub fn early_data(cx: &Cx<'_>, metrics: &Metrics, req: &Request<Body>) -> Result<(), ProxyError> {
+    if !cx.peer.early_data {
+        return Ok(());
+    }
+    let safe = matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
+    let proto = Proto::of(req.version());
+    if safe {
+        metrics.early_data(proto, "accepted");
+        return Ok(());
+    }
+    metrics.early_data(proto, "too_early");
+    Err(ProxyError::new(
+        ErrorKind::TooEarly,
+        "an unsafe method in TLS early data",
+    ))
 }

@@ -13,6 +13,8 @@ pub use crate::wire::{strip_hop_by_hop, REQUEST_ID};
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+/// RFC 8470 5.1: the request was (at some hop) received in TLS early data.
+pub const EARLY_DATA: HeaderName = HeaderName::from_static("early-data");
 /// The client's id when it is well formed (1 to 128 of `A-Za-z0-9-_.:+/=`), else a new UUID.
 ///
 /// Marked sensitive: HTTP/2 then sends it as a never-indexed literal, since a
@@ -104,6 +106,9 @@ pub struct Peer {
     /// The client certificate rustls verified (`[tls.client_auth]`), as the
     /// upstream header's value (`tls::client_cert_value`).
     pub client_cert: Option<HeaderValue>,
+    /// This request arrived in TLS 1.3 early data (0-RTT), which an attacker
+    /// can replay: set per request by the listener (`tls.early_data`).
+    pub early_data: bool,
 }
 
 /// The client's address: the peer's, unless the peer is a trusted proxy; then
@@ -209,6 +214,17 @@ pub fn to_upstream<B>(
     }
     h.insert(HOST, host);
     append_via(h, version);
+    mark_early_data(h, peer.early_data);
+}
+
+/// RFC 8470 5.1: a request edge forwards before its client's handshake is
+/// complete carries `Early-Data: 1`. One the client sent is kept as it is: an
+/// intermediary MUST NOT remove it, and it can only make the origin more
+/// careful (answer 425, which edge passes back), never less.
+fn mark_early_data(h: &mut HeaderMap, early: bool) {
+    if early {
+        h.insert(EARLY_DATA, HeaderValue::from_static("1"));
+    }
 }
 
 /// Every line of `name`, joined with `, `; `None` when there is none.

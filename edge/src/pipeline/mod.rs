@@ -356,6 +356,7 @@ pub async fn handle(
 ) -> Response<Body> {
     let mut cx = Cx::new(peer, &req, proxy.access.is_some());
     let reply = async {
+        admit::early_data(&cx, metrics, &req)?;
         let mut admitted = admit::admit(proxy, &cx, &mut req).await?;
         if let Some(r) = cx.log.as_mut() {
             r.client = Some(admitted.client);

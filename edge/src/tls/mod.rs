@@ -432,13 +432,12 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 /// `acme_alpn`, `acme-tls/1` too, for TLS-ALPN-01 validation (only a client
 /// that offers it alone gets it: see `is_acme_challenge`).
 /// `clients`: the client certificate verifier (`client_verifier`), when
-/// `[tls.client_auth]` is set. `tickets`: the shared session ticket keys
-/// (`tls.ticket_keys`); without them, [`local_tickets`].
+/// `[tls.client_auth]` is set. `sessions`: how sessions resume.
 pub fn tcp_config(
     resolver: Arc<CertResolver>,
     acme_alpn: bool,
     clients: Option<Arc<dyn ClientCertVerifier>>,
-    tickets: Option<Arc<Ticketer>>,
+    sessions: &Sessions,
 ) -> Result<Arc<rustls::ServerConfig>, TlsError> {
     let builder = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?;
@@ -451,11 +450,40 @@ pub fn tcp_config(
     if acme_alpn {
         cfg.alpn_protocols.push(ACME_TLS_ALPN.to_vec());
     }
-    cfg.ticketer = match tickets {
-        Some(t) => t,
-        None => local_tickets()?,
-    };
+    sessions.apply(&mut cfg, false)?;
     Ok(Arc::new(cfg))
+}
+
+/// How TLS 1.3 sessions resume, on both listeners.
+pub enum Sessions {
+    /// Stateless tickets: under the shared keys (`tls.ticket_keys`), or with
+    /// `None` under [`local_tickets`].
+    Tickets(Option<Arc<Ticketer>>),
+    /// `tls.early_data`: single-use sessions in this process's cache, and
+    /// 0-RTT accepted on them. rustls takes early data only so (never with
+    /// stateless tickets, which a replayed ClientHello could use again), which
+    /// is why the config refuses `ticket_keys` beside `early_data`.
+    EarlyData,
+}
+
+/// Sessions the cache keeps with `tls.early_data` (two per full handshake; the
+/// oldest go first): rustls's default of 256 resumed about a third of 50
+/// busy clients' handshakes in the harness.
+const EARLY_DATA_SESSIONS: usize = 16 * 1024;
+
+impl Sessions {
+    fn apply(&self, cfg: &mut rustls::ServerConfig, quic: bool) -> Result<(), TlsError> {
+        match self {
+            Self::Tickets(Some(t)) => cfg.ticketer = t.clone(),
+            Self::Tickets(None) => cfg.ticketer = local_tickets()?,
+            Self::EarlyData => {
+                cfg.session_storage =
+                    rustls::server::ServerSessionMemoryCache::new(EARLY_DATA_SESSIONS);
+                allow_early_data(cfg, quic);
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Session tickets without `tls.ticket_keys`: stateless tickets under keys
@@ -475,13 +503,12 @@ fn local_tickets() -> Result<Arc<dyn rustls::server::ProducesTickets>, TlsError>
     Ok(LOCAL.get_or_init(|| made).clone())
 }
 
-/// TLS 1.3 only, ALPN h3, for QUIC. 0-RTT stays off until the 425 rule for unsafe
-/// methods is in place. The same `tickets` as the TCP config: a session from
-/// either resumes on the other's keys.
+/// TLS 1.3 only, ALPN h3, for QUIC. The same `sessions` as the TCP config: a
+/// session from either resumes on the other.
 pub fn quic_config(
     resolver: Arc<CertResolver>,
     clients: Option<Arc<dyn ClientCertVerifier>>,
-    tickets: Option<Arc<Ticketer>>,
+    sessions: &Sessions,
 ) -> Result<rustls::ServerConfig, TlsError> {
     let builder = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?;
@@ -491,9 +518,22 @@ pub fn quic_config(
     }
     .with_cert_resolver(resolver);
     cfg.alpn_protocols = vec![b"h3".to_vec()];
-    cfg.ticketer = match tickets {
-        Some(t) => t,
-        None => local_tickets()?,
-    };
+    sessions.apply(&mut cfg, true)?;
     Ok(cfg)
+}
+
+/// The early data a TCP client may send on a resumed TLS 1.3 connection: a
+/// request head or a few, not a body (an unsafe method is refused anyway).
+pub const TCP_EARLY_DATA: u32 = 16 * 1024;
+
+/// Accepts TLS 1.3 early data (0-RTT) on resumed connections (`tls.early_data`):
+/// `TCP_EARLY_DATA` bytes on TCP; on QUIC the stream limits bound it and RFC
+/// 9001 4.6.1 requires the `0xffffffff` sentinel. The listeners mark what
+/// arrives so (`Peer::early_data`) and the pipeline refuses unsafe methods.
+///
+/// rustls accepts early data only with stateful resumption (the session cache,
+/// each ticket usable once: a replayed ClientHello finds it gone) and never with
+/// a `ticketer` (stateless tickets): see [`Sessions::EarlyData`].
+fn allow_early_data(cfg: &mut rustls::ServerConfig, quic: bool) {
+    cfg.max_early_data_size = if quic { u32::MAX } else { TCP_EARLY_DATA };
 }

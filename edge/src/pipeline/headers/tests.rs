@@ -64,6 +64,7 @@ fn forwarding_headers_trust_only_configured_proxies() {
         tls: true,
         sni: None,
         client_cert: None,
+        early_data: false,
     };
     to_upstream(&mut untrusted, &peer, &trusted, &id, &trace(), host.clone());
     let h = untrusted.headers();
@@ -85,6 +86,7 @@ fn forwarding_headers_trust_only_configured_proxies() {
         tls: false,
         sni: None,
         client_cert: None,
+        early_data: false,
     };
     to_upstream(&mut via_proxy, &peer, &trusted, &id, &trace(), host);
     assert_eq!(via_proxy.headers()["x-forwarded-for"], "1.2.3.4, 10.1.1.1");
@@ -114,6 +116,7 @@ fn an_untrusted_peers_forwarding_claims_are_replaced_by_edges_own() {
         tls: true,
         sni: None,
         client_cert: None,
+        early_data: false,
     };
     to_upstream(
         &mut r,
@@ -150,6 +153,7 @@ fn a_trusted_proxys_forwarding_headers_pass_and_forwarded_is_appended() {
         tls: false,
         sni: None,
         client_cert: None,
+        early_data: false,
     };
     to_upstream(
         &mut r,
@@ -221,6 +225,7 @@ fn client_ip_believes_only_trusted_proxies() {
         tls: false,
         sni: None,
         client_cert: None,
+        early_data: false,
     };
     let ip = |s: &str| s.parse::<std::net::IpAddr>().expect("ip");
     let spoofed = req(&[("x-forwarded-for", "127.2.0.1")]);
@@ -257,4 +262,30 @@ fn client_ip_believes_only_trusted_proxies() {
 
 fn trace() -> crate::pipeline::trace::Trace {
     crate::pipeline::trace::Trace::of(&http::HeaderMap::new())
+}
+
+#[test]
+fn early_data_is_marked_for_the_origin_and_a_clients_mark_is_kept() {
+    let host = HeaderValue::from_static("a.example");
+    let id = HeaderValue::from_static("id-1");
+    let peer = |early_data| Peer {
+        ip: "192.0.2.7".parse().expect("ip"),
+        tls: true,
+        sni: None,
+        client_cert: None,
+        early_data,
+    };
+    let mut early = req(&[]);
+    to_upstream(&mut early, &peer(true), &[], &id, &trace(), host.clone());
+    assert_eq!(early.headers()["early-data"], "1");
+
+    let mut after = req(&[]);
+    to_upstream(&mut after, &peer(false), &[], &id, &trace(), host.clone());
+    assert!(!after.headers().contains_key("early-data"));
+
+    // RFC 8470 5.1: an intermediary must not remove it; it can only make the
+    // origin more careful.
+    let mut claimed = req(&[("early-data", "1")]);
+    to_upstream(&mut claimed, &peer(false), &[], &id, &trace(), host);
+    assert_eq!(claimed.headers()["early-data"], "1");
 }
