@@ -236,7 +236,7 @@ async fn a_10_mib_stream_of_unknown_length_compresses_without_being_held() -> an
     let n: u64 = 10 << 20;
     // Warm up every encoder once, so the peak below is the big body's own.
     for encoding in ["gzip", "br", "zstd"] {
-        get(&edge, "/text/100000?chunked=1", Some(encoding), &[]).await?;
+        get(&edge, "/text/2097152?chunked=1", Some(encoding), &[]).await?;
     }
     for encoding in ["gzip", "br", "zstd"] {
         let before = peak_rss_kib(edge.pid())?;
@@ -262,6 +262,10 @@ async fn a_10_mib_stream_of_unknown_length_compresses_without_being_held() -> an
             r.body.len()
         );
         let grew = peak_rss_kib(edge.pid())?.saturating_sub(before);
+        eprintln!(
+            "{encoding}: 10 MiB in, {} B out, peak RSS +{grew} KiB",
+            r.size_download
+        );
         // The body is 10 MiB; a held copy (either side) would show here.
         // An encoder's own state is 0.7 to 3 MiB (body/encode.rs).
         assert!(
