@@ -107,7 +107,7 @@ fn main() -> anyhow::Result<()> {
     for (encoding, level) in [
         (Encoding::Gzip, "6"),
         (Encoding::Zstd, "3 (1 MiB window)"),
-        (Encoding::Br, "5 (256 KiB window)"),
+        (Encoding::Br, "4 (256 KiB window)"),
     ] {
         let corpus = Corpus {
             data: data.clone(),
