@@ -11,8 +11,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${1:-40}
-cargo build --release -q -p edge --bin edge
-cargo build --release -q -p edge-benches --bin compress-cpu
 work=$(mktemp -d)
 pids=()
 cleanup() {
@@ -20,6 +18,10 @@ cleanup() {
     rm -rf "$work"
 }
 trap cleanup EXIT
+for bin in "edge --bin edge" "edge-benches --bin compress-cpu"; do
+    # shellcheck disable=SC2086
+    cargo build --release -p $bin >"$work/build.log" 2>&1 || { cat "$work/build.log" >&2; exit 1; }
+done
 
 find . -path ./target -prune -o -path ./vendor -prune -o \( -name '*.rs' -o -name '*.md' \) -print |
     sort | xargs cat >"$work/corpus.txt"
