@@ -42,6 +42,7 @@ fn route_match(c: &mut Criterion) {
             max_body_bytes: None,
             cache_statuses: edge::config::CacheStatuses::default(),
             require_client_cert: false,
+            compress: None,
         })
         .collect();
     let table = Routes::new(&routes, |_| Some(0), &Default::default());

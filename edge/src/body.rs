@@ -1,6 +1,9 @@
 //! The one body type after the listeners: what a client sent (h1/h2 from hyper,
 //! h3 read straight off the QUIC stream), what a backend sent, or a small page the
 //! edge wrote itself. Every variant streams; none buffers a whole body.
+//! `encode` compresses a response body as it streams.
+
+pub mod encode;
 
 use std::future::Future;
 use std::pin::Pin;

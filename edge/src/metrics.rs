@@ -49,6 +49,44 @@ pub struct Metrics {
     tunnels: TunnelMetrics,
     gray: GrayMetrics,
     handshakes: HandshakeMetrics,
+    compression: CompressionMetrics,
+}
+
+/// Compressed responses, and bytes through the encoders, by encoding (one of
+/// three), resolved once so a response costs no label lookup.
+struct CompressionMetrics {
+    /// Per encoding, in `Encoding::ALL` order: responses, then the tally.
+    by: [(prometheus::IntCounter, crate::body::encode::Tally); 3],
+}
+
+impl CompressionMetrics {
+    fn new(registry: &Registry) -> Result<Self, prometheus::Error> {
+        let responses = IntCounterVec::new(
+            Opts::new(
+                "proxy_compressed_responses_total",
+                "Responses edge compressed (a route's compress), by encoding.",
+            ),
+            &["encoding"],
+        )?;
+        let bytes = IntCounterVec::new(
+            Opts::new(
+                "proxy_compression_bytes_total",
+                "Bytes through edge's encoders, by encoding and side (in: the origin's, out: sent compressed).",
+            ),
+            &["encoding", "side"],
+        )?;
+        registry.register(Box::new(responses.clone()))?;
+        registry.register(Box::new(bytes.clone()))?;
+        let by = crate::config::Encoding::ALL.map(|e| {
+            let e = e.token();
+            let tally = crate::body::encode::Tally {
+                bytes_in: bytes.with_label_values(&[e, "in"]),
+                bytes_out: bytes.with_label_values(&[e, "out"]),
+            };
+            (responses.with_label_values(&[e]), tally)
+        });
+        Ok(Self { by })
+    }
 }
 
 /// Gray release: requests by route and version, canary rollbacks. Routes and
@@ -616,6 +654,7 @@ impl Metrics {
         let tunnels = TunnelMetrics::new(&registry)?;
         let gray = GrayMetrics::new(&registry)?;
         let handshakes = HandshakeMetrics::new(&registry)?;
+        let compression = CompressionMetrics::new(&registry)?;
         Ok(Self {
             registry,
             requests,
@@ -632,7 +671,16 @@ impl Metrics {
             tunnels,
             gray,
             handshakes,
+            compression,
         })
+    }
+
+    /// Counts a response compressed with `encoding`; its body counts its bytes
+    /// in the tally returned.
+    pub fn compressed(&self, encoding: crate::config::Encoding) -> crate::body::encode::Tally {
+        let (responses, tally) = &self.compression.by[encoding as usize];
+        responses.inc();
+        tally.clone()
     }
 
     /// Counts an upgrade request's outcome (`result` is one of a fixed few).

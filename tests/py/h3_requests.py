@@ -8,7 +8,7 @@ Usage: h3_requests.py --ca CA.pem --host 127.0.0.1 --port PORT --spec JSON
 JSON is a list of requests: {"method", "path", "headers": [[name, value]],
 "big_header_bytes": N (adds an `x-big` header of N bytes), "body_bytes": N}.
 Prints one JSON line: a list of results {"status", "headers", "body", "body_len",
-"reset", "error"}, where "reset" is the stream reset code when the server reset the
+"body_hex" (the bytes exactly), "reset", "error"}, where "reset" is the stream reset code when the server reset the
 stream. Exits non-zero only if the connection itself could not be used.
 
 --server-name is sent as SNI and :authority (default localhost); --insecure skips
@@ -166,6 +166,7 @@ class H3Client(QuicConnectionProtocol):
             "headers": stream["headers"],
             "body": stream["body"].decode("utf-8", "replace"),
             "body_len": len(stream["body"]),
+            "body_hex": stream["body"].hex(),
             "reset": stream["reset"],
             "error": stream["error"],
         }

@@ -4,9 +4,12 @@
 //! Routes: `/echo` (the request as JSON, with the HTTP version it arrived in),
 //! `/bytes/N` (N bytes streamed in 64 KiB chunks), `/upload` (counts the body chunk
 //! by chunk), `/slow/MS` (answers after MS milliseconds), `/hop-by-hop` (a response
-//! carrying hop-by-hop headers), anything else `hello`.
+//! carrying hop-by-hop headers), `/text/N` (N bytes of [`text`] in 64 KiB chunks;
+//! the query sets its headers, see [`text_route`]), `/events/N` (N server-sent
+//! events, then held open), anything else `hello`.
 
 use std::convert::Infallible;
+use std::future::Future as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::pin::Pin;
@@ -409,6 +412,27 @@ async fn handle(
     in_flight: InFlight,
 ) -> Result<Response<OriginBody>, Infallible> {
     let path = req.uri().path().to_owned();
+    if let Some(n) = path.strip_prefix("/text/") {
+        let n = n.parse::<u64>().unwrap_or(0);
+        let (parts, body) = text_route(n, req.uri().query().unwrap_or("")).into_parts();
+        let body = OriginBody {
+            inner: body,
+            _in_flight: in_flight,
+        };
+        return Ok(Response::from_parts(parts, body));
+    }
+    if let Some(n) = path.strip_prefix("/events/") {
+        let n = n.parse::<usize>().unwrap_or(1);
+        let mut response = Response::new(OriginBody {
+            inner: events(n),
+            _in_flight: in_flight,
+        });
+        response.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("text/event-stream"),
+        );
+        return Ok(response);
+    }
     let (status, headers, body) = if path == "/echo" {
         (StatusCode::OK, Vec::new(), full(echo(&req)))
     } else if let Some(n) = path.strip_prefix("/bytes/") {
@@ -538,4 +562,168 @@ fn zeros(n: u64) -> BoxBody<Bytes, Infallible> {
         chunk: Bytes::from(vec![0u8; CHUNK]),
     }
     .boxed()
+}
+
+/// One line of [`text`]: fixed width, a counter and a hash (so it compresses
+/// like prose, 3-5x, not like a run of one byte).
+pub const TEXT_LINE: usize = 64;
+
+fn text_line(i: u64) -> [u8; TEXT_LINE] {
+    let mut line = [b' '; TEXT_LINE];
+    let h = i.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 40;
+    let s = format!("{i:08} {h:06x} the quick brown fox jumps over the lazy dog");
+    line[..s.len().min(TEXT_LINE - 1)].copy_from_slice(&s.as_bytes()[..s.len().min(TEXT_LINE - 1)]);
+    line[TEXT_LINE - 1] = b'\n';
+    line
+}
+
+/// Bytes `from..from + len` of the origin's text.
+fn text_range(from: u64, len: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(len + TEXT_LINE);
+    let first = from / TEXT_LINE as u64;
+    let skip = (from % TEXT_LINE as u64) as usize;
+    let mut i = first;
+    while out.len() < len + skip {
+        out.extend_from_slice(&text_line(i));
+        i += 1;
+    }
+    out.drain(..skip);
+    out.truncate(len);
+    out
+}
+
+/// The first `n` bytes of what `/text/N` serves.
+pub fn text(n: u64) -> Vec<u8> {
+    text_range(0, n as usize)
+}
+
+/// `n` bytes of [`text`], generated chunk by chunk.
+struct Text {
+    sent: u64,
+    total: u64,
+    exact: bool,
+}
+
+impl Body for Text {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        if self.sent == self.total {
+            return Poll::Ready(None);
+        }
+        let n = (self.total - self.sent).min(CHUNK as u64);
+        let chunk = text_range(self.sent, n as usize);
+        self.sent += n;
+        Poll::Ready(Some(Ok(Frame::data(Bytes::from(chunk)))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.sent == self.total
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        if self.exact {
+            SizeHint::with_exact(self.total - self.sent)
+        } else {
+            SizeHint::default()
+        }
+    }
+}
+
+/// `/text/N?...`: N bytes of [`text`]. The query sets headers: `type` (the
+/// Content-Type, default `text/plain; charset=utf-8`), `ce` (Content-Encoding),
+/// `cc` (Cache-Control), `etag`, `vary`, `status`, and `chunked=1` sends no
+/// Content-Length. Values are taken as written (no percent-decoding) except
+/// that `+` stands for a space.
+pub fn text_route(n: u64, query: &str) -> Response<BoxBody<Bytes, Infallible>> {
+    let mut exact = true;
+    let mut response = Response::new(BoxBody::new(
+        http_body_util::Empty::new().map_err(|e| match e {}),
+    ));
+    let h = response.headers_mut();
+    h.insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    let mut status = StatusCode::OK;
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let v = v.replace('+', " ").replace("%22", "\"");
+        let Ok(value) = http::HeaderValue::from_str(&v) else {
+            continue;
+        };
+        let name = match k {
+            "type" => http::header::CONTENT_TYPE,
+            "ce" => http::header::CONTENT_ENCODING,
+            "cc" => http::header::CACHE_CONTROL,
+            "etag" => http::header::ETAG,
+            "vary" => http::header::VARY,
+            "status" => {
+                status = v.parse().unwrap_or(StatusCode::OK);
+                continue;
+            }
+            "chunked" => {
+                exact = false;
+                continue;
+            }
+            _ => continue,
+        };
+        h.insert(name, value);
+    }
+    *response.status_mut() = status;
+    *response.body_mut() = Text {
+        sent: 0,
+        total: n,
+        exact,
+    }
+    .boxed();
+    response
+}
+
+/// `n` server-sent events, each 10 ms after the last, then the stream stays
+/// open (until the client goes): what a compressing proxy must not hold back.
+fn events(n: usize) -> BoxBody<Bytes, Infallible> {
+    Events {
+        sent: 0,
+        total: n,
+        gap: None,
+    }
+    .boxed()
+}
+
+struct Events {
+    sent: usize,
+    total: usize,
+    gap: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl Body for Events {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        if self.sent == self.total {
+            // Held open: no waker kept, nothing more ever comes.
+            return Poll::Pending;
+        }
+        if let Some(gap) = self.gap.as_mut() {
+            if gap.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+        }
+        let event = format!(
+            "id: {}\ndata: event {} of the stream\n\n",
+            self.sent, self.sent
+        );
+        self.sent += 1;
+        self.gap = Some(Box::pin(tokio::time::sleep(Duration::from_millis(10))));
+        Poll::Ready(Some(Ok(Frame::data(Bytes::from(event)))))
+    }
 }

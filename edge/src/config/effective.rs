@@ -234,6 +234,7 @@ fn route_json(r: &Route) -> Value {
         cache_statuses,
         require_client_cert,
         split,
+        compress,
     } = r;
     let statuses: Vec<u16> = (200..=599)
         .filter(|s| cache_statuses.contains(*s))
@@ -249,6 +250,11 @@ fn route_json(r: &Route) -> Value {
         "cache_statuses": statuses,
         "require_client_cert": require_client_cert,
         "split": split.as_ref().map(split_json),
+        "compress": compress.as_ref().map_or(Vec::new(), |c| {
+            c.encodings.iter().map(|e| e.token()).collect::<Vec<_>>()
+        }),
+        "compress_min_bytes": compress.as_ref().map(|c| c.min_bytes),
+        "compress_types": compress.as_ref().map(|c| &c.types),
     })
 }
 

@@ -12,6 +12,7 @@
 
 mod acme;
 mod cache;
+mod compress;
 pub mod effective;
 mod forecast;
 mod hedge;
@@ -28,6 +29,9 @@ pub use acme::{Acme, AcmeChallenge};
 mod upgrade;
 use cache::read_cache;
 pub use cache::{Cache, CacheStatuses};
+pub use compress::{
+    Compress, Encoding, DEFAULT_MIN_BYTES as COMPRESS_MIN_BYTES, DEFAULT_TYPES as COMPRESS_TYPES,
+};
 pub use forecast::{Forecast, MIN_HISTORY as FORECAST_MIN_HISTORY};
 use pools::read_pools;
 pub use proxy_protocol::ProxyProtocol;
@@ -264,6 +268,8 @@ pub struct Route {
     pub require_client_cert: bool,
     /// Gray release: versions sharing the route (`pool` is then the baseline's).
     pub split: Option<Split>,
+    /// Responses compressed for clients that accept it (`compress`); off when `None`.
+    pub compress: Option<Compress>,
 }
 
 /// A pool: the upstream crate's own settings, plus what only a file names.
@@ -320,6 +326,7 @@ impl Route {
             cache_statuses: CacheStatuses::default(),
             require_client_cert: false,
             split: None,
+            compress: None,
         }
     }
 }
@@ -914,6 +921,7 @@ fn read_routes(
                 "needs [tls.client_auth] (the CA client certificates are verified against)",
             );
         }
+        let compress = compress::read_compress(cx, &mut t);
         let split = split::read_split(cx, &mut t, pools, geo);
         let pool = match (t.opt::<String>(cx, "pool"), &split) {
             (None, Some(s)) => s.versions.first().map(|v| v.pool.clone()),
@@ -954,6 +962,7 @@ fn read_routes(
                 cache_statuses,
                 require_client_cert,
                 split,
+                compress,
             });
         }
         t.finish(cx);

@@ -68,6 +68,7 @@ impl Cx<'_> {
             placed: None,
             sticky: None,
             gray: None,
+            compress: None,
             log,
             request_bytes: None,
             grpc: crate::error::is_grpc(req.headers()),

@@ -14,6 +14,7 @@
 mod admit;
 mod authority;
 mod cache;
+mod compress;
 mod forward;
 mod gray;
 mod headers;
@@ -312,6 +313,8 @@ pub struct Cx<'p> {
     sticky: Option<sticky::Pin<'p>>,
     /// A split route's chosen version, for `respond` to count and guard.
     gray: Option<gray::Chosen<'p>>,
+    /// A compressing route's view of what the client accepts, for `respond`.
+    compress: Option<compress::Asked<'p>>,
     /// The access log's line for this request, when the log is on.
     log: Option<Box<crate::access_log::Record>>,
     /// The request body's bytes as they are read, for that line.

@@ -1,6 +1,7 @@
 //! Phase `respond`: the client's answer — an upstream response with its
 //! hop-by-hop headers out and edge's own in (request id, Via, the client's
-//! version, the geo debug header, a sticky pool's cookie), or an error page — then the log line and the
+//! version, the geo debug header, a sticky pool's cookie), compressed when the
+//! route says so (`compress`), or an error page — then the log line and the
 //! request's metrics. Every request ends here, whatever phase it stopped in.
 
 use std::sync::Arc;
@@ -51,7 +52,11 @@ pub async fn respond(
             headers::append_via(h, head.version);
             // The version is per hop: the client gets its own back.
             head.version = cx.version;
-            Response::from_parts(head, body)
+            let resp = Response::from_parts(head, body);
+            match &cx.compress {
+                Some(asked) => super::compress::apply(asked, metrics, resp),
+                None => resp,
+            }
         }
         Ok(Reply::Answered(mut resp)) => {
             resp.headers_mut().insert(REQUEST_ID, cx.id.clone());

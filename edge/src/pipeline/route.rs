@@ -61,6 +61,7 @@ pub async fn route<'p>(
         .get(matched.pool)
         .ok_or_else(|| ProxyError::new(ErrorKind::NoRoute, "no route for this host and path"))?;
     cx.backend = pool.name();
+    cx.compress = matched.compress.map(|c| super::compress::asked(c, req));
     if cx.log.is_some() {
         cx.request_bytes = Some(Default::default());
     }
@@ -123,6 +124,7 @@ struct Entry {
     max_body_bytes: Option<u64>,
     require_client_cert: bool,
     split: Option<super::gray::Split>,
+    compress: Option<config::Compress>,
 }
 
 /// What a request matched: the pool's slot and the route's cache settings.
@@ -136,6 +138,8 @@ pub struct Matched<'r> {
     pub require_client_cert: bool,
     /// A split route's versions (`pool` is then the baseline's until chosen).
     pub split: Option<&'r super::gray::Split>,
+    /// How the route compresses responses, when it does.
+    pub compress: Option<&'r config::Compress>,
 }
 
 impl Routes {
@@ -165,6 +169,7 @@ impl Routes {
                     max_body_bytes: r.max_body_bytes,
                     require_client_cert: r.require_client_cert,
                     split,
+                    compress: r.compress.clone(),
                 })
             })
             .collect();
@@ -189,6 +194,7 @@ impl Routes {
                 max_body_bytes: r.max_body_bytes,
                 require_client_cert: r.require_client_cert,
                 split: r.split.as_ref(),
+                compress: r.compress.as_ref(),
             })
     }
 }
@@ -217,6 +223,7 @@ mod tests {
             max_body_bytes: None,
             cache_statuses: config::CacheStatuses::default(),
             require_client_cert: false,
+            compress: None,
         }
     }
 
