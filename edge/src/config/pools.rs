@@ -86,6 +86,16 @@ pub(super) fn read_pools(
             _ => {}
         }
         pool.protocol = t.opt(cx, "protocol").unwrap_or(pool.protocol);
+        if pool.protocol == Protocol::H3 {
+            if let Some(plain) = pool.endpoints.iter().find(|e| !e.tls) {
+                let line = t.line_of(cx, "protocol");
+                cx.error(
+                    line,
+                    &t.path("protocol"),
+                    format!("h3 runs over QUIC, which is always TLS: {plain} must be https://"),
+                );
+            }
+        }
         pool.connect_timeout = positive(cx, &mut t, "connect_timeout", pool.connect_timeout);
         pool.response_timeout = positive(cx, &mut t, "response_timeout", pool.response_timeout);
         pool.idle_timeout = positive(cx, &mut t, "idle_timeout", pool.idle_timeout);
@@ -416,9 +426,12 @@ impl FromToml for Protocol {
         match v.as_str() {
             Some("h2") => Ok(Protocol::H2),
             Some("h1") => Ok(Protocol::H1),
-            Some(other) => Err(format!("expected \"h2\" or \"h1\", found {other:?}")),
+            Some("h3") => Ok(Protocol::H3),
+            Some(other) => Err(format!(
+                "expected \"h2\", \"h1\" or \"h3\", found {other:?}"
+            )),
             None => Err(format!(
-                "expected \"h2\" or \"h1\", found {}",
+                "expected \"h2\", \"h1\" or \"h3\", found {}",
                 v.type_name()
             )),
         }
