@@ -181,3 +181,47 @@ async fn h3_pool_with_a_cleartext_endpoint_is_refused_with_key_and_line() -> any
     }
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h3_pool_resets_the_upstream_stream_when_the_clients_body_breaks_off() -> anyhow::Result<()>
+{
+    use tokio::io::AsyncWriteExt as _;
+    let (origin, back, front) = h3_chain().await?;
+    // A chunked upload (no length anyone could check) that stops after 64 KiB
+    // when the client goes away.
+    let mut client = tokio::net::TcpStream::connect(front.http()?).await?;
+    client
+        .write_all(
+            b"POST /upload HTTP/1.1\r\nhost: 127.0.0.1\r\ntransfer-encoding: chunked\r\n\r\n",
+        )
+        .await?;
+    client.write_all(b"10000\r\n").await?;
+    client.write_all(&[b'x'; 0x10000]).await?;
+    client.write_all(b"\r\n").await?;
+    edge_tests::wait_until("the upload to reach the origin", RUN_TIMEOUT, || {
+        origin.requests() == 1
+    })
+    .await?;
+    drop(client);
+    // The back edge ends the exchange one way or another; what it must never
+    // see is the stream ending cleanly, a complete 64 KiB body the origin
+    // would answer 200 to.
+    let page = edge_tests::eventually(
+        "the back edge to finish the request",
+        RUN_TIMEOUT,
+        || async {
+            let (_, page) = back.metric("proxy_requests_total").await?;
+            Ok(page
+                .lines()
+                .any(|l| l.starts_with(r#"proxy_requests_total{backend="default",protocol="h3""#))
+                .then_some(page))
+        },
+    )
+    .await?;
+    let (ok, _) = metric(&back, BACK_H3_200).await?;
+    assert_eq!(
+        ok, 0.0,
+        "the truncated upload looked complete upstream:\n{page}"
+    );
+    Ok(())
+}
