@@ -109,6 +109,12 @@ impl<B: ReqBody> Backend<B> {
         let stream = match tokio::time::timeout(timeout, send.send_request(head)).await {
             Ok(Ok(stream)) => stream,
             Ok(Err(e)) => {
+                // The connection takes no more requests (GOAWAY, closing):
+                // the next try opens a new one rather than fail on it again.
+                self.h3.rcu(|current| match current {
+                    Some(c) if Arc::ptr_eq(c, &conn) => None,
+                    other => other.clone(),
+                });
                 let error = Error::Request {
                     endpoint: endpoint(),
                     source: e.into(),
