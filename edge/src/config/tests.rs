@@ -1105,3 +1105,13 @@ fn proxy_protocol_defaults_off_and_is_validated() {
         ]
     );
 }
+
+#[test]
+fn an_h3_pool_is_read_and_shown_in_the_effective_config() {
+    let c =
+        parse("[pools.web]\nendpoints = [\"https://origin.internal:8443\"]\nprotocol = \"h3\"\n")
+            .expect("valid");
+    assert_eq!(c.pools[0].settings.protocol, Protocol::H3);
+    let shown = super::effective::to_json(&c);
+    assert_eq!(shown["pools"][0]["protocol"], "h3", "{shown}");
+}
