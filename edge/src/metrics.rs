@@ -445,7 +445,7 @@ impl EndpointMetrics {
         let h3_fallbacks = IntCounterVec::new(
             Opts::new(
                 "proxy_upstream_h3_fallbacks_total",
-                "Times QUIC to an endpoint of an h3 pool failed (handshake timeout, UDP blocked) and its requests moved to TCP (h2) for 5 minutes.",
+                "Times QUIC to an endpoint of an h3 pool failed (handshake timeout, UDP blocked) while TCP worked, so its requests moved to TCP (h2) for 5 minutes.",
             ),
             &["backend"],
         )?;

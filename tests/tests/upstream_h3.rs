@@ -24,6 +24,24 @@ async fn h3_chain() -> anyhow::Result<(Origin, Edge, Edge)> {
     Ok((origin, back, front))
 }
 
+/// A back edge serving `origin` on `port` (TCP and UDP), with the certificate
+/// of `pki`.
+async fn back_edge_on(
+    port: u16,
+    origin: &Origin,
+    dir: tempfile::TempDir,
+    pki: Pki,
+) -> anyhow::Result<Edge> {
+    let toml = EdgeConfig::new(origin.url()).to_toml(&pki).replacen(
+        "listen = \"127.0.0.1:0\"",
+        &format!("listen = \"127.0.0.1:{port}\""),
+        1,
+    );
+    let back = Edge::start_with_toml(dir, pki, &toml).await?;
+    anyhow::ensure!(back.https_addr.port() == port, "back edge not on {port}");
+    Ok(back)
+}
+
 /// The value of `series` on `edge`'s /metrics (0 when absent), with the page.
 async fn metric(edge: &Edge, series: &str) -> anyhow::Result<(f64, String)> {
     let (value, page) = edge.metric(series).await?;
@@ -223,5 +241,75 @@ async fn h3_pool_resets_the_upstream_stream_when_the_clients_body_breaks_off() -
         ok, 0.0,
         "the truncated upload looked complete upstream:\n{page}"
     );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endpoint_that_was_down_is_not_marked_quic_broken() -> anyhow::Result<()> {
+    // A port nothing listens on, TCP or UDP, for now.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let dir = tempfile::tempdir()?;
+    let pki = Pki::generate(dir.path())?;
+    let config = EdgeConfig::new(format!("https://localhost:{port}"))
+        .protocol("h3")
+        .pool_setting("ca", &toml_path(&pki.ca_cert))
+        .pool_setting("connect_timeout", "\"300ms\"")
+        .pool_setting("max_retries", "0");
+    let front = Edge::start(&config).await?;
+    let url = format!("http://{}/echo", front.http()?);
+    let down = curl(&[url.as_str()]).await?;
+    assert_eq!(down.status, 502, "{}", down.text());
+    // Both QUIC and TCP failed: the endpoint was down, QUIC is not to blame.
+    let (fallbacks, page) = metric(&front, FALLBACKS).await?;
+    assert_eq!(fallbacks, 0.0, "{page}");
+    // The endpoint comes up (an edge serving h3 and h2 on that port, with a
+    // certificate of the CA the front trusts): the next request goes over QUIC.
+    let origin = Origin::start().await?;
+    let back = back_edge_on(port, &origin, dir, pki).await?;
+    let up = curl(&[url.as_str()]).await?;
+    assert_eq!(up.status, 200, "{}", up.text());
+    let (h3, page) = metric(&back, BACK_H3_200).await?;
+    assert_eq!(h3, 1.0, "the request did not come over HTTP/3:\n{page}");
+    let (fallbacks, page) = metric(&front, FALLBACKS).await?;
+    assert_eq!(fallbacks, 0.0, "{page}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_endpoint_gets_a_new_quic_connection_not_a_hung_request() -> anyhow::Result<()>
+{
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let (dir1, dir2) = (tempfile::tempdir()?, tempfile::tempdir()?);
+    let (pki1, pki2) = (Pki::generate(dir1.path())?, Pki::generate(dir2.path())?);
+    // The front trusts both back edges' CAs.
+    let front_dir = tempfile::tempdir()?;
+    let bundle = front_dir.path().join("cas.pem");
+    std::fs::write(
+        &bundle,
+        [std::fs::read(&pki1.ca_cert)?, std::fs::read(&pki2.ca_cert)?].concat(),
+    )?;
+    let origin = Origin::start().await?;
+    let back = back_edge_on(port, &origin, dir1, pki1).await?;
+    let config = EdgeConfig::new(format!("https://localhost:{port}"))
+        .protocol("h3")
+        .pool_setting("ca", &toml_path(&bundle));
+    let front = Edge::start(&config).await?;
+    let url = format!("http://{}/echo", front.http()?);
+    let first = curl(&[url.as_str()]).await?;
+    assert_eq!(first.status, 200, "{}", first.text());
+    // The endpoint restarts: its new process knows nothing of the pooled QUIC
+    // connection, and (unlike TCP) sends nothing the old one could act on.
+    drop(back);
+    let back = back_edge_on(port, &origin, dir2, pki2).await?;
+    // Keep-alives find the old connection dead within seconds (not the 30 s
+    // response timeout); the GET is then sent again on a new one.
+    let again = edge_tests::curl_timeout(&[url.as_str()], Duration::from_secs(25)).await?;
+    assert_eq!(again.status, 200, "{}\n{}", again.text(), front.log());
+    let (h3, page) = metric(&back, BACK_H3_200).await?;
+    assert_eq!(h3, 1.0, "the new back edge got it over HTTP/3:\n{page}");
     Ok(())
 }

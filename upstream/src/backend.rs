@@ -244,15 +244,25 @@ impl<B: ReqBody> Backend<B> {
         timeout: Duration,
         replay: Option<&Replay>,
     ) -> Result<Response<UpstreamBody>, Failed<B>> {
+        let mut quic_failed = None;
         if self.h3_wanted {
-            if let Some(conn) = self.checkout_h3(connector, fresh).await {
-                return self.send_h3(conn, req, timeout).await;
+            match self.checkout_h3(connector, fresh).await {
+                Ok(conn) => return self.send_h3(conn, req, timeout).await,
+                Err(failed) => quic_failed = failed,
             }
         }
         let co = match self.checkout(connector, fresh).await {
             Ok(co) => co,
-            Err(e) => return Err(Failed::Unsent(Box::new(req), e)),
+            Err(e) => {
+                if quic_failed.is_some() {
+                    self.quic_not_broken();
+                }
+                return Err(Failed::Unsent(Box::new(req), e));
+            }
         };
+        if let Some(e) = quic_failed {
+            self.fell_back(connector, &e);
+        }
         let unproven_h2c = matches!(co.sender, Sender::H2(_))
             && !self.addr.tls
             && !self.h2_confirmed.load(Ordering::Relaxed);
@@ -487,8 +497,11 @@ impl<B: ReqBody> Backend<B> {
     /// the endpoint is the request path's job.
     pub(crate) async fn prewarm(&self, connector: &Connector, target: usize) -> usize {
         if self.h3_wanted {
-            if let Some((_, reused)) = self.checkout_h3(connector, false).await {
-                return usize::from(!reused);
+            match self.checkout_h3(connector, false).await {
+                Ok((_, reused)) => return usize::from(!reused),
+                // Judged by the next request, which tries TCP too.
+                Err(Some(_)) => self.quic_not_broken(),
+                Err(None) => {}
             }
         }
         if !self.h1_only.load(Ordering::Relaxed) {

@@ -4,8 +4,9 @@
 //!
 //! What does not connect over QUIC (no answer within the connect timeout: UDP
 //! blocked, nothing listening on the UDP port; a refused handshake) is not an
-//! error for the request: the backend sends it over TCP (h2 by ALPN) and marks
-//! the endpoint "QUIC broken" for [`QUIC_BROKEN_FOR`], see `backend.rs`.
+//! error for the request: the backend sends it over TCP (h2 by ALPN) and, when
+//! TCP connects, marks the endpoint "QUIC broken" for [`QUIC_BROKEN_FOR`]; see
+//! `backend/h3_exchange.rs`.
 //!
 //! The request body streams in a task of its own (`send_data`, then `finish`,
 //! or a reset if it fails, so a broken upload never looks complete); the
@@ -31,6 +32,10 @@ use crate::BoxError;
 /// How long an endpoint whose QUIC connect failed is reached over TCP only
 /// before QUIC is tried again.
 pub const QUIC_BROKEN_FOR: Duration = Duration::from_secs(300);
+
+/// Silence from an endpoint this long closes its QUIC connection (keep-alive
+/// PINGs every third of it keep a healthy one talking).
+const QUIC_DEAD_AFTER: Duration = Duration::from_secs(6);
 
 pub(crate) type H3Send = h3::client::SendRequest<h3_quinn::OpenStreams, Bytes>;
 type H3Recv = h3::client::RequestStream<h3_quinn::RecvStream, Bytes>;
@@ -85,8 +90,16 @@ impl QuicClient {
             .map_err(|e| rustls::Error::General(format!("QUIC client TLS: {e}")))?;
         let mut config = quinn::ClientConfig::new(Arc::new(crypto));
         let mut transport = quinn::TransportConfig::default();
-        // The server's idle timeout still wins when it is shorter.
-        transport.max_idle_timeout(quinn::IdleTimeout::try_from(cfg.idle_timeout).ok());
+        // A dead or restarted endpoint sends no RST over UDP (its stateless
+        // reset carries a key the old process took with it): without
+        // keep-alives the connection would look alive, and take requests, until
+        // the idle timeout. With them, silence for QUIC_DEAD_AFTER closes it
+        // and the next request opens a new one. Idle pooling (`idle_timeout`)
+        // is `drive`'s job, not QUIC's.
+        transport.keep_alive_interval(Some(QUIC_DEAD_AFTER / 3));
+        transport.max_idle_timeout(
+            quinn::IdleTimeout::try_from(QUIC_DEAD_AFTER.min(cfg.idle_timeout)).ok(),
+        );
         config.transport_config(Arc::new(transport));
         Ok(Self {
             config,

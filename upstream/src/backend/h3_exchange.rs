@@ -15,21 +15,24 @@ use crate::clock::now_ms;
 use crate::conn::Connector;
 use crate::error::Error;
 use crate::pool::ReqBody;
-use crate::quic::{self, H3Body, H3Conn, QUIC_BROKEN_FOR};
+use crate::quic::{self, H3Body, H3Conn, QuicFailed, QUIC_BROKEN_FOR};
 
 impl<B: ReqBody> Backend<B> {
     /// The shared QUIC connection (opened if there is none, or if `fresh`) and
-    /// whether it was pooled; `None` when QUIC is broken for this endpoint,
-    /// known or just found: the request then goes over TCP. A failed connect
-    /// marks the endpoint broken for [`QUIC_BROKEN_FOR`], counts a fallback and
-    /// is logged, once per endpoint and period (concurrent misses share the
-    /// one connect).
+    /// whether it was pooled. `Err(None)`: QUIC is known broken for this
+    /// endpoint; `Err(Some(why))`: it just failed to connect. Either way the
+    /// request goes over TCP. A failed connect marks the endpoint broken for
+    /// [`QUIC_BROKEN_FOR`] at once, so concurrent misses (which share the one
+    /// connect) go to TCP too; [`Self::fell_back`] or
+    /// [`Self::quic_not_broken`] settle it once TCP has answered or not.
     pub(super) async fn checkout_h3(
         &self,
         connector: &Connector,
         fresh: bool,
-    ) -> Option<(Arc<H3Conn>, bool)> {
-        let quic = connector.quic.as_ref()?;
+    ) -> Result<(Arc<H3Conn>, bool), Option<QuicFailed>> {
+        let Some(quic) = connector.quic.as_ref() else {
+            return Err(None);
+        };
         let live = || {
             self.h3
                 .load_full()
@@ -39,20 +42,20 @@ impl<B: ReqBody> Backend<B> {
         let broken = || self.quic_broken_until.load(Ordering::Relaxed) > now_ms();
         if !fresh {
             if let Some(c) = live() {
-                return Some(c);
+                return Ok(c);
             }
         }
         if broken() {
-            return None;
+            return Err(None);
         }
         let _connecting = self.h3_connecting.lock().await;
         if !fresh {
             if let Some(c) = live() {
-                return Some(c);
+                return Ok(c);
             }
         }
         if broken() {
-            return None;
+            return Err(None);
         }
         match quic
             .connect(
@@ -65,22 +68,36 @@ impl<B: ReqBody> Backend<B> {
             Ok(conn) => {
                 let conn = Arc::new(conn);
                 self.h3.store(Some(conn.clone()));
-                Some((conn, false))
+                Ok((conn, false))
             }
             Err(e) => {
                 let until = now_ms() + u64::try_from(QUIC_BROKEN_FOR.as_millis()).unwrap_or(0);
                 self.quic_broken_until.store(until, Ordering::Relaxed);
                 self.h3.store(None);
-                quic.fallbacks.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(
-                    endpoint = %self.addr,
-                    error = %e,
-                    "QUIC to the endpoint failed; sending its requests over TCP (h2) for {}s",
-                    QUIC_BROKEN_FOR.as_secs()
-                );
-                None
+                Err(Some(e))
             }
         }
+    }
+
+    /// QUIC failed and TCP connected: the endpoint is reachable but not over
+    /// QUIC (UDP blocked, no QUIC listener). It stays on TCP for
+    /// [`QUIC_BROKEN_FOR`]; counted and logged once per endpoint and period.
+    pub(super) fn fell_back(&self, connector: &Connector, why: &QuicFailed) {
+        if let Some(quic) = &connector.quic {
+            quic.fallbacks.fetch_add(1, Ordering::Relaxed);
+        }
+        tracing::warn!(
+            endpoint = %self.addr,
+            error = %why,
+            "QUIC to the endpoint failed but TCP works; sending its requests over TCP (h2) for {}s",
+            QUIC_BROKEN_FOR.as_secs()
+        );
+    }
+
+    /// QUIC failed and so did TCP: the endpoint is down, which says nothing
+    /// about QUIC. The next request tries QUIC again.
+    pub(super) fn quic_not_broken(&self) {
+        self.quic_broken_until.store(0, Ordering::Relaxed);
     }
 
     /// One exchange over HTTP/3 on `conn` (`reused`: it was pooled). The request

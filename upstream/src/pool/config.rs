@@ -137,8 +137,8 @@ pub struct EndpointStatus {
 #[derive(Clone, Debug)]
 pub struct PoolStatus {
     pub retries: u64,
-    /// Times QUIC to an endpoint of an h3 pool failed and its requests moved
-    /// to TCP (h2) for [`crate::QUIC_BROKEN_FOR`].
+    /// Times QUIC to an endpoint of an h3 pool failed while TCP worked, so its
+    /// requests moved to TCP (h2) for [`crate::QUIC_BROKEN_FOR`].
     pub h3_fallbacks: u64,
     /// Hedges sent that answered first, and hedges sent that did not (cancelled or failed).
     pub hedges_won: u64,
