@@ -87,12 +87,23 @@ pub(super) fn read_pools(
         }
         pool.protocol = t.opt(cx, "protocol").unwrap_or(pool.protocol);
         if pool.protocol == Protocol::H3 {
-            if let Some(plain) = pool.endpoints.iter().find(|e| !e.tls) {
+            let plain = pool
+                .endpoints
+                .iter()
+                .find(|e| !e.tls)
+                .map(|e| e.to_string());
+            let plain_dns = || {
+                dns.iter()
+                    .chain(regional_dns.iter().map(|(_, d)| d))
+                    .find(|d| !d.tls)
+                    .map(|d| format!("dns {:?} (tls = false)", d.name))
+            };
+            if let Some(plain) = plain.or_else(plain_dns) {
                 let line = t.line_of(cx, "protocol");
                 cx.error(
                     line,
                     &t.path("protocol"),
-                    format!("h3 runs over QUIC, which is always TLS: {plain} must be https://"),
+                    format!("h3 runs over QUIC, which is always TLS: {plain} must be https:// (or dns tls = true)"),
                 );
             }
         }
