@@ -63,7 +63,7 @@ impl HttpBody for Body {
             Body::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
             Body::Incoming(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
             Body::H3(b) => Pin::new(b).poll_frame(cx),
-            Body::Upstream(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            Body::Upstream(b) => Pin::new(b).poll_frame(cx),
             Body::Boxed(b) => b.as_mut().poll_frame(cx),
             Body::Limited(b) => Pin::new(b.as_mut()).poll_frame(cx),
         }

@@ -450,6 +450,7 @@ struct EndpointMetrics {
     in_flight: IntGaugeVec,
     ewma: GaugeVec,
     retries: IntCounterVec,
+    h3_fallbacks: IntCounterVec,
     budget_exhausted: IntCounterVec,
     hedges: IntCounterVec,
     dns_failures: IntGaugeVec,
@@ -486,6 +487,13 @@ impl EndpointMetrics {
             Opts::new(
                 "proxy_upstream_retries_total",
                 "Requests tried again on another connection or endpoint.",
+            ),
+            &["backend"],
+        )?;
+        let h3_fallbacks = IntCounterVec::new(
+            Opts::new(
+                "proxy_upstream_h3_fallbacks_total",
+                "Times QUIC to an endpoint of an h3 pool failed (handshake timeout, UDP blocked) while TCP worked, so its requests moved to TCP (h2) for 5 minutes.",
             ),
             &["backend"],
         )?;
@@ -547,6 +555,7 @@ impl EndpointMetrics {
         registry.register(Box::new(in_flight.clone()))?;
         registry.register(Box::new(ewma.clone()))?;
         registry.register(Box::new(retries.clone()))?;
+        registry.register(Box::new(h3_fallbacks.clone()))?;
         registry.register(Box::new(budget_exhausted.clone()))?;
         registry.register(Box::new(hedges.clone()))?;
         Ok(Self {
@@ -555,6 +564,7 @@ impl EndpointMetrics {
             in_flight,
             ewma,
             retries,
+            h3_fallbacks,
             budget_exhausted,
             hedges,
             dns_failures,
@@ -948,6 +958,12 @@ impl Metrics {
                 m.ewma.with_label_values(&labels).set(e.ewma.as_secs_f64());
             }
             advance(&m.retries.with_label_values(&[pool]), status.retries);
+            if status.h3_fallbacks > 0 {
+                advance(
+                    &m.h3_fallbacks.with_label_values(&[pool]),
+                    status.h3_fallbacks,
+                );
+            }
             advance(
                 &m.budget_exhausted.with_label_values(&[pool]),
                 status.budget_exhausted,

@@ -3,10 +3,11 @@
 //!
 //! Routes: `/echo` (the request as JSON, with the HTTP version it arrived in),
 //! `/bytes/N` (N bytes streamed in 64 KiB chunks), `/upload` (counts the body chunk
-//! by chunk), `/slow/MS` (answers after MS milliseconds), `/hop-by-hop` (a response
-//! carrying hop-by-hop headers), `/text/N` (N bytes of [`text`] in 64 KiB chunks;
-//! the query sets its headers, see [`text_route`]), `/events/N` (N server-sent
-//! events, then held open), anything else `hello`.
+//! by chunk), `/mirror` (the request body sent back), `/slow/MS` (answers after MS
+//! milliseconds), `/hop-by-hop` (a response carrying hop-by-hop headers), `/text/N`
+//! (N bytes of [`text`] in 64 KiB chunks; the query sets its headers, see
+//! [`text_route`]), `/events/N` (N server-sent events, then held open), anything
+//! else `hello`.
 
 use std::convert::Infallible;
 use std::future::Future as _;
@@ -442,6 +443,8 @@ async fn handle(
         }
     } else if path == "/upload" {
         upload(req).await
+    } else if path == "/mirror" {
+        mirror(req).await
     } else if let Some(ms) = path.strip_prefix("/slow/") {
         match ms.parse::<u64>() {
             Ok(ms) => {
@@ -550,6 +553,18 @@ async fn upload(req: Request<Incoming>) -> Handled {
         }
     }
     (StatusCode::OK, Vec::new(), full(received.to_string()))
+}
+
+/// The request body, whole, as the response body.
+async fn mirror(req: Request<Incoming>) -> Handled {
+    match req.into_body().collect().await {
+        Ok(body) => (StatusCode::OK, Vec::new(), full(body.to_bytes())),
+        Err(err) => (
+            StatusCode::BAD_REQUEST,
+            Vec::new(),
+            full(format!("mirror failed: {err}\n")),
+        ),
+    }
 }
 
 fn full(body: impl Into<Bytes>) -> BoxBody<Bytes, Infallible> {

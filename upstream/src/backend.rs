@@ -1,5 +1,6 @@
-//! One endpoint at run time: its pooled connections (a shared HTTP/2 one or a stack
-//! of idle HTTP/1.1 ones), its breaker and load, and one exchange on it.
+//! One endpoint at run time: its pooled connections (a shared HTTP/2 one, a shared
+//! QUIC one for HTTP/3 in `h3_exchange.rs`, or a stack of idle HTTP/1.1 ones), its
+//! breaker and load, and one exchange on it.
 //!
 //! Just past 700 lines since pre-warming joined the connection code it reuses.
 //! Where it splits next: the HTTP/1.1 idle stack (`park`, `pop_idle_h1`,
@@ -7,7 +8,7 @@
 //! is also where the connection leak behind HTTP/2 clients (BENCHMARKS.md,
 //! 2026-12-03 afternoon) is to be looked for.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -26,6 +27,9 @@ use crate::endpoint::EndpointAddr;
 use crate::error::{Blame, Error};
 use crate::health::{Health, HealthCheck};
 use crate::pool::{Protocol, ReqBody};
+use crate::quic::H3Conn;
+
+mod h3_exchange;
 
 /// Idle HTTP/1.1 connections kept per endpoint; more are closed when they finish.
 const MAX_IDLE_H1: usize = 512;
@@ -52,6 +56,13 @@ pub(crate) struct Backend<B> {
     h2: ArcSwapOption<H2Conn<B>>,
     /// Held while opening the shared HTTP/2 connection, so concurrent misses share one connect.
     h2_connecting: tokio::sync::Mutex<()>,
+    /// An h3 pool's https endpoint: requests go over QUIC unless it is broken.
+    h3_wanted: bool,
+    h3: ArcSwapOption<H3Conn>,
+    /// Held while opening the shared QUIC connection.
+    h3_connecting: tokio::sync::Mutex<()>,
+    /// Until when (ms, [`now_ms`]) QUIC is known not to connect; 0 when it is not.
+    quic_broken_until: AtomicU64,
     h1_idle: Arc<Mutex<Vec<H1Idle<B>>>>,
     /// The endpoint's HTTP/1.1 connection cap: each open connection holds a
     /// permit, so cancelled requests cannot make it open connections without end.
@@ -151,6 +162,7 @@ impl<B: ReqBody> Backend<B> {
         max_connections: usize,
     ) -> Self {
         let label: Arc<str> = addr.to_string().into();
+        let h3_wanted = protocol == Protocol::H3 && addr.tls;
         Self {
             id: crate::pool::endpoint_id(&label),
             label,
@@ -164,6 +176,10 @@ impl<B: ReqBody> Backend<B> {
             h2_confirmed: AtomicBool::new(false),
             h2: ArcSwapOption::empty(),
             h2_connecting: tokio::sync::Mutex::new(()),
+            h3_wanted,
+            h3: ArcSwapOption::empty(),
+            h3_connecting: tokio::sync::Mutex::new(()),
+            quic_broken_until: AtomicU64::new(0),
             h1_idle: Arc::default(),
             h1_slots: Arc::new(tokio::sync::Semaphore::new(max_connections)),
             h1_limit: max_connections,
@@ -228,10 +244,25 @@ impl<B: ReqBody> Backend<B> {
         timeout: Duration,
         replay: Option<&Replay>,
     ) -> Result<Response<UpstreamBody>, Failed<B>> {
+        let mut quic_failed = None;
+        if self.h3_wanted {
+            match self.checkout_h3(connector, fresh).await {
+                Ok(conn) => return self.send_h3(conn, req, timeout).await,
+                Err(failed) => quic_failed = failed,
+            }
+        }
         let co = match self.checkout(connector, fresh).await {
             Ok(co) => co,
-            Err(e) => return Err(Failed::Unsent(Box::new(req), e)),
+            Err(e) => {
+                if quic_failed.is_some() {
+                    self.quic_not_broken();
+                }
+                return Err(Failed::Unsent(Box::new(req), e));
+            }
         };
+        if let Some(e) = quic_failed {
+            self.fell_back(connector, &e);
+        }
         let unproven_h2c = matches!(co.sender, Sender::H2(_))
             && !self.addr.tls
             && !self.h2_confirmed.load(Ordering::Relaxed);
@@ -343,9 +374,9 @@ impl<B: ReqBody> Backend<B> {
             }),
             Some(Ok(resp)) => Ok(resp.map(|body| UpstreamBody::new(body, lease))),
             Some(Err(mut e)) => {
-                let failed = |source| Error::Request {
+                let failed = |source: hyper::Error| Error::Request {
                     endpoint: endpoint(),
-                    source,
+                    source: source.into(),
                 };
                 match e.take_message() {
                     Some(req) => Err(Failed::Unsent(
@@ -395,7 +426,7 @@ impl<B: ReqBody> Backend<B> {
                 let unsent = e.take_message();
                 let error = Error::Request {
                     endpoint: endpoint(),
-                    source: e.into_error(),
+                    source: e.into_error().into(),
                 };
                 match unsent {
                     Some(req) => Err(Failed::Unsent(Box::new(req.map(|b| b.inner)), error)),
@@ -465,6 +496,14 @@ impl<B: ReqBody> Backend<B> {
     /// opened. A failed connect ends the warming and is only logged: judging
     /// the endpoint is the request path's job.
     pub(crate) async fn prewarm(&self, connector: &Connector, target: usize) -> usize {
+        if self.h3_wanted {
+            match self.checkout_h3(connector, false).await {
+                Ok((_, reused)) => return usize::from(!reused),
+                // Judged by the next request, which tries TCP too.
+                Err(Some(_)) => self.quic_not_broken(),
+                Err(None) => {}
+            }
+        }
         if !self.h1_only.load(Ordering::Relaxed) {
             if self.live_h2().is_some() {
                 return 0;

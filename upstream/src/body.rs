@@ -11,6 +11,7 @@ use hyper::body::Incoming;
 use crate::balance::Load;
 use crate::clock::now_ms;
 use crate::conn::ConnState;
+use crate::quic::H3Body;
 use crate::BoxError;
 
 /// A response body from a backend. While it is alive the connection it arrived on
@@ -18,8 +19,15 @@ use crate::BoxError;
 /// An HTTP/1.1 connection goes back to its idle stack once the body was read to
 /// the end (not when it is dropped early: hyper cannot reuse that connection).
 pub struct UpstreamBody {
-    inner: Incoming,
+    inner: Inner,
     lease: Option<Lease>,
+}
+
+enum Inner {
+    /// HTTP/1.1 or HTTP/2, from hyper.
+    Hyper(Incoming),
+    /// HTTP/3, read off the QUIC stream (boxed: the hyper path stays small).
+    H3(Box<H3Body>),
 }
 
 /// Puts an HTTP/1.1 connection back on its endpoint's idle stack.
@@ -28,7 +36,14 @@ pub(crate) type Reuse = Box<dyn FnOnce() + Send + Sync>;
 impl UpstreamBody {
     pub(crate) fn new(inner: Incoming, lease: Lease) -> Self {
         Self {
-            inner,
+            inner: Inner::Hyper(inner),
+            lease: Some(lease),
+        }
+    }
+
+    pub(crate) fn h3(inner: H3Body, lease: Lease) -> Self {
+        Self {
+            inner: Inner::H3(Box::new(inner)),
             lease: Some(lease),
         }
     }
@@ -36,13 +51,16 @@ impl UpstreamBody {
 
 impl Body for UpstreamBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let polled = match &mut self.inner {
+            Inner::Hyper(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            Inner::H3(b) => Pin::new(b.as_mut()).poll_frame(cx),
+        };
         if let Poll::Ready(None) = polled {
             if let Some(lease) = self.lease.take() {
                 lease.reuse();
@@ -52,18 +70,24 @@ impl Body for UpstreamBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        match &self.inner {
+            Inner::Hyper(b) => b.is_end_stream(),
+            Inner::H3(b) => b.is_end_stream(),
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        match &self.inner {
+            Inner::Hyper(b) => b.size_hint(),
+            Inner::H3(b) => b.size_hint(),
+        }
     }
 }
 
 impl Drop for UpstreamBody {
     fn drop(&mut self) {
         // A body hyper knew to be empty is never polled to its end.
-        if self.inner.is_end_stream() {
+        if self.is_end_stream() {
             if let Some(lease) = self.lease.take() {
                 lease.reuse();
             }

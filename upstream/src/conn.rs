@@ -32,7 +32,7 @@ impl ConnState {
     }
 
     /// Idle for at least `idle` with nothing in flight.
-    fn idle_for(&self, idle: Duration) -> bool {
+    pub(crate) fn idle_for(&self, idle: Duration) -> bool {
         let since = now_ms().saturating_sub(self.last_active_ms.load(Ordering::Acquire));
         self.in_flight.load(Ordering::Acquire) == 0 && u128::from(since) >= idle.as_millis()
     }
@@ -58,6 +58,8 @@ pub(crate) struct Connector {
     /// it is at its cap, and for how long.
     pub(crate) queue: usize,
     pub(crate) queue_timeout: Duration,
+    /// The QUIC client of an h3 pool.
+    pub(crate) quic: Option<crate::quic::QuicClient>,
 }
 
 /// One of an endpoint's HTTP/1.1 connection slots, held by the connection's task
@@ -187,7 +189,8 @@ impl Connector {
         };
         let state = ConnState::new();
         let sender = match protocol {
-            Protocol::H2 => {
+            // Over TCP an h3 pool speaks h2 (its fallback).
+            Protocol::H2 | Protocol::H3 => {
                 let (send, conn) = http2::Builder::new(TokioExecutor::new())
                     .timer(TokioTimer::new())
                     .adaptive_window(true)
@@ -289,19 +292,26 @@ pub(crate) fn tls_connector(
     cfg: &PoolConfig,
     protocol: Protocol,
 ) -> Result<tokio_rustls::TlsConnector, rustls::Error> {
+    let mut tls = client_tls(cfg)?;
+    tls.alpn_protocols = match protocol {
+        // An h3 pool's TCP connections are its fallback: h2 by ALPN.
+        Protocol::H2 | Protocol::H3 => vec![b"h2".to_vec(), b"http/1.1".to_vec()],
+        Protocol::H1 => vec![b"http/1.1".to_vec()],
+    };
+    Ok(tokio_rustls::TlsConnector::from(Arc::new(tls)))
+}
+
+/// The pool's TLS client settings (public web roots plus the pool's own), no ALPN yet.
+pub(crate) fn client_tls(cfg: &PoolConfig) -> Result<rustls::ClientConfig, rustls::Error> {
     let mut roots = rustls::RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     for cert in &cfg.extra_roots {
         roots.add(cert.clone())?;
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+    let tls = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
         .with_root_certificates(roots)
         .with_no_client_auth();
-    tls.alpn_protocols = match protocol {
-        Protocol::H2 => vec![b"h2".to_vec(), b"http/1.1".to_vec()],
-        Protocol::H1 => vec![b"http/1.1".to_vec()],
-    };
-    Ok(tokio_rustls::TlsConnector::from(Arc::new(tls)))
+    Ok(tls)
 }

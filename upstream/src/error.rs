@@ -36,8 +36,9 @@ pub enum Error {
     #[error("request to {endpoint} failed")]
     Request {
         endpoint: String,
+        /// hyper's error over HTTP/1.1 and HTTP/2, h3's over HTTP/3.
         #[source]
-        source: hyper::Error,
+        source: BoxError,
     },
     /// The pool has no endpoint able to take the request (none, or every breaker open).
     #[error("pool {pool} has no available endpoint")]

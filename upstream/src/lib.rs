@@ -1,7 +1,8 @@
 //! Backend pools: where a request goes once the pipeline has chosen a pool.
 //!
 //! A [`Pool`] owns a set of endpoints and, per endpoint, pooled connections: one
-//! shared HTTP/2 connection (h2c or h2 over TLS) or a stack of idle HTTP/1.1
+//! shared HTTP/2 connection (h2c or h2 over TLS), one shared QUIC connection
+//! (HTTP/3, falling back to TCP when QUIC fails) or a stack of idle HTTP/1.1
 //! connections. Pooled connections are closed after `idle_timeout` so they never
 //! outlive the backend's own keep-alive.
 //!
@@ -29,6 +30,7 @@ pub mod hash_ring;
 pub mod health;
 pub mod locality;
 mod pool;
+mod quic;
 pub mod wrr;
 
 pub use balance::Policy;
@@ -42,6 +44,7 @@ pub use pool::{
     DnsStatus, EndpointStatus, HashKey, HedgeAfter, HedgeConfig, LatencyWindow, Pool, PoolConfig,
     PoolStatus, Prefer, Protocol, ReqBody, ServedBy,
 };
+pub use quic::QUIC_BROKEN_FOR;
 
 /// The error type request and response bodies carry through the proxy.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

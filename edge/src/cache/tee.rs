@@ -145,7 +145,7 @@ impl HttpBody for Tee {
             Some(Err(e)) => {
                 this.pending = None;
                 this.chunks = Vec::new();
-                Poll::Ready(Some(Err(e.into())))
+                Poll::Ready(Some(Err(e)))
             }
             None => {
                 this.complete();

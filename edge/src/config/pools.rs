@@ -86,6 +86,27 @@ pub(super) fn read_pools(
             _ => {}
         }
         pool.protocol = t.opt(cx, "protocol").unwrap_or(pool.protocol);
+        if pool.protocol == Protocol::H3 {
+            let plain = pool
+                .endpoints
+                .iter()
+                .find(|e| !e.tls)
+                .map(|e| e.to_string());
+            let plain_dns = || {
+                dns.iter()
+                    .chain(regional_dns.iter().map(|(_, d)| d))
+                    .find(|d| !d.tls)
+                    .map(|d| format!("dns {:?} (tls = false)", d.name))
+            };
+            if let Some(plain) = plain.or_else(plain_dns) {
+                let line = t.line_of(cx, "protocol");
+                cx.error(
+                    line,
+                    &t.path("protocol"),
+                    format!("h3 runs over QUIC, which is always TLS: {plain} must be https:// (or dns tls = true)"),
+                );
+            }
+        }
         pool.connect_timeout = positive(cx, &mut t, "connect_timeout", pool.connect_timeout);
         pool.response_timeout = positive(cx, &mut t, "response_timeout", pool.response_timeout);
         pool.idle_timeout = positive(cx, &mut t, "idle_timeout", pool.idle_timeout);
@@ -416,9 +437,12 @@ impl FromToml for Protocol {
         match v.as_str() {
             Some("h2") => Ok(Protocol::H2),
             Some("h1") => Ok(Protocol::H1),
-            Some(other) => Err(format!("expected \"h2\" or \"h1\", found {other:?}")),
+            Some("h3") => Ok(Protocol::H3),
+            Some(other) => Err(format!(
+                "expected \"h2\", \"h1\" or \"h3\", found {other:?}"
+            )),
             None => Err(format!(
-                "expected \"h2\" or \"h1\", found {}",
+                "expected \"h2\", \"h1\" or \"h3\", found {}",
                 v.type_name()
             )),
         }

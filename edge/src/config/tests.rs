@@ -1105,3 +1105,21 @@ fn proxy_protocol_defaults_off_and_is_validated() {
         ]
     );
 }
+
+#[test]
+fn an_h3_pool_is_read_and_shown_in_the_effective_config() {
+    let c =
+        parse("[pools.web]\nendpoints = [\"https://origin.internal:8443\"]\nprotocol = \"h3\"\n")
+            .expect("valid");
+    assert_eq!(c.pools[0].settings.protocol, Protocol::H3);
+    let shown = super::effective::to_json(&c);
+    assert_eq!(shown["pools"][0]["protocol"], "h3", "{shown}");
+}
+
+#[test]
+fn an_h3_pool_over_cleartext_dns_endpoints_is_refused_at_protocol() {
+    let text = "[pools.web]\ndns = { name = \"api.internal\", port = 8443 }\nprotocol = \"h3\"\n";
+    assert_eq!(errors(text), [(3, "pools.web.protocol".to_owned())]);
+    let tls = "[pools.web]\ndns = { name = \"api.internal\", port = 8443, tls = true }\nprotocol = \"h3\"\n";
+    parse(tls).expect("h3 over dns endpoints with tls is valid");
+}

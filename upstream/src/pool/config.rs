@@ -23,7 +23,7 @@ pub struct PoolConfig {
     /// (missing entries weigh 1).
     pub weights: Vec<u32>,
     pub protocol: Protocol,
-    /// TCP plus TLS.
+    /// TCP plus TLS (or, for h3, the QUIC handshake: past it the request goes over TCP).
     pub connect_timeout: Duration,
     /// Until the response head, per try.
     pub response_timeout: Duration,
@@ -137,6 +137,9 @@ pub struct EndpointStatus {
 #[derive(Clone, Debug)]
 pub struct PoolStatus {
     pub retries: u64,
+    /// Times QUIC to an endpoint of an h3 pool failed while TCP worked, so its
+    /// requests moved to TCP (h2) for [`crate::QUIC_BROKEN_FOR`].
+    pub h3_fallbacks: u64,
     /// Hedges sent that answered first, and hedges sent that did not (cancelled or failed).
     pub hedges_won: u64,
     pub hedges_lost: u64,

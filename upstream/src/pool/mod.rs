@@ -27,6 +27,7 @@ use crate::error::{Blame, Error};
 use crate::hash_ring::{self, Maglev};
 use crate::health::HealthCheck;
 use crate::locality::{self, Locality, RegionId, RttObserver, Served};
+use crate::quic::QuicClient;
 use crate::wrr::SmoothWrr;
 use crate::BoxError;
 
@@ -59,6 +60,11 @@ pub enum Protocol {
     H1,
     /// HTTP/2 (h2c prior knowledge, or h2 by ALPN over TLS), one shared connection per endpoint.
     H2,
+    /// HTTP/3 over QUIC, one shared QUIC connection per https endpoint; when
+    /// QUIC cannot connect (UDP blocked, no QUIC listener) the request goes over
+    /// TCP as `H2` would, and the endpoint stays on TCP for
+    /// [`QUIC_BROKEN_FOR`](crate::QUIC_BROKEN_FOR).
+    H3,
 }
 
 /// A set of endpoints serving one backend, with pooled connections to each.
@@ -188,6 +194,10 @@ impl<B: ReqBody> Pool<B> {
         // Discovery may bring https endpoints later, so TLS is always ready.
         let tls = Some(tls_connector(&cfg, cfg.protocol)?);
         let tls_h1 = Some(tls_connector(&cfg, Protocol::H1)?);
+        let quic = match cfg.protocol {
+            Protocol::H3 => Some(QuicClient::new(&cfg)?),
+            Protocol::H1 | Protocol::H2 => None,
+        };
         let backends = cfg
             .endpoints
             .iter()
@@ -240,6 +250,7 @@ impl<B: ReqBody> Pool<B> {
                 pending: AtomicUsize::new(0),
                 queue: cfg.connection_queue,
                 queue_timeout: cfg.connection_queue_timeout,
+                quic,
             },
             request_timeout: cfg.request_timeout,
             min_available_share: cfg.min_available_share,
@@ -817,6 +828,11 @@ impl<B: ReqBody> Pool<B> {
             hedges_won,
             hedges_lost,
             retries: self.retries.load(Ordering::Relaxed),
+            h3_fallbacks: self
+                .connector
+                .quic
+                .as_ref()
+                .map_or(0, |q| q.fallbacks.load(Ordering::Relaxed)),
             budget_exhausted: self.budget_exhausted.load(Ordering::Relaxed),
             dns,
             endpoints: self
