@@ -231,9 +231,11 @@ fn peak_rss_kib(pid: u32) -> anyhow::Result<u64> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_10_mib_stream_of_unknown_length_compresses_without_being_held() -> anyhow::Result<()> {
+async fn a_40_mib_stream_of_unknown_length_compresses_without_being_held() -> anyhow::Result<()> {
     let (_origin, edge) = start(ALL, |c| c).await?;
-    let n: u64 = 10 << 20;
+    // Large beside an encoder's state (up to 3.7 MiB, and its allocation
+    // varies by a few MiB from run to run): a held body shows as +40 MiB.
+    let n: u64 = 40 << 20;
     // Warm up every encoder once, so the peak below is the big body's own.
     for encoding in ["gzip", "br", "zstd"] {
         get(&edge, "/text/2097152?chunked=1", Some(encoding), &[]).await?;
@@ -263,14 +265,15 @@ async fn a_10_mib_stream_of_unknown_length_compresses_without_being_held() -> an
         );
         let grew = peak_rss_kib(edge.pid())?.saturating_sub(before);
         eprintln!(
-            "{encoding}: 10 MiB in, {} B out, peak RSS +{grew} KiB",
+            "{encoding}: 40 MiB in, {} B out, peak RSS +{grew} KiB",
             r.size_download
         );
-        // The body is 10 MiB; a held copy (either side) would show here.
-        // An encoder's own state is 0.7 to 3.7 MiB (body/encode.rs).
+        // The body is 40 MiB; a held copy (either side) would show here.
+        // An encoder's own state is 0.7 to 3.7 MiB (body/encode.rs); brotli's
+        // peak moved by up to 6.4 MiB between runs over 10 MiB.
         assert!(
-            grew < 6 * 1024,
-            "{encoding}: peak RSS grew {grew} KiB for a 10 MiB body"
+            grew < 16 * 1024,
+            "{encoding}: peak RSS grew {grew} KiB for a 40 MiB body"
         );
     }
     Ok(())
