@@ -4,7 +4,8 @@
 //! `bench-handshake MODE ADDR CA CONNS SECONDS [RATE]`
 //!
 //! - `MODE`: `tls` (a full TLS 1.3 handshake per request), `resume` (TLS 1.3
-//!   resumed with the ticket of the previous connection), `quic` (a new QUIC
+//!   resumed with the ticket of that client's previous connection: each client
+//!   keeps its own session store), `quic` (a new QUIC
 //!   connection per HTTP/3 request, no 0-RTT) or `plain` (HTTP/1.1 over TCP,
 //!   `Connection: close`).
 //! - `ADDR`: `127.0.0.1:PORT`; `CA`: the PEM certificate to trust (the name
@@ -111,7 +112,14 @@ fn tls_config(ca: &str, mode: Mode) -> Result<rustls::ClientConfig, BoxError> {
 }
 
 /// One connection, one request, read to the end; the handshake's duration.
-async fn once(t: &Target, tally: &Tally) -> Result<Duration, BoxError> {
+/// `own`: the client's own TLS connector (its own session store, in `resume`
+/// mode: each simulated client resumes its own last session, as a browser
+/// does), else the shared one.
+async fn once(
+    t: &Target,
+    own: Option<&tokio_rustls::TlsConnector>,
+    tally: &Tally,
+) -> Result<Duration, BoxError> {
     let start = Instant::now();
     match t.mode {
         Mode::Quic => {
@@ -148,7 +156,7 @@ async fn once(t: &Target, tally: &Tally) -> Result<Duration, BoxError> {
         Mode::Tls | Mode::Resume => {
             let tcp = TcpStream::connect(t.addr).await?;
             tcp.set_nodelay(true)?;
-            let connector = t.tls.as_ref().ok_or("no TLS connector")?;
+            let connector = own.or(t.tls.as_ref()).ok_or("no TLS connector")?;
             let name = ServerName::try_from("localhost")?;
             let mut tls = connector.connect(name, tcp).await?;
             let handshake = start.elapsed();
@@ -187,9 +195,9 @@ where
     }
 }
 
-async fn one_and_tally(t: &Target, tally: &Tally) {
+async fn one_and_tally(t: &Target, own: Option<&tokio_rustls::TlsConnector>, tally: &Tally) {
     let start = Instant::now();
-    match once(t, tally).await {
+    match once(t, own, tally).await {
         Ok(handshake) => tally.done(handshake, start.elapsed()),
         Err(e) => tally.failed(&e),
     }
@@ -217,12 +225,11 @@ fn main() -> Result<(), BoxError> {
         .enable_all()
         .build()?;
     rt.block_on(async move {
-        let tls = match mode {
-            Mode::Tls | Mode::Resume => Some(tokio_rustls::TlsConnector::from(Arc::new(
-                tls_config(&ca, mode)?,
-            ))),
+        let tls_base = match mode {
+            Mode::Tls | Mode::Resume => Some(Arc::new(tls_config(&ca, mode)?)),
             _ => None,
         };
+        let tls = tls_base.clone().map(tokio_rustls::TlsConnector::from);
         let quic = if mode == Mode::Quic {
             let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls_config(&ca, mode)?)?;
             let mut endpoint = quinn::Endpoint::client(SocketAddr::from(([127, 0, 0, 1], 0)))?;
@@ -250,9 +257,19 @@ fn main() -> Result<(), BoxError> {
             None => {
                 for _ in 0..conns {
                     let (t, tally) = (target.clone(), tally.clone());
+                    // A store of its own per client: 50 clients sharing one
+                    // store would compete for its few tickets per server.
+                    let own = match (mode, &tls_base) {
+                        (Mode::Resume, Some(base)) => {
+                            let mut cfg = (**base).clone();
+                            cfg.resumption = rustls::client::Resumption::in_memory_sessions(8);
+                            Some(tokio_rustls::TlsConnector::from(Arc::new(cfg)))
+                        }
+                        _ => None,
+                    };
                     tasks.spawn(async move {
                         while Instant::now() < deadline {
-                            one_and_tally(&t, &tally).await;
+                            one_and_tally(&t, own.as_ref(), &tally).await;
                         }
                     });
                 }
@@ -270,7 +287,7 @@ fn main() -> Result<(), BoxError> {
                     };
                     let (t, tally) = (target.clone(), tally.clone());
                     tasks.spawn(async move {
-                        one_and_tally(&t, &tally).await;
+                        one_and_tally(&t, None, &tally).await;
                         drop(slot);
                     });
                 }
