@@ -10,7 +10,6 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
-use rustls::crypto::ring::sign::any_supported_type;
 use rustls::pki_types::{CertificateDer, DnsName, PrivateKeyDer};
 use rustls::server::danger::ClientCertVerifier;
 use rustls::server::{ClientHello, ResolvesServerCert};
@@ -135,7 +134,7 @@ impl Loaded {
         let key = rustls_pemfile::private_key(&mut &pem[..])
             .map_err(|_| pem_err("not a PEM key"))?
             .ok_or_else(|| pem_err("no private key found"))?;
-        let certified = CertifiedKey::new(chain, any_supported_type(&key)?);
+        let certified = CertifiedKey::new(chain, signing_key(&key)?);
         certified.keys_match()?;
         Ok(Self(vec![Arc::new(certified)], vec![name.to_owned()]))
     }
@@ -170,7 +169,7 @@ impl Loaded {
                 what,
             }
         })?;
-        let key = any_supported_type(&key)?;
+        let key = signing_key(&key)?;
         let cert = CertifiedKey::new(vec![generated.cert.der().clone()], key);
         Ok(Self(vec![Arc::new(cert)], vec!["(self-signed)".to_owned()]))
     }
@@ -387,7 +386,7 @@ fn load_pair(cert: &Path, key: &Path) -> Result<CertifiedKey, TlsError> {
     let key_der = rustls_pemfile::private_key(&mut read(key)?.as_slice())
         .map_err(|_| pem_err(key, "not a PEM key file"))?
         .ok_or_else(|| pem_err(key, "no private key found"))?;
-    let signing = any_supported_type(&key_der)?;
+    let signing = signing_key(&key_der)?;
     let certified = CertifiedKey::new(chain, signing);
     certified.keys_match().map_err(|e| match e {
         rustls::Error::InconsistentKeys(_) => {
@@ -417,6 +416,15 @@ pub fn load_roots(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError>
         });
     }
     Ok(certs)
+}
+
+/// A certificate's private key, loaded by the listeners' provider, so the
+/// handshake's signature is made by it (with `aws-lc-rs`, AWS-LC's RSA and
+/// ECDSA, not ring's).
+fn signing_key(
+    key: &rustls::pki_types::PrivateKeyDer<'_>,
+) -> Result<Arc<dyn rustls::sign::SigningKey>, rustls::Error> {
+    provider().key_provider.load_private_key(key.clone_key())
 }
 
 /// The listeners' TLS provider: ring, or aws-lc-rs with the `aws-lc-rs`
