@@ -10,11 +10,12 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::{Buf, Bytes};
+use bytes::Bytes;
 use h3::server::RequestStream;
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use hyper::body::Incoming;
 use tokio::time::{Instant, Sleep};
+use upstream::h3_read::{ReadState, RecvHalf as _};
 use upstream::{BoxError, UpstreamBody};
 
 pub type H3RecvStream = RequestStream<h3_quinn::RecvStream, Bytes>;
@@ -98,18 +99,11 @@ impl HttpBody for Body {
 /// QUIC flow control is the back-pressure.
 pub struct H3Body {
     stream: H3RecvStream,
-    state: H3State,
+    state: ReadState,
     /// What was read while checking for an early end, handed out first.
     early: Option<Result<Bytes, BoxError>>,
     /// From content-length when the client sent one.
     len: Option<u64>,
-}
-
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum H3State {
-    Data,
-    Trailers,
-    Done,
 }
 
 impl H3Body {
@@ -119,25 +113,23 @@ impl H3Body {
     pub fn new(stream: H3RecvStream, len: Option<u64>) -> Self {
         let mut body = Self {
             stream,
-            state: H3State::Data,
+            state: ReadState::Data,
             early: None,
             len,
         };
         let mut cx = Context::from_waker(std::task::Waker::noop());
-        match body.stream.poll_recv_data(&mut cx) {
-            Poll::Ready(Ok(None)) => body.state = H3State::Trailers,
-            Poll::Ready(Ok(Some(mut buf))) => {
-                body.early = Some(Ok(buf.copy_to_bytes(buf.remaining())))
-            }
+        match body.stream.poll_data(&mut cx) {
+            Poll::Ready(Ok(None)) => body.state = ReadState::Trailers,
+            Poll::Ready(Ok(Some(bytes))) => body.early = Some(Ok(bytes)),
             Poll::Ready(Err(e)) => {
-                body.state = H3State::Done;
-                body.early = Some(Err(e.into()));
+                body.state = ReadState::Done;
+                body.early = Some(Err(e));
             }
             Poll::Pending => {}
         }
-        if body.state == H3State::Trailers {
-            if let Poll::Ready(Ok(None)) = body.stream.poll_recv_trailers(&mut cx) {
-                body.state = H3State::Done;
+        if body.state == ReadState::Trailers {
+            if let Poll::Ready(Ok(None)) = body.stream.poll_trailers(&mut cx) {
+                body.state = ReadState::Done;
             }
         }
         body
@@ -155,45 +147,18 @@ impl HttpBody for H3Body {
         if let Some(early) = self.early.take() {
             return Poll::Ready(Some(early.map(Frame::data)));
         }
-        loop {
-            match self.state {
-                H3State::Data => match self.stream.poll_recv_data(cx) {
-                    Poll::Pending => return Poll::Pending,
-                    Poll::Ready(Ok(Some(mut buf))) => {
-                        let bytes = buf.copy_to_bytes(buf.remaining());
-                        return Poll::Ready(Some(Ok(Frame::data(bytes))));
-                    }
-                    Poll::Ready(Ok(None)) => self.state = H3State::Trailers,
-                    Poll::Ready(Err(e)) => {
-                        self.state = H3State::Done;
-                        return Poll::Ready(Some(Err(e.into())));
-                    }
-                },
-                H3State::Trailers => {
-                    let polled = self.stream.poll_recv_trailers(cx);
-                    if polled.is_ready() {
-                        self.state = H3State::Done;
-                    }
-                    return match polled {
-                        Poll::Pending => Poll::Pending,
-                        Poll::Ready(Ok(Some(t))) => Poll::Ready(Some(Ok(Frame::trailers(t)))),
-                        Poll::Ready(Ok(None)) => Poll::Ready(None),
-                        Poll::Ready(Err(e)) => Poll::Ready(Some(Err(e.into()))),
-                    };
-                }
-                H3State::Done => return Poll::Ready(None),
-            }
-        }
+        let this = &mut *self;
+        this.state.poll_frame(&mut this.stream, cx)
     }
 
     fn is_end_stream(&self) -> bool {
-        self.state == H3State::Done && self.early.is_none()
+        self.state == ReadState::Done && self.early.is_none()
     }
 
     fn size_hint(&self) -> SizeHint {
         match (self.state, self.len) {
-            (H3State::Done, _) => SizeHint::with_exact(0),
-            (H3State::Data, Some(n)) => SizeHint::with_exact(n),
+            (ReadState::Done, _) => SizeHint::with_exact(0),
+            (ReadState::Data, Some(n)) => SizeHint::with_exact(n),
             _ => SizeHint::default(),
         }
     }

@@ -26,6 +26,7 @@ mod conn;
 pub mod discovery;
 mod endpoint;
 mod error;
+pub mod h3_read;
 pub mod hash_ring;
 pub mod health;
 pub mod locality;

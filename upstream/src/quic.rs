@@ -20,12 +20,13 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::{Buf, Bytes};
+use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 
 use crate::body::Outgoing;
 use crate::conn::ConnState;
 use crate::endpoint::EndpointAddr;
+use crate::h3_read::ReadState;
 use crate::pool::{PoolConfig, ReqBody};
 use crate::BoxError;
 
@@ -277,7 +278,7 @@ impl Drop for Resetting {
 /// A response body read off an HTTP/3 request stream: DATA, then trailers.
 pub(crate) struct H3Body {
     rx: H3Recv,
-    state: RecvState,
+    state: ReadState,
     /// Bytes still to come, from the response's content-length.
     len: Option<u64>,
     /// Keeps the request body uploading while the response is read.
@@ -285,13 +286,6 @@ pub(crate) struct H3Body {
     /// Keeps the connection open while the response is read, even once the
     /// endpoint has a newer one: h3 closes a connection with its last sender.
     _conn: Arc<H3Conn>,
-}
-
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum RecvState {
-    Data,
-    Trailers,
-    Done,
 }
 
 impl H3Body {
@@ -303,7 +297,7 @@ impl H3Body {
     ) -> Self {
         Self {
             rx,
-            state: RecvState::Data,
+            state: ReadState::Data,
             len,
             _upload: upload,
             _conn: conn,
@@ -319,46 +313,24 @@ impl Body for H3Body {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        loop {
-            match self.state {
-                RecvState::Data => match self.rx.poll_recv_data(cx) {
-                    Poll::Pending => return Poll::Pending,
-                    Poll::Ready(Ok(Some(mut buf))) => {
-                        let bytes = buf.copy_to_bytes(buf.remaining());
-                        self.len = self.len.map(|n| n.saturating_sub(bytes.len() as u64));
-                        return Poll::Ready(Some(Ok(Frame::data(bytes))));
-                    }
-                    Poll::Ready(Ok(None)) => self.state = RecvState::Trailers,
-                    Poll::Ready(Err(e)) => {
-                        self.state = RecvState::Done;
-                        return Poll::Ready(Some(Err(e.into())));
-                    }
-                },
-                RecvState::Trailers => {
-                    let polled = self.rx.poll_recv_trailers(cx);
-                    if polled.is_ready() {
-                        self.state = RecvState::Done;
-                    }
-                    return match polled {
-                        Poll::Pending => Poll::Pending,
-                        Poll::Ready(Ok(Some(t))) => Poll::Ready(Some(Ok(Frame::trailers(t)))),
-                        Poll::Ready(Ok(None)) => Poll::Ready(None),
-                        Poll::Ready(Err(e)) => Poll::Ready(Some(Err(e.into()))),
-                    };
-                }
-                RecvState::Done => return Poll::Ready(None),
+        let this = &mut *self;
+        let polled = this.state.poll_frame(&mut this.rx, cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled {
+            if let Some(data) = frame.data_ref() {
+                this.len = this.len.map(|n| n.saturating_sub(data.len() as u64));
             }
         }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {
-        self.state == RecvState::Done
+        self.state == ReadState::Done
     }
 
     fn size_hint(&self) -> SizeHint {
         match (self.state, self.len) {
-            (RecvState::Done, _) => SizeHint::with_exact(0),
-            (RecvState::Data, Some(n)) => SizeHint::with_exact(n),
+            (ReadState::Done, _) => SizeHint::with_exact(0),
+            (ReadState::Data, Some(n)) => SizeHint::with_exact(n),
             _ => SizeHint::default(),
         }
     }
