@@ -1,5 +1,10 @@
 //! Composition: build the pipeline from config, bind every listener, run until a
 //! signal, then drain.
+//!
+//! Long (past 700 lines): reload and its restart-only checks live beside
+//! start, as both read the same shared state. The session ticket setup
+//! (`build_tickets`, `ticket_context`, the Redis key loop's start) is the next
+//! to move out, next to `tls::Sessions`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
