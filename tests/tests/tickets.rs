@@ -39,6 +39,18 @@ fn key_file(dir: &Path, name: &str, keys: &[&str]) -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
+/// `edge check -c TOML` on `config` written there: the exit code, and what it
+/// printed (stdout then stderr).
+async fn edge_check(toml: &Path, config: &str) -> anyhow::Result<(Option<i32>, String)> {
+    std::fs::write(toml, config)?;
+    let out = run_edge(
+        ["check".as_ref(), "-c".as_ref(), toml.as_os_str()],
+        DEADLINE,
+    )
+    .await?;
+    Ok((out.code, format!("{}{}", out.stdout, out.stderr)))
+}
+
 /// An edge over `origin` serving `pki`'s certificate, with `[tls]` settings
 /// `tls` and extra sections.
 async fn edge(
@@ -326,14 +338,8 @@ async fn a_bad_ticket_keys_file_is_refused_with_its_key_line_and_reason() -> any
             toml_path(&pki.leaf().key),
         );
         let toml = dir.path().join(format!("{name}.toml"));
-        std::fs::write(&toml, config)?;
-        let out = run_edge(
-            ["check".as_ref(), "-c".as_ref(), toml.as_os_str()],
-            DEADLINE,
-        )
-        .await?;
-        let printed = format!("{}{}", out.stdout, out.stderr);
-        assert_eq!(out.code, Some(2), "{name}: {printed}");
+        let (code, printed) = edge_check(&toml, &config).await?;
+        assert_eq!(code, Some(2), "{name}: {printed}");
         let line = format!("{}:4: tls.ticket_keys: {}", toml.display(), file.display());
         assert!(
             printed
@@ -346,13 +352,7 @@ async fn a_bad_ticket_keys_file_is_refused_with_its_key_line_and_reason() -> any
     let config = "listen = \"127.0.0.1:0\"\n\n[tls]\nticket_keys = \"redis\"\nticket_rotation = \"8d\"\n\n\
                   [[routes]]\npool = \"default\"\n\n[pools.default]\nendpoints = [\"http://127.0.0.1:9\"]\n";
     let toml = dir.path().join("redis.toml");
-    std::fs::write(&toml, config)?;
-    let out = run_edge(
-        ["check".as_ref(), "-c".as_ref(), toml.as_os_str()],
-        DEADLINE,
-    )
-    .await?;
-    let printed = format!("{}{}", out.stdout, out.stderr);
+    let (_, printed) = edge_check(&toml, config).await?;
     let file = toml.display();
     for want in [
         format!("{file}:4: tls.ticket_keys: \"redis\" needs [redis]"),
@@ -362,13 +362,7 @@ async fn a_bad_ticket_keys_file_is_refused_with_its_key_line_and_reason() -> any
     }
     let config = "listen = \"127.0.0.1:0\"\n\n[tls]\nticket_rotation = \"1h\"\n\n\
                   [[routes]]\npool = \"default\"\n\n[pools.default]\nendpoints = [\"http://127.0.0.1:9\"]\n";
-    std::fs::write(&toml, config)?;
-    let out = run_edge(
-        ["check".as_ref(), "-c".as_ref(), toml.as_os_str()],
-        DEADLINE,
-    )
-    .await?;
-    let printed = format!("{}{}", out.stdout, out.stderr);
+    let (_, printed) = edge_check(&toml, config).await?;
     let want = format!("{file}:4: tls.ticket_rotation: only with ticket_keys");
     assert!(printed.contains(&want), "no `{want}` in:\n{printed}");
     // Shared tickets and 0-RTT: rustls takes early data only on single-use
@@ -379,14 +373,8 @@ async fn a_bad_ticket_keys_file_is_refused_with_its_key_line_and_reason() -> any
          [[routes]]\npool = \"default\"\n\n[pools.default]\nendpoints = [\"http://127.0.0.1:9\"]\n",
         toml_path(&keys)
     );
-    std::fs::write(&toml, config)?;
-    let out = run_edge(
-        ["check".as_ref(), "-c".as_ref(), toml.as_os_str()],
-        DEADLINE,
-    )
-    .await?;
-    let printed = format!("{}{}", out.stdout, out.stderr);
-    assert_eq!(out.code, Some(2), "{printed}");
+    let (code, printed) = edge_check(&toml, &config).await?;
+    assert_eq!(code, Some(2), "{printed}");
     let want = format!("{file}:5: tls.ticket_keys: not with tls.early_data");
     assert!(printed.contains(&want), "no `{want}` in:\n{printed}");
     Ok(())
