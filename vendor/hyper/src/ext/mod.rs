@@ -27,7 +27,8 @@
 //! The extensions in this module can be grouped as follows:
 //!
 //! - **HTTP/1 Reason Phrase**: [`ReasonPhrase`] — Access non-canonical reason phrases in HTTP/1 responses.
-//! - **Informational Responses**: [`on_informational`] — Register callbacks for 1xx HTTP/1 responses on the client.
+//! - **Informational Responses**: [`on_informational`] — Register callbacks for 1xx HTTP/1 and HTTP/2 (PATCH(edge)) responses on the client;
+//!   [`InformationalSender`] (PATCH(edge)) sends them from a server.
 //! - **Header Case Tracking**: Internal types for tracking the original casing and order of headers as received.
 //! - **HTTP/2 Protocol Extensions**: [`Protocol`] — Access the `:protocol` pseudo-header for Extended CONNECT in HTTP/2.
 //!
@@ -54,12 +55,21 @@ mod h1_reason_phrase;
 #[cfg(any(feature = "http1", feature = "ffi"))]
 pub use h1_reason_phrase::ReasonPhrase;
 
-#[cfg(all(feature = "http1", feature = "client"))]
+// PATCH(edge): the client's 1xx callback also serves HTTP/2 (`proto/h2/client.rs`).
+#[cfg(all(any(feature = "http1", feature = "http2"), feature = "client"))]
 mod informational;
-#[cfg(all(feature = "http1", feature = "client"))]
+#[cfg(all(any(feature = "http1", feature = "http2"), feature = "client"))]
 pub use informational::on_informational;
-#[cfg(all(feature = "http1", feature = "client"))]
+#[cfg(all(any(feature = "http1", feature = "http2"), feature = "client"))]
 pub(crate) use informational::OnInformational;
+
+// PATCH(edge): interim (1xx) responses sent by a server.
+#[cfg(all(any(feature = "http1", feature = "http2"), feature = "server"))]
+mod interim;
+#[cfg(all(any(feature = "http1", feature = "http2"), feature = "server"))]
+pub(crate) use interim::{informational, InformationalReceiver};
+#[cfg(all(any(feature = "http1", feature = "http2"), feature = "server"))]
+pub use interim::InformationalSender;
 #[cfg(all(feature = "http1", feature = "client", feature = "ffi"))]
 pub(crate) use informational::{on_informational_raw, OnInformationalCallback};
 

@@ -599,6 +599,29 @@ where
         self.io.has_buffered_write()
     }
 
+    // PATCH(edge): an interim (1xx) response's head, written before the final
+    // one: only while no head has been written for this message, and only to
+    // an HTTP/1.1 peer. It leaves the writing state as it was.
+    pub(crate) fn write_interim(&mut self, res: http::Response<()>) {
+        if !matches!(self.state.writing, Writing::Init) || self.state.version != Version::HTTP_11 {
+            return;
+        }
+        let status = res.status();
+        let buf = self.io.headers_buf();
+        buf.extend_from_slice(b"HTTP/1.1 ");
+        buf.extend_from_slice(status.as_str().as_bytes());
+        buf.push(b' ');
+        buf.extend_from_slice(status.canonical_reason().unwrap_or("Informational").as_bytes());
+        buf.extend_from_slice(b"\r\n");
+        for (name, value) in res.headers() {
+            buf.extend_from_slice(name.as_str().as_bytes());
+            buf.extend_from_slice(b": ");
+            buf.extend_from_slice(value.as_bytes());
+            buf.extend_from_slice(b"\r\n");
+        }
+        buf.extend_from_slice(b"\r\n");
+    }
+
     pub(crate) fn write_head(&mut self, head: MessageHead<T::Outgoing>, body: Option<BodyLength>) {
         if let Some(encoder) = self.encode_head(head, body) {
             self.state.writing = if !encoder.is_eof() {

@@ -40,6 +40,16 @@ pub(crate) trait Dispatch {
         -> crate::Result<()>;
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ()>>;
     fn should_poll(&self) -> bool;
+    // PATCH(edge): interim (1xx) responses the service queued for the message
+    // in flight (a server's only), written before its final head.
+    fn poll_interim(&mut self, _cx: &mut Context<'_>) -> Poll<http::Response<()>> {
+        Poll::Pending
+    }
+    // PATCH(edge): the final head is about to go: no more interim responses;
+    // the ones still queued go first.
+    fn close_interim(&mut self) -> std::collections::VecDeque<http::Response<()>> {
+        std::collections::VecDeque::new()
+    }
 }
 
 cfg_server! {
@@ -48,6 +58,10 @@ cfg_server! {
     pub(crate) struct Server<S: HttpService<B>, B> {
         in_flight: Pin<Box<Option<S::Future>>>,
         pub(crate) service: S,
+        // PATCH(edge): whether requests get an `ext::InformationalSender`, and
+        // the receiving end of the one in flight.
+        informational: bool,
+        interim: Option<crate::ext::InformationalReceiver>,
     }
 }
 
@@ -361,7 +375,16 @@ where
                 && self.conn.can_write_head()
                 && self.dispatch.should_poll()
             {
+                // PATCH(edge): interim responses queued so far go out (and are
+                // flushed) while the final one is awaited.
+                while let Poll::Ready(res) = self.dispatch.poll_interim(cx) {
+                    self.conn.write_interim(res);
+                }
                 if let Some(msg) = ready!(Pin::new(&mut self.dispatch).poll_msg(cx)) {
+                    // PATCH(edge): and those queued in the poll that made it.
+                    for res in self.dispatch.close_interim() {
+                        self.conn.write_interim(res);
+                    }
                     let (head, body) = msg.map_err(crate::Error::new_user_service)?;
 
                     let body_type = if body.is_end_stream() {
@@ -572,7 +595,15 @@ cfg_server! {
             Server {
                 in_flight: Box::pin(None),
                 service,
+                informational: false,
+                interim: None,
             }
+        }
+
+        // PATCH(edge): HTTP/1.1 requests get an `ext::InformationalSender`.
+        pub(crate) fn informational(mut self, enabled: bool) -> Self {
+            self.informational = enabled;
+            self
         }
 
         pub(crate) fn into_service(self) -> S {
@@ -626,6 +657,13 @@ cfg_server! {
             *req.headers_mut() = msg.headers;
             *req.version_mut() = msg.version;
             *req.extensions_mut() = msg.extensions;
+            // PATCH(edge): never a 1xx to an HTTP/1.0 client (RFC 9110 15.2).
+            self.interim = None;
+            if self.informational && req.version() == http::Version::HTTP_11 {
+                let (tx, rx) = crate::ext::informational();
+                req.extensions_mut().insert(tx);
+                self.interim = Some(rx);
+            }
             let fut = self.service.call(req);
             self.in_flight.set(Some(fut));
             Ok(())
@@ -641,6 +679,17 @@ cfg_server! {
 
         fn should_poll(&self) -> bool {
             self.in_flight.is_some()
+        }
+
+        fn poll_interim(&mut self, cx: &mut Context<'_>) -> Poll<http::Response<()>> {
+            match self.interim.as_mut() {
+                Some(rx) => rx.poll_next(cx),
+                None => Poll::Pending,
+            }
+        }
+
+        fn close_interim(&mut self) -> std::collections::VecDeque<http::Response<()>> {
+            self.interim.take().map(|mut rx| rx.close()).unwrap_or_default()
         }
     }
 }

@@ -418,6 +418,8 @@ where
     body_tx: SendStream<SendBuf<B::Data>>,
     body: B,
     cb: Callback<Request<B>, Response<IncomingBody>>,
+    // PATCH(edge): the request's 1xx callback (`ext::on_informational`).
+    on_informational: Option<crate::ext::OnInformational>,
 }
 
 impl<B: Body> Unpin for FutCtx<B> {}
@@ -566,6 +568,7 @@ where
         self.executor.execute_h2_future(H2ClientFuture::Send {
             send_when: SendWhen {
                 when: ResponseFutMap {
+                    on_informational: f.on_informational,
                     fut: f.fut,
                     ping: Some(ping),
                     send_stream: Some(send_stream),
@@ -591,6 +594,8 @@ pin_project! {
         send_stream: Option<Option<SendStream<SendBuf<<B as Body>::Data>>>>,
         exec: E,
         cancel_tx: Option<oneshot::Sender<()>>,
+        // PATCH(edge): called with each 1xx before the final response.
+        on_informational: Option<crate::ext::OnInformational>,
     }
 }
 
@@ -612,6 +617,15 @@ where
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.as_mut().project();
+
+        // PATCH(edge): interim responses first, each given to the callback
+        // (without one, h2 skips them when the final response is polled).
+        if let Some(cb) = this.on_informational.as_ref() {
+            while let Poll::Ready(Some(Ok(res))) = this.fut.as_mut().get_mut().poll_informational(cx)
+            {
+                cb.call(res);
+            }
+        }
 
         let result = ready!(this.fut.poll(cx));
 
@@ -731,6 +745,9 @@ where
                     if let Some(protocol) = req.extensions_mut().remove::<Protocol>() {
                         req.extensions_mut().insert(protocol.into_inner());
                     }
+                    // PATCH(edge)
+                    let on_informational =
+                        req.extensions_mut().remove::<crate::ext::OnInformational>();
 
                     let (fut, body_tx) = match self.h2_tx.send_request(req, !is_connect && eos) {
                         Ok(ok) => ok,
@@ -751,6 +768,7 @@ where
                         body_tx,
                         body,
                         cb,
+                        on_informational,
                     };
 
                     // Check poll_ready() again.

@@ -56,6 +56,8 @@ pub(crate) struct Config {
     pub(crate) header_table_size: Option<u32>,
     pub(crate) max_header_list_size: u32,
     pub(crate) date_header: bool,
+    // PATCH(edge): requests get an `ext::InformationalSender`.
+    pub(crate) informational: bool,
 }
 
 impl Default for Config {
@@ -75,6 +77,7 @@ impl Default for Config {
             max_send_buffer_size: DEFAULT_MAX_SEND_BUF_SIZE,
             max_header_list_size: DEFAULT_SETTINGS_MAX_HEADER_LIST_SIZE,
             date_header: true,
+            informational: false,
         }
     }
 }
@@ -90,6 +93,7 @@ pin_project! {
         service: S,
         state: State<T, B>,
         date_header: bool,
+        informational: bool,
         close_pending: bool
     }
 }
@@ -115,6 +119,7 @@ where
     conn: Connection<Compat<T>, SendBuf<B::Data>>,
     closing: Option<crate::Error>,
     date_header: bool,
+    informational: bool,
 }
 
 impl<T, S, B, E> Server<T, S, B, E>
@@ -178,6 +183,7 @@ where
             },
             service,
             date_header: config.date_header,
+            informational: config.informational,
             close_pending: false,
         }
     }
@@ -224,6 +230,7 @@ where
                         conn,
                         closing: None,
                         date_header: me.date_header,
+                        informational: me.informational,
                     })
                 }
                 State::Serving(srv) => {
@@ -305,12 +312,20 @@ where
                             req.extensions_mut().insert(Protocol::from_inner(protocol));
                         }
 
+                        // PATCH(edge)
+                        let interim = self.informational.then(|| {
+                            let (tx, rx) = crate::ext::informational();
+                            req.extensions_mut().insert(tx);
+                            rx
+                        });
+
                         let fut = H2Stream::new(
                             service.call(req),
                             connect_parts,
                             respond,
                             self.date_header,
                             exec.clone(),
+                            interim,
                         );
 
                         exec.execute_h2stream(fut);
@@ -369,6 +384,8 @@ pin_project! {
         state: H2StreamState<F, B>,
         date_header: bool,
         exec: E,
+        // PATCH(edge): what the service queues to go before its response.
+        interim: Option<crate::ext::InformationalReceiver>,
     }
 }
 
@@ -406,13 +423,24 @@ where
         respond: SendResponse<SendBuf<B::Data>>,
         date_header: bool,
         exec: E,
+        interim: Option<crate::ext::InformationalReceiver>,
     ) -> H2Stream<F, B, E> {
         H2Stream {
             reply: respond,
             state: H2StreamState::Service { fut, connect_parts },
             date_header,
             exec,
+            interim,
         }
+    }
+}
+
+// PATCH(edge): one interim (1xx) response as a HEADERS frame; a stream that
+// can no longer take one just goes without.
+fn send_interim<B: bytes::Buf>(reply: &mut SendResponse<B>, mut res: ::http::Response<()>) {
+    super::strip_connection_headers(res.headers_mut(), super::MessageKind::Response);
+    if let Err(_e) = reply.send_informational(res) {
+        debug!("send informational response error: {}", _e);
     }
 }
 
@@ -446,8 +474,22 @@ where
                     fut: h,
                     connect_parts,
                 } => {
+                    // PATCH(edge): interim responses go out as the service
+                    // queues them, and the last ones before its response.
+                    if let Some(rx) = me.interim.as_mut() {
+                        while let Poll::Ready(res) = rx.poll_next(cx) {
+                            send_interim(me.reply, res);
+                        }
+                    }
                     let res = match h.poll(cx) {
-                        Poll::Ready(Ok(r)) => r,
+                        Poll::Ready(Ok(r)) => {
+                            if let Some(mut rx) = me.interim.take() {
+                                for res in rx.close() {
+                                    send_interim(me.reply, res);
+                                }
+                            }
+                            r
+                        }
                         Poll::Pending => {
                             // Response is not yet ready, so we want to check if the client has sent a
                             // RST_STREAM frame which would cancel the current request.

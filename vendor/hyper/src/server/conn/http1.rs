@@ -80,6 +80,8 @@ pub struct Builder {
     h1_max_header_size: Option<usize>,
     h1_header_read_timeout: Dur,
     h1_writev: Option<bool>,
+    // PATCH(edge)
+    informational: bool,
     max_buf_size: Option<usize>,
     pipeline_flush: bool,
     date_header: bool,
@@ -252,6 +254,7 @@ impl Builder {
             h1_max_header_size: None,
             h1_header_read_timeout: Dur::Default(Some(Duration::from_secs(30))),
             h1_writev: None,
+            informational: false,
             max_buf_size: None,
             pipeline_flush: false,
             date_header: true,
@@ -369,6 +372,16 @@ impl Builder {
     /// Default is 30 seconds.
     pub fn header_read_timeout(&mut self, read_timeout: impl Into<Option<Duration>>) -> &mut Self {
         self.h1_header_read_timeout = Dur::Configured(read_timeout.into());
+        self
+    }
+
+    /// PATCH(edge): put an [`crate::ext::InformationalSender`] in each
+    /// HTTP/1.1 request's extensions, through which the service sends interim
+    /// (1xx) responses, such as 103 Early Hints, before the final one.
+    ///
+    /// Default is `false`.
+    pub fn informational(&mut self, enabled: bool) -> &mut Self {
+        self.informational = enabled;
         self
     }
 
@@ -516,7 +529,7 @@ impl Builder {
         if !self.date_header {
             conn.disable_date_header();
         }
-        let sd = proto::h1::dispatch::Server::new(service);
+        let sd = proto::h1::dispatch::Server::new(service).informational(self.informational);
         let proto = proto::h1::Dispatcher::new(sd, conn);
         Connection { conn: proto }
     }

@@ -252,6 +252,16 @@ impl<E> Builder<E> {
         self
     }
 
+    /// PATCH(edge): put an [`crate::ext::InformationalSender`] in each
+    /// request's extensions, through which the service sends interim (1xx)
+    /// responses, such as 103 Early Hints, before the final one.
+    ///
+    /// Default is `false`.
+    pub fn informational(&mut self, enabled: bool) -> &mut Self {
+        self.h2_builder.informational = enabled;
+        self
+    }
+
     /// Enables the [extended CONNECT protocol].
     ///
     /// [extended CONNECT protocol]: https://datatracker.ietf.org/doc/html/rfc8441#section-4

@@ -1,0 +1,110 @@
+// PATCH(edge): this whole file. A server-side way to send interim (1xx)
+// responses, such as 103 Early Hints, before a request's final response.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use atomic_waker::AtomicWaker;
+use http::Response;
+
+/// How many interim responses may wait to be written for one request; a
+/// `send` past it is refused.
+const QUEUE: usize = 8;
+
+/// Sends interim (1xx) responses for one request, from the service, before the
+/// request's final response.
+///
+/// A server connection built with `informational(true)` (HTTP/1.1 and HTTP/2)
+/// puts one in each request's extensions. On HTTP/1.1 it is only there for
+/// HTTP/1.1 requests: an HTTP/1.0 client is never sent a 1xx (RFC 9110 15.2).
+/// Once the final response's head is written, every `send` is refused.
+#[derive(Clone)]
+pub struct InformationalSender(Arc<Shared>);
+
+struct Shared {
+    /// `None` once the final response's head has gone.
+    queue: Mutex<Option<VecDeque<Response<()>>>>,
+    waker: AtomicWaker,
+}
+
+impl fmt::Debug for InformationalSender {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("InformationalSender").finish()
+    }
+}
+
+impl InformationalSender {
+    /// Queues `res` to be written before the final response. It is given back
+    /// when it cannot be: its status is not 1xx or is 101 (an upgrade is a
+    /// final response here), the final response has gone, or `QUEUE`
+    /// interim responses are already waiting.
+    pub fn send(&self, res: Response<()>) -> Result<(), Response<()>> {
+        if !res.status().is_informational() || res.status() == http::StatusCode::SWITCHING_PROTOCOLS
+        {
+            return Err(res);
+        }
+        let mut queue = self.0.queue.lock().unwrap_or_else(|e| e.into_inner());
+        match queue.as_mut() {
+            Some(q) if q.len() < QUEUE => q.push_back(res),
+            _ => return Err(res),
+        }
+        drop(queue);
+        self.0.waker.wake();
+        Ok(())
+    }
+
+    /// Whether the final response has gone (every `send` is refused).
+    pub fn is_closed(&self) -> bool {
+        self.0
+            .queue
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_none()
+    }
+}
+
+/// The connection's end: what the service queued, taken in order.
+pub(crate) struct InformationalReceiver(Arc<Shared>);
+
+pub(crate) fn informational() -> (InformationalSender, InformationalReceiver) {
+    let shared = Arc::new(Shared {
+        queue: Mutex::new(Some(VecDeque::new())),
+        waker: AtomicWaker::new(),
+    });
+    (
+        InformationalSender(shared.clone()),
+        InformationalReceiver(shared),
+    )
+}
+
+impl InformationalReceiver {
+    /// The next queued interim response, or `None` (with the task woken when
+    /// one is queued).
+    pub(crate) fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Response<()>> {
+        self.0.waker.register(cx.waker());
+        let mut queue = self.0.queue.lock().unwrap_or_else(|e| e.into_inner());
+        match queue.as_mut().and_then(VecDeque::pop_front) {
+            Some(res) => Poll::Ready(res),
+            None => Poll::Pending,
+        }
+    }
+
+    /// Refuses further sends; what is still queued is returned, to be written
+    /// before the final head.
+    pub(crate) fn close(&mut self) -> VecDeque<Response<()>> {
+        self.0
+            .queue
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for InformationalReceiver {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
