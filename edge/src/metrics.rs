@@ -300,6 +300,8 @@ struct SlotMetrics {
     accept_errors: IntCounterVec,
     refused: IntCounterVec,
     write_idle: IntCounterVec,
+    /// 103 Early Hints passed on, by client protocol (h1, h2, h3 in order).
+    early_hints: [prometheus::IntCounter; 3],
     h2_closes: IntCounterVec,
     h2_premature: prometheus::IntCounter,
     proxy_protocol: IntCounterVec,
@@ -329,6 +331,13 @@ impl SlotMetrics {
             Opts::new(
                 "proxy_write_idle_timeouts_total",
                 "Responses cut off because the client accepted no byte for client.write_idle_timeout, by protocol.",
+            ),
+            &["protocol"],
+        )?;
+        let early_hints = IntCounterVec::new(
+            Opts::new(
+                "proxy_early_hints_total",
+                "103 Early Hints from backends passed on to clients, by protocol.",
             ),
             &["protocol"],
         )?;
@@ -370,16 +379,20 @@ impl SlotMetrics {
         registry.register(Box::new(accept_errors.clone()))?;
         registry.register(Box::new(refused.clone()))?;
         registry.register(Box::new(write_idle.clone()))?;
+        registry.register(Box::new(early_hints.clone()))?;
         registry.register(Box::new(h2_closes.clone()))?;
         registry.register(Box::new(h2_premature.clone()))?;
         registry.register(Box::new(proxy_protocol.clone()))?;
         registry.register(Box::new(overload.clone()))?;
         registry.register(Box::new(shed.clone()))?;
         registry.register(Box::new(rss.clone()))?;
+        let early_hints = [Proto::H1, Proto::H2, Proto::H3]
+            .map(|p| early_hints.with_label_values(&[p.as_str()]));
         Ok(Self {
             accept_errors,
             refused,
             write_idle,
+            early_hints,
             h2_closes,
             h2_premature,
             proxy_protocol,
@@ -838,6 +851,12 @@ impl Metrics {
             .write_idle
             .with_label_values(&[proto.as_str()])
             .inc();
+    }
+
+    /// The counter of 103 Early Hints passed on to `proto` clients (one per
+    /// request that may get some: a clone, not a lookup).
+    pub fn early_hints(&self, proto: Proto) -> prometheus::IntCounter {
+        self.slots.early_hints[proto as usize].clone()
     }
 
     /// Counts a PROXY protocol header read (or refused) on a TCP listener.

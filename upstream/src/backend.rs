@@ -332,6 +332,7 @@ impl<B: ReqBody> Backend<B> {
         // Only a body still to come is watched: a body-less request stays cheap.
         let watch = (!req.body().is_end_stream()).then(BodyWatch::new);
         let mut req = req.map(|body| Outgoing::new(body, watch.clone()));
+        crate::Interim::bridge(&mut req);
         let sent = match co.sender {
             Sender::H2(mut send) => {
                 set_h2_target(&mut req, &self.addr);

@@ -29,6 +29,7 @@ mod error;
 pub mod h3_read;
 pub mod hash_ring;
 pub mod health;
+mod interim;
 pub mod locality;
 mod pool;
 mod quic;
@@ -40,6 +41,7 @@ pub use breaker::BreakerConfig;
 pub use endpoint::{EndpointAddr, ParseEndpointError};
 pub use error::{Blame, Error};
 pub use health::HealthCheck;
+pub use interim::Interim;
 pub use locality::{Locality, RegionId, RttObserver, Served};
 pub use pool::{
     DnsStatus, EndpointStatus, HashKey, HedgeAfter, HedgeConfig, LatencyWindow, Pool, PoolConfig,

@@ -235,6 +235,7 @@ fn route_json(r: &Route) -> Value {
         require_client_cert,
         split,
         compress,
+        early_hints,
     } = r;
     let statuses: Vec<u16> = (200..=599)
         .filter(|s| cache_statuses.contains(*s))
@@ -255,6 +256,7 @@ fn route_json(r: &Route) -> Value {
         }),
         "compress_min_bytes": compress.as_ref().map(|c| c.min_bytes),
         "compress_types": compress.as_ref().map(|c| &c.types),
+        "early_hints": early_hints.as_str(),
     })
 }
 

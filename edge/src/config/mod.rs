@@ -13,6 +13,7 @@
 mod acme;
 mod cache;
 mod compress;
+mod hints;
 pub mod effective;
 mod forecast;
 mod hedge;
@@ -29,6 +30,7 @@ pub use acme::{Acme, AcmeChallenge};
 mod upgrade;
 use cache::read_cache;
 pub use cache::{Cache, CacheStatuses};
+pub use hints::EarlyHints;
 pub use compress::{
     Compress, Encoding, DEFAULT_MIN_BYTES as COMPRESS_MIN_BYTES, DEFAULT_TYPES as COMPRESS_TYPES,
 };
@@ -270,6 +272,8 @@ pub struct Route {
     pub split: Option<Split>,
     /// Responses compressed for clients that accept it (`compress`); off when `None`.
     pub compress: Option<Compress>,
+    /// Which clients get the backend's 103 Early Hints (`early_hints`).
+    pub early_hints: EarlyHints,
 }
 
 /// A pool: the upstream crate's own settings, plus what only a file names.
@@ -327,6 +331,7 @@ impl Route {
             require_client_cert: false,
             split: None,
             compress: None,
+            early_hints: EarlyHints::All,
         }
     }
 }
@@ -922,6 +927,7 @@ fn read_routes(
             );
         }
         let compress = compress::read_compress(cx, &mut t);
+        let early_hints = t.or(cx, "early_hints", EarlyHints::default());
         let split = split::read_split(cx, &mut t, pools, geo);
         let pool = match (t.opt::<String>(cx, "pool"), &split) {
             (None, Some(s)) => s.versions.first().map(|v| v.pool.clone()),
@@ -963,6 +969,7 @@ fn read_routes(
                 require_client_cert,
                 split,
                 compress,
+                early_hints,
             });
         }
         t.finish(cx);

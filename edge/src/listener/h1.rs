@@ -551,7 +551,9 @@ pub(crate) fn builder(
     let mut b = http1::Builder::new();
     b.timer(hyper_util::rt::TokioTimer::new())
         .header_read_timeout(header_read_timeout)
-        .max_buf_size(max_buf_size);
+        .max_buf_size(max_buf_size)
+        // 103 Early Hints from backends (`tcp::Server::respond`).
+        .informational(true);
     if let Some(n) = max_headers {
         b.max_headers(n);
     }

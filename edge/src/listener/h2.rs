@@ -72,7 +72,9 @@ pub(super) fn builder(
         .max_concurrent_streams(c.max_concurrent_streams)
         .max_header_list_size(max_header_list)
         .adaptive_window(true)
-        .initial_connection_window_size(1024 * 1024);
+        .initial_connection_window_size(1024 * 1024)
+        // 103 Early Hints from backends (`tcp::Server::respond`).
+        .informational(true);
     b
 }
 

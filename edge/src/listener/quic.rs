@@ -28,8 +28,10 @@ use crate::metrics::Proto;
 use crate::pipeline::{self, Peer};
 use crate::tls::{self, CertResolver, Sni};
 
+mod hints;
 mod limits;
 
+use hints::Hints;
 use limits::{Admit, Limits};
 
 /// Bytes buffered for one connection attempt before the accept loop decides on
@@ -469,8 +471,21 @@ async fn serve_stream(
     };
     let proxy = shared.proxy.load();
     let ip = peer.ip;
-    let mut resp = pipeline::handle(&proxy, &shared.metrics, peer.clone(), req).await;
     let write_idle = shared.config.client.write_idle_timeout;
+    let (hints, sink) = Hints::new(&shared.metrics);
+    let mut req = req;
+    req.extensions_mut().insert(sink);
+    let handle = pipeline::handle(&proxy, &shared.metrics, peer.clone(), req);
+    tokio::pin!(handle);
+    // 103 Early Hints go out as the backend sends them, the last ones before
+    // the response.
+    let mut resp = loop {
+        tokio::select! {
+            resp = &mut handle => break resp,
+            () = hints.queued() => write_hints(&mut send, hints.take(), write_idle).await,
+        }
+    };
+    write_hints(&mut send, hints.close(), write_idle).await;
     let tunnel = resp.extensions_mut().remove::<pipeline::Tunnel>();
     if let (Some(tunnel), Some(recv)) = (tunnel, tunnel_recv) {
         if resp.status().is_success() {
@@ -489,6 +504,22 @@ async fn serve_stream(
             shared.metrics.write_idle_timeout(Proto::H3);
         }
         tracing::debug!(peer = %ip, error = %e, "HTTP/3 response not completed");
+    }
+}
+
+/// Interim responses, each a HEADERS frame; a stream that takes none within
+/// `write_idle` is left to the final response's write to find broken.
+async fn write_hints(
+    send: &mut H3Send,
+    hints: std::collections::VecDeque<Response<()>>,
+    write_idle: Duration,
+) {
+    for hint in hints {
+        match tokio::time::timeout(write_idle, send.send_response(hint)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return tracing::debug!(error = %e, "HTTP/3 interim response not sent"),
+            Err(_) => return,
+        }
     }
 }
 

@@ -236,7 +236,27 @@ impl TcpServer {
         Box::pin(super::h2::serve(self, io, peer, early)).await;
     }
 
-    pub(super) async fn respond(&self, peer: Peer, req: Request<Body>) -> Response<Body> {
+    pub(super) async fn respond(&self, peer: Peer, mut req: Request<Body>) -> Response<Body> {
+        // hyper's way to write a 1xx before the response, as the pool's sink.
+        if let Some(tx) = req
+            .extensions_mut()
+            .remove::<hyper::ext::InformationalSender>()
+        {
+            let proto = if req.version() == http::Version::HTTP_2 {
+                Proto::H2
+            } else {
+                Proto::H1
+            };
+            let passed = self.shared.metrics.early_hints(proto);
+            req.extensions_mut()
+                .insert(upstream::Interim::new(move |res| {
+                    if let Some(hint) = pipeline::early_hint(res) {
+                        if tx.send(hint).is_ok() {
+                            passed.inc();
+                        }
+                    }
+                }));
+        }
         if let Some(resp) = self
             .acme
             .as_ref()

@@ -62,6 +62,7 @@ pub async fn route<'p>(
         .ok_or_else(|| ProxyError::new(ErrorKind::NoRoute, "no route for this host and path"))?;
     cx.backend = pool.name();
     cx.compress = matched.compress.map(|c| super::compress::asked(c, req));
+    super::hints::by_route(matched.early_hints, req);
     if cx.log.is_some() {
         cx.request_bytes = Some(Default::default());
     }
@@ -125,6 +126,7 @@ struct Entry {
     require_client_cert: bool,
     split: Option<super::gray::Split>,
     compress: Option<config::Compress>,
+    early_hints: config::EarlyHints,
 }
 
 /// What a request matched: the pool's slot and the route's cache settings.
@@ -140,6 +142,8 @@ pub struct Matched<'r> {
     pub split: Option<&'r super::gray::Split>,
     /// How the route compresses responses, when it does.
     pub compress: Option<&'r config::Compress>,
+    /// Which clients get the backend's 103 Early Hints.
+    pub early_hints: config::EarlyHints,
 }
 
 impl Routes {
@@ -170,6 +174,7 @@ impl Routes {
                     require_client_cert: r.require_client_cert,
                     split,
                     compress: r.compress.clone(),
+                    early_hints: r.early_hints,
                 })
             })
             .collect();
@@ -195,6 +200,7 @@ impl Routes {
                 require_client_cert: r.require_client_cert,
                 split: r.split.as_ref(),
                 compress: r.compress.as_ref(),
+                early_hints: r.early_hints,
             })
     }
 }
@@ -224,6 +230,7 @@ mod tests {
             cache_statuses: config::CacheStatuses::default(),
             require_client_cert: false,
             compress: None,
+            early_hints: config::EarlyHints::All,
         }
     }
 

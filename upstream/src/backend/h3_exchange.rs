@@ -148,6 +148,7 @@ impl<B: ReqBody> Backend<B> {
         };
         drop(send);
         let (mut tx, mut rx) = stream.split();
+        let interim = req.extensions().get::<crate::Interim>().cloned();
         let body = req.into_body();
         // Only a body still to come is watched and uploaded by a task.
         let watch = (!body.is_end_stream()).then(BodyWatch::new);
@@ -164,7 +165,20 @@ impl<B: ReqBody> Backend<B> {
                 None
             }
         };
-        let head = head_within(rx.recv_response(), watch.as_deref(), timeout).await;
+        // Interim (1xx) heads come first, each its own HEADERS frame: handed on
+        // (or dropped), never taken for the final response.
+        let final_head = async {
+            loop {
+                let head = rx.recv_response().await?;
+                if !head.status().is_informational() {
+                    return Ok::<_, h3::error::StreamError>(head);
+                }
+                if let Some(interim) = &interim {
+                    interim.send(head);
+                }
+            }
+        };
+        let head = head_within(final_head, watch.as_deref(), timeout).await;
         // Whatever h3 made of it, an exchange whose request body failed is the
         // client's failure.
         if let Some(source) = watch

@@ -1,0 +1,73 @@
+//! 103 Early Hints on an HTTP/3 stream: what the pool hands the request's
+//! [`upstream::Interim`] waits here until the stream's task writes it, each a
+//! HEADERS frame of its own before the final response's (RFC 9114 4.1).
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+
+use http::Response;
+use tokio::sync::Notify;
+
+use crate::metrics::Metrics;
+use crate::metrics::Proto;
+use crate::pipeline;
+
+/// At most this many hints wait to be written; more are dropped.
+const QUEUE: usize = 8;
+
+/// One stream's hints not yet written.
+pub(super) struct Hints {
+    /// `None` once the final response is being written: no more hints.
+    queue: Mutex<Option<VecDeque<Response<()>>>>,
+    queued: Notify,
+}
+
+impl Hints {
+    /// A queue for one request, and the sink the pipeline hands the pool.
+    pub(super) fn new(metrics: &Metrics) -> (Arc<Self>, upstream::Interim) {
+        let hints = Arc::new(Self {
+            queue: Mutex::new(Some(VecDeque::new())),
+            queued: Notify::new(),
+        });
+        let passed = metrics.early_hints(Proto::H3);
+        let sink = {
+            let hints = hints.clone();
+            upstream::Interim::new(move |res| {
+                if let Some(hint) = pipeline::early_hint(res) {
+                    if hints.push(hint) {
+                        passed.inc();
+                    }
+                }
+            })
+        };
+        (hints, sink)
+    }
+
+    fn push(&self, hint: Response<()>) -> bool {
+        let mut queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+        match queue.as_mut() {
+            Some(q) if q.len() < QUEUE => q.push_back(hint),
+            _ => return false,
+        }
+        drop(queue);
+        self.queued.notify_one();
+        true
+    }
+
+    /// Resolves when a hint may be waiting (a permit is kept if none waits).
+    pub(super) async fn queued(&self) {
+        self.queued.notified().await
+    }
+
+    /// The hints waiting now.
+    pub(super) fn take(&self) -> VecDeque<Response<()>> {
+        let mut queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+        queue.as_mut().map(std::mem::take).unwrap_or_default()
+    }
+
+    /// The last hints: none is taken after this.
+    pub(super) fn close(&self) -> VecDeque<Response<()>> {
+        let mut queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+        queue.take().unwrap_or_default()
+    }
+}
