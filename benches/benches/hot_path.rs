@@ -43,6 +43,7 @@ fn route_match(c: &mut Criterion) {
             cache_statuses: edge::config::CacheStatuses::default(),
             require_client_cert: false,
             compress: None,
+            early_hints: edge::config::EarlyHints::All,
         })
         .collect();
     let table = Routes::new(&routes, |_| Some(0), &Default::default());

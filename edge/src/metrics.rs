@@ -386,8 +386,8 @@ impl SlotMetrics {
         registry.register(Box::new(overload.clone()))?;
         registry.register(Box::new(shed.clone()))?;
         registry.register(Box::new(rss.clone()))?;
-        let early_hints = [Proto::H1, Proto::H2, Proto::H3]
-            .map(|p| early_hints.with_label_values(&[p.as_str()]));
+        let early_hints =
+            [Proto::H1, Proto::H2, Proto::H3].map(|p| early_hints.with_label_values(&[p.as_str()]));
         Ok(Self {
             accept_errors,
             refused,

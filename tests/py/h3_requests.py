@@ -8,8 +8,12 @@ Usage: h3_requests.py --ca CA.pem --host 127.0.0.1 --port PORT --spec JSON
 JSON is a list of requests: {"method", "path", "headers": [[name, value]],
 "big_header_bytes": N (adds an `x-big` header of N bytes), "body_bytes": N}.
 Prints one JSON line: a list of results {"status", "headers", "body", "body_len",
-"body_hex" (the bytes exactly), "reset", "error"}, where "reset" is the stream reset code when the server reset the
-stream. Exits non-zero only if the connection itself could not be used.
+"body_hex" (the bytes exactly), "interim", "reset", "error"}, where "reset" is the stream reset code when the server reset the
+stream and "interim" lists the interim (1xx) heads before the final one, each
+{"status", "headers"} ("status" and "headers" are the final head's). Exits
+non-zero only if the connection itself could not be used.
+--print-heads prints each response head as it arrives, one JSON line
+{"head": STATUS, "headers": [...]}, before the results.
 
 --server-name is sent as SNI and :authority (default localhost); --insecure skips
 certificate verification; --peer-cert prints {"peer_certificate": {"subject",
@@ -61,6 +65,7 @@ class H3Client(QuicConnectionProtocol):
         self.held = None
         self.answered = False
         self.first_flight = []
+        self.print_heads = False
 
     def datagram_received(self, data, addr):
         self.answered = True
@@ -113,11 +118,23 @@ class H3Client(QuicConnectionProtocol):
                 continue
             if isinstance(h3_event, HeadersReceived):
                 self.release()
+                status = None
+                fields = []
                 for name, value in h3_event.headers:
                     if name == b":status":
-                        stream["status"] = int(value)
+                        status = int(value)
                     else:
-                        stream["headers"].append([name.decode(), value.decode("utf-8", "replace")])
+                        fields.append([name.decode(), value.decode("utf-8", "replace")])
+                if self.print_heads:
+                    print(json.dumps({"head": status, "headers": fields}), flush=True)
+                if status is not None and 100 <= status < 200:
+                    stream["interim"].append({"status": status, "headers": fields})
+                elif stream["status"] is None:
+                    stream["status"] = status
+                    stream["headers"] = fields
+                else:
+                    # Trailers.
+                    stream["headers"].extend(fields)
             elif isinstance(h3_event, DataReceived):
                 stream["body"] += h3_event.data
             if getattr(h3_event, "stream_ended", False):
@@ -147,6 +164,7 @@ class H3Client(QuicConnectionProtocol):
         stream = {
             "status": None,
             "headers": [],
+            "interim": [],
             "body": b"",
             "reset": None,
             "error": None,
@@ -167,6 +185,7 @@ class H3Client(QuicConnectionProtocol):
             "body": stream["body"].decode("utf-8", "replace"),
             "body_len": len(stream["body"]),
             "body_hex": stream["body"].hex(),
+            "interim": stream["interim"],
             "reset": stream["reset"],
             "error": stream["error"],
         }
@@ -188,6 +207,7 @@ async def main():
     parser.add_argument("--early", action="store_true")
     parser.add_argument("--hold-finished", action="store_true")
     parser.add_argument("--record-first-flight")
+    parser.add_argument("--print-heads", action="store_true")
     args = parser.parse_args()
     report_handshake = args.session_out or args.session_in or args.early
     specs = json.loads(args.spec)
@@ -213,6 +233,7 @@ async def main():
         wait_connected=not args.early,
         session_ticket_handler=tickets.append,
     ) as client:
+        client.print_heads = args.print_heads
         if args.hold_finished:
             client.held = []
         peer = describe_certificate(client._quic.tls._peer_certificate)

@@ -407,15 +407,110 @@ async fn run_h3_requests(
     spec: &serde_json::Value,
     extra: &[&str],
 ) -> anyhow::Result<serde_json::Value> {
-    let ca = edge.pki.ca_cert.to_string_lossy().into_owned();
-    let port = edge.h3_addr.port().to_string();
-    let host = edge.h3_addr.ip().to_string();
-    let spec = spec.to_string();
-    let mut args = vec![
-        "--ca", &ca, "--host", &host, "--port", &port, "--spec", &spec,
+    python_json(
+        "h3_requests.py",
+        &h3_args(edge, spec, extra),
+        PYTHON_TIMEOUT,
+    )
+    .await
+}
+
+fn h3_args(edge: &Edge, spec: &serde_json::Value, extra: &[&str]) -> Vec<String> {
+    let mut args: Vec<String> = vec![
+        "--ca".into(),
+        edge.pki.ca_cert.to_string_lossy().into_owned(),
+        "--host".into(),
+        edge.h3_addr.ip().to_string(),
+        "--port".into(),
+        edge.h3_addr.port().to_string(),
+        "--spec".into(),
+        spec.to_string(),
     ];
-    args.extend_from_slice(extra);
-    python_json("h3_requests.py", &args, PYTHON_TIMEOUT).await
+    args.extend(extra.iter().map(|a| (*a).to_owned()));
+    args
+}
+
+/// `tests/py/h3_requests.py --print-heads` against edge, read as it prints:
+/// a line per response head as it arrives, then the results.
+pub fn h3_requests_streaming(edge: &Edge, spec: &serde_json::Value) -> anyhow::Result<Streaming> {
+    let mut args = vec![py_script("h3_requests.py").to_string_lossy().into_owned()];
+    args.extend(h3_args(edge, spec, &["--print-heads"]));
+    Streaming::spawn(&process::python().to_string_lossy(), &args)
+}
+
+/// A client whose standard output is read line by line as it comes, so a test
+/// can act between one thing the client saw and the next (e.g. release an
+/// origin's final response once a 103 arrived); killed on drop.
+pub struct Streaming {
+    child: tokio::process::Child,
+    lines: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+    name: String,
+}
+
+impl Streaming {
+    pub fn spawn<S: AsRef<str>>(program: &str, args: &[S]) -> anyhow::Result<Self> {
+        let mut child = tokio::process::Command::new(program)
+            .args(args.iter().map(AsRef::as_ref))
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("starting {program}"))?;
+        let stdout = child.stdout.take().context("no stdout")?;
+        use tokio::io::AsyncBufReadExt as _;
+        Ok(Self {
+            child,
+            lines: tokio::io::BufReader::new(stdout).lines(),
+            name: program.to_owned(),
+        })
+    }
+
+    /// The lines printed up to and including the first one `done` accepts,
+    /// within [`REQUEST_TIMEOUT`]; an error if the output ends first.
+    pub async fn until(&mut self, done: impl Fn(&str) -> bool) -> anyhow::Result<Vec<String>> {
+        let mut seen = Vec::new();
+        let read = async {
+            while let Some(line) = self.lines.next_line().await? {
+                let last = done(&line);
+                seen.push(line);
+                if last {
+                    return anyhow::Ok(true);
+                }
+            }
+            Ok(false)
+        };
+        match tokio::time::timeout(REQUEST_TIMEOUT, read).await {
+            Ok(Ok(true)) => Ok(seen),
+            Ok(Ok(false)) => bail!("{} ended before the awaited line: {seen:?}", self.name),
+            Ok(Err(e)) => Err(e),
+            Err(_) => bail!(
+                "{} printed no awaited line within {REQUEST_TIMEOUT:?}: {seen:?}",
+                self.name
+            ),
+        }
+    }
+
+    /// Every line still to come, once the client exits (within [`REQUEST_TIMEOUT`]).
+    pub async fn rest(mut self) -> anyhow::Result<Vec<String>> {
+        let mut seen = Vec::new();
+        let read = async {
+            while let Some(line) = self.lines.next_line().await? {
+                seen.push(line);
+            }
+            anyhow::Ok(())
+        };
+        tokio::time::timeout(REQUEST_TIMEOUT, read)
+            .await
+            .with_context(|| format!("{} did not finish: {seen:?}", self.name))??;
+        let status = tokio::time::timeout(REQUEST_TIMEOUT, self.child.wait()).await??;
+        anyhow::ensure!(
+            status.success(),
+            "{} failed ({status}): {seen:?}",
+            self.name
+        );
+        Ok(seen)
+    }
 }
 
 /// `openssl s_client` to `addr` over TLS 1.3 (SNI `localhost`, trusting `ca`)

@@ -130,6 +130,8 @@ pub struct EdgeConfig {
     pub tls: Vec<(String, String)>,
     /// Routes, in order; an empty list renders a single catch-all to `default`.
     pub routes: Vec<RouteConfig>,
+    /// Keys with TOML values set on every route rendered.
+    pub route_settings: Vec<(String, String)>,
     /// Pools.
     pub pools: Vec<PoolConfig>,
     /// `[[tls.certificates]]`, in order; empty serves the `localhost` leaf of the
@@ -151,6 +153,7 @@ impl EdgeConfig {
             client: Vec::new(),
             tls: Vec::new(),
             routes: Vec::new(),
+            route_settings: Vec::new(),
             pools: vec![PoolConfig {
                 name: "default".to_owned(),
                 endpoints: vec![endpoint.into()],
@@ -183,6 +186,13 @@ impl EdgeConfig {
     /// Adds a `[[tls.certificates]]` entry (the first one added is edge's default).
     pub fn certificate(mut self, leaf: LeafFiles) -> Self {
         self.certificates.push(leaf);
+        self
+    }
+
+    /// Sets `key = value` (value written as TOML) on every route.
+    pub fn route_setting(mut self, key: &str, toml_value: &str) -> Self {
+        self.route_settings
+            .push((key.to_owned(), toml_value.to_owned()));
         self
     }
 
@@ -273,6 +283,9 @@ impl EdgeConfig {
             }
             out.push_str(&format!("path_prefix = {}\n", toml_str(&route.path_prefix)));
             out.push_str(&format!("pool = {}\n", toml_str(&route.pool)));
+            for (key, value) in &self.route_settings {
+                out.push_str(&format!("{key} = {value}\n"));
+            }
         }
         for pool in &self.pools {
             out.push_str(&format!("\n[pools.{}]\n", pool.name));

@@ -22,8 +22,8 @@ pub mod scripted;
 
 pub use clients::{
     curl, curl_timeout, curl_transfer, gtlsclient, h3_requests, h3_requests_as, h3_requests_sni,
-    h3_requests_with, python_json, raw_http, s_client, tls_args, CurlResponse, H3Response,
-    PYTHON_TIMEOUT, REQUEST_TIMEOUT,
+    h3_requests_streaming, h3_requests_with, python_json, raw_http, s_client, tls_args,
+    CurlResponse, H3Response, Streaming, PYTHON_TIMEOUT, REQUEST_TIMEOUT,
 };
 pub use dns::{DnsPool, Dnsmasq};
 pub use edge::{

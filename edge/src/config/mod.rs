@@ -13,10 +13,10 @@
 mod acme;
 mod cache;
 mod compress;
-mod hints;
 pub mod effective;
 mod forecast;
 mod hedge;
+mod hints;
 mod pools;
 mod proxy_protocol;
 mod quic;
@@ -30,11 +30,11 @@ pub use acme::{Acme, AcmeChallenge};
 mod upgrade;
 use cache::read_cache;
 pub use cache::{Cache, CacheStatuses};
-pub use hints::EarlyHints;
 pub use compress::{
     Compress, Encoding, DEFAULT_MIN_BYTES as COMPRESS_MIN_BYTES, DEFAULT_TYPES as COMPRESS_TYPES,
 };
 pub use forecast::{Forecast, MIN_HISTORY as FORECAST_MIN_HISTORY};
+pub use hints::EarlyHints;
 use pools::read_pools;
 pub use proxy_protocol::ProxyProtocol;
 use quic::read_quic;

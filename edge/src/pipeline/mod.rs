@@ -38,8 +38,8 @@ use upstream::Pool;
 
 pub use crate::chain::error_chain;
 pub use gray::{Store as GrayStore, View as SplitView};
-pub use hints::early_hint;
 pub use headers::{request_id, strip_hop_by_hop, to_upstream, Peer, REQUEST_ID};
+pub use hints::early_hint;
 pub use limit::{gcra, Rules as RateLimitRules, Store as RateLimitStore};
 pub use route::Routes;
 pub use trace::Trace;

@@ -12,13 +12,15 @@ use crate::metrics::Metrics;
 use crate::metrics::Proto;
 use crate::pipeline;
 
-/// At most this many hints wait to be written; more are dropped.
-const QUEUE: usize = 8;
+/// At most this many hints go out per request (as hyper's limit on h1 and
+/// h2): more are dropped, so a chatty backend cannot make a stream hold more.
+const LIMIT: usize = 8;
 
 /// One stream's hints not yet written.
 pub(super) struct Hints {
-    /// `None` once the final response is being written: no more hints.
-    queue: Mutex<Option<VecDeque<Response<()>>>>,
+    /// `None` once the final response is being written: no more hints. With
+    /// the number taken so far.
+    queue: Mutex<Option<(VecDeque<Response<()>>, usize)>>,
     queued: Notify,
 }
 
@@ -26,7 +28,7 @@ impl Hints {
     /// A queue for one request, and the sink the pipeline hands the pool.
     pub(super) fn new(metrics: &Metrics) -> (Arc<Self>, upstream::Interim) {
         let hints = Arc::new(Self {
-            queue: Mutex::new(Some(VecDeque::new())),
+            queue: Mutex::new(Some((VecDeque::new(), 0))),
             queued: Notify::new(),
         });
         let passed = metrics.early_hints(Proto::H3);
@@ -46,7 +48,10 @@ impl Hints {
     fn push(&self, hint: Response<()>) -> bool {
         let mut queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
         match queue.as_mut() {
-            Some(q) if q.len() < QUEUE => q.push_back(hint),
+            Some((q, taken)) if *taken < LIMIT => {
+                q.push_back(hint);
+                *taken += 1;
+            }
             _ => return false,
         }
         drop(queue);
@@ -62,12 +67,15 @@ impl Hints {
     /// The hints waiting now.
     pub(super) fn take(&self) -> VecDeque<Response<()>> {
         let mut queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
-        queue.as_mut().map(std::mem::take).unwrap_or_default()
+        queue
+            .as_mut()
+            .map(|(q, _)| std::mem::take(q))
+            .unwrap_or_default()
     }
 
     /// The last hints: none is taken after this.
     pub(super) fn close(&self) -> VecDeque<Response<()>> {
         let mut queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
-        queue.take().unwrap_or_default()
+        queue.take().map(|(q, _)| q).unwrap_or_default()
     }
 }

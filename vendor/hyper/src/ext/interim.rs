@@ -9,9 +9,12 @@ use std::task::{Context, Poll};
 use atomic_waker::AtomicWaker;
 use http::Response;
 
-/// How many interim responses may wait to be written for one request; a
-/// `send` past it is refused.
-const QUEUE: usize = 8;
+/// How many interim responses one request may send in all; a `send` past it
+/// is refused. HEADERS frames are not flow-controlled and an HTTP/1.1 head is
+/// buffered whole, so only a count bounds what a chatty service (or the
+/// backend behind a proxy) makes the connection hold for a client that does
+/// not read.
+const LIMIT: usize = 8;
 
 /// Sends interim (1xx) responses for one request, from the service, before the
 /// request's final response.
@@ -24,8 +27,8 @@ const QUEUE: usize = 8;
 pub struct InformationalSender(Arc<Shared>);
 
 struct Shared {
-    /// `None` once the final response's head has gone.
-    queue: Mutex<Option<VecDeque<Response<()>>>>,
+    /// `None` once the final response's head has gone; with the number sent.
+    queue: Mutex<Option<(VecDeque<Response<()>>, usize)>>,
     waker: AtomicWaker,
 }
 
@@ -38,8 +41,8 @@ impl fmt::Debug for InformationalSender {
 impl InformationalSender {
     /// Queues `res` to be written before the final response. It is given back
     /// when it cannot be: its status is not 1xx or is 101 (an upgrade is a
-    /// final response here), the final response has gone, or `QUEUE`
-    /// interim responses are already waiting.
+    /// final response here), the final response has gone, or this request
+    /// has sent `LIMIT` (8) interim responses already.
     pub fn send(&self, res: Response<()>) -> Result<(), Response<()>> {
         if !res.status().is_informational() || res.status() == http::StatusCode::SWITCHING_PROTOCOLS
         {
@@ -47,7 +50,10 @@ impl InformationalSender {
         }
         let mut queue = self.0.queue.lock().unwrap_or_else(|e| e.into_inner());
         match queue.as_mut() {
-            Some(q) if q.len() < QUEUE => q.push_back(res),
+            Some((q, sent)) if *sent < LIMIT => {
+                q.push_back(res);
+                *sent += 1;
+            }
             _ => return Err(res),
         }
         drop(queue);
@@ -70,7 +76,7 @@ pub(crate) struct InformationalReceiver(Arc<Shared>);
 
 pub(crate) fn informational() -> (InformationalSender, InformationalReceiver) {
     let shared = Arc::new(Shared {
-        queue: Mutex::new(Some(VecDeque::new())),
+        queue: Mutex::new(Some((VecDeque::new(), 0))),
         waker: AtomicWaker::new(),
     });
     (
@@ -85,7 +91,7 @@ impl InformationalReceiver {
     pub(crate) fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Response<()>> {
         self.0.waker.register(cx.waker());
         let mut queue = self.0.queue.lock().unwrap_or_else(|e| e.into_inner());
-        match queue.as_mut().and_then(VecDeque::pop_front) {
+        match queue.as_mut().and_then(|(q, _)| q.pop_front()) {
             Some(res) => Poll::Ready(res),
             None => Poll::Pending,
         }
@@ -99,6 +105,7 @@ impl InformationalReceiver {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .take()
+            .map(|(q, _)| q)
             .unwrap_or_default()
     }
 }
