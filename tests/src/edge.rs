@@ -45,6 +45,35 @@ pub fn edge_bin() -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
+/// Writes `lines` as a config file and asserts `edge check` refuses it (exit
+/// 2) with, for each `(line, key, reason)`, a line naming `FILE:LINE: KEY`
+/// and containing `reason`.
+pub async fn assert_check_refuses(
+    lines: &[&str],
+    expected: &[(usize, &str, &str)],
+) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("bad.toml");
+    std::fs::write(&file, lines.join("\n"))?;
+    let out = run_edge(
+        ["check".as_ref(), "-c".as_ref(), file.as_os_str()],
+        Duration::from_secs(20),
+    )
+    .await?;
+    assert_eq!(out.code, Some(2), "{}{}", out.stdout, out.stderr);
+    let printed = format!("{}{}", out.stdout, out.stderr);
+    let file = file.display().to_string();
+    for (line, key, reason) in expected {
+        assert!(
+            printed
+                .lines()
+                .any(|l| l.contains(&format!("{file}:{line}: {key}")) && l.contains(reason)),
+            "no line {line} for {key} ({reason}) in:\n{printed}"
+        );
+    }
+    Ok(())
+}
+
 /// Runs the edge binary to completion (e.g. `edge check`), killed after `timeout`.
 pub async fn run_edge<I, S>(args: I, timeout: Duration) -> anyhow::Result<Finished>
 where

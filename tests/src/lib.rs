@@ -27,8 +27,8 @@ pub use clients::{
 };
 pub use dns::{DnsPool, Dnsmasq};
 pub use edge::{
-    assert_one_line_naming, parse_listening, run_edge, toml_path, toml_str, workspace_root, Edge,
-    EdgeConfig, PoolConfig, RouteConfig,
+    assert_check_refuses, assert_one_line_naming, parse_listening, run_edge, toml_path, toml_str,
+    workspace_root, Edge, EdgeConfig, PoolConfig, RouteConfig,
 };
 pub use load::{errors, served_by, Answers, KeepAlive, Load, Reply};
 pub use origin::{echo_header, echo_headers, Origin, OriginOptions, OriginTls};

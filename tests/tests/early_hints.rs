@@ -8,13 +8,12 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use edge_tests::clients::py_script;
 use edge_tests::process::python;
 use edge_tests::{
-    curl, h3_requests_streaming, raw_http, run_edge, toml_path, toml_str, Edge, EdgeConfig,
-    Streaming, REQUEST_TIMEOUT,
+    assert_check_refuses, curl, h3_requests_streaming, raw_http, toml_path, toml_str, Edge,
+    EdgeConfig, Streaming, REQUEST_TIMEOUT,
 };
 use serde_json::Value;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -429,7 +428,6 @@ async fn a_route_passes_hints_only_to_the_clients_its_early_hints_names() -> any
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unknown_early_hints_policy_is_refused_with_its_line() -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
     let toml = [
         "listen = \"127.0.0.1:0\"",             // 1
         "[[routes]]",                           // 2
@@ -437,25 +435,9 @@ async fn an_unknown_early_hints_policy_is_refused_with_its_line() -> anyhow::Res
         "early_hints = \"sometimes\"",          // 4
         "[pools.default]",                      // 5
         "endpoints = [\"http://127.0.0.1:9\"]", // 6
-    ]
-    .join("\n");
-    let file = dir.path().join("bad.toml");
-    std::fs::write(&file, toml)?;
-    let out = run_edge(
-        ["check".as_ref(), "-c".as_ref(), file.as_os_str()],
-        Duration::from_secs(20),
-    )
-    .await?;
-    assert_eq!(out.code, Some(2), "{}{}", out.stdout, out.stderr);
-    let printed = format!("{}{}", out.stdout, out.stderr);
-    let at = format!("{}:4: routes[0].early_hints", file.display());
-    assert!(
-        printed
-            .lines()
-            .any(|l| l.contains(&at) && l.contains("\"sometimes\" is not one of")),
-        "no line 4 for routes[0].early_hints in:\n{printed}"
-    );
-    Ok(())
+    ];
+    let reason = "\"sometimes\" is not one of";
+    assert_check_refuses(&toml, &[(4, "routes[0].early_hints", reason)]).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
