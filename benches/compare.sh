@@ -11,6 +11,10 @@
 #
 # Knobs (environment): QUICK, REPS, DURATION (seconds per load run), CONNS,
 # H2_STREAMS, IDLE_N1/IDLE_N2 (idle TCP and TLS connections), QUIC_N1/QUIC_N2,
+# IDLE_KINDS (the idle scenario's kinds, default "plain tls h2 quic": HTTP/1.1
+# plain and over TLS, HTTP/2 over TLS, HTTP/3), IDLE_HOOK (a command run as
+# `$IDLE_HOOK row kind count pid` after each idle RSS reading, while the
+# connections are held: e.g. to snapshot allocator statistics),
 # SCENARIOS (any of: h1 h2 h3 1m cache idle features, and the churn ones: hs
 # hs-rsa resume hs-quic close churn), RESULTS (markdown output file), EDGE_BIN
 # (an edge binary to test instead of building the work tree), PROXIES (the peers
@@ -63,6 +67,7 @@ CHURN_CONNS=${CHURN_CONNS:-200}
 if [[ $QUICK == 1 ]]; then CHURN_DURATION=${CHURN_DURATION:-10}; fi
 CHURN_DURATION=${CHURN_DURATION:-60}
 SCENARIOS=${SCENARIOS:-h1 h2 h3 1m cache idle}
+IDLE_KINDS=${IDLE_KINDS:-plain tls h2 quic}
 STAMP=$(date -u +%Y%m%dT%H%M%SZ)
 RESULTS=${RESULTS:-$TARGET_DIR/compare/results-$STAMP.md}
 # Per-process connection limit given to every proxy (the hard open-file limit
@@ -420,6 +425,7 @@ rows_for() { # scenario repetition
 }
 
 has() { [[ " $SCENARIOS " == *" $1 "* ]]; }
+idle_kind() { [[ " $IDLE_KINDS " == *" $1 "* ]]; }
 
 # ---------------------------------------------------------------- idle connections
 
@@ -439,7 +445,7 @@ wait_held() { # file count pid timeout
     return 1
 }
 
-idle_measure() { # row kind(plain|tls|quic)
+idle_measure() { # row kind(plain|tls|h2|quic)
     local row=$1 kind=$2 n1 n2 pid hpid fd ctl out rss1 rss2 port
     if [[ $kind == quic ]]; then n1=$QUIC_N1 n2=$QUIC_N2; else n1=$IDLE_N1 n2=$IDLE_N2; fi
     # A fresh proxy: memory freed by earlier runs would otherwise absorb growth.
@@ -453,7 +459,7 @@ idle_measure() { # row kind(plain|tls|quic)
         port=$(port_for "$row" tls)
         taskset -c 1 "$PY" "$WORK/bench.py" hold-quic "$port" <"$ctl" >"$out" 2>"$out.err" &
     else
-        if [[ $kind == tls ]]; then port=$(port_for "$row" tls); else port=$(port_for "$row" http); fi
+        if [[ $kind == plain ]]; then port=$(port_for "$row" http); else port=$(port_for "$row" tls); fi
         taskset -c 1 "$PY" "$WORK/bench.py" hold-tcp "$port" "$kind" <"$ctl" >"$out" 2>"$out.err" &
     fi
     hpid=$!
@@ -463,10 +469,12 @@ idle_measure() { # row kind(plain|tls|quic)
     wait_held "$out" "$n1" "$hpid" 300 || die "idle $kind $row: holder failed at $n1"
     sleep 2
     rss1=$(tree_rss "$pid")
+    if [[ -n ${IDLE_HOOK:-} ]]; then $IDLE_HOOK "$row" "$kind" "$n1" "$pid"; fi
     echo "open $n2" >&"$fd"
     wait_held "$out" "$n2" "$hpid" 600 || die "idle $kind $row: holder failed at $n2"
     sleep 2
     rss2=$(tree_rss "$pid")
+    if [[ -n ${IDLE_HOOK:-} ]]; then $IDLE_HOOK "$row" "$kind" "$n2" "$pid"; fi
     alive "$pid" || die "$row died holding idle connections"
     echo quit >&"$fd"
     exec {fd}>&-
@@ -639,11 +647,12 @@ main() {
     if has idle; then
         : >"$IDLE"
         for row in "${PROXIES[@]}"; do
-            idle_measure "$row" plain
-            idle_measure "$row" tls
+            for kind in plain tls h2; do
+                if idle_kind "$kind"; then idle_measure "$row" "$kind"; fi
+            done
         done
         for row in caddy edge; do
-            [[ " ${PROXIES[*]} " == *" $row "* ]] && idle_measure "$row" quic
+            if idle_kind quic && [[ " ${PROXIES[*]} " == *" $row "* ]]; then idle_measure "$row" quic; fi
         done
     fi
 
@@ -740,6 +749,50 @@ def read_response(sock):
             raise ConnectionError("closed inside the body")
         body += chunk
     return status, body
+
+
+def open_h2(port):
+    """A TLS connection with ALPN h2 after one GET / (SETTINGS exchanged both ways),
+    as a client that keeps it open for more requests holds it."""
+    import h2.config
+    import h2.connection
+    import h2.events
+
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    ctx.set_alpn_protocols(["h2"])
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock = ctx.wrap_socket(sock, server_hostname="localhost")
+    if sock.selected_alpn_protocol() != "h2":
+        raise RuntimeError(f"port {port}: ALPN {sock.selected_alpn_protocol()!r}, not h2")
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    conn.initiate_connection()
+    sid = conn.get_next_available_stream_id()
+    conn.send_headers(sid, [(":method", "GET"), (":scheme", "https"),
+                            (":authority", f"127.0.0.1:{port}"), (":path", "/"),
+                            ("user-agent", "compare-holder")], end_stream=True)
+    sock.sendall(conn.data_to_send())
+    status, body, done, acked = None, b"", False, False
+    while not (done and acked):
+        data = sock.recv(65536)
+        if not data:
+            raise ConnectionError("closed before the response")
+        for ev in conn.receive_data(data):
+            if isinstance(ev, h2.events.ResponseReceived):
+                status = int(dict(ev.headers)[b":status"])
+            elif isinstance(ev, h2.events.DataReceived):
+                body += ev.data
+                conn.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
+            elif isinstance(ev, h2.events.StreamEnded):
+                done = True
+            elif isinstance(ev, h2.events.SettingsAcknowledged):
+                acked = True
+        sock.sendall(conn.data_to_send())
+    if status != 200 or body != b"ok":
+        raise RuntimeError(f"port {port}: status {status}, body {body[:40]!r}")
+    return sock
 
 
 def open_h1(port, ctx):
@@ -872,7 +925,7 @@ def cmd_hold_tcp(port, tls):
         t0 = time.monotonic()
         while len(held) < target:
             try:
-                held.append(open_h1(port, ctx))
+                held.append(open_h2(port) if tls == "h2" else open_h1(port, ctx))
             except Exception as e:  # noqa: BLE001
                 say(f"error after {len(held)} connections: {e}")
                 sys.exit(1)
@@ -1069,7 +1122,8 @@ def load_idle(path):
 
 
 def idle_table(idle):
-    kinds = [("plain", "HTTP/1.1 plain"), ("tls", "HTTP/1.1 over TLS"), ("quic", "HTTP/3 (QUIC)")]
+    kinds = [("plain", "HTTP/1.1 plain"), ("tls", "HTTP/1.1 over TLS"), ("h2", "HTTP/2 over TLS"),
+             ("quic", "HTTP/3 (QUIC)")]
     kinds = [k for k in kinds if any(key[1] == k[0] for key in idle)]
     head = "| row | " + " | ".join(f"{label} bytes/conn" for _, label in kinds) + " | RSS MiB at N2 (plain) |"
     lines = [head, "|---|" + "---|" * len(kinds) + "---|"]
