@@ -445,8 +445,24 @@ wait_held() { # file count pid timeout
     return 1
 }
 
+# Kernel memory that grows with held sockets, in bytes: the slab caches a socket
+# takes objects from (the socket, its inode, file, dentry, epoll entry) plus
+# the pages queued in TCP and UDP socket buffers (/proc/net/sockstat). Over
+# loopback both ends are counted (the holder's sockets too); `-` when
+# /proc/slabinfo is not readable.
+kernel_bytes() {
+    [[ -r /proc/slabinfo ]] || {
+        echo -
+        return
+    }
+    local slab pages
+    slab=$(awk '$1 ~ /^(TCP|TCPv6|UDP|UDPv6|sock_inode_cache|filp|dentry|eventpoll_epi|eventpoll_pwq|request_sock_TCP|tcp_bind_bucket|skbuff_head_cache)$/ { t += $3 * $4 } END { print t + 0 }' /proc/slabinfo)
+    pages=$(awk '$1 == "TCP:" || $1 == "UDP:" { for (i = 2; i < NF; i++) if ($i == "mem") t += $(i + 1) } END { print t + 0 }' /proc/net/sockstat)
+    echo $((slab + pages * $(getconf PAGESIZE)))
+}
+
 idle_measure() { # row kind(plain|tls|h2|quic)
-    local row=$1 kind=$2 n1 n2 pid hpid fd ctl out rss1 rss2 port
+    local row=$1 kind=$2 n1 n2 pid hpid fd ctl out rss1 rss2 port k1 k2
     if [[ $kind == quic ]]; then n1=$QUIC_N1 n2=$QUIC_N2; else n1=$IDLE_N1 n2=$IDLE_N2; fi
     # A fresh proxy: memory freed by earlier runs would otherwise absorb growth.
     stop "$row"
@@ -469,20 +485,23 @@ idle_measure() { # row kind(plain|tls|h2|quic)
     wait_held "$out" "$n1" "$hpid" 300 || die "idle $kind $row: holder failed at $n1"
     sleep 2
     rss1=$(tree_rss "$pid")
+    k1=$(kernel_bytes)
     if [[ -n ${IDLE_HOOK:-} ]]; then $IDLE_HOOK "$row" "$kind" "$n1" "$pid"; fi
     echo "open $n2" >&"$fd"
     wait_held "$out" "$n2" "$hpid" 600 || die "idle $kind $row: holder failed at $n2"
     sleep 2
     rss2=$(tree_rss "$pid")
+    k2=$(kernel_bytes)
     if [[ -n ${IDLE_HOOK:-} ]]; then $IDLE_HOOK "$row" "$kind" "$n2" "$pid"; fi
     alive "$pid" || die "$row died holding idle connections"
     echo quit >&"$fd"
     exec {fd}>&-
     stop_pid "$hpid"
     rm -f "$ctl"
-    printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$row" "$kind" "$n1" "$rss1" "$n2" "$rss2" >>"$IDLE"
-    log "$(printf 'idle %-5s %-8s %6d conns %6d MiB  %6d conns %6d MiB  -> %s B/conn' \
-        "$kind" "$row" "$n1" "$((rss1 >> 20))" "$n2" "$((rss2 >> 20))" "$(((rss2 - rss1) / (n2 - n1)))")"
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$row" "$kind" "$n1" "$rss1" "$n2" "$rss2" "$k1" "$k2" >>"$IDLE"
+    log "$(printf 'idle %-5s %-8s %6d conns %6d MiB  %6d conns %6d MiB  -> %s B/conn, kernel %s B/conn (both ends)' \
+        "$kind" "$row" "$n1" "$((rss1 >> 20))" "$n2" "$((rss2 >> 20))" "$(((rss2 - rss1) / (n2 - n1)))" \
+        "$([[ $k1 == - ]] && echo - || echo $(((k2 - k1) / (n2 - n1))))")"
 }
 
 # ---------------------------------------------------------------- churn
@@ -1116,8 +1135,11 @@ def load_idle(path):
         for line in f:
             if line.startswith("#") or not line.strip():
                 continue
-            row, kind, n1, rss1, n2, rss2 = line.split("\t")
-            idle[(row, kind)] = (int(n1), int(rss1), int(n2), int(rss2))
+            f = line.rstrip("\n").split("\t")
+            row, kind, n1, rss1, n2, rss2 = f[:6]
+            k = f[6:8] if len(f) >= 8 and "-" not in f[6:8] else None
+            kernel = (int(k[1]) - int(k[0])) / (int(n2) - int(n1)) if k else None
+            idle[(row, kind)] = (int(n1), int(rss1), int(n2), int(rss2), kernel)
     return idle
 
 
@@ -1132,8 +1154,9 @@ def idle_table(idle):
         for kind, _ in kinds:
             v = idle.get((row, kind))
             if v:
-                n1, r1, n2, r2 = v
-                cells.append(f"{(r2 - r1) / (n2 - n1):,.0f} ({n1:,}→{n2:,})")
+                n1, r1, n2, r2, kernel = v
+                k = f"; kernel {kernel:,.0f}" if kernel is not None else ""
+                cells.append(f"{(r2 - r1) / (n2 - n1):,.0f} ({n1:,}→{n2:,}{k})")
                 any_cell = True
             else:
                 cells.append("–")
@@ -1190,6 +1213,12 @@ def targets(runs, idle):
     if v:
         b = (v[3] - v[1]) / (v[2] - v[0])
         line("idle HTTP/1.1 connection", f"{b:,.0f} B", b <= 4096, "edge ≤ 4 KiB per connection")
+    for kind, name, goal in [("tls", "idle HTTP/1.1 over TLS connection", 4),
+                             ("h2", "idle HTTP/2 connection", 8), ("quic", "idle QUIC connection", 20)]:
+        v = idle.get(("edge", kind))
+        if v:
+            b = (v[3] - v[1]) / (v[2] - v[0])
+            line(name, f"{b:,.0f} B", b <= goal * 1024, f"edge ≤ {goal} KiB per connection (user space)")
     errs = {}
     for x in runs:
         errs[(x["scen"], x["row"])] = errs.get((x["scen"], x["row"]), 0) + x["errors"]
@@ -1252,7 +1281,10 @@ def cmd_report(runs_path, idle_path, handshakes_path="", churn_path=""):
     if churn:
         parts.append("### Upstream churn: the origin closes every connection (wrk, plain HTTP)\n\n" + churn + "\n")
     if idle:
-        parts.append("### Memory per idle connection (RSS slope between N1 and N2)\n\n" + idle_table(idle) + "\n")
+        parts.append("### Memory per idle connection (RSS slope between N1 and N2)\n\n"
+                     "User space: the proxy's RSS slope. Kernel: the growth of the socket slab caches and of "
+                     "the pages queued in socket buffers, both ends of each loopback connection.\n\n"
+                     + idle_table(idle) + "\n")
     parts.append("### Targets\n\n" + targets(runs, idle) + "\n")
     print("\n".join(parts))
 
