@@ -11,6 +11,10 @@
 #
 # Knobs (environment): QUICK, REPS, DURATION (seconds per load run), CONNS,
 # H2_STREAMS, IDLE_N1/IDLE_N2 (idle TCP and TLS connections), QUIC_N1/QUIC_N2,
+# IDLE_KINDS (the idle scenario's kinds, default "plain tls h2 quic": HTTP/1.1
+# plain and over TLS, HTTP/2 over TLS, HTTP/3), IDLE_HOOK (a command run as
+# `$IDLE_HOOK row kind count pid` after each idle RSS reading, while the
+# connections are held: e.g. to snapshot allocator statistics),
 # SCENARIOS (any of: h1 h2 h3 1m cache idle features, and the churn ones: hs
 # hs-rsa resume hs-quic close churn), RESULTS (markdown output file), EDGE_BIN
 # (an edge binary to test instead of building the work tree), PROXIES (the peers
@@ -63,6 +67,7 @@ CHURN_CONNS=${CHURN_CONNS:-200}
 if [[ $QUICK == 1 ]]; then CHURN_DURATION=${CHURN_DURATION:-10}; fi
 CHURN_DURATION=${CHURN_DURATION:-60}
 SCENARIOS=${SCENARIOS:-h1 h2 h3 1m cache idle}
+IDLE_KINDS=${IDLE_KINDS:-plain tls h2 quic}
 STAMP=$(date -u +%Y%m%dT%H%M%SZ)
 RESULTS=${RESULTS:-$TARGET_DIR/compare/results-$STAMP.md}
 # Per-process connection limit given to every proxy (the hard open-file limit
@@ -420,6 +425,7 @@ rows_for() { # scenario repetition
 }
 
 has() { [[ " $SCENARIOS " == *" $1 "* ]]; }
+idle_kind() { [[ " $IDLE_KINDS " == *" $1 "* ]]; }
 
 # ---------------------------------------------------------------- idle connections
 
@@ -439,8 +445,24 @@ wait_held() { # file count pid timeout
     return 1
 }
 
-idle_measure() { # row kind(plain|tls|quic)
-    local row=$1 kind=$2 n1 n2 pid hpid fd ctl out rss1 rss2 port
+# Kernel memory that grows with held sockets, in bytes: the slab caches a socket
+# takes objects from (the socket, its inode, file, dentry, epoll entry) plus
+# the pages queued in TCP and UDP socket buffers (/proc/net/sockstat). Over
+# loopback both ends are counted (the holder's sockets too); `-` when
+# /proc/slabinfo is not readable.
+kernel_bytes() {
+    [[ -r /proc/slabinfo ]] || {
+        echo -
+        return
+    }
+    local slab pages
+    slab=$(awk '$1 ~ /^(TCP|TCPv6|UDP|UDPv6|sock_inode_cache|filp|dentry|eventpoll_epi|eventpoll_pwq|request_sock_TCP|tcp_bind_bucket|skbuff_head_cache)$/ { t += $3 * $4 } END { print t + 0 }' /proc/slabinfo)
+    pages=$(awk '$1 == "TCP:" || $1 == "UDP:" { for (i = 2; i < NF; i++) if ($i == "mem") t += $(i + 1) } END { print t + 0 }' /proc/net/sockstat)
+    echo $((slab + pages * $(getconf PAGESIZE)))
+}
+
+idle_measure() { # row kind(plain|tls|h2|quic)
+    local row=$1 kind=$2 n1 n2 pid hpid fd ctl out rss1 rss2 port k1 k2
     if [[ $kind == quic ]]; then n1=$QUIC_N1 n2=$QUIC_N2; else n1=$IDLE_N1 n2=$IDLE_N2; fi
     # A fresh proxy: memory freed by earlier runs would otherwise absorb growth.
     stop "$row"
@@ -453,7 +475,7 @@ idle_measure() { # row kind(plain|tls|quic)
         port=$(port_for "$row" tls)
         taskset -c 1 "$PY" "$WORK/bench.py" hold-quic "$port" <"$ctl" >"$out" 2>"$out.err" &
     else
-        if [[ $kind == tls ]]; then port=$(port_for "$row" tls); else port=$(port_for "$row" http); fi
+        if [[ $kind == plain ]]; then port=$(port_for "$row" http); else port=$(port_for "$row" tls); fi
         taskset -c 1 "$PY" "$WORK/bench.py" hold-tcp "$port" "$kind" <"$ctl" >"$out" 2>"$out.err" &
     fi
     hpid=$!
@@ -463,18 +485,23 @@ idle_measure() { # row kind(plain|tls|quic)
     wait_held "$out" "$n1" "$hpid" 300 || die "idle $kind $row: holder failed at $n1"
     sleep 2
     rss1=$(tree_rss "$pid")
+    k1=$(kernel_bytes)
+    if [[ -n ${IDLE_HOOK:-} ]]; then $IDLE_HOOK "$row" "$kind" "$n1" "$pid"; fi
     echo "open $n2" >&"$fd"
     wait_held "$out" "$n2" "$hpid" 600 || die "idle $kind $row: holder failed at $n2"
     sleep 2
     rss2=$(tree_rss "$pid")
+    k2=$(kernel_bytes)
+    if [[ -n ${IDLE_HOOK:-} ]]; then $IDLE_HOOK "$row" "$kind" "$n2" "$pid"; fi
     alive "$pid" || die "$row died holding idle connections"
     echo quit >&"$fd"
     exec {fd}>&-
     stop_pid "$hpid"
     rm -f "$ctl"
-    printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$row" "$kind" "$n1" "$rss1" "$n2" "$rss2" >>"$IDLE"
-    log "$(printf 'idle %-5s %-8s %6d conns %6d MiB  %6d conns %6d MiB  -> %s B/conn' \
-        "$kind" "$row" "$n1" "$((rss1 >> 20))" "$n2" "$((rss2 >> 20))" "$(((rss2 - rss1) / (n2 - n1)))")"
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$row" "$kind" "$n1" "$rss1" "$n2" "$rss2" "$k1" "$k2" >>"$IDLE"
+    log "$(printf 'idle %-5s %-8s %6d conns %6d MiB  %6d conns %6d MiB  -> %s B/conn, kernel %s B/conn (both ends)' \
+        "$kind" "$row" "$n1" "$((rss1 >> 20))" "$n2" "$((rss2 >> 20))" "$(((rss2 - rss1) / (n2 - n1)))" \
+        "$([[ $k1 == - ]] && echo - || echo $(((k2 - k1) / (n2 - n1))))")"
 }
 
 # ---------------------------------------------------------------- churn
@@ -639,11 +666,12 @@ main() {
     if has idle; then
         : >"$IDLE"
         for row in "${PROXIES[@]}"; do
-            idle_measure "$row" plain
-            idle_measure "$row" tls
+            for kind in plain tls h2; do
+                if idle_kind "$kind"; then idle_measure "$row" "$kind"; fi
+            done
         done
         for row in caddy edge; do
-            [[ " ${PROXIES[*]} " == *" $row "* ]] && idle_measure "$row" quic
+            if idle_kind quic && [[ " ${PROXIES[*]} " == *" $row "* ]]; then idle_measure "$row" quic; fi
         done
     fi
 
@@ -740,6 +768,50 @@ def read_response(sock):
             raise ConnectionError("closed inside the body")
         body += chunk
     return status, body
+
+
+def open_h2(port):
+    """A TLS connection with ALPN h2 after one GET / (SETTINGS exchanged both ways),
+    as a client that keeps it open for more requests holds it."""
+    import h2.config
+    import h2.connection
+    import h2.events
+
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    ctx.set_alpn_protocols(["h2"])
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock = ctx.wrap_socket(sock, server_hostname="localhost")
+    if sock.selected_alpn_protocol() != "h2":
+        raise RuntimeError(f"port {port}: ALPN {sock.selected_alpn_protocol()!r}, not h2")
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    conn.initiate_connection()
+    sid = conn.get_next_available_stream_id()
+    conn.send_headers(sid, [(":method", "GET"), (":scheme", "https"),
+                            (":authority", f"127.0.0.1:{port}"), (":path", "/"),
+                            ("user-agent", "compare-holder")], end_stream=True)
+    sock.sendall(conn.data_to_send())
+    status, body, done, acked = None, b"", False, False
+    while not (done and acked):
+        data = sock.recv(65536)
+        if not data:
+            raise ConnectionError("closed before the response")
+        for ev in conn.receive_data(data):
+            if isinstance(ev, h2.events.ResponseReceived):
+                status = int(dict(ev.headers)[b":status"])
+            elif isinstance(ev, h2.events.DataReceived):
+                body += ev.data
+                conn.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
+            elif isinstance(ev, h2.events.StreamEnded):
+                done = True
+            elif isinstance(ev, h2.events.SettingsAcknowledged):
+                acked = True
+        sock.sendall(conn.data_to_send())
+    if status != 200 or body != b"ok":
+        raise RuntimeError(f"port {port}: status {status}, body {body[:40]!r}")
+    return sock
 
 
 def open_h1(port, ctx):
@@ -872,7 +944,7 @@ def cmd_hold_tcp(port, tls):
         t0 = time.monotonic()
         while len(held) < target:
             try:
-                held.append(open_h1(port, ctx))
+                held.append(open_h2(port) if tls == "h2" else open_h1(port, ctx))
             except Exception as e:  # noqa: BLE001
                 say(f"error after {len(held)} connections: {e}")
                 sys.exit(1)
@@ -1063,13 +1135,17 @@ def load_idle(path):
         for line in f:
             if line.startswith("#") or not line.strip():
                 continue
-            row, kind, n1, rss1, n2, rss2 = line.split("\t")
-            idle[(row, kind)] = (int(n1), int(rss1), int(n2), int(rss2))
+            f = line.rstrip("\n").split("\t")
+            row, kind, n1, rss1, n2, rss2 = f[:6]
+            k = f[6:8] if len(f) >= 8 and "-" not in f[6:8] else None
+            kernel = (int(k[1]) - int(k[0])) / (int(n2) - int(n1)) if k else None
+            idle[(row, kind)] = (int(n1), int(rss1), int(n2), int(rss2), kernel)
     return idle
 
 
 def idle_table(idle):
-    kinds = [("plain", "HTTP/1.1 plain"), ("tls", "HTTP/1.1 over TLS"), ("quic", "HTTP/3 (QUIC)")]
+    kinds = [("plain", "HTTP/1.1 plain"), ("tls", "HTTP/1.1 over TLS"), ("h2", "HTTP/2 over TLS"),
+             ("quic", "HTTP/3 (QUIC)")]
     kinds = [k for k in kinds if any(key[1] == k[0] for key in idle)]
     head = "| row | " + " | ".join(f"{label} bytes/conn" for _, label in kinds) + " | RSS MiB at N2 (plain) |"
     lines = [head, "|---|" + "---|" * len(kinds) + "---|"]
@@ -1078,8 +1154,9 @@ def idle_table(idle):
         for kind, _ in kinds:
             v = idle.get((row, kind))
             if v:
-                n1, r1, n2, r2 = v
-                cells.append(f"{(r2 - r1) / (n2 - n1):,.0f} ({n1:,}→{n2:,})")
+                n1, r1, n2, r2, kernel = v
+                k = f"; kernel {kernel:,.0f}" if kernel is not None else ""
+                cells.append(f"{(r2 - r1) / (n2 - n1):,.0f} ({n1:,}→{n2:,}{k})")
                 any_cell = True
             else:
                 cells.append("–")
@@ -1136,6 +1213,12 @@ def targets(runs, idle):
     if v:
         b = (v[3] - v[1]) / (v[2] - v[0])
         line("idle HTTP/1.1 connection", f"{b:,.0f} B", b <= 4096, "edge ≤ 4 KiB per connection")
+    for kind, name, goal in [("tls", "idle HTTP/1.1 over TLS connection", 4),
+                             ("h2", "idle HTTP/2 connection", 8), ("quic", "idle QUIC connection", 20)]:
+        v = idle.get(("edge", kind))
+        if v:
+            b = (v[3] - v[1]) / (v[2] - v[0])
+            line(name, f"{b:,.0f} B", b <= goal * 1024, f"edge ≤ {goal} KiB per connection (user space)")
     errs = {}
     for x in runs:
         errs[(x["scen"], x["row"])] = errs.get((x["scen"], x["row"]), 0) + x["errors"]
@@ -1198,7 +1281,10 @@ def cmd_report(runs_path, idle_path, handshakes_path="", churn_path=""):
     if churn:
         parts.append("### Upstream churn: the origin closes every connection (wrk, plain HTTP)\n\n" + churn + "\n")
     if idle:
-        parts.append("### Memory per idle connection (RSS slope between N1 and N2)\n\n" + idle_table(idle) + "\n")
+        parts.append("### Memory per idle connection (RSS slope between N1 and N2)\n\n"
+                     "User space: the proxy's RSS slope. Kernel: the growth of the socket slab caches and of "
+                     "the pages queued in socket buffers, both ends of each loopback connection.\n\n"
+                     + idle_table(idle) + "\n")
     parts.append("### Targets\n\n" + targets(runs, idle) + "\n")
     print("\n".join(parts))
 

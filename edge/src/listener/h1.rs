@@ -78,6 +78,16 @@ impl Parkable for tokio_rustls::server::TlsStream<TcpStream> {
     }
 }
 
+impl<I: Parkable> Parkable for Box<I> {
+    fn tcp(&self) -> &TcpStream {
+        (**self).tcp()
+    }
+
+    fn has_buffered(&self) -> bool {
+        (**self).has_buffered()
+    }
+}
+
 /// The socket between bursts, with what the client sent ahead of the last one.
 pub(crate) struct Parked<I> {
     io: I,

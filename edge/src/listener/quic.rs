@@ -142,7 +142,10 @@ async fn handshake(incoming: quinn::Incoming, mut slot: limits::Slot, shared: Ar
     let peer = incoming.remote_address();
     let deadline = tokio::time::Instant::now() + shared.config.tls.handshake_timeout;
     let early = shared.config.tls.early_data;
-    let done = tokio::time::timeout_at(deadline, establish(incoming, early)).await;
+    // Boxed, as is `serve_conn`'s HTTP/3 state: this task lives as long as
+    // the connection, and inline it was sized for the largest of the
+    // handshake, the h3 setup and the accept loop together (10 KiB).
+    let done = tokio::time::timeout_at(deadline, Box::pin(establish(incoming, early))).await;
     let (conn, rest) = match done {
         Ok(Ok(c)) => c,
         Ok(Err(e)) => {
@@ -261,14 +264,16 @@ async fn serve_conn(
     let limit = super::tcp::backstop(shared.config.client.max_header_bytes);
     let max_field_section = u64::try_from(limit).unwrap_or(u64::MAX);
     let quic = conn.clone();
-    let built = h3::server::builder()
-        .max_field_section_size(max_field_section)
-        // RFC 9220: WebSocket over extended CONNECT, as on h2 (RFC 8441).
-        .enable_extended_connect(shared.config.upgrade.allows("websocket").is_some())
-        .build(h3_quinn::Connection::new(conn))
-        .await;
-    let mut h3: H3Conn = match built {
-        Ok(c) => c,
+    let built = Box::pin(
+        h3::server::builder()
+            .max_field_section_size(max_field_section)
+            // RFC 9220: WebSocket over extended CONNECT, as on h2 (RFC 8441).
+            .enable_extended_connect(shared.config.upgrade.allows("websocket").is_some())
+            .build(h3_quinn::Connection::new(conn)),
+    )
+    .await;
+    let mut h3: Box<H3Conn> = match built {
+        Ok(c) => Box::new(c),
         Err(e) => return tracing::debug!(%peer, error = %e, "HTTP/3 setup failed"),
     };
     let mut peer = Peer {
@@ -326,7 +331,7 @@ async fn serve_conn(
             }
             () = &mut drain, if !draining => {
                 draining = true;
-                if let Err(e) = h3.shutdown(0).await {
+                if let Err(e) = Box::pin(h3.shutdown(0)).await {
                     tracing::debug!(error = %e, "HTTP/3 GOAWAY failed");
                 }
                 None

@@ -174,8 +174,11 @@ impl TcpServer {
         let accept = Box::pin(tls.accept(stream));
         let handshake =
             tokio::time::timeout(self.shared.config.tls.handshake_timeout, accept).await;
+        // Boxed: the connection's futures move the stream (rustls' whole state,
+        // about 1.1 KiB) into each layer's state, and a moved-from value keeps
+        // its slot, so inline it was there several times over (a 10 KiB task).
         let mut stream = match handshake {
-            Ok(Ok(s)) => s,
+            Ok(Ok(s)) => Box::new(s),
             Ok(Err(e)) => {
                 self.shared.metrics.handshake_failed("tls", tls_failure(&e));
                 return tracing::debug!(%peer, error = %e, "TLS handshake failed");

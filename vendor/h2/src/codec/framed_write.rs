@@ -93,7 +93,9 @@ where
             final_flush_done: false,
             encoder: Encoder {
                 hpack: hpack::Encoder::default(),
-                buf: Cursor::new(BytesMut::with_capacity(DEFAULT_BUFFER_CAPACITY)),
+                // PATCH(edge): allocated when a frame is buffered and freed once
+                // flushed (`Encoder::release`), not held for the connection's life.
+                buf: Cursor::new(BytesMut::new()),
                 next: None,
                 last_data_frame: None,
                 max_frame_size: frame::DEFAULT_MAX_FRAME_SIZE,
@@ -168,6 +170,8 @@ where
                 ControlFlow::Break => break,
             }
         }
+        // PATCH(edge): everything is written: an idle connection holds no write buffer.
+        self.encoder.release();
 
         tracing::trace!("flushing buffer");
         // Flush the upstream
@@ -220,9 +224,21 @@ where
         }
     }
 
+    // PATCH(edge): the write buffer, empty once flushed, is given back.
+    fn release(&mut self) {
+        if self.next.is_none() && !self.buf.has_remaining() && self.buf.get_ref().capacity() > 0
+        {
+            self.buf = Cursor::new(BytesMut::new());
+        }
+    }
+
     fn buffer(&mut self, item: Frame<B>) -> Result<(), UserError> {
         // Ensure that we have enough capacity to accept the write.
         assert!(self.has_capacity());
+        // PATCH(edge): allocated on first use after a release.
+        if self.buf.get_ref().capacity() == 0 {
+            self.buf.get_mut().reserve(DEFAULT_BUFFER_CAPACITY);
+        }
         let span = tracing::trace_span!("FramedWrite::buffer", frame = ?item);
         let _e = span.enter();
 
@@ -307,9 +323,12 @@ where
     }
 
     fn has_capacity(&self) -> bool {
+        // PATCH(edge): a released (unallocated) buffer has room: `buffer`
+        // allocates it.
         self.next.is_none()
-            && (self.buf.get_ref().capacity() - self.buf.get_ref().len()
-                >= self.min_buffer_capacity)
+            && (self.buf.get_ref().capacity() == 0
+                || self.buf.get_ref().capacity() - self.buf.get_ref().len()
+                    >= self.min_buffer_capacity)
     }
 
     fn is_empty(&self) -> bool {

@@ -158,7 +158,9 @@ impl Decoder {
             max_size_update: None,
             last_max_update: size,
             table: Table::new(size),
-            buffer: BytesMut::with_capacity(4096),
+            // PATCH(edge): allocated on first use, sized by it (was 4 KiB up
+            // front, for the connection's life).
+            buffer: BytesMut::new(),
         }
     }
 
@@ -215,7 +217,8 @@ impl Decoder {
                     let entry = self.decode_literal(src, true)?;
 
                     // Insert the header into the table
-                    self.table.insert(entry.clone());
+                    // PATCH(edge): a copy, not a slice of the frame (see `Header::detached`).
+                    self.table.insert(entry.detached());
                     consume(src);
 
                     if f(entry).is_break() {

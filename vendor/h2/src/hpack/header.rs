@@ -61,6 +61,29 @@ impl Header<Option<HeaderName>> {
 }
 
 impl Header {
+    // PATCH(edge): a copy that shares no buffer with the frame it was decoded
+    // from. The dynamic table keeps its entries for the connection's life; an
+    // entry that is a slice of a read buffer (or of the Huffman scratch
+    // buffer) keeps that whole buffer (8 KiB, 4 KiB) allocated while the
+    // connection is idle.
+    pub fn detached(&self) -> Header {
+        fn value(v: &HeaderValue) -> HeaderValue {
+            let mut copy = HeaderValue::from_bytes(v.as_bytes()).unwrap_or_else(|_| v.clone());
+            copy.set_sensitive(v.is_sensitive());
+            copy
+        }
+        match self {
+            Header::Field { name, value: v } => Header::Field {
+                name: name.clone(),
+                value: value(v),
+            },
+            Header::Authority(v) => Header::Authority(BytesStr::from(v.as_str())),
+            Header::Scheme(v) => Header::Scheme(BytesStr::from(v.as_str())),
+            Header::Path(v) => Header::Path(BytesStr::from(v.as_str())),
+            other => other.clone(),
+        }
+    }
+
     pub fn new(name: Bytes, value: Bytes) -> Result<Header, DecoderError> {
         if name.is_empty() {
             return Err(DecoderError::NeedMore(NeedMore::UnexpectedEndOfStream));

@@ -339,7 +339,10 @@ impl Table {
 
         self.slots.push_front(Slot {
             hash,
-            header,
+            // PATCH(edge): a copy: the encoder's table lives as long as the
+            // connection, and a response header's value is a slice of the
+            // upstream connection's read buffer (8 KiB), which it kept alive.
+            header: header.detached(),
             next: None,
         });
     }
