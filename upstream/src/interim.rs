@@ -1,7 +1,7 @@
 //! Interim (1xx) responses from a backend, such as 103 Early Hints: the
 //! pipeline puts an [`Interim`] in the upstream request's extensions, and each
-//! exchange (HTTP/1.1, HTTP/2 or HTTP/3) hands it every 1xx other than 101 that
-//! arrives before the final response. Which of them reach the client, and with
+//! exchange (HTTP/1.1, HTTP/2 or HTTP/3) hands it every 1xx that arrives
+//! before the final response (over HTTP/1.1 a 101 is an upgrade's final one). Which of them reach the client, and with
 //! which fields, is the caller's business.
 
 use std::fmt;

@@ -157,6 +157,22 @@ pub fn bind_tcp(addr: SocketAddr) -> Result<StdTcpListener, BindError> {
 
 /// Sleep after an accept error: long for resource exhaustion (EMFILE, ENFILE,
 /// ENOBUFS, ENOMEM), where retrying at once only spins; none for per-connection errors.
+/// The pool's sink for a request's interim responses (`upstream::Interim`):
+/// what `pipeline::early_hint` passes goes to the listener's queue `tx`
+/// (hyper's, on every protocol), counted in `passed` when taken.
+fn hint_sink(
+    tx: hyper::ext::InformationalSender,
+    passed: prometheus::IntCounter,
+) -> upstream::Interim {
+    upstream::Interim::new(move |res| {
+        if let Some(hint) = crate::pipeline::early_hint(res) {
+            if tx.send(hint).is_ok() {
+                passed.inc();
+            }
+        }
+    })
+}
+
 pub(crate) fn accept_backoff(e: &std::io::Error) -> Option<Duration> {
     const ENOMEM: i32 = 12;
     const ENFILE: i32 = 23;

@@ -28,10 +28,8 @@ use crate::metrics::Proto;
 use crate::pipeline::{self, Peer};
 use crate::tls::{self, CertResolver, Sni};
 
-mod hints;
 mod limits;
 
-use hints::Hints;
 use limits::{Admit, Limits};
 
 /// Bytes buffered for one connection attempt before the accept loop decides on
@@ -466,7 +464,7 @@ async fn serve_stream(
     // switches, so the request itself goes on without a body.
     let websocket = req.method() == http::Method::CONNECT
         && req.extensions().get::<h3::ext::Protocol>() == Some(&h3::ext::Protocol::WEBSOCKET);
-    let (req, tunnel_recv) = if websocket {
+    let (mut req, tunnel_recv) = if websocket {
         let mut req = req.map(|()| Body::Empty);
         req.extensions_mut()
             .insert(hyper::ext::Protocol::from_static("websocket"));
@@ -477,17 +475,19 @@ async fn serve_stream(
     let proxy = shared.proxy.load();
     let ip = peer.ip;
     let write_idle = shared.config.client.write_idle_timeout;
-    let (hints, sink) = Hints::new(&shared.metrics);
-    let mut req = req;
-    req.extensions_mut().insert(sink);
+    // 103 Early Hints go out as the backend sends them, the last ones before
+    // the response (hyper's queue and limit, as on h1 and h2).
+    let (tx, mut hints) = hyper::ext::informational();
+    let passed = shared.metrics.early_hints(Proto::H3);
+    req.extensions_mut().insert(super::hint_sink(tx, passed));
     let handle = pipeline::handle(&proxy, &shared.metrics, peer.clone(), req);
     tokio::pin!(handle);
-    // 103 Early Hints go out as the backend sends them, the last ones before
-    // the response.
     let mut resp = loop {
         tokio::select! {
             resp = &mut handle => break resp,
-            () = hints.queued() => write_hints(&mut send, hints.take(), write_idle).await,
+            hint = std::future::poll_fn(|cx| hints.poll_next(cx)) => {
+                write_hints(&mut send, [hint], write_idle).await;
+            }
         }
     };
     write_hints(&mut send, hints.close(), write_idle).await;
@@ -516,7 +516,7 @@ async fn serve_stream(
 /// `write_idle` is left to the final response's write to find broken.
 async fn write_hints(
     send: &mut H3Send,
-    hints: std::collections::VecDeque<Response<()>>,
+    hints: impl IntoIterator<Item = Response<()>>,
     write_idle: Duration,
 ) {
     for hint in hints {

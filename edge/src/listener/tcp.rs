@@ -251,14 +251,7 @@ impl TcpServer {
                 Proto::H1
             };
             let passed = self.shared.metrics.early_hints(proto);
-            req.extensions_mut()
-                .insert(upstream::Interim::new(move |res| {
-                    if let Some(hint) = pipeline::early_hint(res) {
-                        if tx.send(hint).is_ok() {
-                            passed.inc();
-                        }
-                    }
-                }));
+            req.extensions_mut().insert(super::hint_sink(tx, passed));
         }
         if let Some(resp) = self
             .acme

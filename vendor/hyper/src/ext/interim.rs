@@ -61,20 +61,21 @@ impl InformationalSender {
         Ok(())
     }
 
-    /// Whether the final response has gone (every `send` is refused).
-    pub fn is_closed(&self) -> bool {
-        self.0
-            .queue
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .is_none()
+}
+
+/// The connection's end: what the service queued, taken in order. Public so
+/// that a server writing its own responses (HTTP/3 beside hyper) uses the same
+/// queue and limit.
+pub struct InformationalReceiver(Arc<Shared>);
+
+impl fmt::Debug for InformationalReceiver {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("InformationalReceiver").finish()
     }
 }
 
-/// The connection's end: what the service queued, taken in order.
-pub(crate) struct InformationalReceiver(Arc<Shared>);
-
-pub(crate) fn informational() -> (InformationalSender, InformationalReceiver) {
+/// A sender for one request and the receiving end its connection writes from.
+pub fn informational() -> (InformationalSender, InformationalReceiver) {
     let shared = Arc::new(Shared {
         queue: Mutex::new(Some((VecDeque::new(), 0))),
         waker: AtomicWaker::new(),
@@ -86,9 +87,9 @@ pub(crate) fn informational() -> (InformationalSender, InformationalReceiver) {
 }
 
 impl InformationalReceiver {
-    /// The next queued interim response, or `None` (with the task woken when
-    /// one is queued).
-    pub(crate) fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Response<()>> {
+    /// The next queued interim response, or `Pending` (with the task woken
+    /// when one is queued).
+    pub fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Response<()>> {
         self.0.waker.register(cx.waker());
         let mut queue = self.0.queue.lock().unwrap_or_else(|e| e.into_inner());
         match queue.as_mut().and_then(|(q, _)| q.pop_front()) {
@@ -99,7 +100,7 @@ impl InformationalReceiver {
 
     /// Refuses further sends; what is still queued is returned, to be written
     /// before the final head.
-    pub(crate) fn close(&mut self) -> VecDeque<Response<()>> {
+    pub fn close(&mut self) -> VecDeque<Response<()>> {
         self.0
             .queue
             .lock()

@@ -67,9 +67,7 @@ pub(crate) use informational::OnInformational;
 #[cfg(all(any(feature = "http1", feature = "http2"), feature = "server"))]
 mod interim;
 #[cfg(all(any(feature = "http1", feature = "http2"), feature = "server"))]
-pub(crate) use interim::{informational, InformationalReceiver};
-#[cfg(all(any(feature = "http1", feature = "http2"), feature = "server"))]
-pub use interim::InformationalSender;
+pub use interim::{informational, InformationalReceiver, InformationalSender};
 #[cfg(all(feature = "http1", feature = "client", feature = "ffi"))]
 pub(crate) use informational::{on_informational_raw, OnInformationalCallback};
 
