@@ -82,6 +82,7 @@ fn main() -> ExitCode {
     // clap's own report on bad arguments: which argument, the allowed values,
     // a "similar argument" tip and the usage line; exit 2 (help and --version: 0).
     let cli = Cli::parse();
+    edge::tls::install_default_provider();
     match cli.command {
         Command::Check { config } => check(&config),
         Command::Run(args) => match run(args) {

@@ -134,9 +134,13 @@ async fn v2_before_tls_names_the_client() -> anyhow::Result<()> {
     roots.add(rustls::pki_types::CertificateDer::from_pem_file(
         &edge.pki.ca_cert,
     )?)?;
-    let tls = rustls::ClientConfig::builder()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+    // An explicit provider: edge's aws-lc-rs feature puts a second one in rustls.
+    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
     let connector = tokio_rustls::TlsConnector::from(Arc::new(tls));
     let name = rustls::pki_types::ServerName::try_from("localhost")?;
     let mut stream = tokio::time::timeout(DEADLINE, connector.connect(name, tcp)).await??;

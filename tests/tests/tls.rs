@@ -121,6 +121,56 @@ async fn tcp_listener_accepts_tls12_and_tls13() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The TLS 1.3 suite curl's `-v` log shows (`* SSL connection using TLSv1.3 / SUITE`).
+fn negotiated_suite(log: &str) -> Option<&str> {
+    log.lines()
+        .find_map(|line| line.split_once("SSL connection using TLSv1.3 / "))
+        .and_then(|(_, rest)| rest.split_whitespace().next())
+}
+
+/// Edge chooses the TLS 1.3 suite by its own order: AES-128-GCM whatever the
+/// client lists first (OpenSSL's AES-256, ChaCha20, AES-128; a ChaCha20-first
+/// list), then AES-256-GCM, ChaCha20 only for a client offering neither; a
+/// client limited to one suite is still served with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls13_suite_is_chosen_by_edge_aes128_first_and_single_suite_clients_served(
+) -> anyhow::Result<()> {
+    let origin = Origin::start().await?;
+    let edge = Edge::start(&EdgeConfig::new(origin.url())).await?;
+    for (offer, expected) in [
+        (
+            "TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256:TLS_AES_128_GCM_SHA256",
+            "TLS_AES_128_GCM_SHA256",
+        ),
+        (
+            "TLS_CHACHA20_POLY1305_SHA256:TLS_AES_128_GCM_SHA256",
+            "TLS_AES_128_GCM_SHA256",
+        ),
+        (
+            "TLS_CHACHA20_POLY1305_SHA256:TLS_AES_256_GCM_SHA384",
+            "TLS_AES_256_GCM_SHA384",
+        ),
+        ("TLS_AES_256_GCM_SHA384", "TLS_AES_256_GCM_SHA384"),
+        (
+            "TLS_CHACHA20_POLY1305_SHA256",
+            "TLS_CHACHA20_POLY1305_SHA256",
+        ),
+    ] {
+        let mut args = tls_args(&edge);
+        args.extend(["-v", "--tlsv1.3", "--tls13-ciphers", offer].map(str::to_owned));
+        args.push(format!("{}/", edge.https_origin()));
+        let response = curl(&args).await?;
+        assert_eq!(response.status, 200, "{offer}: {}", response.log);
+        assert_eq!(
+            negotiated_suite(&response.log),
+            Some(expected),
+            "{offer}: {}",
+            response.log
+        );
+    }
+    Ok(())
+}
+
 /// A TLS origin offering `alpn` with a `localhost` leaf of the test CA, and edge in
 /// front of it (pool `protocol`, trusting the CA only when `trust_ca`).
 async fn start_tls_pair(
