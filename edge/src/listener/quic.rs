@@ -272,6 +272,9 @@ async fn serve_conn(
     .await;
     let mut h3: Box<H3Conn> = match built {
         Ok(c) => Box::new(c),
+        // A handshake served from the ClientHello on can fail while h3 opens
+        // its control stream (a client certificate refused within a round trip).
+        Err(_) if handshake.running() && handshake_failed(&quic, &shared, peer.ip()) => return,
         Err(e) => return tracing::debug!(%peer, error = %e, "HTTP/3 setup failed"),
     };
     let mut peer = Peer {
@@ -317,11 +320,8 @@ async fn serve_conn(
                 }
                 // Served from the ClientHello on, a connection whose handshake
                 // failed (a bad client certificate, a client gone) is counted here.
-                if quic.stats().frame_tx.handshake_done == 0 {
-                    if let Some(e) = quic.close_reason() {
-                        shared.metrics.handshake_failed("quic", quic_failure(&e));
-                        return tracing::debug!(peer = %peer.ip, error = %e, "QUIC handshake failed");
-                    }
+                if handshake_failed(&quic, &shared, peer.ip) {
+                    return;
                 }
                 handshake.finish();
                 peer.client_cert = client_cert(&quic);
@@ -378,6 +378,20 @@ fn client_cert(conn: &quinn::Connection) -> Option<http::HeaderValue> {
             .ok()
     });
     tls::client_cert_value(chain.as_deref().map(Vec::as_slice))
+}
+
+/// Whether a connection served before its handshake ended (0.5-RTT) has
+/// closed without completing it; such a failure is counted and logged here.
+fn handshake_failed(quic: &quinn::Connection, shared: &Shared, peer: std::net::IpAddr) -> bool {
+    if quic.stats().frame_tx.handshake_done != 0 {
+        return false;
+    }
+    let Some(e) = quic.close_reason() else {
+        return false;
+    };
+    shared.metrics.handshake_failed("quic", quic_failure(&e));
+    tracing::debug!(%peer, error = %e, "QUIC handshake failed");
+    true
 }
 
 /// Why a QUIC handshake failed, as one of a few metric labels.
