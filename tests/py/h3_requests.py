@@ -20,6 +20,9 @@ certificate verification; --peer-cert prints {"peer_certificate": {"subject",
 "dns_names", "serial", "der"}, "results": [...]} instead, describing the certificate
 the server sent ("serial" in lower-case hex, "der" the certificate in base64).
 --client-cert/--client-key present a client certificate (mTLS).
+--cipher-suites A,B offers those TLS 1.3 suites in that order (aioquic's names:
+AES_128_GCM_SHA256, AES_256_GCM_SHA384, CHACHA20_POLY1305_SHA256) and prints
+{"cipher_suite": NAME, "results": [...]}, the suite the server chose.
 
 TLS 1.3 session resumption and 0-RTT: --session-out FILE saves the session ticket
 the server sends (waiting for one); --session-in FILE resumes with a saved ticket;
@@ -48,6 +51,7 @@ from aioquic.h3.connection import H3_ALPN, H3Connection
 from aioquic.h3.events import DataReceived, HeadersReceived
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.events import ConnectionTerminated, HandshakeCompleted, StreamReset
+from aioquic.tls import CipherSuite
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
@@ -208,6 +212,7 @@ async def main():
     parser.add_argument("--hold-finished", action="store_true")
     parser.add_argument("--record-first-flight")
     parser.add_argument("--print-heads", action="store_true")
+    parser.add_argument("--cipher-suites")
     args = parser.parse_args()
     report_handshake = args.session_out or args.session_in or args.early
     specs = json.loads(args.spec)
@@ -219,6 +224,8 @@ async def main():
     if args.insecure:
         config.verify_mode = ssl.CERT_NONE
     config.server_name = args.server_name
+    if args.cipher_suites:
+        config.cipher_suites = [CipherSuite[n] for n in args.cipher_suites.split(",")]
     tickets = []
     if args.session_in:
         with open(args.session_in, "rb") as f:
@@ -240,6 +247,8 @@ async def main():
         for spec in specs:
             results.append(await client.request(authority, spec))
         client.release()
+        if args.cipher_suites:
+            suite = client._quic.tls.key_schedule.cipher_suite.name
         # aioquic's wait_connected only returns if it was waiting as the
         # handshake completed: wait only when it has not.
         if args.early and client.handshake is None:
@@ -256,7 +265,9 @@ async def main():
     if args.record_first_flight:
         with open(args.record_first_flight, "w") as f:
             json.dump([base64.b64encode(d).decode() for d in client.first_flight], f)
-    if report_handshake:
+    if args.cipher_suites:
+        print(json.dumps({"cipher_suite": suite, "results": results}))
+    elif report_handshake:
         print(json.dumps({"handshake": client.handshake, "results": results}))
     elif args.peer_cert:
         print(json.dumps({"peer_certificate": peer, "results": results}))

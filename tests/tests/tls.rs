@@ -6,8 +6,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use edge_tests::{
-    curl, h3_requests_sni, tls_args, toml_path, wait_until, Edge, EdgeConfig, Origin,
-    OriginOptions, OriginTls, Pki,
+    curl, h3_requests_sni, h3_requests_with, tls_args, toml_path, wait_until, Edge, EdgeConfig,
+    Origin, OriginOptions, OriginTls, Pki,
 };
 use tokio::net::TcpStream;
 
@@ -167,6 +167,28 @@ async fn tls13_suite_is_chosen_by_edge_aes128_first_and_single_suite_clients_ser
             "{offer}: {}",
             response.log
         );
+    }
+    // The QUIC listener chooses the same way (aioquic lists AES-128 first by
+    // default, so the offers put it last or leave it out).
+    for (offer, expected) in [
+        (
+            "AES_256_GCM_SHA384,CHACHA20_POLY1305_SHA256,AES_128_GCM_SHA256",
+            "AES_128_GCM_SHA256",
+        ),
+        (
+            "CHACHA20_POLY1305_SHA256,AES_256_GCM_SHA384",
+            "AES_256_GCM_SHA384",
+        ),
+        ("CHACHA20_POLY1305_SHA256", "CHACHA20_POLY1305_SHA256"),
+    ] {
+        let out = h3_requests_with(
+            &edge,
+            &serde_json::json!([{"path": "/"}]),
+            &["--cipher-suites", offer],
+        )
+        .await?;
+        assert_eq!(out["results"][0]["status"], 200, "{offer}: {out}");
+        assert_eq!(out["cipher_suite"], expected, "{offer}: {out}");
     }
     Ok(())
 }
