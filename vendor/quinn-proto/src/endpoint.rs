@@ -677,6 +677,15 @@ impl Endpoint {
             Ok(()) => {
                 trace!(id = ch.0, icid = %dst_cid, "new connection");
 
+                // PATCH(edge): issue the connection's first CIDs now rather
+                // than through the endpoint driver's round trip, so their
+                // NEW_CONNECTION_ID frames fill the first flight's padding
+                // instead of leaving in a datagram of their own.
+                if let Some((now, n)) = conn.take_first_cids_request() {
+                    let ids = self.send_new_identifiers(now, ch, n);
+                    conn.handle_event(ids);
+                }
+
                 for event in incoming_buffer.datagrams {
                     conn.handle_event(ConnectionEvent(ConnectionEventInner::Datagram(event)))
                 }

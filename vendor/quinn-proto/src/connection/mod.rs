@@ -411,6 +411,19 @@ impl Connection {
 
     /// Return endpoint-facing events
     #[must_use]
+    /// PATCH(edge): takes a queued request for connection IDs, so that the
+    /// endpoint can answer it before the connection's first transmit
+    pub(crate) fn take_first_cids_request(&mut self) -> Option<(Instant, u64)> {
+        let i = self
+            .endpoint_events
+            .iter()
+            .position(|e| matches!(e, EndpointEventInner::NeedIdentifiers(..)))?;
+        match self.endpoint_events.remove(i)? {
+            EndpointEventInner::NeedIdentifiers(now, n) => Some((now, n)),
+            _ => None,
+        }
+    }
+
     pub fn poll_endpoint_events(&mut self) -> Option<EndpointEvent> {
         self.endpoint_events.pop_front().map(EndpointEvent)
     }
@@ -3037,7 +3050,10 @@ impl Connection {
         if let Some(reason) = close {
             self.error = Some(reason.into());
             self.state = State::Draining;
-            self.close = true;
+            // PATCH(edge): no CONNECTION_CLOSE in reply. RFC 9000 10.2.2
+            // allows one; quic-go sends none. A client closing after its
+            // last response would make every connection cost one more
+            // datagram, and the peer's closing timer runs out either way.
         }
 
         if remote != self.path.remote
