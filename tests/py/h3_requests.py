@@ -23,6 +23,11 @@ the server sent ("serial" in lower-case hex, "der" the certificate in base64).
 --cipher-suites A,B offers those TLS 1.3 suites in that order (aioquic's names:
 AES_128_GCM_SHA256, AES_256_GCM_SHA384, CHACHA20_POLY1305_SHA256) and prints
 {"cipher_suite": NAME, "results": [...]}, the suite the server chose.
+--flights SECONDS advertises 1,452-byte datagrams (so the server's path MTU
+discovery runs), keeps the connection open SECONDS after the last response and
+prints {"datagrams": [...], "results": [...]}: each datagram the server sent,
+in order, as {"length": UDP payload bytes, "packets": [{"type", "frames":
+[{"frame_type", "stream_id"?}]}]} (from aioquic's qlog).
 
 TLS 1.3 session resumption and 0-RTT: --session-out FILE saves the session ticket
 the server sends (waiting for one); --session-in FILE resumes with a saved ticket;
@@ -51,6 +56,7 @@ from aioquic.h3.connection import H3_ALPN, H3Connection
 from aioquic.h3.events import DataReceived, HeadersReceived
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.events import ConnectionTerminated, HandshakeCompleted, StreamReset
+from aioquic.quic.logger import QuicLogger
 from aioquic.tls import CipherSuite
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -213,6 +219,7 @@ async def main():
     parser.add_argument("--record-first-flight")
     parser.add_argument("--print-heads", action="store_true")
     parser.add_argument("--cipher-suites")
+    parser.add_argument("--flights", type=float)
     args = parser.parse_args()
     report_handshake = args.session_out or args.session_in or args.early
     specs = json.loads(args.spec)
@@ -226,6 +233,9 @@ async def main():
     config.server_name = args.server_name
     if args.cipher_suites:
         config.cipher_suites = [CipherSuite[n] for n in args.cipher_suites.split(",")]
+    if args.flights is not None:
+        config.max_datagram_size = 1452
+        config.quic_logger = QuicLogger()
     tickets = []
     if args.session_in:
         with open(args.session_in, "rb") as f:
@@ -247,6 +257,8 @@ async def main():
         for spec in specs:
             results.append(await client.request(authority, spec))
         client.release()
+        if args.flights:
+            await asyncio.sleep(args.flights)
         if args.cipher_suites:
             suite = client._quic.tls.key_schedule.cipher_suite.name
         # aioquic's wait_connected only returns if it was waiting as the
@@ -265,7 +277,9 @@ async def main():
     if args.record_first_flight:
         with open(args.record_first_flight, "w") as f:
             json.dump([base64.b64encode(d).decode() for d in client.first_flight], f)
-    if args.cipher_suites:
+    if args.flights is not None:
+        print(json.dumps({"datagrams": datagrams(config.quic_logger), "results": results}))
+    elif args.cipher_suites:
         print(json.dumps({"cipher_suite": suite, "results": results}))
     elif report_handshake:
         print(json.dumps({"handshake": client.handshake, "results": results}))
@@ -273,6 +287,21 @@ async def main():
         print(json.dumps({"peer_certificate": peer, "results": results}))
     else:
         print(json.dumps(results))
+
+
+def datagrams(logger):
+    """The datagrams received, in order, each with the packets it carried."""
+    got = []
+    for event in logger.to_dict()["traces"][0]["events"]:
+        if event["name"] == "transport:datagrams_received":
+            got.append({"length": event["data"]["raw"][0]["payload_length"], "packets": []})
+        elif event["name"] == "transport:packet_received" and got:
+            frames = [
+                {k: v for k, v in f.items() if k in ("frame_type", "stream_id")}
+                for f in event["data"]["frames"]
+            ]
+            got[-1]["packets"].append({"type": event["data"]["header"]["packet_type"], "frames": frames})
+    return got
 
 
 def describe_certificate(cert):

@@ -265,6 +265,10 @@ async fn serve_conn(
     let built = Box::pin(
         h3::server::builder()
             .max_field_section_size(max_field_section)
+            // No reserved-type stream (RFC 9114 6.2.3 makes greasing optional):
+            // each one costs a stream and draws a STOP_SENDING from the client,
+            // on every connection, for nothing the client can use.
+            .send_grease(false)
             // RFC 9220: WebSocket over extended CONNECT, as on h2 (RFC 8441).
             .enable_extended_connect(shared.config.upgrade.allows("websocket").is_some())
             .build(h3_quinn::Connection::new(conn)),
