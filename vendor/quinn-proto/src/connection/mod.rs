@@ -409,8 +409,6 @@ impl Connection {
         None
     }
 
-    /// Return endpoint-facing events
-    #[must_use]
     /// PATCH(edge): takes a queued request for connection IDs, so that the
     /// endpoint can answer it before the connection's first transmit
     pub(crate) fn take_first_cids_request(&mut self) -> Option<(Instant, u64)> {
@@ -424,6 +422,8 @@ impl Connection {
         }
     }
 
+    /// Return endpoint-facing events
+    #[must_use]
     pub fn poll_endpoint_events(&mut self) -> Option<EndpointEvent> {
         self.endpoint_events.pop_front().map(EndpointEvent)
     }
