@@ -385,6 +385,16 @@ pub struct Edge {
 }
 
 impl Edge {
+    /// Waits until edge reports its Redis link up (`proxy_redis_connected 1`).
+    /// Edge is ready before it has reached Redis, and until then it serves
+    /// without it, so a test that needs Redis behind its first request waits here.
+    pub async fn redis_connected(&self, deadline: Duration) -> anyhow::Result<()> {
+        process::eventually("edge connected to redis", deadline, || async {
+            Ok((self.metric("proxy_redis_connected").await?.0 == Some(1.0)).then_some(()))
+        })
+        .await
+    }
+
     /// The value of the metric line starting with `series` (name and labels) on
     /// `/metrics`, with the whole page (for failure messages).
     pub async fn metric(&self, series: &str) -> anyhow::Result<(Option<f64>, String)> {

@@ -32,7 +32,11 @@ async fn edge(
     for (k, v) in settings {
         config = config.cache_setting(k, v);
     }
-    Edge::start(&config).await
+    let e = Edge::start(&config).await?;
+    if redis.is_some() {
+        e.redis_connected(DEADLINE).await?;
+    }
+    Ok(e)
 }
 
 /// A counter whose value each origin answer carries (`#1`, `#2`, ...).

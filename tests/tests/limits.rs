@@ -33,10 +33,7 @@ async fn edge_on_redis(origin: &Scripted, redis: &Redis, rule: &str) -> anyhow::
         ),
     );
     let e = Edge::start(&config).await?;
-    eventually("edge connected to redis", DEADLINE, || async {
-        Ok((e.metric("proxy_redis_connected").await?.0 == Some(1.0)).then_some(()))
-    })
-    .await?;
+    e.redis_connected(DEADLINE).await?;
     Ok(e)
 }
 

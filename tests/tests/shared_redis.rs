@@ -37,10 +37,7 @@ async fn edge(origin: &Scripted, redis: &str) -> anyhow::Result<Edge> {
             "[redis]\n{redis}\ntimeout = \"300ms\"\nbreaker_failures = 3\nbreaker_cooldown = \"200ms\"\n"
         ));
     let e = Edge::start(&config).await?;
-    eventually("edge connected to redis", DEADLINE, || async {
-        Ok((e.metric("proxy_redis_connected").await?.0 == Some(1.0)).then_some(()))
-    })
-    .await?;
+    e.redis_connected(DEADLINE).await?;
     Ok(e)
 }
 

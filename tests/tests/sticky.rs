@@ -255,10 +255,7 @@ async fn shared_edge(origins: &[OriginProcess], redis: &Redis) -> anyhow::Result
         ),
     ))
     .await?;
-    eventually("edge connected to redis", DEADLINE, || async {
-        Ok((e.metric("proxy_redis_connected").await?.0 == Some(1.0)).then_some(()))
-    })
-    .await?;
+    e.redis_connected(DEADLINE).await?;
     Ok(e)
 }
 
