@@ -43,6 +43,9 @@ cat >"$D/edge.toml" <<T
 header_read_timeout = "300s"
 idle_timeout = "300s"
 max_connections = 19000
+# Off, as in compare.sh (stdout JSON is the default).
+[log]
+access = "off"
 [pools.default]
 endpoints = ["http://$ORIGIN"]
 protocol = "h1"

@@ -65,7 +65,13 @@ pub fn canonical(raw: &[u8], tls: bool) -> Result<Authority, ProxyError> {
         reg_name(host)?
     };
     let text = match port {
-        Some(p) => format!("{host}:{p}"),
+        Some(p) => {
+            let mut t = String::with_capacity(host.len() + 6);
+            t.push_str(&host);
+            t.push(':');
+            t.push_str(itoa::Buffer::new().format(p));
+            t
+        }
         None => host.clone(),
     };
     // Only validated ASCII reaches here, so the value is always a valid header.

