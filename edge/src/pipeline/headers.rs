@@ -200,9 +200,9 @@ pub fn to_upstream<B>(
     let proto = if peer.tls { "https" } else { "http" };
     let mut ip = String::with_capacity(15);
     push_ip(&mut ip, peer.ip);
-    set_joined(h, X_FORWARDED_FOR, prior_for.flatten(), &ip);
-    let forwarded = forwarded_element(peer.ip, &ip, proto, &host);
-    set_joined(h, header::FORWARDED, prior_forwarded.flatten(), &forwarded);
+    let forwarded = forwarded_element(&ip, proto, &host);
+    set_joined(h, X_FORWARDED_FOR, prior_for.flatten(), ip);
+    set_joined(h, header::FORWARDED, prior_forwarded.flatten(), forwarded);
     if !(trusted_peer && h.contains_key(&X_FORWARDED_PROTO)) {
         h.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
     }
@@ -240,14 +240,14 @@ fn joined(h: &HeaderMap, name: &HeaderName) -> Option<String> {
 }
 
 /// Sets `name` to `prior, own` (or `own`).
-fn set_joined(h: &mut HeaderMap, name: HeaderName, prior: Option<String>, own: &str) {
+fn set_joined(h: &mut HeaderMap, name: HeaderName, prior: Option<String>, own: String) {
     let value = match prior {
         Some(mut p) => {
             p.push_str(", ");
-            p.push_str(own);
+            p.push_str(&own);
             p
         }
-        None => own.to_owned(),
+        None => own,
     };
     if let Ok(v) = HeaderValue::from_str(&value) {
         h.insert(name, v);
@@ -256,18 +256,17 @@ fn set_joined(h: &mut HeaderMap, name: HeaderName, prior: Option<String>, own: &
 
 /// This hop's RFC 7239 element: `for=...;proto=...;host=...`, with the IPv6
 /// node and any host with a port quoted (`:` is not a token character).
-/// `ip_text` is `ip` as `push_ip` wrote it.
-fn forwarded_element(ip: IpAddr, ip_text: &str, proto: &str, host: &HeaderValue) -> String {
+/// `ip` is the address as `push_ip` wrote it (IPv6 is the one with a `:`).
+fn forwarded_element(ip: &str, proto: &str, host: &HeaderValue) -> String {
     let host = host.to_str().unwrap_or_default();
-    let mut out = String::with_capacity(30 + ip_text.len() + host.len());
+    let mut out = String::with_capacity(30 + ip.len() + host.len());
     out.push_str("for=");
-    match ip {
-        IpAddr::V4(_) => out.push_str(ip_text),
-        IpAddr::V6(_) => {
-            out.push_str("\"[");
-            out.push_str(ip_text);
-            out.push_str("]\"");
-        }
+    if ip.contains(':') {
+        out.push_str("\"[");
+        out.push_str(ip);
+        out.push_str("]\"");
+    } else {
+        out.push_str(ip);
     }
     out.push_str(";proto=");
     out.push_str(proto);
