@@ -244,11 +244,18 @@ impl<B: ReqBody> Backend<B> {
         timeout: Duration,
         replay: Option<&Replay>,
     ) -> Result<Response<UpstreamBody>, Failed<B>> {
+        // The HTTP/3 try and the h2c probe are boxed: inline, their futures
+        // (QUIC connect, h3 exchange, a second connect) made this one 6 KB, and
+        // every h1/h2 request's future above it paid for copying that.
         let mut quic_failed = None;
+        let mut req = req;
         if self.h3_wanted {
-            match self.checkout_h3(connector, fresh).await {
-                Ok(conn) => return self.send_h3(conn, req, timeout).await,
-                Err(failed) => quic_failed = failed,
+            match Box::pin(self.exchange_h3(connector, req, fresh, timeout)).await {
+                Ok(result) => return result,
+                Err((unsent, failed)) => {
+                    req = unsent;
+                    quic_failed = failed;
+                }
             }
         }
         let co = match self.checkout(connector, fresh).await {
@@ -268,13 +275,15 @@ impl<B: ReqBody> Backend<B> {
             && !self.h2_confirmed.load(Ordering::Relaxed);
         match self.send_on(co, req, timeout).await {
             Err(Failed::Unsent(req, e)) if unproven_h2c => {
-                self.probe_h1(connector, *req, e, timeout).await
+                Box::pin(self.probe_h1(connector, *req, e, timeout)).await
             }
             Err(Failed::Sent {
                 error: e @ Error::Request { .. },
                 ..
             }) if unproven_h2c => match replay {
-                Some(r) if r.idempotent => self.probe_h1(connector, r.rebuild(), e, timeout).await,
+                Some(r) if r.idempotent => {
+                    Box::pin(self.probe_h1(connector, r.rebuild(), e, timeout)).await
+                }
                 _ => Err(Failed::Sent {
                     error: e,
                     reused: false,

@@ -17,7 +17,27 @@ use crate::error::Error;
 use crate::pool::ReqBody;
 use crate::quic::{self, H3Body, H3Conn, QuicFailed, QUIC_BROKEN_FOR};
 
+/// A request the HTTP/3 try handed back unsent, and why QUIC failed.
+pub(super) type Unsent<B> = (Request<B>, Option<QuicFailed>);
+
 impl<B: ReqBody> Backend<B> {
+    /// The HTTP/3 try: a QUIC connection (pooled unless `fresh`) and the
+    /// exchange on it, or the request handed back, unsent, with why QUIC
+    /// failed (`None`: no QUIC connector, or the endpoint is known not to
+    /// speak it) so that `exchange` falls back to TCP.
+    pub(super) async fn exchange_h3(
+        &self,
+        connector: &Connector,
+        req: Request<B>,
+        fresh: bool,
+        timeout: Duration,
+    ) -> Result<Result<Response<UpstreamBody>, Failed<B>>, Unsent<B>> {
+        match self.checkout_h3(connector, fresh).await {
+            Ok(conn) => Ok(self.send_h3(conn, req, timeout).await),
+            Err(failed) => Err((req, failed)),
+        }
+    }
+
     /// The shared QUIC connection (opened if there is none, or if `fresh`) and
     /// whether it was pooled. `Err(None)`: QUIC is known broken for this
     /// endpoint; `Err(Some(why))`: it just failed to connect. Either way the
@@ -102,7 +122,7 @@ impl<B: ReqBody> Backend<B> {
 
     /// One exchange over HTTP/3 on `conn` (`reused`: it was pooled). The request
     /// body uploads in a task of its own while the response head is awaited.
-    pub(super) async fn send_h3(
+    async fn send_h3(
         &self,
         (conn, reused): (Arc<H3Conn>, bool),
         mut req: Request<B>,

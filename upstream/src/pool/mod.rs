@@ -474,9 +474,8 @@ impl<B: ReqBody> Pool<B> {
                     let choose =
                         |t: &Tried| self.choose(&members, t, key, regions.as_deref(), None);
                     let first = (i, attempt, fresh, req);
-                    hedging
-                        .race(self, &members, &mut tried, first, r, choose)
-                        .await
+                    // Boxed: only hedging pools pay for the race's future.
+                    Box::pin(hedging.race(self, &members, &mut tried, first, r, choose)).await
                 }
                 None => {
                     let result = members.backends[i]
