@@ -20,6 +20,7 @@ use http_body::{Body as HttpBody, Frame, SizeHint};
 
 use crate::body::Body;
 use crate::config::AccessFormat;
+use crate::text::{push_2, push_hex32, push_int, push_ip, push_ms3};
 
 use upstream::BoxError;
 
@@ -61,10 +62,10 @@ pub struct Record {
     pub status: u16,
     pub request_bytes: u64,
     pub response_bytes: u64,
-    /// Request head to response head.
-    pub head_ms: f64,
-    /// Request head to the response's last byte.
-    pub duration_ms: f64,
+    /// Request head to response head, µs (logged as ms with three decimals).
+    pub head_us: u64,
+    /// Request head to the response's last byte, µs.
+    pub duration_us: u64,
     pub pool: String,
     pub endpoint: Option<Arc<str>>,
     pub region: String,
@@ -83,6 +84,8 @@ pub struct Record {
 thread_local! {
     /// Each thread formats its lines here (no allocation per line once warm).
     static SCRATCH: std::cell::RefCell<String> = std::cell::RefCell::new(String::with_capacity(1024));
+    /// The last second this thread stamped, and its `YYYY-MM-DDTHH:MM:SS`.
+    static SECOND: std::cell::RefCell<(u64, String)> = const { std::cell::RefCell::new((u64::MAX, String::new())) };
 }
 
 impl AccessLog {
@@ -185,6 +188,11 @@ impl AccessLog {
     }
 }
 
+/// `d` in whole microseconds, saturating.
+pub fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
@@ -204,19 +212,37 @@ fn open(file: Option<&PathBuf>) -> Result<Sink, String> {
     })
 }
 
-/// RFC 3339 in UTC with milliseconds.
-fn timestamp(t: SystemTime) -> String {
+/// Appends `t` as RFC 3339 in UTC with milliseconds. The date and time of
+/// day are formatted once per second per thread; a line adds the milliseconds.
+fn push_timestamp(out: &mut String, t: SystemTime) {
     let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
     let secs = d.as_secs();
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    let (y, m, dd) = civil_from_days(i64::try_from(days).unwrap_or(0));
-    format!(
-        "{y:04}-{m:02}-{dd:02}T{:02}:{:02}:{:02}.{:03}Z",
-        rem / 3600,
-        rem / 60 % 60,
-        rem % 60,
-        d.subsec_millis()
-    )
+    SECOND.with_borrow_mut(|(cached, text)| {
+        if *cached != secs {
+            *cached = secs;
+            text.clear();
+            let (days, rem) = (secs / 86_400, secs % 86_400);
+            let (y, m, dd) = civil_from_days(i64::try_from(days).unwrap_or(0));
+            let y = u32::try_from(y).unwrap_or(0);
+            push_2(text, y / 100);
+            push_2(text, y % 100);
+            for (sep, n) in [('-', m), ('-', dd)] {
+                text.push(sep);
+                push_2(text, n);
+            }
+            let rem = u32::try_from(rem).unwrap_or(0);
+            for (sep, n) in [('T', rem / 3600), (':', rem / 60 % 60), (':', rem % 60)] {
+                text.push(sep);
+                push_2(text, n);
+            }
+        }
+        out.push_str(text);
+    });
+    out.push('.');
+    let ms = d.subsec_millis();
+    out.push(char::from(b'0' + (ms / 100) as u8));
+    push_2(out, ms % 100);
+    out.push('Z');
 }
 
 /// Days since 1970-01-01 to (year, month, day), proleptic Gregorian
@@ -254,6 +280,15 @@ fn escape_into(out: &mut String, s: &str) {
 /// Header bytes as the inside of a JSON string: visible ASCII as is, anything
 /// else (obs-text included) as `\u00XX` of the byte.
 fn escape_bytes_into(out: &mut String, b: &[u8]) {
+    // Most values need no escape at all: copied whole.
+    if b.iter()
+        .all(|&c| (0x20..0x7f).contains(&c) && c != b'"' && c != b'\\')
+    {
+        if let Ok(s) = std::str::from_utf8(b) {
+            out.push_str(s);
+            return;
+        }
+    }
     match std::str::from_utf8(b) {
         Ok(s) if s.is_ascii() => escape_into(out, s),
         _ => {
@@ -287,7 +322,7 @@ fn path(r: &Record) -> &str {
 fn json(o: &mut String, r: &Record) {
     let started = r.started.unwrap_or_else(SystemTime::now);
     o.push_str("{\"time\":\"");
-    o.push_str(&timestamp(started));
+    push_timestamp(o, started);
     let s = |o: &mut String, k: &str, v: &[u8]| {
         o.push_str("\",\"");
         o.push_str(k);
@@ -295,10 +330,14 @@ fn json(o: &mut String, r: &Record) {
         escape_bytes_into(o, v);
     };
     s(o, "request_id", value(r.request_id.as_ref()));
-    let trace = r.trace_id.map(|t| format!("{t:032x}")).unwrap_or_default();
-    s(o, "trace_id", trace.as_bytes());
-    let client = r.client.map(|c| c.to_string()).unwrap_or_default();
-    s(o, "client", client.as_bytes());
+    o.push_str("\",\"trace_id\":\"");
+    if let Some(t) = r.trace_id {
+        push_hex32(o, t);
+    }
+    o.push_str("\",\"client\":\"");
+    if let Some(c) = r.client {
+        push_ip(o, c);
+    }
     s(o, "protocol", r.protocol.as_bytes());
     s(o, "tls", if r.tls { b"yes" } else { b"no" });
     s(o, "method", r.method.as_str().as_bytes());
@@ -316,11 +355,23 @@ fn json(o: &mut String, r: &Record) {
     s(o, "sticky", r.sticky.as_bytes());
     s(o, "limited", r.limited.as_bytes());
     s(o, "error", r.error.as_bytes());
-    let _ = writeln!(
-        o,
-        "\",\"status\":{},\"request_bytes\":{},\"response_bytes\":{},\"head_ms\":{:.3},\"duration_ms\":{:.3},\"tries\":{},\"incomplete\":{}}}",
-        r.status, r.request_bytes, r.response_bytes, r.head_ms, r.duration_ms, r.tries, r.incomplete
-    );
+    o.push_str("\",\"status\":");
+    push_int(o, r.status);
+    o.push_str(",\"request_bytes\":");
+    push_int(o, r.request_bytes);
+    o.push_str(",\"response_bytes\":");
+    push_int(o, r.response_bytes);
+    o.push_str(",\"head_ms\":");
+    push_ms3(o, r.head_us);
+    o.push_str(",\"duration_ms\":");
+    push_ms3(o, r.duration_us);
+    o.push_str(",\"tries\":");
+    push_int(o, r.tries);
+    o.push_str(if r.incomplete {
+        ",\"incomplete\":true}\n"
+    } else {
+        ",\"incomplete\":false}\n"
+    });
 }
 
 /// nginx's combined format, then `key=value` pairs for what edge adds.
@@ -329,6 +380,8 @@ fn text(o: &mut String, r: &Record) {
     let dash = |o: &mut String, v: &[u8]| {
         if v.is_empty() {
             o.push('-');
+        } else if !v.contains(&b' ') {
+            escape_bytes_into(o, v);
         } else {
             // Escaped like JSON, so a value cannot split the line or a field.
             escape_bytes_into(
@@ -340,14 +393,22 @@ fn text(o: &mut String, r: &Record) {
         }
     };
     match r.client {
-        Some(c) => {
-            let _ = write!(o, "{c}");
-        }
+        Some(c) => push_ip(o, c),
         None => o.push('-'),
     }
-    let _ = write!(o, " - - [{}] \"{} ", timestamp(started), r.method);
+    o.push_str(" - - [");
+    push_timestamp(o, started);
+    o.push_str("] \"");
+    o.push_str(r.method.as_str());
+    o.push(' ');
     escape_bytes_into(o, path(r).as_bytes());
-    let _ = write!(o, " {}\" {} {} \"", r.protocol, r.status, r.response_bytes);
+    o.push(' ');
+    o.push_str(r.protocol);
+    o.push_str("\" ");
+    push_int(o, r.status);
+    o.push(' ');
+    push_int(o, r.response_bytes);
+    o.push_str(" \"");
     escape_bytes_into(o, host(r));
     o.push_str("\" \"");
     escape_bytes_into(o, value(r.user_agent.as_ref()));
@@ -355,19 +416,24 @@ fn text(o: &mut String, r: &Record) {
     dash(o, value(r.request_id.as_ref()));
     match r.trace_id {
         Some(t) => {
-            let _ = write!(o, " trace={t:032x}");
+            o.push_str(" trace=");
+            push_hex32(o, t);
         }
         None => o.push_str(" trace=-"),
     }
-    let _ = write!(
-        o,
-        " req_bytes={} head_ms={:.3} ms={:.3} tries={} tls={} pool=",
-        r.request_bytes,
-        r.head_ms,
-        r.duration_ms,
-        r.tries,
-        if r.tls { "yes" } else { "no" }
-    );
+    o.push_str(" req_bytes=");
+    push_int(o, r.request_bytes);
+    o.push_str(" head_ms=");
+    push_ms3(o, r.head_us);
+    o.push_str(" ms=");
+    push_ms3(o, r.duration_us);
+    o.push_str(" tries=");
+    push_int(o, r.tries);
+    o.push_str(if r.tls {
+        " tls=yes pool="
+    } else {
+        " tls=no pool="
+    });
     dash(o, r.pool.as_bytes());
     o.push_str(" endpoint=");
     dash(o, r.endpoint.as_deref().unwrap_or("").as_bytes());
@@ -416,7 +482,7 @@ impl Logged {
 
     fn finish(&mut self, complete: bool) {
         if let Some(mut r) = self.record.take() {
-            r.duration_ms = self.started.elapsed().as_secs_f64() * 1e3;
+            r.duration_us = micros(self.started.elapsed());
             r.incomplete = !complete;
             if let Some(c) = &self.request_bytes {
                 r.request_bytes = c.load(Ordering::Relaxed);
@@ -472,17 +538,99 @@ impl Drop for Logged {
 mod tests {
     use super::*;
 
+    fn stamp(t: SystemTime) -> String {
+        let mut out = String::new();
+        push_timestamp(&mut out, t);
+        out
+    }
+
     #[test]
     fn timestamps_are_rfc3339_utc() {
         let t = SystemTime::UNIX_EPOCH + Duration::from_millis(1_796_256_000_123);
-        assert_eq!(timestamp(t), "2026-12-03T00:00:00.123Z");
+        assert_eq!(stamp(t), "2026-12-03T00:00:00.123Z");
+        // The same second again (the thread's cached date) and the next one.
         assert_eq!(
-            timestamp(SystemTime::UNIX_EPOCH),
-            "1970-01-01T00:00:00.000Z"
+            stamp(t + Duration::from_millis(870)),
+            "2026-12-03T00:00:00.993Z"
         );
-        // A leap day.
+        assert_eq!(
+            stamp(t + Duration::from_millis(3_599_877)),
+            "2026-12-03T01:00:00.000Z"
+        );
+        assert_eq!(stamp(SystemTime::UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
+        // A leap day, and the last millisecond of a year.
         let t = SystemTime::UNIX_EPOCH + Duration::from_secs(951_782_400);
-        assert_eq!(timestamp(t), "2000-02-29T00:00:00.000Z");
+        assert_eq!(stamp(t), "2000-02-29T00:00:00.000Z");
+        let t = SystemTime::UNIX_EPOCH + Duration::from_millis(1_798_761_599_999);
+        assert_eq!(stamp(t), "2026-12-31T23:59:59.999Z");
+    }
+
+    /// A record with every field set, as the phases fill it in.
+    fn full() -> Record {
+        Record {
+            started: Some(SystemTime::UNIX_EPOCH + Duration::from_millis(1_796_256_000_123)),
+            request_id: Some(HeaderValue::from_static("r-1")),
+            trace_id: Some(0x0af7_6519_16cd_43dd_8448_eb21_1c80_319c),
+            client: Some("192.0.2.7".parse().expect("ip")),
+            protocol: "HTTP/2",
+            tls: true,
+            method: http::Method::POST,
+            uri: "https://example.com/a/b?c=d".parse().expect("uri"),
+            host: None,
+            user_agent: Some(HeaderValue::from_static("curl/8.5.0")),
+            status: 201,
+            request_bytes: 12,
+            response_bytes: 3_456,
+            head_us: 1_005,
+            duration_us: 23_050,
+            pool: "api".to_owned(),
+            endpoint: Some("10.0.0.2:8080".into()),
+            region: "eu".to_owned(),
+            tries: 2,
+            cache: Some(HeaderValue::from_static("edge; fwd=miss")),
+            sticky: "kept",
+            limited: String::new(),
+            error: "",
+            incomplete: false,
+        }
+    }
+
+    #[test]
+    fn every_field_is_written_in_its_place() {
+        let mut line = String::new();
+        json(&mut line, &full());
+        assert_eq!(
+            line,
+            concat!(
+                r#"{"time":"2026-12-03T00:00:00.123Z","request_id":"r-1","#,
+                r#""trace_id":"0af7651916cd43dd8448eb211c80319c","client":"192.0.2.7","#,
+                r#""protocol":"HTTP/2","tls":"yes","method":"POST","host":"example.com","#,
+                r#""path":"/a/b?c=d","user_agent":"curl/8.5.0","pool":"api","#,
+                r#""endpoint":"10.0.0.2:8080","region":"eu","cache":"edge; fwd=miss","#,
+                r#""sticky":"kept","limited":"","error":"","status":201,"request_bytes":12,"#,
+                r#""response_bytes":3456,"head_ms":1.005,"duration_ms":23.050,"tries":2,"#,
+                r#""incomplete":false}"#,
+                "\n"
+            )
+        );
+        let mut t = String::new();
+        text(
+            &mut t,
+            &Record {
+                incomplete: true,
+                ..full()
+            },
+        );
+        assert_eq!(
+            t,
+            concat!(
+                r#"192.0.2.7 - - [2026-12-03T00:00:00.123Z] "POST /a/b?c=d HTTP/2" 201 3456 "#,
+                r#""example.com" "curl/8.5.0" id=r-1 trace=0af7651916cd43dd8448eb211c80319c "#,
+                "req_bytes=12 head_ms=1.005 ms=23.050 tries=2 tls=yes pool=api ",
+                "endpoint=10.0.0.2:8080 region=eu cache=edge;_fwd=miss sticky=kept ",
+                "limited=- error=- incomplete\n"
+            )
+        );
     }
 
     #[test]

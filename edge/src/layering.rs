@@ -1,5 +1,5 @@
 //! The import direction inside `edge/src`, checked over the source text:
-//! leaves (`chain`, `wire`) ← `config` (plain types) ← shared parts (body, tls, the shared Redis,
+//! leaves (`chain`, `wire`, `text`) ← `config` (plain types) ← shared parts (body, tls, the shared Redis,
 //! errors, metrics) ← `cache` ← `pipeline` ← `listener` ← `server` ← the crate
 //! root (`lib.rs`; `main.rs` is its own crate and uses `edge::`). A module may name (`crate::x`, or `super::x` out
 //! of its folder) only modules of a strictly lower layer, so no two top-level
@@ -13,6 +13,7 @@ const LAYERS: &[(&str, u8)] = &[
     // Leaves that know no other module.
     ("chain", 0),
     ("wire", 0),
+    ("text", 0),
     ("config", 1),
     ("body", 2),
     ("tls", 2),

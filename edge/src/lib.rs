@@ -21,6 +21,7 @@ pub mod pipeline;
 pub mod server;
 pub mod shared;
 pub mod start;
+pub mod text;
 pub mod tls;
 pub mod wire;
 

@@ -96,7 +96,7 @@ fn logged(
     error: &'static str,
 ) -> Response<Body> {
     r.status = resp.status().as_u16();
-    r.head_ms = head.as_secs_f64() * 1e3;
+    r.head_us = crate::access_log::micros(head);
     r.error = error;
     if cx.backend != super::NO_BACKEND {
         r.pool = cx.backend.to_owned();

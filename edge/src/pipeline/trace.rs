@@ -7,6 +7,8 @@
 
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 
+use crate::text::{push_hex32, put_hex};
+
 pub static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 pub static TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
 
@@ -51,7 +53,9 @@ impl Trace {
 
     /// The trace id as 32 lower-case hex digits.
     pub fn id_hex(&self) -> String {
-        format!("{:032x}", self.id)
+        let mut hex = String::with_capacity(32);
+        push_hex32(&mut hex, self.id);
+        hex
     }
 
     /// Sets the upstream request's `traceparent` (version 00, edge's span as
@@ -72,15 +76,6 @@ impl Trace {
         if !self.continued {
             h.remove(&TRACESTATE);
         }
-    }
-}
-
-/// The low `out.len()` nibbles of `v` as lower-case hex, most significant first.
-fn put_hex(out: &mut [u8], mut v: u128) {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    for b in out.iter_mut().rev() {
-        *b = DIGITS[(v & 0xf) as usize];
-        v >>= 4;
     }
 }
 
