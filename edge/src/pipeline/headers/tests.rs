@@ -48,6 +48,33 @@ fn strips_every_hop_by_hop_header_and_the_ones_connection_names() {
 }
 
 #[test]
+fn each_hop_by_hop_header_alone_is_stripped() {
+    // strip_hop_by_hop skips a message with none: each one alone must be seen.
+    for (name, value) in [
+        ("connection", "close"),
+        ("keep-alive", "timeout=5"),
+        ("proxy-connection", "keep-alive"),
+        ("transfer-encoding", "chunked"),
+        ("upgrade", "websocket"),
+        ("proxy-authorization", "Basic x"),
+        ("proxy-authenticate", "Basic"),
+        ("te", "gzip"),
+    ] {
+        let mut h = req(&[(name, value), ("x-end-to-end", "stays")])
+            .headers()
+            .clone();
+        strip_hop_by_hop(&mut h);
+        let left: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+        assert_eq!(left, ["x-end-to-end"], "{name}");
+    }
+    let mut none = req(&[("x-end-to-end", "stays"), ("accept", "*/*")])
+        .headers()
+        .clone();
+    strip_hop_by_hop(&mut none);
+    assert_eq!(none.len(), 2);
+}
+
+#[test]
 fn forwarding_headers_trust_only_configured_proxies() {
     let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().expect("net")];
     let id = HeaderValue::from_static("id-1");
