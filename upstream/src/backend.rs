@@ -239,7 +239,7 @@ impl<B: ReqBody> Backend<B> {
     pub(crate) async fn exchange(
         &self,
         connector: &Connector,
-        req: Request<B>,
+        mut req: Request<B>,
         fresh: bool,
         timeout: Duration,
         replay: Option<&Replay>,
@@ -248,7 +248,6 @@ impl<B: ReqBody> Backend<B> {
         // (QUIC connect, h3 exchange, a second connect) made this one 6 KB, and
         // every h1/h2 request's future above it paid for copying that.
         let mut quic_failed = None;
-        let mut req = req;
         if self.h3_wanted {
             match Box::pin(self.exchange_h3(connector, req, fresh, timeout)).await {
                 Ok(result) => return result,
