@@ -6,7 +6,8 @@
 #   QUICK=1 bash benches/compare.sh    # 1 repetition, short runs, small idle counts
 #
 # Layout: the proxy under test is pinned to CPU 0 with one worker; the origin (a
-# separate nginx) and the load generator are pinned to CPU 1. Every proxy reaches
+# separate nginx) and the load generator are pinned to CPU 1. WORKERS=2 gives
+# every proxy two workers (threads) on CPUs 0-1, sharing CPU 1 with the load. Every proxy reaches
 # the origin over HTTP/1.1 keep-alive. Everything binds 127.0.0.1 on free ports.
 #
 # Knobs (environment): QUICK, REPS, DURATION (seconds per load run), CONNS,
@@ -20,7 +21,9 @@
 # (an edge binary to test instead of building the work tree), PROXIES (the peers
 # to run, default "nginx haproxy caddy edge"; edge always), CLOSE_RATE and
 # CLOSE_CONNS (the `close` scenario's arrival rate and client cap),
-# CHURN_DURATION and CHURN_CONNS (the `churn` scenario).
+# CHURN_DURATION and CHURN_CONNS (the `churn` scenario), WORKERS (workers or
+# threads per proxy, default 1; more than 1 pins the proxies to CPUs
+# 0..WORKERS-1, which the load generator shares).
 #
 # Churn scenarios (benches/src/bin/bench-handshake.rs is the client): `hs` a new
 # TLS 1.3 connection per request (ECDSA P-256), `hs-rsa` the same with an
@@ -58,7 +61,9 @@ DURATION=${DURATION:-6}
 CONNS=${CONNS:-50}
 H2_STREAMS=${H2_STREAMS:-1}
 IDLE_N1=${IDLE_N1:-5000}
-IDLE_N2=${IDLE_N2:-15000}
+# Edge keeps a quarter of its open-file limit for upstream connections, so
+# under this machine's 20,000 it holds about 14,980 clients: 14,000 fits all four.
+IDLE_N2=${IDLE_N2:-14000}
 QUIC_N1=${QUIC_N1:-2000}
 QUIC_N2=${QUIC_N2:-6000}
 CLOSE_RATE=${CLOSE_RATE:-2000}
@@ -66,6 +71,14 @@ CLOSE_CONNS=${CLOSE_CONNS:-500}
 CHURN_CONNS=${CHURN_CONNS:-200}
 if [[ $QUICK == 1 ]]; then CHURN_DURATION=${CHURN_DURATION:-10}; fi
 CHURN_DURATION=${CHURN_DURATION:-60}
+WORKERS=${WORKERS:-1}
+if ((WORKERS < 1 || WORKERS > $(nproc))); then
+    echo "compare.sh: WORKERS=$WORKERS, this machine has $(nproc) CPUs" >&2
+    exit 2
+fi
+# The CPUs the proxy under test runs on (CPU 0 alone with one worker).
+PROXY_CPUS=0
+((WORKERS > 1)) && PROXY_CPUS=0-$((WORKERS - 1))
 SCENARIOS=${SCENARIOS:-h1 h2 h3 1m cache idle}
 IDLE_KINDS=${IDLE_KINDS:-plain tls h2 quic}
 STAMP=$(date -u +%Y%m%dT%H%M%SZ)
@@ -242,6 +255,7 @@ render() { # template output http_port tls_port
         -e "s|@HTTP_PORT@|$3|g" \
         -e "s|@TLS_PORT@|$4|g" \
         -e "s|@MAXCONN@|$MAXCONN|g" \
+        -e "s|@WORKERS@|$WORKERS|g" \
         -e "s|@ACCESS_LOG@|${ACCESS_LOG:-off}|g" \
         -e "s|@ACCESS_FILE@|$(dirname "$2")/access.log|g" \
         -e "s|@ORIGIN_KEEPALIVE@|${ORIGIN_KEEPALIVE:-300s}|g" \
@@ -260,16 +274,16 @@ start() { # name
         ;;
     nginx)
         render "$CONF/nginx.conf" "$dir/nginx.conf" "${HTTP_PORT[$name]}" "${TLS_PORT[$name]}"
-        taskset -c 0 nginx -e "$dir/error.log" -c "$dir/nginx.conf" >"$dir/out.log" 2>&1 &
+        taskset -c "$PROXY_CPUS" nginx -e "$dir/error.log" -c "$dir/nginx.conf" >"$dir/out.log" 2>&1 &
         ;;
     haproxy)
         render "$CONF/haproxy.cfg" "$dir/haproxy.cfg" "${HTTP_PORT[$name]}" "${TLS_PORT[$name]}"
-        taskset -c 0 haproxy -db -f "$dir/haproxy.cfg" >"$dir/out.log" 2>&1 &
+        taskset -c "$PROXY_CPUS" haproxy -db -f "$dir/haproxy.cfg" >"$dir/out.log" 2>&1 &
         ;;
     caddy)
         render "$CONF/Caddyfile" "$dir/Caddyfile" "${HTTP_PORT[$name]}" "${TLS_PORT[$name]}"
-        env GOMAXPROCS=1 HOME="$dir" XDG_DATA_HOME="$dir/data" XDG_CONFIG_HOME="$dir/config" \
-            taskset -c 0 caddy run --config "$dir/Caddyfile" --adapter caddyfile >"$dir/out.log" 2>&1 &
+        env GOMAXPROCS="$WORKERS" HOME="$dir" XDG_DATA_HOME="$dir/data" XDG_CONFIG_HOME="$dir/config" \
+            taskset -c "$PROXY_CPUS" caddy run --config "$dir/Caddyfile" --adapter caddyfile >"$dir/out.log" 2>&1 &
         ;;
     edge | edge-limit | edge-sticky | edge-log)
         local access=off
@@ -286,9 +300,9 @@ start() { # name
         # The pool and routes come from the file: only /cached goes through the
         # cache, so the other scenarios measure the same pass-through as before.
         # STATE_DIRECTORY: the sticky signing key is generated in the work dir.
-        STATE_DIRECTORY="$dir/state" taskset -c 0 "$WORK/bin/edge" run -c "$dir/edge.toml" \
+        STATE_DIRECTORY="$dir/state" taskset -c "$PROXY_CPUS" "$WORK/bin/edge" run -c "$dir/edge.toml" \
             --listen "127.0.0.1:${TLS_PORT[$name]}" --http-listen "127.0.0.1:${HTTP_PORT[$name]}" \
-            --admin "127.0.0.1:${ADMIN_PORT[$name]}" --workers 1 \
+            --admin "127.0.0.1:${ADMIN_PORT[$name]}" --workers "$WORKERS" \
             --cert "$WORK/cert.pem" --key "$WORK/key.pem" >"$dir/out.log" 2>&1 &
         ;;
     *) die "unknown process $name" ;;
@@ -682,7 +696,7 @@ main() {
         echo "- Machine: $(nproc) cores, $(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo), $(sed -n 's/^PRETTY_NAME="\(.*\)"$/\1/p' /etc/os-release), kernel $(uname -r)"
         echo "- Peers: ${PROXIES[*]}; nginx $(nginx -v 2>&1 | sed 's|.*/||')$(command -v haproxy >/dev/null && echo ", HAProxy $(haproxy -v | awk 'NR == 1 { print $3 }')")$(command -v caddy >/dev/null && echo ", Caddy $(caddy version | awk '{ print $1 }')")"
         echo "- Load: wrk $(wrk -v 2>&1 | awk 'NR == 1 { print $2 }'), h2load $(h2load --version | awk '{ print $2 }')$([[ -x $OHA ]] && echo ", oha $("$OHA" --version | awk '{ print $2 }')")"
-        echo "- Settings: REPS=$REPS DURATION=${DURATION}s CONNS=$CONNS H2_STREAMS=$H2_STREAMS IDLE=$IDLE_N1→$IDLE_N2 QUIC=$QUIC_N1→$QUIC_N2"
+        echo "- Settings: REPS=$REPS DURATION=${DURATION}s CONNS=$CONNS H2_STREAMS=$H2_STREAMS IDLE=$IDLE_N1→$IDLE_N2 QUIC=$QUIC_N1→$QUIC_N2 WORKERS=$WORKERS (proxies on CPU $PROXY_CPUS)"
         echo
         "$PY" "$WORK/bench.py" report "$RUNS" "$IDLE" "$WORK/handshakes.tsv" "$WORK/churn.tsv"
     } >"$RESULTS"

@@ -8,12 +8,13 @@
 # Starts bench-origin and edge (release builds of this work tree, or EDGE_BIN /
 # ORIGIN_BIN) on 127.0.0.1, --workers 1 --upstream-protocol h1, and stops both by
 # pid on exit. Knobs: N1, N2 (idle connections, default 1000, 4000); C (wrk
-# connections, 10), SECS (measured seconds, 10), OUT (callgrind file,
+# connections, 10), SECS (measured seconds, 10), ACCESS (the access log:
+# off, json or text to a file; off), OUT (callgrind file,
 # target/profile/callgrind.out). Needs python3, curl, wrk and valgrind.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 MODE=${1:-idle}
-N1=${N1:-1000}; N2=${N2:-4000}; C=${C:-10}; SECS=${SECS:-10}
+N1=${N1:-1000}; N2=${N2:-4000}; C=${C:-10}; SECS=${SECS:-10}; ACCESS=${ACCESS:-off}
 OUT=${OUT:-$ROOT/target/profile/callgrind.out}
 if [[ -z ${EDGE_BIN:-} || -z ${ORIGIN_BIN:-} ]]; then
     cargo build --release -p edge -p edge-benches --manifest-path "$ROOT/Cargo.toml" >&2
@@ -43,9 +44,11 @@ cat >"$D/edge.toml" <<T
 header_read_timeout = "300s"
 idle_timeout = "300s"
 max_connections = 19000
-# Off, as in compare.sh (stdout JSON is the default).
+# Off by default, as in compare.sh (stdout JSON is edge's default);
+# ACCESS=json or text measures the log, written to a file.
 [log]
-access = "off"
+access = "$ACCESS"
+access_file = "$D/access.log"
 [pools.default]
 endpoints = ["http://$ORIGIN"]
 protocol = "h1"
