@@ -319,6 +319,18 @@ fn path(r: &Record) -> &str {
     r.uri.path_and_query().map_or("", |p| p.as_str())
 }
 
+/// `key` (with its separators) and `v` in decimal.
+fn int(o: &mut String, key: &str, v: u64) {
+    o.push_str(key);
+    push_int(o, v);
+}
+
+/// `key` and `us` as milliseconds with three decimals.
+fn ms(o: &mut String, key: &str, us: u64) {
+    o.push_str(key);
+    push_ms3(o, us);
+}
+
 fn json(o: &mut String, r: &Record) {
     let started = r.started.unwrap_or_else(SystemTime::now);
     o.push_str("{\"time\":\"");
@@ -355,18 +367,12 @@ fn json(o: &mut String, r: &Record) {
     s(o, "sticky", r.sticky.as_bytes());
     s(o, "limited", r.limited.as_bytes());
     s(o, "error", r.error.as_bytes());
-    o.push_str("\",\"status\":");
-    push_int(o, r.status);
-    o.push_str(",\"request_bytes\":");
-    push_int(o, r.request_bytes);
-    o.push_str(",\"response_bytes\":");
-    push_int(o, r.response_bytes);
-    o.push_str(",\"head_ms\":");
-    push_ms3(o, r.head_us);
-    o.push_str(",\"duration_ms\":");
-    push_ms3(o, r.duration_us);
-    o.push_str(",\"tries\":");
-    push_int(o, r.tries);
+    int(o, "\",\"status\":", r.status.into());
+    int(o, ",\"request_bytes\":", r.request_bytes);
+    int(o, ",\"response_bytes\":", r.response_bytes);
+    ms(o, ",\"head_ms\":", r.head_us);
+    ms(o, ",\"duration_ms\":", r.duration_us);
+    int(o, ",\"tries\":", r.tries.into());
     o.push_str(if r.incomplete {
         ",\"incomplete\":true}\n"
     } else {
@@ -404,10 +410,8 @@ fn text(o: &mut String, r: &Record) {
     escape_bytes_into(o, path(r).as_bytes());
     o.push(' ');
     o.push_str(r.protocol);
-    o.push_str("\" ");
-    push_int(o, r.status);
-    o.push(' ');
-    push_int(o, r.response_bytes);
+    int(o, "\" ", r.status.into());
+    int(o, " ", r.response_bytes);
     o.push_str(" \"");
     escape_bytes_into(o, host(r));
     o.push_str("\" \"");
@@ -421,14 +425,10 @@ fn text(o: &mut String, r: &Record) {
         }
         None => o.push_str(" trace=-"),
     }
-    o.push_str(" req_bytes=");
-    push_int(o, r.request_bytes);
-    o.push_str(" head_ms=");
-    push_ms3(o, r.head_us);
-    o.push_str(" ms=");
-    push_ms3(o, r.duration_us);
-    o.push_str(" tries=");
-    push_int(o, r.tries);
+    int(o, " req_bytes=", r.request_bytes);
+    ms(o, " head_ms=", r.head_us);
+    ms(o, " ms=", r.duration_us);
+    int(o, " tries=", r.tries.into());
     o.push_str(if r.tls {
         " tls=yes pool="
     } else {
