@@ -333,6 +333,11 @@ impl RedisCluster {
         self.nodes[0].url()
     }
 
+    /// The seed's port.
+    pub fn seed_port(&self) -> u16 {
+        self.nodes[0].port
+    }
+
     /// Ports of the nodes that are masters now.
     pub async fn masters(&self) -> anyhow::Result<Vec<u16>> {
         let mut out = Vec::new();

@@ -15,7 +15,10 @@ use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
 use redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServerType};
-use redis::{Cmd, Pipeline, RedisFuture, TlsCertificates, Value};
+use redis::{
+    Cmd, ConnectionAddr, ConnectionInfo, IntoConnectionInfo, Pipeline, RedisFuture,
+    TlsCertificates, Value,
+};
 
 use crate::config::{Redis as RedisConfig, RedisTarget};
 
@@ -110,10 +113,108 @@ impl ConnectionLike for Conn {
 /// How connections are made.
 enum Connector {
     Single(redis::Client),
-    Cluster(ClusterClient),
+    Cluster(ClusterSeeds),
     /// Asked again for the master after every failure, so a failover is
     /// followed within one call.
     Sentinel(tokio::sync::Mutex<SentinelClient>),
+}
+
+/// A Redis Cluster's seeds and every node learned since (`CLUSTER SLOTS`
+/// after each connect): a client is built from both, so a connection made
+/// again after the seeds died still finds the cluster.
+struct ClusterSeeds {
+    seeds: Vec<ConnectionInfo>,
+    known: Mutex<Vec<ConnectionInfo>>,
+    certs: Option<TlsCertificates>,
+    connect_timeout: Duration,
+    response_timeout: Duration,
+}
+
+impl ClusterSeeds {
+    fn client(&self) -> redis::RedisResult<ClusterClient> {
+        let mut nodes = self.seeds.clone();
+        for n in self
+            .known
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+        {
+            if !nodes.iter().any(|s| s.addr == n.addr) {
+                nodes.push(n.clone());
+            }
+        }
+        let mut b = ClusterClient::builder(nodes)
+            .connection_timeout(self.connect_timeout)
+            .response_timeout(self.response_timeout)
+            .retries(1);
+        if let Some(c) = &self.certs {
+            b = b.certs(c.clone());
+        }
+        b.build()
+    }
+
+    /// Remembers the nodes `conn`'s cluster names, each reached as the first
+    /// seed is (scheme, TLS, credentials). Best effort: a failure keeps the
+    /// nodes known before.
+    async fn learn(&self, conn: &mut ClusterConnection) {
+        let Ok(Value::Array(ranges)) = redis::cmd("CLUSTER").arg("SLOTS").query_async(conn).await
+        else {
+            return;
+        };
+        let Some(base) = self.seeds.first() else {
+            return;
+        };
+        let mut nodes: Vec<ConnectionInfo> = Vec::new();
+        for range in &ranges {
+            let Value::Array(fields) = range else {
+                continue;
+            };
+            for node in fields.iter().skip(2) {
+                let Value::Array(node) = node else { continue };
+                let (Some(host), Some(Value::Int(port))) = (node.first(), node.get(1)) else {
+                    continue;
+                };
+                let host = match host {
+                    Value::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
+                    Value::SimpleString(s) => s.clone(),
+                    _ => continue,
+                };
+                let Ok(port) = u16::try_from(*port) else {
+                    continue;
+                };
+                if let Some(info) = like(base, host, port) {
+                    if !nodes.iter().any(|n| n.addr == info.addr) {
+                        nodes.push(info);
+                    }
+                }
+            }
+        }
+        if !nodes.is_empty() {
+            *self.known.lock().unwrap_or_else(PoisonError::into_inner) = nodes;
+        }
+    }
+}
+
+/// `base`'s way of connecting (TLS, credentials, database) to `host:port`.
+fn like(base: &ConnectionInfo, host: String, port: u16) -> Option<ConnectionInfo> {
+    let addr = match &base.addr {
+        ConnectionAddr::Tcp(..) => ConnectionAddr::Tcp(host, port),
+        ConnectionAddr::TcpTls {
+            insecure,
+            tls_params,
+            ..
+        } => ConnectionAddr::TcpTls {
+            host,
+            port,
+            insecure: *insecure,
+            tls_params: tls_params.clone(),
+        },
+        _ => return None,
+    };
+    Some(ConnectionInfo {
+        addr,
+        redis: base.redis.clone(),
+    })
 }
 
 /// `proxy_redis_*`: what the shared Redis client did.
@@ -193,14 +294,20 @@ impl Redis {
                 .map_err(|e| e.to_string())?,
             ),
             RedisTarget::Cluster(seeds) => {
-                let mut b = ClusterClient::builder(seeds.iter().map(String::as_str))
-                    .connection_timeout(connect_timeout)
-                    .response_timeout(config.timeout)
-                    .retries(1);
-                if let Some(c) = certs()? {
-                    b = b.certs(c);
-                }
-                Connector::Cluster(b.build().map_err(|e| e.to_string())?)
+                let seeds = seeds
+                    .iter()
+                    .map(|s| s.as_str().into_connection_info().map_err(|e| e.to_string()))
+                    .collect::<Result<Vec<_>, _>>()?;
+                let cluster = ClusterSeeds {
+                    seeds,
+                    known: Mutex::new(Vec::new()),
+                    certs: certs()?,
+                    connect_timeout,
+                    response_timeout: config.timeout,
+                };
+                // Refused here, at start, rather than on every connect.
+                cluster.client().map_err(|e| e.to_string())?;
+                Connector::Cluster(cluster)
             }
             RedisTarget::Sentinel {
                 master,
@@ -272,7 +379,11 @@ impl Redis {
                 .get_connection_manager_with_config(manager)
                 .await
                 .map(Conn::Node),
-            Connector::Cluster(client) => client.get_async_connection().await.map(Conn::Cluster),
+            Connector::Cluster(cluster) => {
+                let mut conn = cluster.client()?.get_async_connection().await?;
+                cluster.learn(&mut conn).await;
+                Ok(Conn::Cluster(conn))
+            }
             Connector::Sentinel(sentinel) => {
                 let client = sentinel.lock().await.async_get_client().await?;
                 client
@@ -364,12 +475,18 @@ impl Redis {
         self.metrics.errors.with_label_values(&[kind]).inc();
         let mut b = self.breaker.lock().unwrap_or_else(PoisonError::into_inner);
         b.failure(Instant::now());
-        self.metrics.breaker.set(i64::from(b.is_open()));
+        let open = b.is_open();
+        self.metrics.breaker.set(i64::from(open));
         drop(b);
         // Behind Sentinel the master may have moved (a dead address, or a
         // demoted master answering READONLY): drop the connection so the next
-        // call asks the sentinels again.
-        if matches!(self.connector, Connector::Sentinel(_)) && kind != "unavailable" {
+        // call asks the sentinels again. A cluster connection recovers by
+        // itself, except when it has lost every node and its seeds are dead
+        // (redis-rs then retries only the seeds): once the breaker opens it
+        // is made again from every node learned, not the seeds alone.
+        let sentinel = matches!(self.connector, Connector::Sentinel(_));
+        let cluster_stuck = matches!(self.connector, Connector::Cluster(_)) && open;
+        if (sentinel || cluster_stuck) && kind != "unavailable" {
             let dropped = self
                 .conn
                 .lock()
@@ -452,6 +569,26 @@ impl Lock {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_learned_node_is_reached_as_the_seed_is() {
+        let seed = "rediss://user:secret@10.0.0.1:7000"
+            .into_connection_info()
+            .expect("seed");
+        let node = like(&seed, "10.0.0.2".to_owned(), 7001).expect("node");
+        assert!(
+            matches!(&node.addr, ConnectionAddr::TcpTls { host, port: 7001, .. } if host == "10.0.0.2"),
+            "{:?}",
+            node.addr
+        );
+        assert_eq!(node.redis.username.as_deref(), Some("user"));
+        assert_eq!(node.redis.password.as_deref(), Some("secret"));
+        let plain = "redis://10.0.0.1:7000"
+            .into_connection_info()
+            .expect("seed");
+        let node = like(&plain, "10.0.0.3".to_owned(), 7002).expect("node");
+        assert_eq!(node.addr, ConnectionAddr::Tcp("10.0.0.3".to_owned(), 7002));
+    }
 
     #[test]
     fn opens_after_threshold_and_probes_once_per_cooldown() {
